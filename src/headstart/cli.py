@@ -1,0 +1,277 @@
+"""Command line: argument parsing only; every command calls the same functions as the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from headstart.errors import HeadstartError
+from headstart.recipe import STAGE_FLAGS, Recipe, set_stage_field
+
+log = logging.getLogger("headstart")
+
+
+def builtin_recipe(name: str) -> Recipe:
+    text = resources.files("headstart").joinpath(f"builtin/{name}.yaml").read_text()
+    import yaml
+
+    return Recipe.from_dict(yaml.safe_load(text), source=f"built-in recipe '{name}'")
+
+
+def parse_adapter(spec: str) -> dict[str, Any]:
+    """'noise' | 'noise:0.05' | 'resize:2x' | 'resize:96' | 'conv' | 'conv:5'."""
+    kind, _, value = spec.partition(":")
+    if kind == "noise":
+        return {"kind": "noise", **({"sigma": float(value)} if value else {})}
+    if kind == "resize" and value:
+        return {"kind": "resize", "factor": float(value[:-1])} if value.endswith("x") else {"kind": "resize", "size": int(value)}
+    if kind == "conv":
+        return {"kind": "conv", **({"kernel_size": int(value)} if value else {})}
+    raise HeadstartError(f"--adapter '{spec}': valid forms are noise[:SIGMA], resize:FACTORx, resize:SIZE, conv[:KERNEL]")
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    if args.recipe:
+        recipe = Recipe.from_yaml(args.recipe)
+    elif args.data is None:
+        recipe = builtin_recipe("digits")
+    else:
+        recipe = Recipe()
+    values = recipe.to_dict()
+    data, model, run = values["data"], values["model"], values["run"]
+    if args.data is not None:
+        data["path"] = args.data
+    for key in ("image_size", "augment", "batch_size", "val_fraction", "workers", "feature_views"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    for key in ("backbone", "weights"):
+        if getattr(args, key) is not None:
+            model[key] = getattr(args, key)
+    if args.backbone is not None and args.weights is None:
+        model["weights"] = None  # re-resolve the source for the new backbone
+    if args.head is not None:
+        model["head"]["kind"] = args.head
+    if args.head_hidden is not None:
+        model["head"]["hidden"] = args.head_hidden
+    if args.head_dropout is not None:
+        model["head"]["dropout"] = args.head_dropout
+    if args.adapter:
+        model["adapters"] = [parse_adapter(spec) for spec in args.adapter]
+    for key, flag in (("out_dir", "out"), ("name", "name"), ("seed", "seed"), ("device", "device"), ("precision", "precision")):
+        if getattr(args, flag) is not None:
+            run[key] = getattr(args, flag)
+    if args.no_channels_last:
+        run["channels_last"] = False
+    if args.no_feature_cache:
+        run["feature_cache"] = False
+    recipe = Recipe.from_dict(values, source="command line")
+    for field in STAGE_FLAGS:
+        spec = getattr(args, field)
+        if spec is not None:
+            recipe = set_stage_field(recipe, field, spec)
+    return recipe
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from headstart.train import train
+
+    recipe = recipe_from_args(args)
+    if args.dry_run:
+        print(recipe.to_yaml(), end="")
+        return 0
+    train(recipe, quiet=args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from headstart.inference import load
+    from headstart.runs import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.run)
+    predictor = load(checkpoint, device=args.device)
+    png = Path(args.confusion) if args.confusion else checkpoint.parent / "confusion.png"
+    result = predictor.evaluate(args.data, confusion_png=png)
+    if args.json:
+        print(json.dumps({"accuracy": result.accuracy, "count": result.count, "per_class": result.per_class,
+                          "confusion": result.confusion.tolist(), "classes": result.classes}, indent=1))
+    else:
+        print(result.table())
+        print(f"confusion matrix: {png}")
+    return 0
+
+
+def _expand_images(items: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        else:
+            paths.append(path)
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from headstart.inference import load
+
+    predictor = load(args.run, device=args.device)
+    paths = _expand_images(args.images)
+    predictions = predictor.predict(paths, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"image": str(p), "top": [{"label": l, "probability": round(v, 6)} for l, v in top]}
+                          for p, top in zip(paths, predictions)], indent=1))
+    else:
+        for path, top in zip(paths, predictions):
+            print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from headstart.data import list_images
+    from headstart.freeze import plan_freeze
+    from headstart.model import build_model, resolve_preprocessing
+    from headstart.runs import load_checkpoint
+
+    target = args.target
+    if target is None or target == "default":
+        recipe, classes = builtin_recipe("digits"), args.classes
+    elif Path(target).suffix in (".yaml", ".yml"):
+        recipe, classes = Recipe.from_yaml(target), args.classes
+    else:
+        checkpoint = load_checkpoint(target)
+        recipe, classes = Recipe.from_dict(checkpoint["recipe"]), len(checkpoint["classes"])
+    if classes is None:
+        try:
+            classes = len(list_images(recipe.data).classes)
+        except HeadstartError as err:
+            raise HeadstartError(f"{err}; give --classes N to summarise without the data") from None
+    preprocessing = resolve_preprocessing(recipe.data, recipe.model)
+    model = build_model(recipe.model.model_copy(update={"weights": "none"}), classes, preprocessing["image_size"])
+    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+    from headstart.summary import summarize
+
+    print(f"{recipe.model.backbone}, {classes} classes, weights {recipe.model.weights or 'default'} (summary built without loading them)")
+    summarize(model, recipe.stages, plans, preprocessing["image_size"], print_fn=print)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    import timm
+
+    from headstart.weights import installed_packaged_backbones
+
+    pattern = args.pattern or "*"
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    packaged = set(installed_packaged_backbones())
+    hub = {name.split(".")[0] for name in timm.list_models(pattern, pretrained=True)}
+    names = [n for n in timm.list_models(pattern) if fnmatch.fnmatch(n, pattern)]
+    if args.offline:
+        names = [n for n in names if n in packaged or n == "headstart_cnn"]
+    for name in names:
+        marks = ["package (offline)"] if name in packaged else []
+        if name in hub:
+            marks.append("hub")
+        if name == "headstart_cnn":
+            marks.append("scratch")
+        print(f"{name:<48}{', '.join(marks)}")
+    if not names:
+        raise HeadstartError(f"no backbone matches '{args.pattern}'")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headstart", description="Fine-tune pretrained image classifiers on your own images.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a classifier (no DATA: the embedded digits default)")
+    train.add_argument("data", nargs="?", help="image folder (train/ + val/, or class folders) or CSV of path,label")
+    train.add_argument("--recipe", help="YAML recipe; flags override its fields")
+    group = train.add_argument_group("model")
+    group.add_argument("--backbone", help="any timm model name (see: headstart backbones)")
+    group.add_argument("--weights", help="hub | package | none | file:PATH")
+    group.add_argument("--head", choices=["linear", "gap-dense", "flatten-dense"])
+    group.add_argument("--head-hidden", type=int)
+    group.add_argument("--head-dropout", type=float)
+    group.add_argument("--adapter", action="append", help="noise[:SIGMA] | resize:FACTORx | resize:SIZE | conv[:KERNEL]; repeat to chain")
+    group = train.add_argument_group("stages (VALUE for every stage, or NAME=VALUE,NAME=VALUE by stage name)")
+    for field in STAGE_FLAGS:
+        group.add_argument(f"--{field.replace('_', '-')}", dest=field)
+    group = train.add_argument_group("data")
+    group.add_argument("--image-size", type=int)
+    group.add_argument("--augment", choices=["none", "light", "standard"])
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--val-fraction", type=float)
+    group.add_argument("--workers", type=int)
+    group.add_argument("--feature-views", type=int, help="augmented views to cache for head-only stages")
+    group = train.add_argument_group("run")
+    group.add_argument("--out", help="parent folder of run folders (default runs/)")
+    group.add_argument("--name", help="run folder name")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--no-channels-last", action="store_true")
+    group.add_argument("--no-feature-cache", action="store_true")
+    group.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
+    group.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
+    evaluate.add_argument("run", help="run folder or checkpoint")
+    evaluate.add_argument("data", help="labelled folder (its val/ if present)")
+    evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
+    predict.add_argument("run", help="run folder or checkpoint")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    summary = commands.add_parser("summary", help="layers, shapes, parameters and the trainable/frozen split per stage")
+    summary.add_argument("target", nargs="?", help="recipe YAML, run folder or checkpoint (default: the built-in recipe)")
+    summary.add_argument("--classes", type=int, help="number of classes, when the recipe's data is not at hand")
+    summary.set_defaults(func=cmd_summary)
+
+    backbones = commands.add_parser("backbones", help="timm backbone names, marked where weights are at hand")
+    backbones.add_argument("pattern", nargs="?", help="e.g. 'efficientnet*' or 'resnet'")
+    backbones.add_argument("--offline", action="store_true", help="only those with packaged weights")
+    backbones.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    try:
+        return args.func(args)
+    except HeadstartError as err:
+        print(f"headstart: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("headstart: interrupted; every finished epoch is in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

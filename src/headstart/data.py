@@ -1,0 +1,339 @@
+"""Images in: listing, splitting, decoding once into memory, and timm's transforms.
+
+Accepted layouts:
+    DATA/train/<class>/*, DATA/val/<class>/*     a given split
+    DATA/<class>/*                               split here: stratified, seeded, val_fraction per class
+    FILE.csv with columns path,label             paths relative to the CSV's folder; split as above
+    (nothing)                                    the embedded default: scikit-learn's digits
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset
+
+from headstart.errors import HeadstartError
+from headstart.recipe import DataConfig
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[Path, int]
+
+# A decoded cache above this many bytes is not kept in memory; images are then decoded every epoch.
+DECODED_CACHE_BUDGET = int(os.environ.get("HEADSTART_DECODED_CACHE_BYTES", 4 << 30))
+
+
+@dataclass
+class DataSplit:
+    """The listed images of a data set, split into train and val."""
+
+    name: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    skipped: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- listing and splitting
+
+
+def _is_candidate(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".")
+
+
+def list_class_folders(root: Path) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise HeadstartError(f"data folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # os.walk does not follow symlinked folders, so a symlink loop cannot hang the listing.
+    found = {}
+    for name in classes:
+        files = []
+        for folder, dirs, names in os.walk(root / name):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files.extend(Path(folder) / n for n in sorted(names) if not n.startswith("."))
+        found[name] = files
+    return found
+
+
+def _check_classes(found: dict[str, list[Path]], where: str) -> None:
+    if len(found) < 2:
+        raise HeadstartError(
+            f"{where} has {len(found)} class folder(s){' (' + ', '.join(found) + ')' if found else ''}; "
+            "need at least 2: DATA/<class>/<image> or DATA/train/<class>/<image> + DATA/val/<class>/<image>"
+        )
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise HeadstartError(f"{where}: class folder '{empty[0]}' has no files ({len(empty)} empty class folder(s))")
+
+
+def stratified_split(by_class: dict[str, list[Path]], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Per class, a seeded shuffle puts round(n * val_fraction) images (at least 1 where n >= 2) in val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label, name in enumerate(sorted(by_class)):
+        files = sorted(by_class[name])
+        order = rng.permutation(len(files))
+        n_val = max(1, round(len(files) * val_fraction)) if len(files) >= 2 else 0
+        val += [(files[i], label) for i in order[:n_val]]
+        train += [(files[i], label) for i in order[n_val:]]
+    return train, val
+
+
+def _read_csv(path: Path) -> dict[str, list[Path]]:
+    by_class: dict[str, list[Path]] = {}
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    for number, row in enumerate(rows, start=2):
+        if len(row) < 2:
+            raise HeadstartError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
+        image = Path(row[0].strip())
+        by_class.setdefault(row[1].strip(), []).append(image if image.is_absolute() else path.parent / image)
+    return by_class
+
+
+def list_images(cfg: DataConfig) -> DataSplit:
+    """List and split the images named by the recipe (see the module docstring for layouts)."""
+    if cfg.path is None:
+        from headstart.digits import digits_folder
+
+        root = digits_folder()
+    else:
+        root = Path(cfg.path).expanduser()
+    if root.suffix.lower() == ".csv":
+        if not root.is_file():
+            raise HeadstartError(f"CSV file not found: {root}")
+        by_class = _read_csv(root)
+        _check_classes(by_class, str(root))
+        train, val = stratified_split(by_class, cfg.val_fraction, cfg.split_seed)
+        return DataSplit(root.stem, sorted(by_class), train, val)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_found = list_class_folders(root / "train")
+        val_found = list_class_folders(root / "val")
+        _check_classes(train_found, str(root / "train"))
+        extra = sorted(set(val_found) - set(train_found))
+        if extra:
+            raise HeadstartError(f"{root / 'val'} has class '{extra[0]}' that train/ lacks; train classes: {', '.join(train_found)}")
+        classes = sorted(train_found)
+        index = {name: i for i, name in enumerate(classes)}
+        train = [(p, index[c]) for c in classes for p in train_found[c]]
+        val = [(p, index[c]) for c in classes for p in val_found.get(c, [])]
+        if not val:
+            raise HeadstartError(f"{root / 'val'} holds no images")
+        return DataSplit(root.name, classes, train, val)
+    found = list_class_folders(root)
+    _check_classes(found, str(root))
+    train, val = stratified_split(found, cfg.val_fraction, cfg.split_seed)
+    return DataSplit(root.name, sorted(found), train, val)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: EXIF rotation applied, 16-bit scaled down, alpha composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
+        return background
+    return image.convert("RGB")
+
+
+def decode(path: Path, short_side: int, interpolation: str) -> np.ndarray:
+    """Decode one image to RGB uint8 with its shorter side resized to `short_side`."""
+    with Image.open(path) as image:
+        # JPEG can decode straight to a reduced size (DCT scaling): much faster for big photos.
+        image.draft("RGB", (short_side * 2, short_side * 2))
+        image = to_rgb(image)
+        width, height = image.size
+        scale = short_side / min(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, _PIL_INTERPOLATION[interpolation])
+        return np.asarray(image, dtype=np.uint8)
+
+
+_PIL_INTERPOLATION = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def _try_decode(path: Path, short_side: int, interpolation: str) -> np.ndarray | str:
+    # Truncated files must fail, not come back half grey.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        return decode(path, short_side, interpolation)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return f"{path.name} ({type(err).__name__})"
+
+
+def decode_all(samples: list[Sample], short_side: int, interpolation: str, threads: int) -> tuple[list[np.ndarray], list[Sample], list[str]]:
+    """Decode every sample once (threads: Pillow releases the GIL while decoding); bad files are returned by name."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(pool.map(lambda s: _try_decode(s[0], short_side, interpolation), samples))
+    arrays, kept, bad = [], [], []
+    for sample, result in zip(samples, results):
+        if isinstance(result, str):
+            bad.append(result)
+        else:
+            arrays.append(result)
+            kept.append(sample)
+    return arrays, kept, bad
+
+
+def short_side_for(preprocessing: dict) -> int:
+    """The size the eval transform resizes the shorter side to; decoding straight to it makes that resize a no-op."""
+    return math.floor(preprocessing["image_size"] / preprocessing["crop_pct"])
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def build_transforms(preprocessing: dict, augment: str):
+    """(train, eval) transforms from timm's factory for the resolved preprocessing and augmentation preset."""
+    common = dict(
+        input_size=(3, preprocessing["image_size"], preprocessing["image_size"]),
+        mean=preprocessing["mean"],
+        std=preprocessing["std"],
+        interpolation=preprocessing["interpolation"],
+        crop_pct=preprocessing["crop_pct"],
+    )
+    eval_tf = create_transform(is_training=False, **common)
+    if augment == "none":
+        return eval_tf, eval_tf
+    presets = {
+        "light": dict(scale=(0.5, 1.0), hflip=0.5, color_jitter=None),
+        "standard": dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4),
+    }
+    train_common = {k: v for k, v in common.items() if k != "crop_pct"}
+    return create_transform(is_training=True, **train_common, **presets[augment]), eval_tf
+
+
+class ImageDataset(Dataset):
+    """Samples as (tensor, label): from decoded arrays when cached, else decoded from disk each time."""
+
+    def __init__(self, samples: list[Sample], transform, arrays: list[np.ndarray] | None, short_side: int, interpolation: str):
+        self.samples = samples
+        self.transform = transform
+        self.arrays = arrays
+        self.short_side = short_side
+        self.interpolation = interpolation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, index: int) -> Image.Image:
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[index])
+        return Image.fromarray(decode(self.samples[index][0], self.short_side, self.interpolation))
+
+    def __getitem__(self, index: int):
+        return self.transform(self.image(index)), self.samples[index][1]
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+@dataclass
+class PreparedData:
+    split: DataSplit
+    train: ImageDataset
+    val: ImageDataset
+    preprocessing: dict
+
+
+def prepare_data(cfg: DataConfig, preprocessing: dict, threads: int | None = None) -> PreparedData:
+    """List, split, decode once (unreadable files skipped with one warning) and wrap in datasets."""
+    split = list_images(cfg)
+    short_side = short_side_for(preprocessing)
+    interpolation = preprocessing["interpolation"]
+    threads = threads or (os.cpu_count() or 1)
+    estimate = (len(split.train) + len(split.val)) * short_side * short_side * 3 * 4 // 3
+    bad: list[str] = []
+    if estimate <= DECODED_CACHE_BUDGET:
+        train_arrays, split.train, bad_train = decode_all(split.train, short_side, interpolation, threads)
+        val_arrays, split.val, bad_val = decode_all(split.val, short_side, interpolation, threads)
+        bad = bad_train + bad_val
+    else:
+        log.info("decoded-image cache of ~%d MB exceeds its budget: decoding from disk every epoch", estimate >> 20)
+        train_arrays = val_arrays = None
+        bad = _drop_unreadable(split)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), shown)
+    split.skipped = bad
+    counts = np.bincount([label for _, label in split.train], minlength=len(split.classes))
+    if (counts == 0).any():
+        empty = split.classes[int(np.argmin(counts))]
+        raise HeadstartError(f"class '{empty}' has no readable training images")
+    if not split.val:
+        raise HeadstartError("no readable validation images")
+    train_tf, eval_tf = build_transforms(preprocessing, cfg.augment)
+    return PreparedData(
+        split,
+        ImageDataset(split.train, train_tf, train_arrays, short_side, interpolation),
+        ImageDataset(split.val, eval_tf, val_arrays, short_side, interpolation),
+        preprocessing,
+    )
+
+
+def _drop_unreadable(split: DataSplit) -> list[str]:
+    """Without a decoded cache, check each file's header at least (full decode happens per epoch)."""
+    bad = []
+
+    def readable(sample: Sample) -> bool:
+        try:
+            with Image.open(sample[0]) as image:
+                image.verify()
+            return True
+        except Exception:  # noqa: BLE001 - anything Pillow cannot read is skipped by name
+            bad.append(sample[0].name)
+            return False
+
+    split.train = [s for s in split.train if readable(s)]
+    split.val = [s for s in split.val if readable(s)]
+    return bad
+
+
+def default_workers() -> int:
+    # Decoded images make transforms cheap; on a 2-core machine worker processes only steal the model's cores.
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int | None, seed: int, pin_memory: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    workers = default_workers() if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )

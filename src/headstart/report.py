@@ -1,0 +1,57 @@
+"""Pictures of a run: learning curves with stage boundaries, and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train vs val, a dashed line where each stage starts."""
+    epochs = np.arange(1, len(history) + 1)
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        axis.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label=f"train {label}")
+        axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-", label=f"val {label}")
+        axis.set_xlabel("epoch (all stages)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        previous = None
+        for x, row in zip(epochs, history):
+            if row["stage"] != previous:
+                axis.axvline(x - 0.5, color="grey", linestyle="--", linewidth=1)
+                axis.text(x - 0.45, 1.0, row["stage"], transform=axis.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+                previous = row["stage"]
+        axis.legend(loc="center right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+    """Counts with true classes as rows and predictions as columns."""
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    limit = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        axis.text(col, row, str(count), ha="center", va="center", color="white" if count > limit else "black", fontsize=8)
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,116 @@
+"""The run folder: everything a run writes, and how other commands read it back.
+
+    runs/<name>/recipe.yaml      the resolved recipe (weights source, stages, seed: all filled in)
+    runs/<name>/history.csv      one row per epoch: stage, epoch, losses, accuracies, lr, seconds
+    runs/<name>/history.json     the same rows
+    runs/<name>/curves.png       loss and accuracy, train vs val, stage boundaries marked
+    runs/<name>/best.pt          checkpoint with the lowest val loss
+    runs/<name>/last.pt          checkpoint after the last finished epoch
+    runs/<name>/summary.txt      what ran, where the time went, the best and final figures
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never
+leaves a half-written file, and history is rewritten after every epoch so nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headstart.errors import HeadstartError
+
+HISTORY_FIELDS = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "path"]
+CHECKPOINT_FORMAT = "headstart-checkpoint-1"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+class RunFolder:
+    """Writes one run's files under `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.history: list[dict[str, Any]] = []
+
+    @classmethod
+    def create(cls, out_dir: str | Path, name: str) -> RunFolder:
+        """A new folder out_dir/name; an existing name gets a -2, -3 ... suffix rather than being overwritten."""
+        base = Path(out_dir).expanduser()
+        candidate, number = base / name, 1
+        while candidate.exists():
+            number += 1
+            candidate = base / f"{name}-{number}"
+        candidate.mkdir(parents=True)
+        return cls(candidate)
+
+    def write_text(self, filename: str, text: str) -> Path:
+        target = self.path / filename
+        atomic_write(target, text.encode())
+        return target
+
+    def add_epoch(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        self.write_text("history.csv", buffer.getvalue())
+        self.write_text("history.json", json.dumps(self.history, indent=1))
+
+    def save_checkpoint(self, filename: str, payload: dict[str, Any]) -> None:
+        atomic_save(dict(payload, format=CHECKPOINT_FORMAT), self.path / filename)
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        raise HeadstartError(f"{run_dir} is not a run folder: no history.json")
+    return json.loads(path.read_text())
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A run folder means its best.pt; a file is taken as given."""
+    path = Path(run_or_checkpoint).expanduser()
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise HeadstartError(f"no checkpoint at {path} (give a run folder with best.pt, or a .pt file)")
+    return path
+
+
+def load_checkpoint(run_or_checkpoint: str | Path) -> dict[str, Any]:
+    """Read a headstart checkpoint safely (weights_only=True: a pickle that would run code is refused)."""
+    path = resolve_checkpoint(run_or_checkpoint)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable or unsafe files are the same user error
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise HeadstartError(f"cannot load checkpoint {path}: {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise HeadstartError(f"{path} is not a headstart checkpoint")
+    return payload

@@ -1,0 +1,389 @@
+"""Staged training: for each stage, freeze, build optimizer and schedule, run the epochs, record.
+
+Example:
+    >>> import headstart
+    >>> result = headstart.train("recipes/003_two_stage_vgg16.yaml")
+    >>> result.best["val_acc"], result.run_dir
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.optim._param_groups import param_groups_layer_decay
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from tqdm.auto import tqdm
+
+from headstart.data import PreparedData, make_loader, prepare_data
+from headstart.errors import HeadstartError
+from headstart.features import FeatureCache, cache_decision, trainable_head
+from headstart.freeze import FreezePlan, count_parameters, plan_freeze
+from headstart.hardware import Hardware, pick_hardware
+from headstart.model import Classifier, build_model, resolve_preprocessing
+from headstart.recipe import Recipe, Stage
+from headstart.report import plot_curves
+from headstart.runs import RunFolder
+from headstart.weights import default_source
+
+log = logging.getLogger("headstart")
+
+# Recipe optimizer names -> timm's optimizer factory names. Our 'sgd' is plain momentum SGD, as in Keras.
+TIMM_OPTIMIZERS = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    classes: list[str]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The epoch with the lowest val loss (the one saved as best.pt)."""
+        return min(self.history, key=lambda row: row["val_loss"])
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
+
+
+def as_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
+    if recipe is None:
+        return Recipe()
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return Recipe.from_yaml(recipe)
+
+
+def resolve(recipe: Recipe) -> Recipe:
+    """Fill what the recipe left to defaults that depend on other fields, so the saved recipe says what ran."""
+    resolved = recipe.model_copy(deep=True)
+    if resolved.model.weights is None:
+        resolved.model.weights = default_source(resolved.model.backbone)
+    return resolved
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ensure_console(quiet: bool) -> None:
+    """A library user gets epoch lines on stdout unless they configured logging themselves or asked for quiet."""
+    if quiet:
+        log.setLevel(logging.WARNING)
+        return
+    log.setLevel(logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+
+def param_groups(model: Classifier, stage: Stage) -> list[dict[str, Any]]:
+    """Trainable parameters in groups with explicit lr and weight decay (none for biases and norms)."""
+    scales: dict[str, float] = {}
+    if stage.layer_decay is not None:
+        # timm's helper knows each backbone's layer order; it skips frozen parameters itself.
+        for group in param_groups_layer_decay(model.backbone, weight_decay=0.0, layer_decay=stage.layer_decay):
+            ids = {id(p) for p in group["params"]}
+            for name, param in model.backbone.named_parameters():
+                if id(param) in ids:
+                    scales[f"backbone.{name}"] = group["lr_scale"]
+        lowest = min(scales.values(), default=1.0)
+        scales.update({f"adapter.{n}": lowest for n, _ in model.adapter.named_parameters()})
+    elif stage.body_lr_mult is not None:
+        for part in ("adapter", "backbone"):
+            scales.update({f"{part}.{n}": stage.body_lr_mult for n, _ in getattr(model, part).named_parameters()})
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = scales.get(name, 1.0)
+        decays = param.ndim > 1
+        group = groups.setdefault(
+            (scale, decays),
+            {"params": [], "lr": stage.lr * scale, "weight_decay": stage.weight_decay if decays else 0.0},
+        )
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(model: Classifier, stage: Stage) -> torch.optim.Optimizer:
+    groups = param_groups(model, stage)
+    if not groups:
+        raise HeadstartError(f"stage '{stage.name}' has nothing to train: freeze '{stage.freeze}' freezes every parameter")
+    return create_optimizer_v2(groups, opt=TIMM_OPTIMIZERS[stage.optimizer], lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+
+
+class Schedule:
+    """Per-step learning rate: constant, timm's cosine (with warmup), or torch's one-cycle."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, stage: Stage, steps_per_epoch: int):
+        self.kind = stage.schedule
+        self.optimizer = optimizer
+        total = stage.epochs * steps_per_epoch
+        if self.kind == "cosine":
+            self.scheduler, _ = create_scheduler_v2(
+                optimizer,
+                sched="cosine",
+                num_epochs=stage.epochs,
+                warmup_epochs=stage.warmup_epochs,
+                warmup_lr=stage.lr * 0.01,
+                min_lr=0.0,
+                step_on_epochs=False,
+                updates_per_epoch=steps_per_epoch,
+            )
+        elif self.kind == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 1), pct_start=0.25
+            )
+        else:
+            self.scheduler = None
+
+    def after_step(self, step: int) -> None:
+        if self.kind == "cosine":
+            self.scheduler.step_update(step)
+        elif self.kind == "onecycle" and step < self.scheduler.total_steps:
+            self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        """The largest group's current learning rate (the head's)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_one_epoch(
+    module: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    criterion: nn.Module,
+    hw: Hardware,
+    set_train_mode: Callable[[], None],
+    first_step: int,
+    where: str,
+) -> tuple[float, float]:
+    """One pass over the training batches; returns mean loss and accuracy as seen during training."""
+    set_train_mode()
+    total_loss, correct, count = 0.0, 0, 0
+    scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None
+    for step, (inputs, labels) in enumerate(batches):
+        inputs, labels = hw.to_input(inputs), labels.to(hw.device, non_blocking=True)
+        with hw.autocast():
+            logits = module(inputs)
+            loss = criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            lr = schedule.lr
+            raise HeadstartError(
+                f"loss became {loss.item()} in {where}, step {step + 1}; the learning rate ({lr:.3g}) is the likely cause: "
+                "lower it (best.pt and the history so far are kept)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        schedule.after_step(first_step + step + 1)
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += len(labels)
+    return total_loss / count, correct / count
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the predictions over all batches, in eval mode."""
+    module.eval()
+    total_loss, correct, count, predictions = 0.0, 0, 0, []
+    for inputs, labels in batches:
+        inputs, labels = hw.to_input(inputs), labels.to(hw.device)
+        with hw.autocast():
+            logits = module(inputs).float()
+        total_loss += criterion(logits, labels).item() * len(labels)
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum().item()
+        count += len(labels)
+        predictions.append(predicted.cpu())
+    return total_loss / count, correct / count, torch.cat(predictions)
+
+
+def with_progress(batches: Batches, description: str, quiet: bool) -> Batches:
+    # Bars only on a terminal: in CI logs and pipes they would be noise.
+    return tqdm(batches, desc=description, leave=False, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+
+def default_run_name(recipe: Recipe, data_name: str) -> str:
+    return recipe.run.name or f"{data_name}-{recipe.model.backbone}"
+
+
+def train(recipe: Recipe | str | Path | dict | None = None, *, quiet: bool = False) -> TrainResult:
+    """Run every stage of `recipe` (a Recipe, a YAML path, a dict, or None for the embedded default).
+
+    Writes the run folder described in headstart.runs and returns its history.
+    """
+    ensure_console(quiet)
+    recipe = resolve(as_recipe(recipe))
+    seed_everything(recipe.run.seed)
+    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
+    preprocessing = resolve_preprocessing(recipe.data, recipe.model)
+    data = prepare_data(recipe.data, preprocessing)
+    classes = data.split.classes
+    model = build_model(recipe.model, len(classes), preprocessing["image_size"])
+    # Every stage's freeze point is checked before anything trains or is written.
+    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+
+    run = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data.split.name))
+    run.write_text("recipe.yaml", recipe.to_yaml())
+    log.info(
+        "headstart: %s, %d classes, %d train / %d val images -> %s",
+        data.split.name, len(classes), len(data.train), len(data.val), run.path,
+    )
+    log.info("model: %s (weights: %s), input %dpx, on %s", recipe.model.backbone, recipe.model.weights, preprocessing["image_size"], hw.describe())
+
+    model.to(hw.device)
+    if hw.channels_last:
+        model.to(memory_format=torch.channels_last)
+    trainer = _Trainer(recipe, model, data, hw, run, quiet)
+    started = time.perf_counter()
+    try:
+        for index, (stage, plan) in enumerate(zip(recipe.stages, plans)):
+            trainer.run_stage(index, stage, plan)
+    finally:
+        if run.history:
+            plot_curves(run.history, run.path / "curves.png", title=run.path.name)
+            run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
+    log.info("best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
+             trainer.best_epoch, trainer.best_row["stage"], trainer.best_row["val_loss"], trainer.best_row["val_acc"], run.path)
+    return TrainResult(run.path, run.history, classes)
+
+
+class _Trainer:
+    """State shared across stages of one run: the model, the data, the best checkpoint so far."""
+
+    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool):
+        self.recipe, self.model, self.data, self.hw, self.run, self.quiet = recipe, model, data, hw, run, quiet
+        self.best_row: dict[str, Any] = {}
+        self.best_epoch = 0
+        self.stage_notes: list[str] = []
+        self.feature_cache = FeatureCache(model, data, hw, recipe)
+
+    def checkpoint(self, stage: Stage, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "recipe": self.recipe.to_dict(),
+            "classes": self.data.split.classes,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data.preprocessing.items()},
+            "stage": stage.name,
+            "epoch": epoch,
+            "val_loss": row["val_loss"],
+            "val_acc": row["val_acc"],
+        }
+
+    def run_stage(self, index: int, stage: Stage, plan: FreezePlan) -> None:
+        plan.apply(self.model)
+        trainable, frozen = count_parameters(self.model)
+        use_cache, reason = cache_decision(
+            self.model, plan, self.recipe.data.augment, self.recipe.data.feature_views, self.recipe.run.feature_cache
+        )
+        if use_cache:
+            module = trainable_head(self.model)
+            train_batches = lambda epoch: self.feature_cache.train_batches(epoch)  # noqa: E731
+            val_batches = self.feature_cache.val_batches
+            set_train_mode = module.train
+            path = "cached-features"
+        else:
+            module = self.model
+            seed = self.recipe.run.seed + index
+            train_loader = make_loader(self.data.train, self.recipe.data.batch_size, True, self.recipe.data.workers, seed)
+            val_loader = make_loader(self.data.val, self.recipe.data.batch_size, False, self.recipe.data.workers, seed)
+            train_batches = lambda epoch: train_loader  # noqa: E731
+            val_batches = lambda: val_loader  # noqa: E731
+            set_train_mode = lambda: plan.set_mode(self.model, True)  # noqa: E731
+            path = "full-model"
+        note = (
+            f"stage '{stage.name}': freeze {stage.freeze!r} (bn {stage.bn}), {trainable:,} trainable / {frozen:,} frozen params, "
+            f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path} ({reason})"
+        )
+        self.stage_notes.append(note)
+        log.info(note)
+        optimizer = build_optimizer(self.model, stage)
+        steps_per_epoch = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
+        schedule = Schedule(optimizer, stage, steps_per_epoch)
+        criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
+        eval_criterion = nn.CrossEntropyLoss()
+        for epoch in range(1, stage.epochs + 1):
+            where = f"stage '{stage.name}', epoch {epoch}"
+            tic = time.perf_counter()
+            lr = schedule.lr
+            batches = with_progress(train_batches(epoch), f"{stage.name} {epoch}/{stage.epochs}", self.quiet)
+            train_loss, train_acc = train_one_epoch(
+                module, batches, optimizer, schedule, criterion, self.hw, set_train_mode, (epoch - 1) * steps_per_epoch, where
+            )
+            val_loss, val_acc, _ = evaluate(module, val_batches(), eval_criterion, self.hw)
+            row = {
+                "stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path,
+            }
+            self.run.add_epoch(row)
+            log.info(
+                "[%s] epoch %d/%d - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f - lr: %.3g",
+                stage.name, epoch, stage.epochs, row["seconds"], train_loss, train_acc, val_loss, val_acc, lr,
+            )
+            payload = self.checkpoint(stage, epoch, row)
+            if not self.best_row or val_loss < self.best_row["val_loss"]:
+                self.best_row, self.best_epoch = row, len(self.run.history)
+                self.run.save_checkpoint("best.pt", payload)
+            self.run.save_checkpoint("last.pt", payload)
+
+    def summary(self, seconds: float) -> str:
+        split, recipe = self.data.split, self.recipe
+        trainable, frozen = count_parameters(self.model)
+        final = self.run.history[-1]
+        lines = [
+            f"run: {self.run.path}",
+            f"data: {recipe.data.path or 'embedded digits'} ({split.name}): {len(split.classes)} classes, "
+            f"{len(split.train)} train / {len(split.val)} val images, {len(split.skipped)} skipped",
+            f"classes: {', '.join(split.classes)}",
+            f"model: {' -> '.join([a.kind for a in recipe.model.adapters] + [recipe.model.backbone, recipe.model.head.kind])}, "
+            f"weights {recipe.model.weights}, {trainable + frozen:,} parameters",
+            f"preprocessing: {self.data.preprocessing}",
+            f"hardware: {self.hw.describe()}, torch {torch.__version__}, {platform.processor() or platform.machine()}",
+            *self.stage_notes,
+            f"best: epoch {self.best_epoch} ({self.best_row['stage']} {self.best_row['epoch']}) "
+            f"val_loss {self.best_row['val_loss']:.4f} val_acc {self.best_row['val_acc']:.4f}",
+            f"final: val_loss {final['val_loss']:.4f} val_acc {final['val_acc']:.4f}",
+            f"epochs: {len(self.run.history)}, wall time {seconds:.1f}s",
+        ]
+        return "\n".join(lines) + "\n"
