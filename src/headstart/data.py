@@ -335,5 +335,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int |
         generator=generator,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        drop_last=False,
+        # A last training batch of one image breaks BatchNorm in train mode; timm drops it too.
+        drop_last=shuffle and len(dataset) > batch_size,
     )

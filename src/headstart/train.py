@@ -320,6 +320,7 @@ class _Trainer:
         if use_cache:
             module = trainable_head(self.model)
             train_batches = lambda epoch: self.feature_cache.train_batches(epoch)  # noqa: E731
+            steps_per_epoch = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
             val_batches = self.feature_cache.val_batches
             set_train_mode = module.train
             path = "cached-features"
@@ -329,6 +330,7 @@ class _Trainer:
             train_loader = make_loader(self.data.train, self.recipe.data.batch_size, True, self.recipe.data.workers, seed)
             val_loader = make_loader(self.data.val, self.recipe.data.batch_size, False, self.recipe.data.workers, seed)
             train_batches = lambda epoch: train_loader  # noqa: E731
+            steps_per_epoch = len(train_loader)
             val_batches = lambda: val_loader  # noqa: E731
             set_train_mode = lambda: plan.set_mode(self.model, True)  # noqa: E731
             path = "full-model"
@@ -339,7 +341,6 @@ class _Trainer:
         self.stage_notes.append(note)
         log.info(note)
         optimizer = build_optimizer(self.model, stage)
-        steps_per_epoch = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
         schedule = Schedule(optimizer, stage, steps_per_epoch)
         criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()

@@ -1,0 +1,98 @@
+"""Listing, splitting, decoding and the bad-input errors of the data layer."""
+
+import logging
+from collections import Counter
+
+import pytest
+
+from headstart.data import list_images, prepare_data, stratified_split
+from headstart.errors import HeadstartError
+from headstart.recipe import DataConfig
+
+PREP = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+
+
+def test_class_folders_split_stratified_and_seeded(colour_folder):
+    split = list_images(DataConfig(path=str(colour_folder), val_fraction=0.25, split_seed=3))
+    assert split.classes == ["blue", "green", "red"]
+    assert Counter(label for _, label in split.val) == {0: 3, 1: 3, 2: 3}
+    assert len(split.train) == 27
+    again = list_images(DataConfig(path=str(colour_folder), val_fraction=0.25, split_seed=3))
+    other = list_images(DataConfig(path=str(colour_folder), val_fraction=0.25, split_seed=4))
+    assert again.val == split.val and other.val != split.val
+    assert not {p for p, _ in split.train} & {p for p, _ in split.val}
+
+
+def test_default_val_fraction_is_ten_percent():
+    by_class = {"a": [f"a{i}" for i in range(50)], "b": [f"b{i}" for i in range(30)]}
+    train, val = stratified_split(by_class, 0.1, 0)
+    assert Counter(label for _, label in val) == {0: 5, 1: 3}
+
+
+def test_given_train_val_layout(split_folder):
+    split = list_images(DataConfig(path=str(split_folder)))
+    assert split.classes == ["blue", "red"] and len(split.train) == 20 and len(split.val) == 8
+
+
+def test_csv_listing(colour_folder):
+    lines = ["path,label"] + [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(colour_folder.rglob("*.png"))]
+    (colour_folder / "labels.csv").write_text("\n".join(lines))
+    split = list_images(DataConfig(path=str(colour_folder / "labels.csv")))
+    assert split.classes == ["blue", "green", "red"] and len(split.train) + len(split.val) == 36
+
+
+def test_unreadable_files_skipped_with_one_warning(colour_folder, caplog):
+    (colour_folder / "red" / "notes.txt").write_text("not an image")
+    (colour_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        data = prepare_data(DataConfig(path=str(colour_folder)), PREP)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 2" in warnings[0]
+    assert "notes.txt" in warnings[0] and "broken.jpg" in warnings[0]
+    assert len(data.train) + len(data.val) == 36
+
+
+def test_grayscale_rgba_and_16bit_images_become_rgb(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for name, image in {
+        "gray": Image.fromarray(np.full((20, 20), 128, np.uint8)),
+        "rgba": Image.fromarray(np.full((20, 20, 4), 200, np.uint8)),
+        "deep": Image.fromarray(np.full((20, 20), 40000, np.uint16)),
+    }.items():
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(2):
+            image.save(tmp_path / "d" / name / f"{i}.png")
+    data = prepare_data(DataConfig(path=str(tmp_path / "d"), val_fraction=0.5), PREP)
+    x, _ = data.train[0]
+    assert x.shape == (3, 16, 16) and not data.split.skipped
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({"only": 3}, "1 class folder"),
+        ({"a": 3, "b": 0}, "class folder 'b' has no files"),
+    ],
+)
+def test_bad_folders_are_explained(tmp_path, layout, message):
+    for name, count in layout.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "data" / name / f"{i}.png").write_bytes(b"")
+    with pytest.raises(HeadstartError, match=message):
+        list_images(DataConfig(path=str(tmp_path / "data")))
+
+
+def test_missing_folder():
+    with pytest.raises(HeadstartError, match="data folder not found"):
+        list_images(DataConfig(path="/no/such/folder"))
+
+
+def test_embedded_digits_written_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))
+    split = list_images(DataConfig(path=None))
+    assert split.classes == [str(d) for d in range(10)]
+    assert len(split.train) + len(split.val) == 1797
+    assert (tmp_path / "digits" / "COMPLETE").is_file()

@@ -1,0 +1,99 @@
+"""Whole runs on tiny data: files written, accuracy above chance, the cache exact, NaN stopped, inference."""
+
+import json
+
+import pytest
+import torch
+
+import headstart
+from headstart.data import prepare_data
+from headstart.features import FeatureCache, head_split
+from headstart.hardware import pick_hardware
+from headstart.inference import load
+from headstart.model import build_model
+from headstart.recipe import Recipe
+from tests.conftest import tiny_recipe
+
+RUN_FILES = ["recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt"]
+
+
+def test_staged_run_writes_folder_and_learns(colour_folder, tmp_path):
+    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs"), quiet=True)
+    for name in RUN_FILES:
+        assert (result.run_dir / name).is_file(), name
+    assert (result.run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert [(r["stage"], r["epoch"]) for r in history] == [("head", 1), ("head", 2), ("all", 1), ("all", 2), ("all", 3)]
+    assert history[0]["path"] == "cached-features" and history[2]["path"] == "full-model"
+    assert result.final["val_acc"] >= 0.8  # three colour classes: chance is 0.33
+    saved = Recipe.from_yaml(result.run_dir / "recipe.yaml")
+    assert saved.model.weights == "none"  # resolved, not left empty
+    assert "best: epoch" in (result.run_dir / "summary.txt").read_text()
+
+
+def test_packaged_default_backbone_runs_with_bf16_and_channels_last(colour_folder, tmp_path):
+    recipe = tiny_recipe(
+        colour_folder, tmp_path / "runs",
+        model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
+        data={"image_size": 32},
+        run={"precision": "auto", "channels_last": True},
+        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01},
+                {"name": "top", "epochs": 1, "freeze": "blocks.5", "bn": "train", "optimizer": "sgd", "lr": 0.001}],
+    )
+    result = headstart.train(recipe, quiet=True)
+    assert len(result.history) == 2 and result.history[1]["path"] == "full-model"
+    assert result.final["val_acc"] > 0.5
+
+
+def test_cached_features_equal_the_uncached_forward(colour_folder):
+    recipe = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
+    hw = pick_hardware("cpu", "fp32", channels_last=False)
+    prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    data = prepare_data(recipe.data, prep)
+    model = build_model(recipe.model, len(data.split.classes), 16).eval()
+    cache = FeatureCache(model, data, hw, recipe)
+    cached = torch.cat([x for x, _ in cache.val_batches()])
+    with torch.no_grad():
+        direct = model.head[: head_split(model)](model.features(torch.stack([data.val[i][0] for i in range(len(data.val))])))
+    assert torch.allclose(cached, direct, atol=1e-6)
+    # Training the prefix invalidates the cache: the next read recomputes from the new weights.
+    with torch.no_grad():
+        model.backbone.blocks[0][0].weight.mul_(2)
+    recomputed = torch.cat([x for x, _ in cache.val_batches()])
+    assert not torch.allclose(recomputed, cached)
+
+
+def test_nan_loss_stops_with_stage_epoch_and_keeps_files(colour_folder, tmp_path):
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=[
+        {"name": "ok", "epochs": 1, "freeze": "none", "lr": 0.01},
+        {"name": "wild", "epochs": 2, "freeze": "none", "optimizer": "sgd", "lr": 1e12},
+    ])
+    with pytest.raises(headstart.HeadstartError, match=r"stage 'wild', epoch 1, step \d+; the learning rate"):
+        headstart.train(recipe, quiet=True)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "best.pt").is_file() and (run_dir / "curves.png").is_file()
+    assert len(json.loads((run_dir / "history.json").read_text())) == 1
+
+
+def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
+    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs"), quiet=True)
+    predictor = load(result.run_dir)
+    top = predictor.predict([colour_folder / "red" / "000.png"], top_k=2)
+    assert len(top[0]) == 2 and top[0][0][0] == "red" and top[0][0][1] > top[0][1][1]
+    evaluation = predictor.evaluate(colour_folder, confusion_png=tmp_path / "cm.png")
+    assert evaluation.accuracy > 0.8 and evaluation.confusion.sum() == 36
+    assert (tmp_path / "cm.png").is_file()
+    assert {row["class"] for row in evaluation.per_class} == {"red", "green", "blue"}
+
+
+def test_layer_decay_and_body_lr_groups(colour_folder):
+    from headstart.recipe import Stage
+    from headstart.train import param_groups
+
+    recipe = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
+    model = build_model(recipe.model, 3, 16)
+    groups = param_groups(model, Stage(freeze="none", lr=0.1, body_lr_mult=0.1))
+    assert sorted({round(g["lr"], 6) for g in groups}) == [0.01, 0.1]
+    model = build_model(recipe.model.model_copy(update={"backbone": "test_efficientnet", "backbone_args": {}, "weights": "none"}), 3, 32)
+    groups = param_groups(model, Stage(freeze="none", lr=0.1, layer_decay=0.5))
+    assert len({round(g["lr"], 8) for g in groups}) > 2 and max(g["lr"] for g in groups) == pytest.approx(0.1)
