@@ -13,7 +13,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 def test_default_recipe_is_head_then_finetune():
     recipe = Recipe()
     assert [s.name for s in recipe.stages] == ["head", "finetune"]
-    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "none"
+    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "top:3"
     assert recipe.model.backbone == "tf_efficientnet_lite0"
 
 

@@ -97,3 +97,26 @@ def test_layer_decay_and_body_lr_groups(colour_folder):
     model = build_model(recipe.model.model_copy(update={"backbone": "test_efficientnet", "backbone_args": {}, "weights": "none"}), 3, 32)
     groups = param_groups(model, Stage(freeze="none", lr=0.1, layer_decay=0.5))
     assert len({round(g["lr"], 8) for g in groups}) > 2 and max(g["lr"] for g in groups) == pytest.approx(0.1)
+
+
+ARTICLE_RECIPES = sorted((__import__("pathlib").Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ARTICLE_RECIPES, ids=lambda p: p.stem)
+def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
+    """Each article's model/freeze/stage setup trains end to end (hub weights replaced by 'none' offline)."""
+    import yaml
+
+    values = yaml.safe_load(path.read_text())
+    small = 75 if values["model"]["backbone"] == "inception_v3" else 32  # InceptionV3's smallest input
+    adapters = values["model"].get("adapters", [])
+    values["data"].update(path=str(colour_folder), image_size=small // 2 if any(a["kind"] == "resize" for a in adapters) else small,
+                          batch_size=12, workers=0)
+    if values["model"]["weights"] == "hub":
+        values["model"]["weights"] = "none"
+    for stage in values["stages"]:
+        stage["epochs"] = 1
+    values["run"].update(out_dir=str(tmp_path / "runs"))
+    result = headstart.train(values, quiet=True)
+    assert [row["stage"] for row in result.history] == [stage["name"] for stage in values["stages"]]
+    assert (result.run_dir / "best.pt").is_file()

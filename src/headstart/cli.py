@@ -258,10 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers and not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
+    # The command line owns its process: progress lines go to stdout whatever logging was set up
+    # before; the previous state comes back afterwards (main() may be called from Python).
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.propagate = False
     log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return args.func(args)
@@ -271,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("headstart: interrupted; every finished epoch is in the run folder", file=sys.stderr)
         return 130
-
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from timm.models import group_modules
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -42,12 +43,37 @@ def block_names(model: nn.Module) -> list[str]:
     return names
 
 
+def backbone_stages(model: nn.Module) -> list[str]:
+    """First module of each of the backbone's stages, bottom up, from timm's own coarse layer groups."""
+    backbone = model.backbone
+    if not hasattr(backbone, "group_matcher"):
+        raise HeadstartError(f"'top:N' needs a backbone with timm layer groups; {type(backbone).__name__} has none: name a module instead")
+    groups = group_modules(backbone, backbone.group_matcher(coarse=True), reverse=False)
+    present = dict(backbone.named_modules())
+    firsts = []
+    for group in sorted(groups):
+        # Skip groups of modules forward_features never runs (a removed pre_logits MLP, a ConvNeXt head norm).
+        names = [
+            name for name in groups[group]
+            if name in present and not name.startswith(("head.", "pre_logits")) and any(True for _ in present[name].parameters())
+        ]
+        if names:
+            firsts.append(f"backbone.{names[0]}")
+    return firsts
+
+
 def resolve_point(model: nn.Module, point: str | int) -> str | None:
     """The module name where training starts, or None when nothing is frozen."""
     if point == "none" or point == 0:
         return None
     if point == "backbone":
         return "head"
+    if isinstance(point, str) and point.startswith("top:"):
+        count = point.removeprefix("top:")
+        stages = backbone_stages(model)
+        if not count.isdigit() or not 1 <= int(count) <= len(stages):
+            raise HeadstartError(f"freeze '{point}': N must be 1..{len(stages)}, the number of stages of this backbone")
+        return stages[-int(count)]
     modules = dict(model.named_modules())
     if isinstance(point, int):
         layers = parameter_layers(model)

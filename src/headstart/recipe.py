@@ -145,6 +145,7 @@ class Stage(_Strict):
     freeze: everything *before* this point is frozen; the point itself and all after it train.
         'backbone'   adapters and backbone frozen: only the head trains
         'none'       nothing frozen: everything trains
+        'top:N'      the last N stages of the backbone (timm's layer groups) and the head train
         a name       a module, e.g. 'blocks.5' or 'features.24' (the backbone's own names)
         an integer   k: freeze the first k layers that hold parameters, like Keras' model.layers[:k]
     bn: what BatchNorm layers inside the frozen part do
@@ -200,16 +201,18 @@ class RunConfig(_Strict):
 
 
 def default_stages() -> list[Stage]:
-    """Head first on the frozen backbone, then the whole network with a 10x smaller LR for the body.
+    """Head first on the frozen backbone, then the top three backbone stages + head.
 
-    This is what fastai's fine_tune does, with one difference stated plainly: in the head stage the
+    This is fastai's fine_tune with two differences, stated plainly: in the head stage the
     BatchNorm layers of the frozen backbone are 'frozen' (fastai keeps them training), which makes
-    that stage deterministic and cheap. In the fine-tuning stage nothing is frozen, so every
-    BatchNorm trains normally.
+    that stage deterministic and cacheable; and the fine-tuning stage trains the backbone's top
+    three stages rather than everything (article 003's rule: low-level features are generic), at
+    0.3x the head's learning rate. On hymenoptera that was both more accurate and faster than
+    fine-tuning everything (BENCHMARKS.md).
     """
     return [
         Stage(name="head", epochs=3, freeze="backbone", lr=2e-3, schedule="cosine"),
-        Stage(name="finetune", epochs=4, freeze="none", lr=1e-3, body_lr_mult=0.1, schedule="cosine", warmup_epochs=0),
+        Stage(name="finetune", epochs=3, freeze="top:3", lr=1e-3, body_lr_mult=0.3, schedule="cosine"),
     ]
 
 

@@ -58,6 +58,10 @@ class ScratchCNN(nn.Module):
         self.classifier = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         self.pretrained_cfg = dict(SCRATCH_CFG, num_classes=num_classes)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer groups: one stage per conv block (lets 'top:N' freeze points work)."""
+        return {"stem": r"^blocks\.0\.", "blocks": r"^blocks\.(\d+)"}
+
     def forward_features(self, x):
         return self.blocks(x)
 

@@ -1,0 +1,91 @@
+"""Training and inference throughput of one step: headstart's path vs a plain PyTorch + timm loop.
+
+Same model (tf_efficientnet_lite0, packaged weights, fully trainable), same batch, same process.
+    plain      NCHW fp32, nn.CrossEntropyLoss, AdamW: what a hand-written script does
+    headstart  the hardware fast path headstart picks by default (channels_last + bf16 autocast on
+               CPUs with AVX512-BF16/AMX), through headstart's own train_one_epoch
+
+Usage: python benchmarks/step_throughput.py [--batch 32] [--size 224] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from headstart.freeze import plan_freeze
+from headstart.hardware import pick_hardware
+from headstart.model import build_model
+from headstart.recipe import ModelConfig, Stage
+from headstart.train import Schedule, build_optimizer, train_one_epoch
+
+
+def build(size: int) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(weights="package"), num_classes=10, image_size=size)
+
+
+def plain_train(model, batches, steps):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for x, y in batches[:steps]:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+
+
+def headstart_train(model, batches, hw, steps):
+    stage = Stage(freeze="none", lr=1e-4, schedule="constant")
+    plan = plan_freeze(model, "none", "frozen")
+    plan.apply(model)
+    optimizer = build_optimizer(model, stage)
+    train_one_epoch(model, batches[:steps], optimizer, Schedule(optimizer, stage, steps), nn.CrossEntropyLoss(), hw,
+                    lambda: plan.set_mode(model, True), 0, "bench")
+
+
+@torch.no_grad()
+def infer(model, batches, hw, steps):
+    model.eval()
+    for x, _ in batches[:steps]:
+        with hw.autocast():
+            model(hw.to_input(x))
+
+
+def timed(fn, images: int) -> float:
+    tic = time.perf_counter()
+    fn()
+    return images / (time.perf_counter() - tic)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))) for _ in range(args.steps + 1)]
+    images = args.batch * args.steps
+    fp32 = pick_hardware("cpu", "fp32", channels_last=False)
+    fast = pick_hardware("cpu", "auto", channels_last=True)
+
+    plain = build(args.size)
+    plain_train(plain, batches, 1)  # warm-up
+    plain_rate = timed(lambda: plain_train(plain, batches[1:], args.steps), images)
+    plain_infer = (infer(plain, batches, fp32, 1), timed(lambda: infer(plain, batches[1:], fp32, args.steps), images))[1]
+
+    ours = build(args.size).to(memory_format=torch.channels_last)
+    headstart_train(ours, batches, fast, 1)
+    ours_rate = timed(lambda: headstart_train(ours, batches[1:], fast, args.steps), images)
+    ours_infer = (infer(ours, batches, fast, 1), timed(lambda: infer(ours, batches[1:], fast, args.steps), images))[1]
+
+    print(f"tf_efficientnet_lite0 {args.size}px batch {args.batch}, {args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"train img/s   plain NCHW fp32 {plain_rate:7.1f} | headstart {fast.describe()} {ours_rate:7.1f} | ratio {ours_rate / plain_rate:.2f}x")
+    print(f"infer img/s   plain NCHW fp32 {plain_infer:7.1f} | headstart {fast.describe()} {ours_infer:7.1f} | ratio {ours_infer / plain_infer:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The command line: the same capabilities as the API, and one-line errors with exit code 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from headstart.cli import main
+from tests.conftest import tiny_recipe
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("headstart: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def tiny_run(colour_folder, tmp_path, capsys) -> Path:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    assert main(["train", "--recipe", str(recipe), "--epochs", "head=1,all=2", "--quiet"]) == 0
+    capsys.readouterr()
+    return tmp_path / "runs" / "tiny"
+
+
+def test_train_evaluate_predict_summary(tiny_run, colour_folder, capsys):
+    assert len(json.loads((tiny_run / "history.json").read_text())) == 3
+    assert main(["evaluate", str(tiny_run), str(colour_folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 36 and report["accuracy"] > 0.7 and (tiny_run / "confusion.png").is_file()
+    assert main(["predict", str(tiny_run), str(colour_folder / "green"), "--top-k", "1", "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 12 and all(len(p["top"]) == 1 for p in predictions)
+    assert main(["summary", str(tiny_run)]) == 0
+    assert "stage 'head': trainable" in capsys.readouterr().out
+
+
+def test_epoch_lines_look_like_keras(colour_folder, tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    assert main(["train", "--recipe", str(recipe), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[head] epoch 1/1" in out and " - loss: " in out and " - val_acc: " in out
+
+
+def test_flags_override_recipe(colour_folder, tmp_path, capsys):
+    argv = ["train", str(colour_folder), "--backbone", "resnet18", "--head", "gap-dense", "--adapter", "noise:0.05",
+            "--adapter", "resize:2x", "--freeze", "head=backbone,finetune=top:2", "--bn", "train", "--dry-run"]
+    assert main(argv) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)
+    assert recipe["model"]["backbone"] == "resnet18" and recipe["model"]["weights"] is None
+    assert recipe["model"]["adapters"] == [{"kind": "noise", "sigma": 0.05}, {"kind": "resize", "factor": 2.0, "size": None, "mode": "bilinear"}]
+    assert [s["freeze"] for s in recipe["stages"]] == ["backbone", "top:2"] and {s["bn"] for s in recipe["stages"]} == {"train"}
+
+
+def test_bad_inputs_get_one_line(tmp_path, capsys, colour_folder):
+    assert "data folder not found" in one_line_error(capsys, ["train", str(tmp_path / "missing")])
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    assert "need at least 2" in one_line_error(capsys, ["train", str(tmp_path / "one")])
+    assert "did you mean" in one_line_error(capsys, ["train", str(colour_folder), "--backbone", "resnet5O"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {backbone: resnet18, head_kind: linear}\n")
+    assert "valid fields: backbone, backbone_args" in one_line_error(capsys, ["train", "--recipe", str(bad)])
+    assert "valid: hub, package, none, file:PATH" in one_line_error(capsys, ["train", str(colour_folder), "--weights", "s3://x"])
+    unfit = tmp_path / "unfit.pt"
+    import torch
+
+    torch.save({"conv.weight": torch.zeros(1)}, unfit)
+    err = one_line_error(capsys, ["train", str(colour_folder), "--weights", f"file:{unfit}", "--image-size", "32"])
+    assert "does not fit" in err
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    assert "unknown freeze point 'blocks.9'" in one_line_error(capsys, ["train", "--recipe", str(recipe), "--freeze", "blocks.9"])
+    assert not (tmp_path / "runs").exists()  # checked before a run folder is made
+
+
+# Expected trainable / frozen split of each article recipe's stages (2 classes), computed by hand:
+# 003: VGG16 blocks 1-4 hold 7,635,264 parameters (Keras' model.layers[:15]).
+EXPECTED_SPLITS = {
+    "003_two_stage_vgg16": ["non-trainable 14,714,688", "non-trainable 7,635,264"],
+    "001_scratch_cnn_bn": ["non-trainable 0"],
+    "000_bn_trainable": ["non-trainable 21,785,568", "bn train: 76 BatchNorm"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_summary_of_article_recipes(path, capsys):
+    assert main(["summary", str(path), "--classes", "2"]) == 0
+    out = capsys.readouterr().out
+    stages = [line for line in out.splitlines() if line.startswith("stage '")]
+    assert len(stages) == len(yaml.safe_load(path.read_text())["stages"])
+    for expected in EXPECTED_SPLITS.get(path.stem, []):
+        assert expected in out
+
+
+def test_backbones_lists_offline_weights(capsys):
+    assert main(["backbones", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert "tf_efficientnet_lite0" in out and "package (offline)" in out
+    assert "no backbone matches" in one_line_error(capsys, ["backbones", "nosuchnet"])
