@@ -9,7 +9,6 @@ import headstart
 from headstart.data import prepare_data
 from headstart.features import FeatureCache, head_split
 from headstart.hardware import pick_hardware
-from headstart.inference import load
 from headstart.model import build_model
 from headstart.recipe import Recipe
 from tests.conftest import tiny_recipe
@@ -77,7 +76,7 @@ def test_nan_loss_stops_with_stage_epoch_and_keeps_files(colour_folder, tmp_path
 
 def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs"), quiet=True)
-    predictor = load(result.run_dir)
+    predictor = headstart.load(result.run_dir)
     top = predictor.predict([colour_folder / "red" / "000.png"], top_k=2)
     assert len(top[0]) == 2 and top[0][0][0] == "red" and top[0][0][1] > top[0][1][1]
     evaluation = predictor.evaluate(colour_folder, confusion_png=tmp_path / "cm.png")
@@ -120,3 +119,36 @@ def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
     result = headstart.train(values, quiet=True)
     assert [row["stage"] for row in result.history] == [stage["name"] for stage in values["stages"]]
     assert (result.run_dir / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_schedules_shape_the_learning_rate(optimizer, schedule):
+    from headstart.recipe import ModelConfig, Stage
+    from headstart.train import Schedule, build_optimizer
+
+    model = build_model(ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4]}), 2, 8)
+    stage = Stage(freeze="none", optimizer=optimizer, lr=0.1, schedule=schedule, epochs=2)
+    opt = build_optimizer(model, stage)
+    assert type(opt).__name__.lower().startswith({"sgd": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adamw"}[optimizer])
+    sched = Schedule(opt, stage, steps_per_epoch=10)
+    lrs = []
+    for step in range(20):
+        lrs.append(sched.lr)
+        opt.step()
+        sched.after_step(step + 1)
+    if schedule == "constant":
+        assert set(lrs) == {0.1}
+    elif schedule == "cosine":
+        assert lrs[0] == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.01
+    else:  # one-cycle: warm up to the peak, then anneal far below the start
+        peak = lrs.index(max(lrs))
+        assert 0 < peak < 19 and max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < lrs[0]
+
+
+def test_label_smoothing_raises_the_loss_floor(colour_folder, tmp_path):
+    plain = headstart.train(tiny_recipe(colour_folder, tmp_path / "a"), quiet=True)
+    smooth_stages = [{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05, "label_smoothing": 0.3},
+                     {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01, "label_smoothing": 0.3}]
+    smooth = headstart.train(tiny_recipe(colour_folder, tmp_path / "b", stages=smooth_stages), quiet=True)
+    assert smooth.final["train_loss"] > plain.final["train_loss"]

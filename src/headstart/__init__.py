@@ -10,6 +10,14 @@ from headstart.errors import HeadstartError
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.train import TrainResult, train
 
+
+def load(run_or_checkpoint, device: str = "auto"):
+    """A Predictor for a run folder (its best.pt) or a checkpoint: .predict(images), .evaluate(folder)."""
+    from headstart.inference import load as load_predictor  # sklearn's metrics load only when needed
+
+    return load_predictor(run_or_checkpoint, device=device)
+
+
 __all__ = [
     "DataConfig",
     "HeadConfig",
@@ -19,6 +27,7 @@ __all__ = [
     "RunConfig",
     "Stage",
     "TrainResult",
+    "load",
     "train",
 ]
 __version__ = "0.1.0"
