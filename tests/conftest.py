@@ -52,3 +52,9 @@ def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:
     for section, values in overrides.items():
         recipe[section] = values if section == "stages" else {**recipe[section], **values}
     return recipe
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Feature caches and the digits folder go to a per-test folder, never the user's ~/.cache."""
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("cache")))

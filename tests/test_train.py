@@ -55,6 +55,10 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     with torch.no_grad():
         direct = model.head[: head_split(model)](model.features(torch.stack([data.val[i][0] for i in range(len(data.val))])))
     assert torch.allclose(cached, direct, atol=1e-6)
+    assert cache.reused is False
+    # A second cache for the same recipe and weights finds the stored entry.
+    again = FeatureCache(model, data, hw, recipe)
+    assert torch.equal(torch.cat([x for x, _ in again.val_batches()]), cached) and again.reused
     # Training the prefix invalidates the cache: the next read recomputes from the new weights.
     with torch.no_grad():
         model.backbone.blocks[0][0].weight.mul_(2)
@@ -152,3 +156,37 @@ def test_label_smoothing_raises_the_loss_floor(colour_folder, tmp_path):
                      {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01, "label_smoothing": 0.3}]
     smooth = headstart.train(tiny_recipe(colour_folder, tmp_path / "b", stages=smooth_stages), quiet=True)
     assert smooth.final["train_loss"] > plain.final["train_loss"]
+
+
+def test_feature_cache_key_changes_with_every_field(colour_folder):
+    """Backbone weights, transform, image size, cut point, dtype, augmentation views, images: each makes a new key."""
+    base = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
+    prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+
+    def key(recipe=base, preprocessing=prep, precision="fp32", mutate=None):
+        data = prepare_data(recipe.data, preprocessing)
+        torch.manual_seed(0)
+        model = build_model(recipe.model, 3, preprocessing["image_size"])
+        if mutate:
+            mutate(model)
+        return FeatureCache(model, data, pick_hardware("cpu", precision, False), recipe).key()
+
+    def scaled(model):
+        with torch.no_grad():
+            model.backbone.blocks[0][0].weight.mul_(1.01)
+
+    reference = key()
+    assert key() == reference
+    variants = {
+        "weights": key(mutate=scaled),
+        "backbone_args": key(recipe=base.model_copy(update={"model": base.model.model_copy(update={"backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False}})})),
+        "image size": key(preprocessing={**prep, "image_size": 20}),
+        "transform": key(preprocessing={**prep, "mean": (0.4, 0.4, 0.4)}),
+        "cut point": key(recipe=Recipe.from_dict({**base.to_dict(), "model": {**base.to_dict()["model"], "head": {"kind": "flatten-dense"}}})),
+        "dtype": key(precision="bf16"),
+        "views": key(recipe=Recipe.from_dict({**base.to_dict(), "data": {**base.to_dict()["data"], "augment": "light", "feature_views": 2}})),
+    }
+    for field, value in variants.items():
+        assert value != reference, field
+    (colour_folder / "red" / "000.png").write_bytes((colour_folder / "blue" / "000.png").read_bytes())
+    assert key() != reference, "images"

@@ -66,6 +66,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     for key, flag in (("out_dir", "out"), ("name", "name"), ("seed", "seed"), ("device", "device"), ("precision", "precision")):
         if getattr(args, flag) is not None:
             run[key] = getattr(args, flag)
+    if args.compile is not None:
+        run["compile"] = args.compile
     if args.no_channels_last:
         run["channels_last"] = False
     if args.no_feature_cache:
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int)
     group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
     group.add_argument("--no-channels-last", action="store_true")
     group.add_argument("--no-feature-cache", action="store_true")
     group.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")

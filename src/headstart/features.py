@@ -12,13 +12,21 @@ for speed: the head sees K fixed variants per image instead of a new one each ep
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.data import PreparedData, make_loader
+from headstart.digits import cache_root
 from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
 from headstart.model import Classifier, GaussianNoise, GlobalAvgPool
@@ -62,52 +70,132 @@ def trainable_head(model: Classifier) -> torch.nn.Module:
     return model.head[head_split(model):]
 
 
-def prefix_fingerprint(model: Classifier) -> tuple[float, ...]:
-    """A cheap checksum of every weight and buffer before the head: it changes if any stage trained them."""
+def prefix_fingerprint(model: Classifier) -> str:
+    """A checksum of every weight and buffer before the head: it changes if any stage trained them."""
+    digest = hashlib.sha256()
     with torch.no_grad():
-        tensors = [*model.adapter.state_dict().values(), *model.backbone.state_dict().values()]
-        return tuple(float(t.double().sum()) for t in tensors if t.is_floating_point())
+        for name, tensor in [*model.adapter.state_dict().items(), *model.backbone.state_dict().items()]:
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _images_digest(samples) -> str:
+    """Which files, with which sizes and modification times: a changed image folder is a new cache."""
+    digest = hashlib.sha256()
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+    return digest.hexdigest()
+
+
+# numpy has no bfloat16: such features are stored as their raw 16-bit patterns.
+_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
 class FeatureCache:
-    """Backbone outputs for the train views and the val set of one run, recomputed only when the prefix changed."""
+    """Backbone outputs for the train views and the val set, keyed by everything that changes them.
+
+    Entries live under $HEADSTART_CACHE/features/<key>/ so another run (a rerun, a sweep variant
+    with another head) reuses them; an entry is written to a staging folder and renamed into place
+    once complete. Below `run.feature_cache_memory_mb` the arrays are held in RAM, above it they are
+    read through memory maps, so memory stays within the budget.
+    """
 
     def __init__(self, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe):
-        self.model, self.data, self.hw = model, data, hw
+        self.model, self.data, self.hw, self.recipe = model, data, hw, recipe
         self.batch_size = recipe.data.batch_size
         self.seed = recipe.run.seed
         self.views = max(1, recipe.data.feature_views) if recipe.data.augment != "none" else 1
         self.dtype = torch.float32 if hw.precision == "fp32" else (torch.bfloat16 if hw.precision == "bf16" else torch.float16)
-        self._key: tuple | None = None
-        self._train: list[torch.Tensor] = []
-        self._val: torch.Tensor | None = None
+        self.budget = recipe.run.feature_cache_memory_mb << 20
+        self._key: str | None = None
+        self._train: list[np.ndarray] = []
+        self._val: np.ndarray | None = None
         self._train_labels = torch.tensor(data.train.labels)
         self._val_labels = torch.tensor(data.val.labels)
+        self.reused = False
+
+    def key_fields(self) -> dict:
+        """Everything that changes the cached outputs (the prefix checksum covers backbone and weights)."""
+        model = self.recipe.model
+        return {
+            "backbone": model.backbone,
+            "weights": model.weights,
+            "backbone_args": model.backbone_args,
+            "adapters": [adapter.model_dump() for adapter in model.adapters],
+            "cut": [type(m).__name__ for m in self.model.head[: head_split(self.model)]],
+            "preprocessing": self.data.preprocessing,
+            "augment": self.recipe.data.augment,
+            "views": self.views,
+            "seed": self.seed,
+            "dtype": str(self.dtype),
+            "train_images": _images_digest(self.data.train.samples),
+            "val_images": _images_digest(self.data.val.samples),
+            "prefix": prefix_fingerprint(self.model),
+        }
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.key_fields(), sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     @torch.no_grad()
-    def _extract(self, dataset, seed: int) -> torch.Tensor:
+    def _extract(self, dataset, seed: int, target: Path) -> np.ndarray:
         # A fixed generator per view: the same recipe caches the same augmented views.
         torch.manual_seed(seed)
         loader = make_loader(dataset, self.batch_size, False, 0, seed)
         self.model.eval()
-        chunks = []
+        output = None
+        row = 0
         for inputs, _ in loader:
             with self.hw.autocast():
                 features = self.model.head[: head_split(self.model)](self.model.features(self.hw.to_input(inputs)))
-                chunks.append(features.to("cpu", self.dtype))
-        return torch.cat(chunks)
+            chunk = features.to("cpu", self.dtype).contiguous()
+            chunk = chunk.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else chunk.numpy()
+            if output is None:
+                # Written straight into a memory-mapped .npy: RAM never holds more than a batch of it.
+                output = np.lib.format.open_memmap(target, mode="w+", dtype=_STORAGE[self.dtype], shape=(len(dataset), *chunk.shape[1:]))
+            output[row : row + len(chunk)] = chunk
+            row += len(chunk)
+        output.flush()
+        return output
+
+    def _load(self, folder: Path) -> None:
+        files = [folder / f"train{view}.npy" for view in range(self.views)] + [folder / "val.npy"]
+        size = sum(f.stat().st_size for f in files)
+        in_memory = size <= self.budget
+        arrays = [np.load(f, mmap_mode=None if in_memory else "r") for f in files]
+        self._train, self._val = arrays[:-1], arrays[-1]
+        where = "in memory" if in_memory else f"memory-mapped (over the {self.budget >> 20} MB budget)"
+        log.info("feature cache %s: %d train view(s) + val, %s per image, %.1f MB %s",
+                 "reused" if self.reused else "built", self.views, self._val.shape[1:], size / 2**20, where)
 
     def _ensure(self) -> None:
-        key = prefix_fingerprint(self.model)
+        key = self.key()
         if key == self._key:
             return
-        generator_state = torch.get_rng_state()
-        self._train = [self._extract(self.data.train, self.seed + 1000 + view) for view in range(self.views)]
-        self._val = self._extract(self.data.val, self.seed)
-        torch.set_rng_state(generator_state)
+        folder = cache_root() / "features" / key
+        self.reused = (folder / "key.json").is_file()
+        if not self.reused:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+            generator_state = torch.get_rng_state()
+            for view in range(self.views):
+                self._extract(self.data.train, self.seed + 1000 + view, staging / f"train{view}.npy")
+            self._extract(self.data.val, self.seed, staging / "val.npy")
+            torch.set_rng_state(generator_state)
+            (staging / "key.json").write_text(json.dumps(self.key_fields(), indent=1, sort_keys=True, default=str))
+            try:
+                staging.rename(folder)
+            except OSError:  # another process finished the same entry first: theirs is identical
+                shutil.rmtree(staging, ignore_errors=True)
+        self._load(folder)
         self._key = key
-        size = sum(t.numel() * t.element_size() for t in [*self._train, self._val])
-        log.info("feature cache: %d train view(s) + val, %s per image, %.1f MB", self.views, tuple(self._val.shape[1:]), size / 2**20)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.dtype == torch.bfloat16:
+            tensor = tensor.view(torch.bfloat16)
+        return tensor.float()
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
@@ -115,9 +203,9 @@ class FeatureCache:
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(self.seed + epoch))
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield features[index].float(), self._train_labels[index]
+            yield self._tensor(features[index.numpy()]), self._train_labels[index]
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
         for start in range(0, len(self._val), self.batch_size):
-            yield self._val[start : start + self.batch_size].float(), self._val_labels[start : start + self.batch_size]
+            yield self._tensor(self._val[start : start + self.batch_size]), self._val_labels[start : start + self.batch_size]
