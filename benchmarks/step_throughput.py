@@ -5,7 +5,7 @@ Same model (tf_efficientnet_lite0, packaged weights, fully trainable), same batc
     headstart  the hardware fast path headstart picks by default (channels_last + bf16 autocast on
                CPUs with AVX512-BF16/AMX), through headstart's own train_one_epoch
 
-Usage: python benchmarks/step_throughput.py [--batch 32] [--size 224] [--steps 6]
+Usage: python benchmarks/step_throughput.py [--batch 32] [--size 224] [--steps 6] [--compile]
 """
 
 from __future__ import annotations
@@ -39,11 +39,16 @@ def plain_train(model, batches, steps):
 
 
 def headstart_train(model, batches, hw, steps):
+    headstart_train_module(model, model, batches, hw, steps)
+
+
+def headstart_train_module(model, runner, batches, hw, steps):
+    """headstart's train_one_epoch over `runner` (the model itself, or its torch.compile'd view)."""
     stage = Stage(freeze="none", lr=1e-4, schedule="constant")
     plan = plan_freeze(model, "none", "frozen")
     plan.apply(model)
     optimizer = build_optimizer(model, stage)
-    train_one_epoch(model, batches[:steps], optimizer, Schedule(optimizer, stage, steps), nn.CrossEntropyLoss(), hw,
+    train_one_epoch(runner, batches[:steps], optimizer, Schedule(optimizer, stage, steps), nn.CrossEntropyLoss(), hw,
                     lambda: plan.set_mode(model, True), 0, "bench")
 
 
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd path (~100 s to compile on 2 cores)")
     args = parser.parse_args()
     batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))) for _ in range(args.steps + 1)]
     images = args.batch * args.steps
@@ -82,8 +88,21 @@ def main() -> None:
     ours_rate = timed(lambda: headstart_train(ours, batches[1:], fast, args.steps), images)
     ours_infer = (infer(ours, batches, fast, 1), timed(lambda: infer(ours, batches[1:], fast, args.steps), images))[1]
 
+    if args.compile:
+        # torch.compile'd fp32 channels_last: bf16 compiled kernels measured slower on this CPU.
+        hw32 = pick_hardware("cpu", "fp32", channels_last=True)
+        compiled_model = build(args.size).to(memory_format=torch.channels_last)
+        runner = torch.compile(compiled_model)
+        tic = time.perf_counter()
+        headstart_train_module(compiled_model, runner, batches, hw32, 1)
+        compile_seconds = time.perf_counter() - tic
+        compiled_rate = timed(lambda: headstart_train_module(compiled_model, runner, batches[1:], hw32, args.steps), images)
+
     print(f"tf_efficientnet_lite0 {args.size}px batch {args.batch}, {args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"train img/s   plain NCHW fp32 {plain_rate:7.1f} | headstart {fast.describe()} {ours_rate:7.1f} | ratio {ours_rate / plain_rate:.2f}x")
+    if args.compile:
+        print(f"train img/s   headstart compiled cpu fp32 channels_last {compiled_rate:7.1f} | ratio {compiled_rate / plain_rate:.2f}x "
+              f"(first step incl. compiling: {compile_seconds:.0f}s)")
     print(f"infer img/s   plain NCHW fp32 {plain_infer:7.1f} | headstart {fast.describe()} {ours_infer:7.1f} | ratio {ours_infer / plain_infer:.2f}x")
 
 

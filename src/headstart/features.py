@@ -2,8 +2,10 @@
 
 A head-only stage over a frozen backbone repeats the same backbone forward pass every epoch.
 When that prefix is a fixed function of the image (frozen weights, BatchNorm not updating,
-no noise adapter, no random augmentation), its outputs are computed once, kept in memory, and
-only the head trains on them: exact, and many times faster.
+no noise adapter, no random augmentation), its outputs are computed once and only the head
+trains on them: exact within the autocast dtype, and many times faster. The outputs are stored
+under a key of everything that changes them, so a rerun or another head reuses them and a
+changed recipe never does.
 
 With augmentation on, `data.feature_views: K` caches K augmented views of every training image
 and cycles through them epoch by epoch. That trades the endless variety of fresh augmentation

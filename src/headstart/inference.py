@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class Predictor:
         if unknown:
             raise HeadstartError(f"{folder} has class '{unknown[0]}' the model does not know; its classes: {', '.join(self.classes)}")
         samples = [(path, self.classes.index(name)) for name, paths in found.items() for path in paths]
-        arrays, samples, bad = decode_all(samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], 2)
+        arrays, samples, bad = decode_all(samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1)
         if bad:
             log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), ", ".join(bad[:10]))
         if not samples:
