@@ -313,6 +313,20 @@ def train(recipe: Recipe | str | Path | dict | None = None, *, quiet: bool = Fal
     return TrainResult(run.path, run.history, classes)
 
 
+@dataclass
+class StagePath:
+    """How a stage's batches reach the trainable part: cached backbone outputs, or images through the whole model."""
+
+    name: str
+    reason: str
+    train_module: nn.Module
+    eval_module: nn.Module
+    set_train_mode: Callable[[], Any]
+    train_batches: Callable[[int], Batches]
+    val_batches: Callable[[], Batches]
+    steps_per_epoch: int
+
+
 class _Trainer:
     """State shared across stages of one run: the model, the data, the best checkpoint so far."""
 
@@ -337,55 +351,69 @@ class _Trainer:
             "val_acc": row["val_acc"],
         }
 
+    def _cached_path(self, reason: str) -> StagePath:
+        """Train the head alone on stored backbone outputs."""
+        head = trainable_head(self.model)
+        return StagePath(
+            name="cached-features",
+            reason=reason,
+            train_module=head,
+            eval_module=head,
+            set_train_mode=head.train,
+            train_batches=self.feature_cache.train_batches,
+            val_batches=self.feature_cache.val_batches,
+            steps_per_epoch=math.ceil(len(self.data.train) / self.recipe.data.batch_size),
+        )
+
+    def _full_path(self, index: int, plan: FreezePlan, reason: str) -> StagePath:
+        """Run images through the whole model every step (compiled if the run decided so)."""
+        seed = self.recipe.run.seed + index
+        pin = self.hw.device.type == "cuda"  # pinned host memory only pays for copies to a GPU
+        batch, workers = self.recipe.data.batch_size, self.recipe.data.workers
+        train_loader = make_loader(self.data.train, batch, True, workers, seed, pin)
+        val_loader = make_loader(self.data.val, batch, False, workers, seed, pin)
+        return StagePath(
+            name="full-model+compiled" if self.train_module is not self.model else "full-model",
+            reason=reason,
+            train_module=self.train_module,
+            # Evaluation runs eagerly: a compiled eval graph would cost a second compile for one pass.
+            eval_module=self.model,
+            set_train_mode=lambda: plan.set_mode(self.model, True),
+            train_batches=lambda epoch: train_loader,
+            val_batches=lambda: val_loader,
+            steps_per_epoch=len(train_loader),
+        )
+
     def run_stage(self, index: int, stage: Stage, plan: FreezePlan) -> None:
         plan.apply(self.model)
         trainable, frozen = count_parameters(self.model)
         use_cache, reason = cache_decision(
             self.model, plan, self.recipe.data.augment, self.recipe.data.feature_views, self.recipe.run.feature_cache
         )
-        if use_cache:
-            module = trainable_head(self.model)
-            train_batches = lambda epoch: self.feature_cache.train_batches(epoch)  # noqa: E731
-            steps_per_epoch = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
-            val_batches = self.feature_cache.val_batches
-            set_train_mode = module.train
-            path = "cached-features"
-        else:
-            module = self.train_module
-            seed = self.recipe.run.seed + index
-            train_loader = make_loader(self.data.train, self.recipe.data.batch_size, True, self.recipe.data.workers, seed)
-            val_loader = make_loader(self.data.val, self.recipe.data.batch_size, False, self.recipe.data.workers, seed)
-            train_batches = lambda epoch: train_loader  # noqa: E731
-            steps_per_epoch = len(train_loader)
-            val_batches = lambda: val_loader  # noqa: E731
-            set_train_mode = lambda: plan.set_mode(self.model, True)  # noqa: E731
-            path = "full-model"
-        if module is not self.model and not use_cache:
-            path += "+compiled"
+        path = self._cached_path(reason) if use_cache else self._full_path(index, plan, reason)
         note = (
             f"stage '{stage.name}': freeze {stage.freeze!r} (bn {stage.bn}), {trainable:,} trainable / {frozen:,} frozen params, "
-            f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path} ({reason})"
+            f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path.name} ({path.reason})"
         )
         self.stage_notes.append(note)
         log.info(note)
         optimizer = build_optimizer(self.model, stage)
-        schedule = Schedule(optimizer, stage, steps_per_epoch)
+        schedule = Schedule(optimizer, stage, path.steps_per_epoch)
         criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
         for epoch in range(1, stage.epochs + 1):
             where = f"stage '{stage.name}', epoch {epoch}"
             tic = time.perf_counter()
             lr = schedule.lr
-            batches = with_progress(train_batches(epoch), f"{stage.name} {epoch}/{stage.epochs}", self.quiet)
+            batches = with_progress(path.train_batches(epoch), f"{stage.name} {epoch}/{stage.epochs}", self.quiet)
             train_loss, train_acc = train_one_epoch(
-                module, batches, optimizer, schedule, criterion, self.hw, set_train_mode, (epoch - 1) * steps_per_epoch, where
+                path.train_module, batches, optimizer, schedule, criterion, self.hw, path.set_train_mode,
+                (epoch - 1) * path.steps_per_epoch, where,
             )
-            # Evaluation runs eagerly: a compiled eval graph would cost a second compile for one pass.
-            eval_module = module if use_cache else self.model
-            val_loss, val_acc, _ = evaluate(eval_module, val_batches(), eval_criterion, self.hw)
+            val_loss, val_acc, _ = evaluate(path.eval_module, path.val_batches(), eval_criterion, self.hw)
             row = {
                 "stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path,
+                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path.name,
             }
             self.run.add_epoch(row)
             log.info(
