@@ -5,7 +5,7 @@ Same model (tf_efficientnet_lite0, packaged weights, fully trainable), same batc
     headstart  the hardware fast path headstart picks by default (channels_last + bf16 autocast on
                CPUs with AVX512-BF16/AMX), through headstart's own train_one_epoch
 
-Usage: python benchmarks/step_throughput.py [--batch 32] [--size 224] [--steps 6] [--compile]
+Usage: python benchmarks/step_throughput.py [--batch 32] [--size 224] [--steps 12] [--compile]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd path (~100 s to compile on 2 cores)")
     args = parser.parse_args()
     batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))) for _ in range(args.steps + 1)]
