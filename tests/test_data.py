@@ -96,3 +96,30 @@ def test_embedded_digits_written_once(tmp_path, monkeypatch):
     assert split.classes == [str(d) for d in range(10)]
     assert len(split.train) + len(split.val) == 1797
     assert (tmp_path / "digits" / "COMPLETE").is_file()
+
+
+def test_over_budget_images_go_to_a_reused_memory_map(colour_folder, monkeypatch, caplog):
+    import numpy as np
+
+    from headstart import data as data_module
+
+    (colour_folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    in_memory = prepare_data(DataConfig(path=str(colour_folder)), PREP)
+    monkeypatch.setattr(data_module, "DECODED_CACHE_BUDGET", 1000)
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        on_disk = prepare_data(DataConfig(path=str(colour_folder)), PREP)
+    assert isinstance(on_disk.train.arrays, data_module.DiskImages)
+    assert "memory-mapped file" in caplog.text and "skipped 1" in caplog.text
+    assert [s for s in on_disk.split.train] == [s for s in in_memory.split.train]
+    for index in (0, 5, len(on_disk.train) - 1):
+        assert np.array_equal(on_disk.train.arrays[index], in_memory.train.arrays[index])
+    for index in range(len(on_disk.val)):  # the eval transform is deterministic
+        assert torch_equal(on_disk.val[index][0], in_memory.val[index][0])
+    again = prepare_data(DataConfig(path=str(colour_folder)), PREP)  # reuses the stored file
+    assert again.train.arrays.data.filename == on_disk.train.arrays.data.filename and again.split.skipped == ["broken.png (OSError)"]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

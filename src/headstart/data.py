@@ -10,9 +10,13 @@ Accepted layouts:
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
 
-# A decoded cache above this many bytes is not kept in memory; images are then decoded every epoch.
+# Decoded images above this many bytes go to a memory-mapped file instead of memory.
 DECODED_CACHE_BUDGET = int(os.environ.get("HEADSTART_DECODED_CACHE_BYTES", 4 << 30))
 
 
@@ -203,6 +207,65 @@ def decode_all(samples: list[Sample], short_side: int, interpolation: str, threa
     return arrays, kept, bad
 
 
+def files_digest(samples: list[Sample], salt: str = "") -> str:
+    """Which files, with which sizes, modification times and labels: a changed folder gives a new digest."""
+    digest = hashlib.sha256(salt.encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+    return digest.hexdigest()
+
+
+class DiskImages:
+    """Decoded images in one uint8 file read through a memory map: for data sets larger than the memory budget.
+
+    Images differ in size, so the file is ragged: `index.npy` holds each image's (offset, height,
+    width). Stored under $HEADSTART_CACHE/images/<key>/, keyed by the files (paths, sizes,
+    modification times) and the decode size, so a later run over the same folder reuses it.
+    """
+
+    def __init__(self, folder: Path):
+        self.index = np.load(folder / "index.npy")
+        self.data = np.memmap(folder / "pixels.bin", dtype=np.uint8, mode="r") if self.index.size else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        offset, height, width = (int(v) for v in self.index[position])
+        return np.asarray(self.data[offset : offset + height * width * 3]).reshape(height, width, 3)
+
+    @classmethod
+    def build(cls, samples: list[Sample], short_side: int, interpolation: str, threads: int) -> tuple[DiskImages, list[Sample], list[str]]:
+        from headstart.digits import cache_root
+
+        folder = cache_root() / "images" / files_digest(samples, salt=f"{short_side}|{interpolation}")[:24]
+        if not (folder / "kept.json").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".images-", dir=folder.parent))
+            index, kept, bad, offset = [], [], [], 0
+            with open(staging / "pixels.bin", "wb") as pixels, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                # Chunks keep at most a few hundred decoded images in memory at once.
+                for start in range(0, len(samples), 256):
+                    chunk = samples[start : start + 256]
+                    for sample, result in zip(chunk, pool.map(lambda s: _try_decode(s[0], short_side, interpolation), chunk)):
+                        if isinstance(result, str):
+                            bad.append(result)
+                            continue
+                        pixels.write(result.tobytes())
+                        index.append((offset, result.shape[0], result.shape[1]))
+                        offset += result.size
+                        kept.append(sample)
+            np.save(staging / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 3))
+            (staging / "kept.json").write_text(json.dumps({"kept": [[str(p), y] for p, y in kept], "bad": bad}))
+            try:
+                staging.rename(folder)
+            except OSError:  # built meanwhile by another process: the same content
+                shutil.rmtree(staging, ignore_errors=True)
+        stored = json.loads((folder / "kept.json").read_text())
+        return cls(folder), [(Path(p), y) for p, y in stored["kept"]], stored["bad"]
+
+
 def short_side_for(preprocessing: dict) -> int:
     """The size the eval transform resizes the shorter side to; decoding straight to it makes that resize a no-op."""
     return math.floor(preprocessing["image_size"] / preprocessing["crop_pct"])
@@ -232,22 +295,18 @@ def build_transforms(preprocessing: dict, augment: str):
 
 
 class ImageDataset(Dataset):
-    """Samples as (tensor, label): from decoded arrays when cached, else decoded from disk each time."""
+    """Samples as (tensor, label) from decoded images: a list in memory, or DiskImages past the budget."""
 
-    def __init__(self, samples: list[Sample], transform, arrays: list[np.ndarray] | None, short_side: int, interpolation: str):
+    def __init__(self, samples: list[Sample], transform, arrays):
         self.samples = samples
         self.transform = transform
         self.arrays = arrays
-        self.short_side = short_side
-        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def image(self, index: int) -> Image.Image:
-        if self.arrays is not None:
-            return Image.fromarray(self.arrays[index])
-        return Image.fromarray(decode(self.samples[index][0], self.short_side, self.interpolation))
+        return Image.fromarray(self.arrays[index])
 
     def __getitem__(self, index: int):
         return self.transform(self.image(index)), self.samples[index][1]
@@ -276,11 +335,12 @@ def prepare_data(cfg: DataConfig, preprocessing: dict, threads: int | None = Non
     if estimate <= DECODED_CACHE_BUDGET:
         train_arrays, split.train, bad_train = decode_all(split.train, short_side, interpolation, threads)
         val_arrays, split.val, bad_val = decode_all(split.val, short_side, interpolation, threads)
-        bad = bad_train + bad_val
     else:
-        log.info("decoded-image cache of ~%d MB exceeds its budget: decoding from disk every epoch", estimate >> 20)
-        train_arrays = val_arrays = None
-        bad = _drop_unreadable(split)
+        log.info("decoded images (~%d MB) exceed the %d MB memory budget: decoding once to a memory-mapped file",
+                 estimate >> 20, DECODED_CACHE_BUDGET >> 20)
+        train_arrays, split.train, bad_train = DiskImages.build(split.train, short_side, interpolation, threads)
+        val_arrays, split.val, bad_val = DiskImages.build(split.val, short_side, interpolation, threads)
+    bad = bad_train + bad_val
     if bad:
         shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
         log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), shown)
@@ -294,28 +354,10 @@ def prepare_data(cfg: DataConfig, preprocessing: dict, threads: int | None = Non
     train_tf, eval_tf = build_transforms(preprocessing, cfg.augment)
     return PreparedData(
         split,
-        ImageDataset(split.train, train_tf, train_arrays, short_side, interpolation),
-        ImageDataset(split.val, eval_tf, val_arrays, short_side, interpolation),
+        ImageDataset(split.train, train_tf, train_arrays),
+        ImageDataset(split.val, eval_tf, val_arrays),
         preprocessing,
     )
-
-
-def _drop_unreadable(split: DataSplit) -> list[str]:
-    """Without a decoded cache, check each file's header at least (full decode happens per epoch)."""
-    bad = []
-
-    def readable(sample: Sample) -> bool:
-        try:
-            with Image.open(sample[0]) as image:
-                image.verify()
-            return True
-        except Exception:  # noqa: BLE001 - anything Pillow cannot read is skipped by name
-            bad.append(sample[0].name)
-            return False
-
-    split.train = [s for s in split.train if readable(s)]
-    split.val = [s for s in split.val if readable(s)]
-    return bad
 
 
 def default_workers() -> int:

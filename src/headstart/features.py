@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from headstart.data import PreparedData, make_loader
+from headstart.data import PreparedData, files_digest, make_loader
 from headstart.digits import cache_root
 from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
@@ -82,15 +81,6 @@ def prefix_fingerprint(model: Classifier) -> str:
     return digest.hexdigest()
 
 
-def _images_digest(samples) -> str:
-    """Which files, with which sizes and modification times: a changed image folder is a new cache."""
-    digest = hashlib.sha256()
-    for path, label in samples:
-        stat = os.stat(path)
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
-    return digest.hexdigest()
-
-
 # numpy has no bfloat16: such features are stored as their raw 16-bit patterns.
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
@@ -132,8 +122,8 @@ class FeatureCache:
             "views": self.views,
             "seed": self.seed,
             "dtype": str(self.dtype),
-            "train_images": _images_digest(self.data.train.samples),
-            "val_images": _images_digest(self.data.val.samples),
+            "train_images": files_digest(self.data.train.samples),
+            "val_images": files_digest(self.data.val.samples),
             "prefix": prefix_fingerprint(self.model),
         }
 
