@@ -7,10 +7,11 @@ import torch
 
 import headstart
 from headstart.data import prepare_data
-from headstart.features import FeatureCache, head_split
+from headstart.features import FeatureCache, find_cut, head_split
+from headstart.freeze import plan_freeze
 from headstart.hardware import pick_hardware
 from headstart.model import build_model
-from headstart.recipe import Recipe
+from headstart.recipe import ModelConfig, Recipe
 from tests.conftest import tiny_recipe
 
 RUN_FILES = ["recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt"]
@@ -50,7 +51,9 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
     data = prepare_data(recipe.data, prep)
     model = build_model(recipe.model, len(data.split.classes), 16).eval()
+    head_only = find_cut(model, plan_freeze(model, "backbone", "frozen"), 16)
     cache = FeatureCache(model, data, hw, recipe)
+    cache.use(head_only)
     cached = torch.cat([x for x, _ in cache.val_batches()])
     with torch.no_grad():
         direct = model.head[: head_split(model)](model.features(torch.stack([data.val[i][0] for i in range(len(data.val))])))
@@ -58,6 +61,7 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     assert cache.reused is False
     # A second cache for the same recipe and weights finds the stored entry.
     again = FeatureCache(model, data, hw, recipe)
+    again.use(head_only)
     assert torch.equal(torch.cat([x for x, _ in again.val_batches()]), cached) and again.reused
     # Training the prefix invalidates the cache: the next read recomputes from the new weights.
     with torch.no_grad():
@@ -163,13 +167,15 @@ def test_feature_cache_key_changes_with_every_field(colour_folder):
     base = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
     prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 
-    def key(recipe=base, preprocessing=prep, precision="fp32", mutate=None):
+    def key(recipe=base, preprocessing=prep, precision="fp32", mutate=None, point="backbone"):
         data = prepare_data(recipe.data, preprocessing)
         torch.manual_seed(0)
         model = build_model(recipe.model, 3, preprocessing["image_size"])
         if mutate:
             mutate(model)
-        return FeatureCache(model, data, pick_hardware("cpu", precision, False), recipe).key()
+        cache = FeatureCache(model, data, pick_hardware("cpu", precision, False), recipe)
+        cache.use(find_cut(model, plan_freeze(model, point, "frozen"), preprocessing["image_size"]))
+        return cache.key()
 
     def scaled(model):
         with torch.no_grad():
@@ -184,9 +190,43 @@ def test_feature_cache_key_changes_with_every_field(colour_folder):
         "transform": key(preprocessing={**prep, "mean": (0.4, 0.4, 0.4)}),
         "cut point": key(recipe=Recipe.from_dict({**base.to_dict(), "model": {**base.to_dict()["model"], "head": {"kind": "flatten-dense"}}})),
         "dtype": key(precision="bf16"),
+        "cut point in the backbone": key(point="blocks.1"),
         "views": key(recipe=Recipe.from_dict({**base.to_dict(), "data": {**base.to_dict()["data"], "augment": "light", "feature_views": 2}})),
     }
     for field, value in variants.items():
         assert value != reference, field
     (colour_folder / "red" / "000.png").write_bytes((colour_folder / "blue" / "000.png").read_bytes())
     assert key() != reference, "images"
+
+
+@pytest.mark.parametrize("backbone, point", [("headstart_cnn", "blocks.1"), ("test_efficientnet", "blocks.2"), ("test_efficientnet", "top:2"), ("test_resnet", "layer4")])
+def test_cut_inside_the_backbone_is_exact(backbone, point):
+    args = {"widths": [8, 16], "convs_per_block": 1} if backbone == "headstart_cnn" else {}
+    model = build_model(ModelConfig(backbone=backbone, weights="none", backbone_args=args), 3, 32).eval()
+    plan = plan_freeze(model, point, "frozen")
+    cut = find_cut(model, plan, 32)
+    assert cut is not None and cut.name.startswith("backbone.")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(cut.suffix(cut.prefix(x)), model(x), atol=1e-5)
+    frozen = {n for n, _ in model.named_parameters() if n in plan.frozen_params}
+    prefix_params = {id(p) for p in cut.prefix.parameters()}
+    assert {id(p) for n, p in model.named_parameters() if n in frozen} == prefix_params
+
+
+def test_no_cut_where_forward_is_not_a_chain():
+    model = build_model(ModelConfig(backbone="test_vit", weights="none"), 3, 160)
+    assert find_cut(model, plan_freeze(model, "blocks.1", "frozen"), 160) is None
+
+
+def test_stage_with_frozen_lower_blocks_trains_on_cached_prefix(colour_folder, tmp_path):
+    stages = [{"name": "top", "epochs": 3, "freeze": "blocks.1", "lr": 0.05}]
+    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages), quiet=True)
+    assert [row["path"] for row in result.history] == ["cached-features"] * 3
+    assert result.final["val_acc"] >= 0.8
+    state = torch.load(result.run_dir / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(0)
+    fresh = build_model(Recipe.from_dict(tiny_recipe(colour_folder, tmp_path)).model.model_copy(update={"weights": "none"}), 3, 16)
+    # The cached prefix never changes; the block after the cut does.
+    assert torch.equal(state["backbone.blocks.0.0.weight"], fresh.state_dict()["backbone.blocks.0.0.weight"])
+    assert not torch.equal(state["backbone.blocks.1.0.weight"], fresh.state_dict()["backbone.blocks.1.0.weight"])

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from headstart.data import PreparedData, make_loader, prepare_data
 from headstart.errors import HeadstartError
-from headstart.features import FeatureCache, cache_decision, trainable_head
+from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
@@ -351,15 +351,15 @@ class _Trainer:
             "val_acc": row["val_acc"],
         }
 
-    def _cached_path(self, reason: str) -> StagePath:
-        """Train the head alone on stored backbone outputs."""
-        head = trainable_head(self.model)
+    def _cached_path(self, cut: Cut, reason: str) -> StagePath:
+        """Train the part after the cut alone, on stored outputs of the fixed part before it."""
+        self.feature_cache.use(cut)
         return StagePath(
             name="cached-features",
             reason=reason,
-            train_module=head,
-            eval_module=head,
-            set_train_mode=head.train,
+            train_module=cut.suffix,
+            eval_module=cut.suffix,
+            set_train_mode=cut.suffix.train,
             train_batches=self.feature_cache.train_batches,
             val_batches=self.feature_cache.val_batches,
             steps_per_epoch=math.ceil(len(self.data.train) / self.recipe.data.batch_size),
@@ -387,10 +387,11 @@ class _Trainer:
     def run_stage(self, index: int, stage: Stage, plan: FreezePlan) -> None:
         plan.apply(self.model)
         trainable, frozen = count_parameters(self.model)
-        use_cache, reason = cache_decision(
-            self.model, plan, self.recipe.data.augment, self.recipe.data.feature_views, self.recipe.run.feature_cache
+        cut, reason = cache_decision(
+            self.model, plan, self.recipe.data.augment, self.data.preprocessing["image_size"],
+            self.recipe.data.feature_views, self.recipe.run.feature_cache,
         )
-        path = self._cached_path(reason) if use_cache else self._full_path(index, plan, reason)
+        path = self._cached_path(cut, reason) if cut is not None else self._full_path(index, plan, reason)
         note = (
             f"stage '{stage.name}': freeze {stage.freeze!r} (bn {stage.bn}), {trainable:,} trainable / {frozen:,} frozen params, "
             f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path.name} ({path.reason})"
