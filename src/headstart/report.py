@@ -31,10 +31,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
         axis.legend(loc="center right")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
@@ -51,7 +48,11 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
         axis.text(col, row, str(count), ha="center", va="center", color="white" if count > limit else "black", fontsize=8)
     if title:
         axis.set_title(title)
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plt.close(figure)  # pyplot keeps every open figure alive otherwise
     return path
