@@ -330,8 +330,8 @@ def prepare_data(cfg: DataConfig, preprocessing: dict, threads: int | None = Non
     short_side = short_side_for(preprocessing)
     interpolation = preprocessing["interpolation"]
     threads = threads or (os.cpu_count() or 1)
+    # Bytes of the decoded images, allowing for a 4:3 aspect ratio.
     estimate = (len(split.train) + len(split.val)) * short_side * short_side * 3 * 4 // 3
-    bad: list[str] = []
     if estimate <= DECODED_CACHE_BUDGET:
         train_arrays, split.train, bad_train = decode_all(split.train, short_side, interpolation, threads)
         val_arrays, split.val, bad_val = decode_all(split.val, short_side, interpolation, threads)
