@@ -34,12 +34,13 @@ def parameter_layers(model: nn.Module) -> list[str]:
 
 
 def block_names(model: nn.Module) -> list[str]:
-    """Names a user would freeze up to: children of adapter/backbone/head and their children."""
+    """Names a user would freeze up to: the backbone's children, and the elements of its Sequential/ModuleList children."""
     names = []
-    for name, module in model.named_modules():
-        depth = name.count(".")
-        if name and depth <= 2:
-            names.append(name.removeprefix("backbone."))
+    for name, child in model.backbone.named_children():
+        if any(True for _ in child.parameters()):
+            names.append(name)
+            if isinstance(child, (nn.Sequential, nn.ModuleList)):
+                names.extend(f"{name}.{sub}" for sub, _ in child.named_children())
     return names
 
 
@@ -86,7 +87,8 @@ def resolve_point(model: nn.Module, point: str | int) -> str | None:
         if candidate in modules and candidate != "":
             return candidate
     raise HeadstartError(
-        f"unknown freeze point '{point}'{close_matches(point, block_names(model))}; valid: 'none', 'backbone', a layer index, or a module name such as {', '.join(block_names(model)[:6])}"
+        f"unknown freeze point '{point}'{close_matches(point, block_names(model))}; valid: 'none', 'backbone', 'top:N', "
+        f"a layer index, or a module name such as {', '.join(block_names(model)[:8])}"
     )
 
 
