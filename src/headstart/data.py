@@ -244,18 +244,16 @@ class DiskImages:
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".images-", dir=folder.parent))
             index, kept, bad, offset = [], [], [], 0
-            with open(staging / "pixels.bin", "wb") as pixels, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            with open(staging / "pixels.bin", "wb") as pixels:
                 # Chunks keep at most a few hundred decoded images in memory at once.
                 for start in range(0, len(samples), 256):
-                    chunk = samples[start : start + 256]
-                    for sample, result in zip(chunk, pool.map(lambda s: _try_decode(s[0], short_side, interpolation), chunk)):
-                        if isinstance(result, str):
-                            bad.append(result)
-                            continue
-                        pixels.write(result.tobytes())
-                        index.append((offset, result.shape[0], result.shape[1]))
-                        offset += result.size
-                        kept.append(sample)
+                    arrays, chunk_kept, chunk_bad = decode_all(samples[start : start + 256], short_side, interpolation, threads)
+                    for array in arrays:
+                        pixels.write(array.tobytes())
+                        index.append((offset, array.shape[0], array.shape[1]))
+                        offset += array.size
+                    kept += chunk_kept
+                    bad += chunk_bad
             np.save(staging / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 3))
             (staging / "kept.json").write_text(json.dumps({"kept": [[str(p), y] for p, y in kept], "bad": bad}))
             try:

@@ -185,6 +185,10 @@ def prefix_fingerprint(prefix: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 # numpy has no bfloat16: such features are stored as their raw 16-bit patterns.
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
@@ -211,6 +215,9 @@ class FeatureCache:
         self._val: np.ndarray | None = None
         self._train_labels = torch.tensor(data.train.labels)
         self._val_labels = torch.tensor(data.val.labels)
+        # The images were decoded once when the run started; their identity is taken then, once,
+        # not re-read from the file system (one stat per file) every time a batch is served.
+        self._images = {"train_images": files_digest(data.train.samples), "val_images": files_digest(data.val.samples)}
         self.reused = False
 
     def use(self, cut: Cut) -> None:
@@ -232,13 +239,12 @@ class FeatureCache:
             "views": self.views,
             "seed": self.seed,
             "dtype": str(self.dtype),
-            "train_images": files_digest(self.data.train.samples),
-            "val_images": files_digest(self.data.val.samples),
+            **self._images,
             "prefix": prefix_fingerprint(self.cut.prefix),
         }
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.key_fields(), sort_keys=True, default=str).encode()).hexdigest()[:24]
+        return _digest(self.key_fields())
 
     @torch.no_grad()
     def _extract(self, dataset, seed: int, target: Path) -> np.ndarray:
@@ -272,7 +278,8 @@ class FeatureCache:
                  "reused" if self.reused else "built", self.views, self._val.shape[1:], size / 2**20, where)
 
     def _ensure(self) -> None:
-        key = self.key()
+        fields = self.key_fields()
+        key = _digest(fields)
         if key == self._key:
             return
         folder = cache_root() / "features" / key
@@ -285,7 +292,7 @@ class FeatureCache:
                 self._extract(self.data.train, self.seed + 1000 + view, staging / f"train{view}.npy")
             self._extract(self.data.val, self.seed, staging / "val.npy")
             torch.set_rng_state(generator_state)
-            (staging / "key.json").write_text(json.dumps(self.key_fields(), indent=1, sort_keys=True, default=str))
+            (staging / "key.json").write_text(json.dumps(fields, indent=1, sort_keys=True, default=str))
             try:
                 staging.rename(folder)
             except OSError:  # another process finished the same entry first: theirs is identical
