@@ -83,9 +83,34 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 # ----------------------------------------------------------------------------- commands
 
 
+def without_devices(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--devices":
+            skip = True
+        elif not item.startswith("--devices="):
+            kept.append(item)
+    return kept
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from headstart.train import train
 
+    if args.devices is not None and args.devices < 1:
+        raise HeadstartError(f"--devices {args.devices}: give 1 or more processes")
+    if args.devices and args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        from headstart.distributed import launch
+
+        return launch(without_devices(args.argv), args.devices)
+    if args.resume:
+        if args.recipe or args.data:
+            raise HeadstartError("--resume continues a run with the recipe saved in its folder; give no DATA or --recipe with it")
+        train(resume=args.resume, quiet=args.quiet)
+        return 0
     recipe = recipe_from_args(args)
     if args.dry_run:
         print(recipe.to_yaml(), end="")
@@ -98,12 +123,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(args.run)
-    predictor = load(checkpoint, device=args.device)
-    png = Path(args.confusion) if args.confusion else checkpoint.parent / "confusion.png"
-    result = predictor.evaluate(args.data, confusion_png=png)
+    source = Path(args.run).expanduser()
+    source = source if source.is_file() else resolve_checkpoint(source)
+    predictor = load(source, device=args.device)
+    png = Path(args.confusion) if args.confusion else source.parent / "confusion.png"
+    result = predictor.evaluate(args.data, confusion_png=png, tta=args.tta)
     if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "count": result.count, "per_class": result.per_class,
+        print(json.dumps({"accuracy": result.accuracy, "accuracy_without_tta": result.plain_accuracy, "count": result.count, "per_class": result.per_class,
                           "confusion": result.confusion.tolist(), "classes": result.classes}, indent=1))
     else:
         print(result.table())
@@ -127,13 +153,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.run, device=args.device)
     paths = _expand_images(args.images)
-    predictions = predictor.predict(paths, top_k=args.top_k)
-    if args.json:
+    predictions = predictor.predict(paths, top_k=args.top_k, tta=args.tta)
+    if args.csv:
+        write_predictions_csv(Path(args.csv), paths, predictions)
+        print(f"{len(paths)} predictions written to {args.csv}")
+    elif args.json:
         print(json.dumps([{"image": str(p), "top": [{"label": l, "probability": round(v, 6)} for l, v in top]}
                           for p, top in zip(paths, predictions)], indent=1))
     else:
         for path, top in zip(paths, predictions):
             print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
+    return 0
+
+
+def write_predictions_csv(target: Path, paths: list[Path], predictions: list[list[tuple[str, float]]]) -> None:
+    """image,label,probability then label_2,probability_2 ... for the rest of the top k."""
+    import csv
+    import io
+
+    from headstart.runs import atomic_write
+
+    k = max((len(top) for top in predictions), default=1)
+    header = ["image", "label", "probability"] + [f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for path, top in zip(paths, predictions):
+        writer.writerow([str(path)] + [value for label, prob in top for value in (label, f"{prob:.6f}")])
+    atomic_write(target, buffer.getvalue().encode())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from headstart.export import export
+
+    path = export(args.run, format=args.format, out=args.out)
+    print(f"{path} (preprocessing in {path.name}.json)")
     return 0
 
 
@@ -227,25 +281,36 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
     group.add_argument("--no-channels-last", action="store_true")
     group.add_argument("--no-feature-cache", action="store_true")
+    group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
+    group.add_argument("--devices", type=int, help="data-parallel processes on this machine (one per GPU, or CPU processes), via torchrun")
     group.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
     group.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
-    evaluate.add_argument("run", help="run folder or checkpoint")
+    evaluate.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
     evaluate.add_argument("data", help="labelled folder (its val/ if present)")
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--tta", action="store_true", help="average with the horizontally flipped image; reports the accuracy change")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
-    predict.add_argument("run", help="run folder or checkpoint")
+    predict.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--csv", help="write image,label,probability,... rows to this file instead of printing")
+    predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it")
+    export.add_argument("run", help="run folder or checkpoint")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", help="model file to write (default RUN/export/model.onnx or model.torchscript)")
+    export.set_defaults(func=cmd_export)
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and the trainable/frozen split per stage")
     summary.add_argument("target", nargs="?", help="recipe YAML, run folder or checkpoint (default: the built-in recipe)")
@@ -261,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # The command line owns its process: progress lines go to stdout whatever logging was set up
     # before; the previous state comes back afterwards (main() may be called from Python).
     handler = logging.StreamHandler(sys.stdout)
@@ -275,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headstart: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("headstart: interrupted; every finished epoch is in the run folder", file=sys.stderr)
+        print("headstart: interrupted; every finished epoch is in the run folder: continue with headstart train --resume RUN_DIR", file=sys.stderr)
         return 130
     finally:
         log.removeHandler(handler)

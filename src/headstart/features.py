@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from headstart.data import PreparedData, files_digest, make_loader
+from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader
+from headstart.distributed import SOLO, Group
 from headstart.digits import cache_root
 from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
@@ -202,8 +203,8 @@ class FeatureCache:
     read through memory maps, so memory stays within the budget.
     """
 
-    def __init__(self, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe):
-        self.model, self.data, self.hw, self.recipe = model, data, hw, recipe
+    def __init__(self, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe, group: Group = SOLO):
+        self.model, self.data, self.hw, self.recipe, self.group = model, data, hw, recipe, group
         self.batch_size = recipe.data.batch_size
         self.seed = recipe.run.seed
         self.views = max(1, recipe.data.feature_views) if recipe.data.augment != "none" else 1
@@ -221,8 +222,13 @@ class FeatureCache:
         self.reused = False
 
     def use(self, cut: Cut) -> None:
-        """Serve batches of `cut.prefix`'s outputs from now on (one stage's cut point)."""
+        """Serve batches of `cut.prefix`'s outputs from now on (one stage's cut point), computing them if not stored.
+
+        Data-parallel processes: rank 0 computes and stores; the others then find the entry.
+        """
         self.cut = cut
+        with self.group.main_first():
+            self._ensure()
 
     def key_fields(self) -> dict:
         """Everything that changes the cached outputs (the prefix checksum covers backbone and weights)."""
@@ -309,12 +315,12 @@ class FeatureCache:
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
         features = self._train[(epoch - 1) % self.views]
-        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(self.seed + epoch))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self._tensor(features[index.numpy()]), self._train_labels[index]
+        batches = GlobalBatches(len(features), self.batch_size, self.seed, True, self.group.rank, self.group.world)
+        batches.set_epoch(epoch)
+        for index in batches:
+            yield self._tensor(features[index]), self._train_labels[index]
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
-        for start in range(0, len(self._val), self.batch_size):
-            yield self._tensor(self._val[start : start + self.batch_size]), self._val_labels[start : start + self.batch_size]
+        for index in GlobalBatches(len(self._val), self.batch_size, self.seed, False, self.group.rank, self.group.world):
+            yield self._tensor(self._val[index]), self._val_labels[index]

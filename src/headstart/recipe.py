@@ -192,6 +192,9 @@ class RunConfig(_Strict):
     # Folder name under out_dir; empty makes one from the data and backbone names.
     name: str | None = None
     seed: int = 0
+    # Deterministic kernels (torch.use_deterministic_algorithms): the same recipe gives the same
+    # history on the same machine, at some cost in speed on GPUs.
+    deterministic: bool = False
     device: str = "auto"
     # auto: bf16 autocast where the CPU/GPU has fast bf16, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -5,7 +5,8 @@
     runs/<name>/history.json     the same rows
     runs/<name>/curves.png       loss and accuracy, train vs val, stage boundaries marked
     runs/<name>/best.pt          checkpoint with the lowest val loss
-    runs/<name>/last.pt          checkpoint after the last finished epoch
+    runs/<name>/last.pt          checkpoint after the last finished epoch, with what `--resume` needs:
+                                 optimizer state by parameter name, schedule, RNG states
     runs/<name>/summary.txt      what ran, where the time went, the best and final figures
 
 Every file is written to a temporary name and renamed into place, so an interrupted run never
@@ -53,8 +54,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 class RunFolder:
     """Writes one run's files under `path`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writes: bool = True):
         self.path = path
+        # Data-parallel processes other than rank 0 keep the history in memory but write nothing.
+        self.writes = writes
         self.history: list[dict[str, Any]] = []
 
     @classmethod
@@ -68,9 +71,18 @@ class RunFolder:
         candidate.mkdir(parents=True)
         return cls(candidate)
 
+    def remove_partial_writes(self) -> list[str]:
+        """Temporary files a killed process left mid-write (the files they were to replace are intact)."""
+        partial = [p for p in self.path.glob(".*.*") if p.is_file()]
+        if self.writes:
+            for path in partial:
+                path.unlink(missing_ok=True)
+        return [p.name for p in partial]
+
     def write_text(self, filename: str, text: str) -> Path:
         target = self.path / filename
-        atomic_write(target, text.encode())
+        if self.writes:
+            atomic_write(target, text.encode())
         return target
 
     def add_epoch(self, row: dict[str, Any]) -> None:
@@ -83,7 +95,8 @@ class RunFolder:
         self.write_text("history.json", json.dumps(self.history, indent=1))
 
     def save_checkpoint(self, filename: str, payload: dict[str, Any]) -> None:
-        atomic_save(dict(payload, format=CHECKPOINT_FORMAT), self.path / filename)
+        if self.writes:
+            atomic_save(dict(payload, format=CHECKPOINT_FORMAT), self.path / filename)
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:

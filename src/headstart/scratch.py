@@ -34,7 +34,6 @@ class ScratchCNN(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.25,
         in_chans: int = 3,
-        **_: object,
     ):
         super().__init__()
         blocks = []
@@ -76,8 +75,9 @@ class ScratchCNN(nn.Module):
 def headstart_cnn(pretrained: bool = False, **kwargs) -> ScratchCNN:
     if pretrained:
         raise ValueError("headstart_cnn is trained from scratch; it has no pretrained weights")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
+    # What timm's factory adds for every model; anything else is the user's and must be a real switch.
+    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(timm_only, None)
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
     return ScratchCNN(**kwargs)

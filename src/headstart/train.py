@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from timm.optim import create_optimizer_v2
 from timm.optim._param_groups import param_groups_layer_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from headstart.data import PreparedData, make_loader, prepare_data
+from headstart.data import GlobalBatches, PreparedData, make_loader, prepare_data
+from headstart.distributed import SOLO, Group, join, leave
 from headstart.errors import HeadstartError
 from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
@@ -35,7 +38,8 @@ from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.recipe import Recipe, Stage
 from headstart.report import plot_curves
-from headstart.runs import RunFolder
+from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from headstart.runs import RunFolder, load_checkpoint, read_history
 from headstart.weights import default_source
 
 log = logging.getLogger("headstart")
@@ -78,10 +82,14 @@ def resolve(recipe: Recipe) -> Recipe:
     return resolved
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
 
 def ensure_console(quiet: bool) -> None:
@@ -166,6 +174,13 @@ class Schedule:
         elif self.kind == "onecycle" and step < self.scheduler.total_steps:
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
     @property
     def lr(self) -> float:
         """The largest group's current learning rate (the head's)."""
@@ -188,8 +203,9 @@ def train_one_epoch(
     set_train_mode: Callable[[], None],
     first_step: int,
     where: str,
+    group: Group = SOLO,
 ) -> tuple[float, float]:
-    """One pass over the training batches; returns mean loss and accuracy as seen during training."""
+    """One pass over the training batches; returns mean loss and accuracy as seen during training (over all processes)."""
     set_train_mode()
     total_loss, correct, count = 0.0, 0, 0
     scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None
@@ -198,10 +214,10 @@ def train_one_epoch(
         with hw.autocast():
             logits = module(inputs)
             loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            lr = schedule.lr
+        # Every process stops together, or the others would wait for this one forever.
+        if group.any(not torch.isfinite(loss).item()):
             raise HeadstartError(
-                f"loss became {loss.item()} in {where}, step {step + 1}; the learning rate ({lr:.3g}) is the likely cause: "
+                f"loss became {loss.item()} in {where}, step {step + 1}; the learning rate ({schedule.lr:.3g}) is the likely cause: "
                 "lower it (best.pt and the history so far are kept)"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -216,12 +232,13 @@ def train_one_epoch(
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
+    total_loss, correct, count = group.sum([total_loss, correct, count])
     return total_loss / count, correct / count
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and the predictions over all batches, in eval mode."""
+def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware, group: Group = SOLO) -> tuple[float, float, torch.Tensor]:
+    """Mean loss and accuracy over all processes' batches, in eval mode, and this process's predictions."""
     module.eval()
     total_loss, correct, count, predictions = 0.0, 0, 0, []
     for inputs, labels in batches:
@@ -233,7 +250,8 @@ def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hard
         correct += (predicted == labels).sum().item()
         count += len(labels)
         predictions.append(predicted.cpu())
-    return total_loss / count, correct / count, torch.cat(predictions)
+    total_loss, correct, count = group.sum([total_loss, correct, count])
+    return total_loss / count, correct / count, torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
 
 
 def with_progress(batches: Batches, description: str, quiet: bool) -> Batches:
@@ -272,40 +290,114 @@ def default_run_name(recipe: Recipe, data_name: str) -> str:
     return recipe.run.name or f"{data_name}-{recipe.model.backbone}"
 
 
-def train(recipe: Recipe | str | Path | dict | None = None, *, quiet: bool = False) -> TrainResult:
+@dataclass
+class ResumePoint:
+    """Where an interrupted run stopped: its folder, recipe, and the state saved after its last finished epoch."""
+
+    run_dir: Path
+    recipe: Recipe
+    checkpoint: dict[str, Any]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.checkpoint["resume"]
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> ResumePoint:
+        path = Path(run_dir).expanduser()
+        if not (path / "recipe.yaml").is_file():
+            raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
+        if not (path / "last.pt").is_file():
+            raise HeadstartError(f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again")
+        checkpoint = load_checkpoint(path / "last.pt")
+        if "resume" not in checkpoint:
+            raise HeadstartError(f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)")
+        return cls(path, Recipe.from_yaml(path / "recipe.yaml"), checkpoint)
+
+    def finished(self, recipe: Recipe) -> bool:
+        return self.state["stage_index"] == len(recipe.stages) - 1 and self.state["epoch"] == recipe.stages[-1].epochs
+
+
+def train(
+    recipe: Recipe | str | Path | dict | None = None, *, quiet: bool = False, resume: str | Path | None = None
+) -> TrainResult:
     """Run every stage of `recipe` (a Recipe, a YAML path, a dict, or None for the embedded default).
 
-    Writes the run folder described in headstart.runs and returns its history.
+    Writes the run folder described in headstart.runs and returns its history. `resume=RUN_DIR`
+    continues an interrupted run from its last finished epoch, with its own saved recipe.
+    Under a distributed launcher (torchrun, accelerate launch) each process trains its share.
     """
-    ensure_console(quiet)
+    point = None
+    if resume is not None:
+        if recipe is not None:
+            raise HeadstartError("a resumed run uses the recipe saved in its folder; give the run folder alone")
+        point = ResumePoint.read(resume)
+        recipe = point.recipe
     recipe = resolve(as_recipe(recipe))
-    seed_everything(recipe.run.seed)
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
+    group = join(hw.device.type)
+    if group.active and hw.device.type == "cuda":
+        hw = replace(hw, device=torch.device("cuda", group.local_rank))
+        torch.cuda.set_device(hw.device)
+    ensure_console(quiet or not group.is_main)
+    try:
+        return _train(recipe, hw, group, quiet or not group.is_main, point)
+    finally:
+        leave(group)
+
+
+def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: ResumePoint | None) -> TrainResult:
+    seed_everything(recipe.run.seed, recipe.run.deterministic)
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
-    data = prepare_data(recipe.data, preprocessing)
+    with group.main_first():
+        data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
     classes = data.split.classes
     model = build_model(recipe.model, len(classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
     plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
 
-    run = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data.split.name))
-    run.write_text("recipe.yaml", recipe.to_yaml())
+    if point is None:
+        path = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data.split.name)).path if group.is_main else None
+        run = RunFolder(Path(group.share(str(path) if path else None)), writes=group.is_main)
+        run.write_text("recipe.yaml", recipe.to_yaml())
+    else:
+        if point.checkpoint["classes"] != classes:
+            raise HeadstartError(f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}")
+        run = RunFolder(point.run_dir, writes=group.is_main)
+        if removed := run.remove_partial_writes():
+            log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
+        run.history = read_history(point.run_dir)[: point.state["epochs_done"]]
+        model.load_state_dict(point.checkpoint["model"])
+        if point.finished(recipe):
+            log.info("%s finished all its stages already; nothing to resume", run.path)
+            return TrainResult(run.path, run.history, classes)
     log.info(
-        "headstart: %s, %d classes, %d train / %d val images -> %s",
+        "headstart: %s, %d classes, %d train / %d val images -> %s%s",
         data.split.name, len(classes), len(data.train), len(data.val), run.path,
+        f" (resuming after {point.checkpoint['stage']} epoch {point.checkpoint['epoch']})" if point else "",
     )
-    log.info("model: %s (weights: %s), input %dpx, on %s", recipe.model.backbone, recipe.model.weights, preprocessing["image_size"], hw.describe())
+    processes = f", {group.world} processes" if group.active else ""
+    log.info("model: %s (weights: %s), input %dpx, on %s%s", recipe.model.backbone, recipe.model.weights, preprocessing["image_size"], hw.describe(), processes)
 
     model.to(hw.device)
     if hw.channels_last:
         model.to(memory_format=torch.channels_last)
-    trainer = _Trainer(recipe, model, data, hw, run, quiet)
-    started = time.perf_counter()
+    trainer = _Trainer(recipe, model, data, hw, run, quiet, group)
+    started = time.perf_counter() - (point.state["elapsed"] if point else 0.0)
+    first_stage, inside = 0, None
+    if point is not None:
+        trainer.restore(point)
+        first_stage = point.state["stage_index"]
+        if point.state["epoch"] < recipe.stages[first_stage].epochs:
+            inside = point  # stopped inside a stage: run_stage continues it
+        else:
+            first_stage += 1  # stopped between stages: the next one starts as it would have
+            set_rng_state(point.state["rng"])
     try:
-        for index, (stage, plan) in enumerate(zip(recipe.stages, plans)):
-            trainer.run_stage(index, stage, plan)
+        for index in range(first_stage, len(recipe.stages)):
+            trainer.run_stage(index, recipe.stages[index], plans[index], started, inside if index == first_stage else None)
     finally:
-        if run.history:
+        if run.history and group.is_main:
             plot_curves(run.history, run.path / "curves.png", title=run.path.name)
             run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
     log.info("best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
@@ -319,25 +411,32 @@ class StagePath:
 
     name: str
     reason: str
-    train_module: nn.Module
-    eval_module: nn.Module
+    module: nn.Module
     set_train_mode: Callable[[], Any]
     train_batches: Callable[[int], Batches]
     val_batches: Callable[[], Batches]
     steps_per_epoch: int
+    compile: bool
 
 
 class _Trainer:
     """State shared across stages of one run: the model, the data, the best checkpoint so far."""
 
-    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool):
-        self.recipe, self.model, self.data, self.hw, self.run, self.quiet = recipe, model, data, hw, run, quiet
+    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool, group: Group):
+        self.recipe, self.model, self.data, self.hw, self.run, self.quiet, self.group = recipe, model, data, hw, run, quiet, group
         self.best_row: dict[str, Any] = {}
         self.best_epoch = 0
         self.stage_notes: list[str] = []
-        self.feature_cache = FeatureCache(model, data, hw, recipe)
+        self.feature_cache = FeatureCache(model, data, hw, recipe, group)
         full_model_images = sum(stage.epochs for stage in recipe.stages if stage.freeze != "backbone") * len(data.train)
-        self.train_module = compiled(model, should_compile(recipe.run.compile, hw, full_model_images))
+        self.compile = should_compile(recipe.run.compile, hw, full_model_images)
+
+    def restore(self, point: ResumePoint) -> None:
+        """Best-so-far bookkeeping from the history an interrupted run left."""
+        if self.run.history:
+            self.best_epoch = min(range(len(self.run.history)), key=lambda i: self.run.history[i]["val_loss"]) + 1
+            self.best_row = self.run.history[self.best_epoch - 1]
+        self.stage_notes = list(point.state.get("stage_notes", []))
 
     def checkpoint(self, stage: Stage, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -354,37 +453,50 @@ class _Trainer:
     def _cached_path(self, cut: Cut, reason: str) -> StagePath:
         """Train the part after the cut alone, on stored outputs of the fixed part before it."""
         self.feature_cache.use(cut)
+        world = self.group.world
         return StagePath(
             name="cached-features",
             reason=reason,
-            train_module=cut.suffix,
-            eval_module=cut.suffix,
+            module=cut.suffix,
             set_train_mode=cut.suffix.train,
             train_batches=self.feature_cache.train_batches,
             val_batches=self.feature_cache.val_batches,
-            steps_per_epoch=math.ceil(len(self.data.train) / self.recipe.data.batch_size),
+            steps_per_epoch=len(GlobalBatches(len(self.data.train), self.recipe.data.batch_size, 0, True, 0, world)),
+            compile=False,
         )
 
     def _full_path(self, index: int, plan: FreezePlan, reason: str) -> StagePath:
         """Run images through the whole model every step (compiled if the run decided so)."""
         seed = self.recipe.run.seed + index
         pin = self.hw.device.type == "cuda"  # pinned host memory only pays for copies to a GPU
-        batch, workers = self.recipe.data.batch_size, self.recipe.data.workers
-        train_loader = make_loader(self.data.train, batch, True, workers, seed, pin)
-        val_loader = make_loader(self.data.val, batch, False, workers, seed, pin)
+        batch, workers, rank, world = self.recipe.data.batch_size, self.recipe.data.workers, self.group.rank, self.group.world
+        train_loader = make_loader(self.data.train, batch, True, workers, seed, pin, rank, world)
+        val_loader = make_loader(self.data.val, batch, False, workers, seed, pin, rank, world)
+
+        def train_batches(epoch: int) -> Batches:
+            train_loader.batch_sampler.set_epoch(epoch)
+            return train_loader
+
         return StagePath(
-            name="full-model+compiled" if self.train_module is not self.model else "full-model",
+            name="full-model+compiled" if self.compile else "full-model",
             reason=reason,
-            train_module=self.train_module,
-            # Evaluation runs eagerly: a compiled eval graph would cost a second compile for one pass.
-            eval_module=self.model,
+            module=self.model,
             set_train_mode=lambda: plan.set_mode(self.model, True),
-            train_batches=lambda epoch: train_loader,
+            train_batches=train_batches,
             val_batches=lambda: val_loader,
             steps_per_epoch=len(train_loader),
+            compile=self.compile,
         )
 
-    def run_stage(self, index: int, stage: Stage, plan: FreezePlan) -> None:
+    def training_module(self, path: StagePath) -> nn.Module:
+        """What the optimizer steps through: DDP across processes, then torch.compile, as torch recommends."""
+        module = path.module
+        if self.group.active:
+            device_ids = [self.hw.device.index] if self.hw.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=device_ids)
+        return compiled(module, path.compile)
+
+    def run_stage(self, index: int, stage: Stage, plan: FreezePlan, started: float, point: ResumePoint | None = None) -> None:
         plan.apply(self.model)
         trainable, frozen = count_parameters(self.model)
         cut, reason = cache_decision(
@@ -396,22 +508,32 @@ class _Trainer:
             f"stage '{stage.name}': freeze {stage.freeze!r} (bn {stage.bn}), {trainable:,} trainable / {frozen:,} frozen params, "
             f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path.name} ({path.reason})"
         )
-        self.stage_notes.append(note)
-        log.info(note)
         optimizer = build_optimizer(self.model, stage)
         schedule = Schedule(optimizer, stage, path.steps_per_epoch)
+        first_epoch = 1
+        if point is not None:
+            # Continue inside this stage: same optimizer moments, schedule position and random streams.
+            first_epoch = point.state["epoch"] + 1
+            load_optimizer_state(optimizer, self.model, point.state["optimizer"])
+            schedule.load_state_dict(point.state["schedule"])
+            set_rng_state(point.state["rng"])
+        else:
+            self.stage_notes.append(note)
+        log.info(note)
+        module = self.training_module(path)
         criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
-        for epoch in range(1, stage.epochs + 1):
+        for epoch in range(first_epoch, stage.epochs + 1):
             where = f"stage '{stage.name}', epoch {epoch}"
             tic = time.perf_counter()
             lr = schedule.lr
             batches = with_progress(path.train_batches(epoch), f"{stage.name} {epoch}/{stage.epochs}", self.quiet)
             train_loss, train_acc = train_one_epoch(
-                path.train_module, batches, optimizer, schedule, criterion, self.hw, path.set_train_mode,
-                (epoch - 1) * path.steps_per_epoch, where,
+                module, batches, optimizer, schedule, criterion, self.hw, path.set_train_mode,
+                (epoch - 1) * path.steps_per_epoch, where, self.group,
             )
-            val_loss, val_acc, _ = evaluate(path.eval_module, path.val_batches(), eval_criterion, self.hw)
+            # Evaluation runs eagerly on the plain module: a compiled eval graph would cost a second compile for one pass.
+            val_loss, val_acc, _ = evaluate(path.module, path.val_batches(), eval_criterion, self.hw, self.group)
             row = {
                 "stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path.name,
@@ -425,6 +547,16 @@ class _Trainer:
             if not self.best_row or val_loss < self.best_row["val_loss"]:
                 self.best_row, self.best_epoch = row, len(self.run.history)
                 self.run.save_checkpoint("best.pt", payload)
+            payload["resume"] = {
+                "stage_index": index,
+                "epoch": epoch,
+                "epochs_done": len(self.run.history),
+                "optimizer": optimizer_state(optimizer, self.model),
+                "schedule": schedule.state_dict(),
+                "rng": rng_state(),
+                "elapsed": time.perf_counter() - started,
+                "stage_notes": self.stage_notes,
+            }
             self.run.save_checkpoint("last.pt", payload)
 
     def summary(self, seconds: float) -> str:

@@ -1,0 +1,95 @@
+"""Data-parallel training on PyTorch's own engine: torch.distributed process groups and DDP.
+
+Started by any standard launcher (`torchrun`, `accelerate launch`) or by `headstart train
+--devices N`, which runs torchrun. The launcher sets RANK, WORLD_SIZE, LOCAL_RANK and the
+rendezvous address; each process joins the group here (gloo on CPU, NCCL on CUDA). Rank 0 alone
+writes files and prints; caches on disk are built by rank 0 first and then read by the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the data-parallel processes (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (float64, so counts and loss sums stay exact)."""
+        if not self.active:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        return self.sum([float(flag)])[0] > 0 if self.active else flag
+
+    def share(self, value):
+        """Rank 0's value, on every process."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (building a cache on disk); the others run it after, finding the cache."""
+        if not self.is_main:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.is_main:
+                self.barrier()
+
+
+SOLO = Group()
+
+
+def join(device_type: str) -> Group:
+    """Join the process group a launcher prepared; SOLO when this process runs alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SOLO
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def leave(group: Group) -> None:
+    if group.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(argv: list[str], processes: int) -> int:
+    """Run `headstart ARGV` in `processes` data-parallel processes on this machine, through torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "headstart.cli", *argv]
+    return subprocess.call(command)

@@ -1,0 +1,51 @@
+"""Data-parallel training: two CPU processes (gloo) under torchrun give the one-process history."""
+
+import json
+
+import pytest
+import yaml
+
+import headstart
+from headstart.cli import main
+from headstart.data import GlobalBatches
+from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+
+
+def test_global_batches_split_evenly_and_agree_with_one_process():
+    one = list(GlobalBatches(50, 8, seed=3, shuffle=True))
+    halves = [list(GlobalBatches(50, 8, seed=3, shuffle=True, rank=r, world=2)) for r in range(2)]
+    assert len(one) == 6 and all(len(h) == 6 for h in halves)  # the short last batch is dropped
+    for whole, first, second in zip(one, *halves):
+        assert whole == first + second
+    sampler = GlobalBatches(50, 8, seed=3, shuffle=True)
+    sampler.set_epoch(2)
+    assert list(sampler) != one  # a new order each epoch, fixed by (seed, epoch)
+    evaluation = [sum(GlobalBatches(11, 4, 0, False, r, 2), []) for r in range(2)]
+    assert sorted(evaluation[0] + evaluation[1]) == list(range(11))  # every image once, none padded
+    with pytest.raises(headstart.HeadstartError, match="multiple of 3"):
+        GlobalBatches(50, 8, 0, True, 0, 3)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
+    # No BatchNorm and no dropout: each process's BatchNorm would see only its half-batch.
+    recipe = tiny_recipe(
+        folder, tmp_path / "runs",
+        model={"backbone": "headstart_cnn", "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False}},
+        stages=[{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
+                {"name": "all", "epochs": 2, "freeze": "none", "lr": 0.02}],
+        run={"deterministic": True, "name": "one"},
+    )
+    single = headstart.train(recipe, quiet=True)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--recipe", str(recipe_file), "--name", "two", "--devices", "2", "--quiet"]) == 0
+
+    two = json.loads((tmp_path / "runs" / "two" / "history.json").read_text())
+    assert [(r["stage"], r["epoch"], r["path"]) for r in two] == [(r["stage"], r["epoch"], r["path"]) for r in single.history]
+    for got, want in zip(two, single.history):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["stage"], got["epoch"], key)
+    # Rank 0 alone made the folder and wrote its files; the other process wrote nothing beside it.
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
+    assert {p.name for p in (tmp_path / "runs" / "two").iterdir()} == {p.name for p in single.run_dir.iterdir()}

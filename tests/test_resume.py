@@ -1,0 +1,128 @@
+"""Resume: optimizer state by parameter name, RNG state, and a run killed with SIGKILL that continues exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import headstart
+from headstart.cli import main
+from headstart.model import build_model
+from headstart.recipe import ModelConfig
+from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from headstart.runs import load_checkpoint
+from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+
+
+def tiny_model():
+    config = ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4, 8], "convs_per_block": 1})
+    return build_model(config, 3, 16)
+
+
+def test_optimizer_state_survives_unfreezing_by_parameter_name():
+    model = tiny_model()
+    for param in model.backbone.parameters():
+        param.requires_grad = False
+    head_only = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(4, 3, 16, 16)).sum().backward()
+    head_only.step()
+    saved = optimizer_state(head_only, model)
+    assert set(saved["state"]) == {name for name, p in model.named_parameters() if name.startswith("head.")}
+
+    for param in model.backbone.parameters():
+        param.requires_grad = True
+    # The new optimizer lists the backbone first: positions differ, names still match.
+    everything = torch.optim.Adam([{"params": list(model.backbone.parameters()), "lr": 0.01},
+                                   {"params": list(model.head.parameters()), "lr": 0.5}])
+    load_optimizer_state(everything, model, saved)
+    by_param = {id(p): name for name, p in model.named_parameters()}
+    for param, state in everything.state.items():
+        assert torch.equal(state["exp_avg"], saved["state"][by_param[id(param)]]["exp_avg"])
+    assert all(id(p) not in {id(q) for q in everything.state} for p in model.backbone.parameters())  # fresh
+    assert everything.param_groups[1]["lr"] == 0.1  # the head's group takes its saved hyperparameters
+    assert everything.param_groups[0]["lr"] == 0.01  # a group with no saved parameters keeps its own
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def killable_recipe(tmp_path):
+    """Augmentation and dropout draw random numbers every step, so an inexact resume would show in the history."""
+    folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=60, size=56)
+    return tiny_recipe(
+        folder, tmp_path / "runs",
+        data={"image_size": 48, "batch_size": 4, "augment": "light"},
+        model={"backbone": "headstart_cnn", "backbone_args": {"widths": [16, 32], "convs_per_block": 2, "dropout": 0.2}},
+        stages=[{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05, "optimizer": "adam", "schedule": "cosine"},
+                {"name": "all", "epochs": 4, "freeze": "none", "lr": 0.01, "optimizer": "adamw", "schedule": "onecycle"}],
+        run={"deterministic": True, "name": "killed"},
+    )
+
+
+def comparable(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
+    recipe = killable_recipe(tmp_path)
+    reference = headstart.train(dict(recipe, run={**recipe["run"], "name": "reference"}), quiet=True)
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "runs" / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "headstart.cli", "train", "--recipe", str(recipe_file), "--quiet"],
+                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    deadline = time.monotonic() + 120
+    # Three finished epochs: the process is inside the fine-tuning stage when it is killed.
+    while time.monotonic() < deadline and process.poll() is None:
+        history = run_dir / "history.json"
+        if history.is_file() and len(json.loads(history.read_text())) >= 3:
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)  # into the next epoch (about 1 s long)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(json.loads((run_dir / "history.json").read_text()))
+    assert killed_at < len(reference.history)
+    for name in ("best.pt", "last.pt"):  # atomic writes: whatever is in place is whole
+        load_checkpoint(run_dir / name)
+
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert not list(run_dir.glob(".*")), "a temporary file was left behind"
+    resumed = json.loads((run_dir / "history.json").read_text())
+    assert [(r["stage"], r["epoch"]) for r in resumed] == [(r["stage"], r["epoch"]) for r in reference.history]
+    for got, want in zip(comparable(resumed), comparable(reference.history)):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    assert load_checkpoint(run_dir / "last.pt")["resume"]["epochs_done"] == len(reference.history)
+    assert load_checkpoint(run_dir)["val_loss"] == pytest.approx(reference.best["val_loss"], rel=1e-6)
+    assert len((run_dir / "history.csv").read_text().splitlines()) == len(reference.history) + 1
+
+    # Resuming a finished run changes nothing.
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert json.loads((run_dir / "history.json").read_text()) == resumed
+
+
+def test_resume_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    (tmp_path / "recipe.yaml").write_text("{}\n")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no epoch finished" in capsys.readouterr().err
+    assert main(["train", "data", "--resume", str(tmp_path)]) == 2
+    assert "give no DATA" in capsys.readouterr().err
