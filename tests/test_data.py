@@ -123,3 +123,40 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_hostile_folder_is_listed_converted_or_skipped_by_name(tmp_path, monkeypatch, caplog):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "hostile"
+    rng = np.random.default_rng(0)
+    pixels = lambda h, w: rng.integers(0, 255, (h, w, 3), dtype=np.uint8)  # noqa: E731
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(pixels(20, 20)).save(root / name / f"plain{i}.png")
+    Image.fromarray(pixels(20, 20)).convert("P").save(root / "a" / "palette.png", transparency=0)
+    Image.fromarray(pixels(20, 20)).convert("CMYK").save(root / "a" / "cmyk.jpg")
+    rotated = Image.fromarray(pixels(10, 30))  # 30 wide, 10 tall; EXIF says "rotate 90": upright it is 10 wide
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(root / "b" / "rotated.jpg", exif=exif)
+    whole = (root / "a" / "cmyk.jpg").read_bytes()
+    (root / "b" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    Image.fromarray(pixels(200, 200)).save(root / "b" / "bomb.png")
+    (root / "b" / "readme.md").write_text("not an image")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # a symlink loop must not hang the listing
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000 // 2)  # bomb.png (40,000 px) is over twice the limit
+
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        data = prepare_data(DataConfig(path=str(root), val_fraction=0.3), PREP)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    for bad in ("truncated.jpg (OSError)", "bomb.png (DecompressionBombError)", "readme.md"):
+        assert bad in warnings[0]
+    kept = {path.name for path, _ in data.split.train + data.split.val}
+    assert {"palette.png", "cmyk.jpg", "rotated.jpg"} <= kept
+    arrays = dict(zip((p.name for p, _ in data.train.samples + data.val.samples), list(data.train.arrays) + list(data.val.arrays)))
+    height, width, channels = arrays["rotated.jpg"].shape
+    assert channels == 3 and height > width  # upright after the EXIF rotation

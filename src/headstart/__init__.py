@@ -4,18 +4,20 @@
     >>> result = headstart.train({"data": {"path": "photos/"}})
     >>> predictor = headstart.load(result.run_dir)
     >>> predictor.predict(["photos/cats/1.jpg"])
+    >>> headstart.export(result.run_dir, format="onnx")
 """
 
 from headstart.errors import HeadstartError
+from headstart.export import export
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.train import TrainResult, train
 
 
-def load(run_or_checkpoint, device: str = "auto"):
-    """A Predictor for a run folder (its best.pt) or a checkpoint: .predict(images), .evaluate(folder)."""
+def load(source, device: str = "auto"):
+    """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder)."""
     from headstart.inference import load as load_predictor  # sklearn's metrics load only when needed
 
-    return load_predictor(run_or_checkpoint, device=device)
+    return load_predictor(source, device=device)
 
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "RunConfig",
     "Stage",
     "TrainResult",
+    "export",
     "load",
     "train",
 ]

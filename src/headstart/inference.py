@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,6 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from headstart.data import list_class_folders, build_transforms, decode_all, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
-from headstart.model import build_model
-from headstart.recipe import Recipe
 from headstart.report import plot_confusion
 from headstart.runs import load_checkpoint
 
@@ -37,45 +36,60 @@ class Evaluation:
     per_class: list[dict[str, Any]]  # class, precision, recall, f1, support
     confusion: np.ndarray
     count: int
+    plain_accuracy: float | None = None  # without test-time augmentation, when it was used
 
     def table(self) -> str:
-        lines = [f"accuracy {self.accuracy:.4f} on {self.count} images", f"{'class':<20} precision  recall  f1      support"]
+        headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
+        if self.plain_accuracy is not None:
+            headline += f" with TTA (flip); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
+        lines = [headline, f"{'class':<20} precision  recall  f1      support"]
         for row in self.per_class:
             lines.append(f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}")
         return "\n".join(lines)
 
 
 class Predictor:
-    """A trained classifier with its own preprocessing, rebuilt from a checkpoint (no weights downloaded)."""
+    """A trained classifier with its own preprocessing: from a checkpoint (PyTorch) or an exported file (ONNX, TorchScript).
 
-    def __init__(self, checkpoint: dict[str, Any], device: str = "auto"):
-        self.recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
-        self.classes: list[str] = list(checkpoint["classes"])
-        self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["preprocessing"].items()}
-        model_cfg = self.recipe.model.model_copy(update={"weights": "none"})
-        self.model = build_model(model_cfg, len(self.classes), self.preprocessing["image_size"])
-        self.model.load_state_dict(checkpoint["model"])
-        self.hw = pick_hardware(device, "fp32", channels_last=False)
-        self.model.to(self.hw.device).eval()
+    tta: also average over the horizontally flipped image (test-time augmentation).
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], classes: list[str], preprocessing: dict, to_input: Callable | None = None):
+        self.forward = forward
+        self.classes = list(classes)
+        self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
+        self.to_input = to_input or (lambda batch: batch)
         _, self.transform = build_transforms(self.preprocessing, "none")
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
+        from headstart.export import model_from_checkpoint
+
+        model = model_from_checkpoint(checkpoint)
+        hw = pick_hardware(device, "fp32", channels_last=False)
+        model.to(hw.device)
+        return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
+
     @torch.no_grad()
-    def probabilities(self, images: list[Image.Image], batch_size: int = 32) -> torch.Tensor:
+    def probabilities(self, images: list[Image.Image], batch_size: int = 32, tta: bool = False) -> torch.Tensor:
         outputs = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.transform(to_rgb(image)) for image in images[start : start + batch_size]])
-            outputs.append(self.model(self.hw.to_input(batch)).float().softmax(1).cpu())
+            batch = self.to_input(torch.stack([self.transform(to_rgb(image)) for image in images[start : start + batch_size]]))
+            probabilities = self.forward(batch).float().softmax(1)
+            if tta:
+                probabilities = (probabilities + self.forward(batch.flip(3)).float().softmax(1)) / 2
+            outputs.append(probabilities.cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
 
-    def predict(self, images: list[str | Path | Image.Image], top_k: int = 3) -> list[list[tuple[str, float]]]:
+    def predict(self, images: list[str | Path | Image.Image], top_k: int = 3, tta: bool = False) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
         loaded = [_open(image) for image in images]
-        probabilities = self.probabilities(loaded)
+        probabilities = self.probabilities(loaded, tta=tta)
         k = min(top_k, len(self.classes))
         values, indices = probabilities.topk(k, dim=1)
         return [[(self.classes[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values.tolist(), indices.tolist())]
 
-    def evaluate(self, data: str | Path, confusion_png: Path | None = None) -> Evaluation:
+    def evaluate(self, data: str | Path, confusion_png: Path | None = None, tta: bool = False) -> Evaluation:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/)."""
         root = Path(data).expanduser()
         folder = root / "val" if (root / "val").is_dir() else root
@@ -89,9 +103,12 @@ class Predictor:
             log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), ", ".join(bad[:10]))
         if not samples:
             raise HeadstartError(f"no readable images in {folder}")
-        probabilities = self.probabilities([Image.fromarray(a) for a in arrays])
+        images = [Image.fromarray(a) for a in arrays]
+        probabilities = self.probabilities(images, tta=tta)
         truth = np.array([label for _, label in samples])
         predicted = probabilities.argmax(1).numpy()
+        # With TTA the plain accuracy is measured too, so the change it makes is reported, not assumed.
+        plain = float((self.probabilities(images).argmax(1).numpy() == truth).mean()) if tta else None
         labels = list(range(len(self.classes)))
         precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
         matrix = confusion_matrix(truth, predicted, labels=labels)
@@ -101,7 +118,7 @@ class Predictor:
             {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
-        return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples))
+        return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain)
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:
@@ -118,6 +135,12 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
         raise HeadstartError(f"cannot read image {path}: {type(err).__name__}") from None
 
 
-def load(run_or_checkpoint: str | Path, device: str = "auto") -> Predictor:
-    """A Predictor from a run folder (its best.pt) or a checkpoint file."""
-    return Predictor(load_checkpoint(run_or_checkpoint), device=device)
+def load(source: str | Path, device: str = "auto") -> Predictor:
+    """A Predictor from a run folder (its best.pt), a checkpoint, or a file written by headstart export."""
+    from headstart.export import load_exported, sidecar_path
+
+    path = Path(source).expanduser()
+    if path.is_file() and (path.suffix in (".onnx", ".torchscript") or sidecar_path(path).is_file()):
+        forward, info = load_exported(path)
+        return Predictor(forward, info["classes"], info["preprocessing"])
+    return Predictor.from_checkpoint(load_checkpoint(path), device=device)

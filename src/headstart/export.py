@@ -1,0 +1,120 @@
+"""Models out of Python: ONNX or TorchScript files, each with its preprocessing recorded beside it.
+
+    headstart export RUN --format onnx   ->  RUN/export/model.onnx + model.onnx.json
+    headstart export RUN --format torchscript  ->  RUN/export/model.torchscript + model.torchscript.json
+
+The model takes float32 images [N, 3, S, S], already resized, cropped and normalised as the JSON
+says (the same eval transform training used), and returns logits [N, classes]. `headstart predict`
+and `headstart.load` accept the exported file and apply that preprocessing themselves.
+
+Example:
+    >>> path = headstart.export("runs/hymenoptera-tf_efficientnet_lite0", format="onnx")
+    >>> headstart.load(path).predict(["ant.jpg"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headstart.errors import HeadstartError
+from headstart.model import build_model
+from headstart.recipe import Recipe
+from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
+SIDECAR_FORMAT = "headstart-export-1"
+
+
+def sidecar_path(model_file: Path) -> Path:
+    return model_file.with_name(model_file.name + ".json")
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    model = build_model(recipe.model.model_copy(update={"weights": "none"}), len(checkpoint["classes"]), checkpoint["preprocessing"]["image_size"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None) -> Path:
+    """Write the run's best model (or the given checkpoint) as ONNX or TorchScript; returns the model file's path."""
+    if format not in FORMATS:
+        raise HeadstartError(f"unknown export format '{format}'; valid: {', '.join(FORMATS)}")
+    checkpoint_path = resolve_checkpoint(run_or_checkpoint)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint)
+    size = checkpoint["preprocessing"]["image_size"]
+    example = torch.zeros(2, 3, size, size)
+    target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
+        if format == "onnx":
+            _onnx(model, example, temporary)
+        else:
+            torch.jit.save(torch.jit.trace(model, example), str(temporary))
+    temporary.replace(target)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "runtime": format,
+        "classes": checkpoint["classes"],
+        "preprocessing": checkpoint["preprocessing"],
+        "input": f"image: float32 [N, 3, {size}, {size}], resized, centre-cropped and normalised with mean/std as in preprocessing",
+        "output": f"logits: float32 [N, {len(checkpoint['classes'])}]",
+        "backbone": checkpoint["recipe"]["model"]["backbone"],
+        "checkpoint": str(checkpoint_path),
+        "val_acc": checkpoint["val_acc"],
+    }
+    atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
+    log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
+    return target
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        torch.onnx.export(
+            model, (example,), str(target), input_names=["image"], output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}}, external_data=False, dynamo=True, verbose=False,
+        )
+    except ImportError as err:
+        raise HeadstartError(f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'headstart[export]'") from None
+
+
+def read_sidecar(model_file: Path) -> dict[str, Any]:
+    sidecar = sidecar_path(model_file)
+    if not sidecar.is_file():
+        raise HeadstartError(f"{model_file} has no {sidecar.name} beside it: export it with headstart export to record its preprocessing")
+    info = json.loads(sidecar.read_text())
+    if info.get("format") != SIDECAR_FORMAT:
+        raise HeadstartError(f"{sidecar} is not a headstart export description")
+    return info
+
+
+def load_exported(model_file: Path):
+    """A callable images[N,3,S,S] -> logits for an exported file, run by onnxruntime or TorchScript."""
+    info = read_sidecar(model_file)
+    if info["runtime"] == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise HeadstartError("running an ONNX model needs onnxruntime; pip install 'headstart[export]'") from None
+        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(["logits"], {"image": batch.numpy()})[0])
+
+        return forward, info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export, still supported
+        module = torch.jit.load(str(model_file), map_location="cpu").eval()
+    return module, info

@@ -1,0 +1,82 @@
+"""Export: ONNX (run by onnxruntime) and TorchScript agree with PyTorch; predict works on the exported files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import headstart
+from headstart.cli import main
+from headstart.export import model_from_checkpoint
+from headstart.inference import load
+from headstart.runs import load_checkpoint
+from tests.conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory):
+    """The packaged default backbone after a one-epoch head stage: real weights, real ops (TF 'same' padding)."""
+    from tests.conftest import CLASS_COLOURS, write_images
+
+    root = tmp_path_factory.mktemp("export")
+    folder = write_images(root / "data", CLASS_COLOURS, per_class=8, size=40)
+    recipe = tiny_recipe(folder, root / "runs", data={"image_size": 64},
+                         model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
+                         stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}])
+    return headstart.train(recipe, quiet=True).run_dir, folder
+
+
+def real_images() -> list[Image.Image]:
+    from skimage import data
+
+    return [Image.fromarray(data.chelsea()), Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
+    run_dir, _ = lite0_run
+    path = headstart.export(run_dir, format=fmt)
+    assert path.is_file() and json.loads((path.parent / f"{path.name}.json").read_text())["runtime"] == fmt
+    original = load(run_dir, device="cpu")
+    exported = load(path)
+    batch = torch.stack([original.transform(image) for image in real_images()])
+    with torch.no_grad():
+        reference = model_from_checkpoint(load_checkpoint(run_dir))(batch)
+    got = exported.forward(batch)
+    assert got.shape == reference.shape == (3, 3)
+    assert (got - reference).abs().max().item() < 1e-4
+    for mine, theirs in zip(exported.predict(real_images()), original.predict(real_images())):
+        assert [label for label, _ in mine] == [label for label, _ in theirs]
+        assert [p for _, p in mine] == pytest.approx([p for _, p in theirs], abs=1e-4)
+
+
+def test_predict_on_exported_model_writes_csv(lite0_run, tmp_path, capsys):
+    run_dir, folder = lite0_run
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["predict", str(tmp_path / "m.onnx"), str(folder / "red"), "--csv", str(tmp_path / "p.csv"), "--top-k", "2"]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 8 and set(rows[0]) == {"image", "label", "probability", "label_2", "probability_2"}
+    assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
+    from_checkpoint = headstart.load(run_dir).predict(sorted((folder / "red").iterdir()), top_k=1)
+    assert [r["label"] for r in rows] == [top[0][0] for top in from_checkpoint]
+
+
+def test_exported_file_without_its_description_is_refused(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"not really")
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path)]) == 2
+    assert "no m.onnx.json beside it" in capsys.readouterr().err
+
+
+def test_tta_averages_the_image_and_its_mirror(colour_folder, tmp_path, capsys):
+    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs"), quiet=True)
+    predictor = headstart.load(result.run_dir)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    plain = predictor.probabilities([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert torch.allclose(predictor.probabilities([image], tta=True)[0], plain.mean(0), atol=1e-6)
+
+    assert main(["evaluate", str(result.run_dir), str(colour_folder), "--tta", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy_without_tta"] == pytest.approx(predictor.evaluate(colour_folder).accuracy)
