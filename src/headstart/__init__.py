@@ -8,8 +8,10 @@
 """
 
 from headstart.errors import HeadstartError
+from headstart.compare import compare
 from headstart.export import export
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
+from headstart.sweep import sweep
 from headstart.train import TrainResult, train
 
 
@@ -29,8 +31,10 @@ __all__ = [
     "RunConfig",
     "Stage",
     "TrainResult",
+    "compare",
     "export",
     "load",
+    "sweep",
     "train",
 ]
 __version__ = "0.1.0"

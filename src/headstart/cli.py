@@ -36,8 +36,10 @@ def parse_adapter(spec: str) -> dict[str, Any]:
     raise HeadstartError(f"--adapter '{spec}': valid forms are noise[:SIGMA], resize:FACTORx, resize:SIZE, conv[:KERNEL]")
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    if args.recipe:
+def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Recipe:
+    if base is not None:
+        recipe = base
+    elif args.recipe:
         recipe = Recipe.from_yaml(args.recipe)
     elif args.data is None:
         recipe = builtin_recipe("digits")
@@ -116,6 +118,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         return 0
     train(recipe, quiet=args.quiet)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from headstart.sweep import is_sweep_file, parse_vary, read_sweep_file, sweep
+
+    vary, variants, seeds, name, base = {}, {}, args.seeds, args.name, None
+    args.recipe = args.data = None
+    if args.target and Path(args.target).is_dir():
+        args.data = args.target
+    elif args.target and is_sweep_file(args.target):
+        base, vary, variants, file_seeds, file_name = read_sweep_file(args.target)
+        seeds, name = seeds or file_seeds, name or file_name
+    else:
+        args.recipe = args.target
+    args.name = None  # --name names the sweep folder here, not each run
+    recipe = recipe_from_args(args, base)
+    for spec in args.vary:
+        key, values = parse_vary(spec)
+        vary[key] = values
+    if not vary and not variants:
+        raise HeadstartError("nothing to sweep: give --vary KEY=V1,V2 (or a sweep file with vary: or variants:)")
+    result = sweep(recipe, vary=vary, variants=variants, seeds=seeds or 1, out=args.out, name=name, quiet=args.quiet)
+    print(result.comparison.markdown, end="")
+    print(f"comparison: {result.comparison.files['md']}, {result.comparison.files['png']}")
+    return 1 if result.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from headstart.compare import compare
+
+    comparison = compare(args.runs, out=args.out)
+    print(comparison.markdown, end="")
+    print(f"comparison: {comparison.files['md']}, {comparison.files['csv']}, {comparison.files['png']}")
     return 0
 
 
@@ -248,6 +284,38 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Flags that override recipe fields (train and sweep); returns the 'run' group for command-specific flags."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--backbone", help="any timm model name (see: headstart backbones)")
+    group.add_argument("--weights", help="hub | package | none | file:PATH")
+    group.add_argument("--head", choices=["linear", "gap-dense", "flatten-dense"])
+    group.add_argument("--head-hidden", type=int)
+    group.add_argument("--head-dropout", type=float)
+    group.add_argument("--adapter", action="append", help="noise[:SIGMA] | resize:FACTORx | resize:SIZE | conv[:KERNEL]; repeat to chain")
+    group = parser.add_argument_group("stages (VALUE for every stage, or NAME=VALUE,NAME=VALUE by stage name)")
+    for field in STAGE_FLAGS:
+        group.add_argument(f"--{field.replace('_', '-')}", dest=field)
+    group = parser.add_argument_group("data")
+    group.add_argument("--image-size", type=int)
+    group.add_argument("--augment", choices=["none", "light", "standard"])
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--val-fraction", type=float)
+    group.add_argument("--workers", type=int)
+    group.add_argument("--feature-views", type=int, help="augmented views to cache for head-only stages")
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", help="parent folder of run folders (default runs/)")
+    group.add_argument("--name", help="run (or sweep) folder name")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
+    group.add_argument("--no-channels-last", action="store_true")
+    group.add_argument("--no-feature-cache", action="store_true")
+    group.add_argument("--quiet", action="store_true")
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headstart", description="Fine-tune pretrained image classifiers on your own images.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -255,37 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a classifier (no DATA: the embedded digits default)")
     train.add_argument("data", nargs="?", help="image folder (train/ + val/, or class folders) or CSV of path,label")
     train.add_argument("--recipe", help="YAML recipe; flags override its fields")
-    group = train.add_argument_group("model")
-    group.add_argument("--backbone", help="any timm model name (see: headstart backbones)")
-    group.add_argument("--weights", help="hub | package | none | file:PATH")
-    group.add_argument("--head", choices=["linear", "gap-dense", "flatten-dense"])
-    group.add_argument("--head-hidden", type=int)
-    group.add_argument("--head-dropout", type=float)
-    group.add_argument("--adapter", action="append", help="noise[:SIGMA] | resize:FACTORx | resize:SIZE | conv[:KERNEL]; repeat to chain")
-    group = train.add_argument_group("stages (VALUE for every stage, or NAME=VALUE,NAME=VALUE by stage name)")
-    for field in STAGE_FLAGS:
-        group.add_argument(f"--{field.replace('_', '-')}", dest=field)
-    group = train.add_argument_group("data")
-    group.add_argument("--image-size", type=int)
-    group.add_argument("--augment", choices=["none", "light", "standard"])
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--val-fraction", type=float)
-    group.add_argument("--workers", type=int)
-    group.add_argument("--feature-views", type=int, help="augmented views to cache for head-only stages")
-    group = train.add_argument_group("run")
-    group.add_argument("--out", help="parent folder of run folders (default runs/)")
-    group.add_argument("--name", help="run folder name")
-    group.add_argument("--seed", type=int)
-    group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
-    group.add_argument("--no-channels-last", action="store_true")
-    group.add_argument("--no-feature-cache", action="store_true")
+    group = add_recipe_flags(train)
     group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
     group.add_argument("--devices", type=int, help="data-parallel processes on this machine (one per GPU, or CPU processes), via torchrun")
     group.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
-    group.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="run a recipe with switches changed, every combination and seed; then compare")
+    sweep.add_argument("target", nargs="?", help="recipe YAML, sweep YAML (recipe + vary/variants + seeds), or a data folder")
+    sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                       help="e.g. bn=frozen,train | finetune.lr=1e-3,1e-4 | model.head.dropout=0,0.5; repeat for a cross product")
+    sweep.add_argument("--seeds", help="how many seeds (3) or which (0,1,2); default 1")
+    add_recipe_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    compare = commands.add_parser("compare", help="table and overlaid curves of runs or a sweep, mean ± std over seeds")
+    compare.add_argument("runs", nargs="+", help="run folders, or a sweep folder")
+    compare.add_argument("--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)")
+    compare.set_defaults(func=cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
     evaluate.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from headstart.data import list_class_folders, build_transforms, decode_all, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
-from headstart.report import plot_confusion
+from headstart.plots import plot_confusion
 from headstart.runs import load_checkpoint
 
 log = logging.getLogger(__name__)

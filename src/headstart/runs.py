@@ -1,7 +1,7 @@
 """The run folder: everything a run writes, and how other commands read it back.
 
     runs/<name>/recipe.yaml      the resolved recipe (weights source, stages, seed: all filled in)
-    runs/<name>/history.csv      one row per epoch: stage, epoch, losses, accuracies, lr, seconds
+    runs/<name>/history.csv      one row per epoch: stage, epoch, losses, accuracies, lr, seconds, trainable params
     runs/<name>/history.json     the same rows
     runs/<name>/curves.png       loss and accuracy, train vs val, stage boundaries marked
     runs/<name>/best.pt          checkpoint with the lowest val loss
@@ -27,7 +27,7 @@ import torch
 
 from headstart.errors import HeadstartError
 
-HISTORY_FIELDS = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "path"]
+HISTORY_FIELDS = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "path", "trainable_params"]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
 
 

@@ -37,7 +37,7 @@ from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.recipe import Recipe, Stage
-from headstart.report import plot_curves
+from headstart.plots import plot_curves
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.runs import RunFolder, load_checkpoint, read_history
 from headstart.weights import default_source
@@ -537,6 +537,7 @@ class _Trainer:
             row = {
                 "stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path.name,
+                "trainable_params": trainable,
             }
             self.run.add_epoch(row)
             log.info(

@@ -1,0 +1,238 @@
+"""Runs side by side: a table (Markdown and CSV) and overlaid curves, with seeds as repeats.
+
+    headstart compare SWEEP_DIR            # variants as the sweep named them
+    headstart compare RUN_DIR RUN_DIR ...  # runs with the same recipe but the seed are one variant,
+                                           # labelled by the recipe fields that differ
+
+A variant's figures are means over its seeds with the sample standard deviation. Every variant is
+set against the best one (lowest mean best val loss): a difference smaller than the seed-to-seed
+spread is said to be so, with Welch's t-test p-value where both have two or more seeds.
+
+Example:
+    >>> comparison = headstart.compare(["runs/sweep-hymenoptera"])
+    >>> print(comparison.markdown)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headstart.errors import HeadstartError
+from headstart.runs import atomic_write
+from headstart.sweep import SWEEP_FILE
+
+# Fields that differ between repeats of one experiment, not between experiments.
+NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
+METRICS = ["best_val_loss", "best_val_acc", "final_val_acc", "epochs", "seconds", "trainable_params"]
+HEADERS = {
+    "best_val_loss": "best val loss", "best_val_acc": "best val acc", "final_val_acc": "final val acc",
+    "epochs": "epochs", "seconds": "wall time (s)", "trainable_params": "trainable params (last stage)",
+}
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    variant: str
+    seed: int
+    recipe: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    def metrics(self) -> dict[str, float]:
+        best = min(self.history, key=lambda row: row["val_loss"])
+        return {
+            "best_val_loss": best["val_loss"],
+            "best_val_acc": max(row["val_acc"] for row in self.history),
+            "final_val_acc": self.history[-1]["val_acc"],
+            "epochs": len(self.history),
+            "seconds": sum(row["seconds"] for row in self.history),
+            "trainable_params": self.history[-1].get("trainable_params") or 0,
+        }
+
+
+@dataclass
+class Comparison:
+    records: list[RunRecord]
+    rows: list[dict[str, Any]]  # one per variant: name, runs, seeds, metric -> (mean, std)
+    notes: list[str]
+    failed: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def markdown(self) -> str:
+        header = ["variant", "runs"] + [HEADERS[m] for m in METRICS]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in self.rows:
+            cells = [row["variant"], str(row["runs"])] + [_cell(metric, *row[metric]) for metric in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"- {note}" for note in self.notes] + [f"- failed: {item}" for item in self.failed]
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+    @property
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["variant", "runs", "seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+        for row in self.rows:
+            writer.writerow([row["variant"], row["runs"], " ".join(map(str, row["seeds"]))]
+                            + [_number(v) for m in METRICS for v in row[m]])
+        return buffer.getvalue()
+
+
+def _cell(metric: str, mean: float, std: float | None) -> str:
+    if metric in ("epochs", "trainable_params"):
+        text = f"{mean:,.0f}"
+    elif metric == "seconds":
+        text = f"{mean:.1f}"
+    else:
+        text = f"{mean:.4f}"
+    if std is not None and metric not in ("epochs", "trainable_params"):
+        text += f" ± {std:.1f}" if metric == "seconds" else f" ± {std:.4f}"
+    return text
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# ----------------------------------------------------------------------------- collecting runs
+
+
+def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    history_file, recipe_file = path / "history.json", path / "recipe.yaml"
+    if not history_file.is_file() or not recipe_file.is_file():
+        return None
+    history = json.loads(history_file.read_text())
+    return (yaml.safe_load(recipe_file.read_text()), history) if history else None
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        flat = {}
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(values, list) and values and all(isinstance(v, dict) and "name" in v for v in values):
+        flat = {}
+        for item in values:  # stages: keyed by their names, so 'finetune.bn' reads like a sweep key
+            flat.update(_flatten({k: v for k, v in item.items() if k != "name"}, f"{prefix}{item['name']}."))
+        return flat
+    return {prefix[:-1]: json.dumps(values) if isinstance(values, (list, dict)) else values}
+
+
+def _label_by_difference(groups: dict[str, list[tuple[Path, dict, list]]]) -> dict[str, str]:
+    """Name each group of identical recipes by the fields in which the groups differ."""
+    flat = {key: _flatten(runs[0][1]) for key, runs in groups.items()}
+    keys = sorted({k for f in flat.values() for k in f} - NOT_A_SWITCH)
+    differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1]
+    labels = {}
+    for key, fields in flat.items():
+        shown = [f"{k.removeprefix('stages.')}={fields.get(k)}" for k in differing[:4]]
+        labels[key] = ", ".join(shown) if shown else groups[key][0][0].name
+    return labels
+
+
+def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
+    """Runs from sweep folders and run folders; returns the records and the runs that failed or never finished an epoch."""
+    records: list[RunRecord] = []
+    failed: list[str] = []
+    loose: dict[str, list[tuple[Path, dict, list]]] = {}
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise HeadstartError(f"not a folder: {path} (give run folders or a sweep folder)")
+        if (path / SWEEP_FILE).is_file():
+            spec = yaml.safe_load((path / SWEEP_FILE).read_text())
+            for variant in spec["variants"]:
+                for seed in spec["seeds"]:
+                    run_dir = path / variant / f"seed{seed}"
+                    found = _read_run(run_dir)
+                    if found is None or (run_dir / "error.txt").is_file():
+                        reason = (run_dir / "error.txt").read_text().strip() if (run_dir / "error.txt").is_file() else "not run yet"
+                        failed.append(f"{variant} seed {seed}: {reason}")
+                        continue
+                    records.append(RunRecord(run_dir, variant, seed, *found))
+        else:
+            found = _read_run(path)
+            if found is None:
+                raise HeadstartError(f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})")
+            recipe = found[0]
+            key = json.dumps({k: v for k, v in _flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str)
+            loose.setdefault(key, []).append((path, *found))
+    labels = _label_by_difference(loose) if loose else {}
+    for key, runs in loose.items():
+        for path, recipe, history in runs:
+            records.append(RunRecord(path, labels[key], recipe["run"]["seed"], recipe, history))
+    if not records:
+        raise HeadstartError("no finished epochs to compare in " + ", ".join(map(str, paths)))
+    return records, failed
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def _stats(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
+    by_variant: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_variant.setdefault(record.variant, []).append(record)
+    rows = []
+    for variant, runs in by_variant.items():
+        metrics = [run.metrics() for run in runs]
+        row = {"variant": variant, "runs": len(runs), "seeds": [run.seed for run in runs]}
+        row.update({m: _stats([values[m] for values in metrics]) for m in METRICS})
+        row["samples"] = [values["best_val_loss"] for values in metrics]
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["best_val_loss"][0])
+
+
+def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """For each variant against the best: is the difference in best val loss bigger than the seed spread?"""
+    if len(rows) < 2:
+        return []
+    from scipy.stats import ttest_ind
+
+    best = rows[0]
+    notes = [f"best (lowest mean best val loss): {best['variant']}"]
+    for row in rows[1:]:
+        difference = row["best_val_loss"][0] - best["best_val_loss"][0]
+        spreads = [s for s in (row["best_val_loss"][1], best["best_val_loss"][1]) if s is not None]
+        text = f"{row['variant']}: best val loss {difference:+.4f} vs {best['variant']}; "
+        if len(spreads) < 2:
+            text += "one seed on a side, so no seed spread to judge it against: run --seeds 3"
+        else:
+            spread = max(spreads)
+            p_value = ttest_ind(row["samples"], best["samples"], equal_var=False).pvalue
+            verdict = "smaller than the seed-to-seed spread: not a real difference at these seeds" if abs(difference) < spread \
+                else "larger than the seed-to-seed spread"
+            text += f"seed spread (std) {spread:.4f}: {verdict} (Welch t-test p = {p_value:.3g})"
+        notes.append(text)
+    return notes
+
+
+def compare(paths: list[str | Path], out: str | Path | None = None) -> Comparison:
+    """Compare runs and sweeps; writes comparison.md, .csv and .png to `out` (default: the sweep folder, or runs/)."""
+    from headstart.plots import plot_overlay
+
+    records, failed = collect(paths)
+    rows = summarize(records)
+    comparison = Comparison(records, rows, spread_notes(rows), failed)
+    first = Path(paths[0]).expanduser()
+    folder = Path(out).expanduser() if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "comparison.md", comparison.markdown.encode())
+    atomic_write(folder / "comparison.csv", comparison.csv.encode())
+    plot_overlay([(r.variant, r.history) for r in records], folder / "comparison.png")
+    comparison.files = {name: folder / f"comparison.{name}" for name in ("md", "csv", "png")}
+    return comparison

@@ -1,0 +1,278 @@
+"""Sweeps: one recipe run with switches changed, every combination times every seed, each in its own run folder.
+
+    headstart sweep RECIPE --vary bn=frozen,affine,train --vary freeze=blocks.4,blocks.5 --seeds 3
+    headstart sweep SWEEP.yaml              # recipe, vary / variants and seeds in one file
+
+Layout: SWEEP_DIR/sweep.yaml (what is swept), SWEEP_DIR/<variant>/seed<N>/ (ordinary run folders),
+then the comparison (headstart.compare) in SWEEP_DIR. Running the same sweep again continues it:
+finished runs are skipped, an interrupted one is resumed from its last finished epoch.
+
+Keys name recipe fields: a stage field (`bn`: every stage), `STAGE.FIELD` (`finetune.bn`),
+a section path (`model.head.dropout`, `data.augment`, `model.backbone_args.batch_norm`), or a
+data/model/run field by its own name (`augment`, `backbone`). Values are read as YAML: `0.5`,
+`true`, `null`, `[64, 128]`.
+
+Example:
+    >>> result = headstart.sweep("recipes/000_bn_trainable_offline.yaml", vary={"top-blocks.bn": ["frozen", "train"]}, seeds=3)
+    >>> print(result.comparison.markdown)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headstart.errors import HeadstartError, close_matches
+from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
+
+log = logging.getLogger("headstart")
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
+SWEEP_FILE = "sweep.yaml"
+
+
+@dataclass
+class Variant:
+    name: str
+    changes: dict[str, Any]
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs: the base recipe, the variants, the seeds."""
+
+    base: Recipe
+    variants: list[Variant]
+    seeds: list[int]
+
+    def recipe_for(self, variant: Variant, seed: int, sweep_dir: Path) -> Recipe:
+        values = self.base.to_dict()
+        for key, value in variant.changes.items():
+            set_field(values, key, value)
+        values["run"].update(out_dir=str(sweep_dir / variant.name), name=f"seed{seed}", seed=seed)
+        return Recipe.from_dict(values, source=f"sweep variant '{variant.name}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.base.to_dict(), "variants": {v.name: v.changes for v in self.variants}, "seeds": self.seeds}
+
+
+@dataclass
+class SweepResult:
+    path: Path
+    runs: dict[str, list[Path]] = field(default_factory=dict)  # variant -> run folders
+    failed: dict[str, str] = field(default_factory=dict)  # run folder -> error
+    comparison: Any = None
+
+
+# ----------------------------------------------------------------------------- keys and values
+
+
+def parse_value(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
+    return value
+
+
+def parse_vary(spec: str) -> tuple[str, list[Any]]:
+    """'bn=frozen,affine,train' -> ('bn', ['frozen', 'affine', 'train'])."""
+    key, sep, values = spec.partition("=")
+    if not sep or not key or not values:
+        raise HeadstartError(f"--vary '{spec}': write KEY=VALUE1,VALUE2 (e.g. bn=frozen,train or model.head.dropout=0,0.5)")
+    return key.strip(), [parse_value(v.strip()) for v in _split_top_level(values)]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so 'widths=[8,16],[16,32]' gives two lists."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+def set_field(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set one recipe field named by a sweep key (see the module docstring) in a recipe dict."""
+    parts = key.split(".")
+    stages = values["stages"]
+    stage_names = [stage["name"] for stage in stages]
+    if parts[0] == "stages" and len(parts) == 3:
+        parts = parts[1:]
+    if len(parts) == 1 and parts[0] in Stage.model_fields:
+        for stage in stages:
+            stage[parts[0]] = value
+        return
+    if len(parts) == 2 and parts[0] in stage_names:
+        if parts[1] not in Stage.model_fields:
+            raise HeadstartError(f"sweep key '{key}': stages have no field '{parts[1]}'{close_matches(parts[1], Stage.model_fields)}")
+        stages[stage_names.index(parts[0])][parts[1]] = value
+        return
+    if len(parts) == 1:
+        owners = [name for name, section in SECTIONS.items() if parts[0] in section.model_fields]
+        if owners:
+            parts = [owners[0], parts[0]]
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        valid = sorted(set(Stage.model_fields) | {f for s in SECTIONS.values() for f in s.model_fields})
+        raise HeadstartError(
+            f"sweep key '{key}' names no recipe field{close_matches(parts[0], valid + stage_names)}; "
+            f"use a stage field (bn), STAGE.FIELD ({stage_names[0] if stage_names else 'head'}.lr), or a path (model.head.dropout)"
+        )
+    target = values
+    for part in parts[:-1]:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[parts[-1]] = value
+    if parts[:2] == ["model", "backbone"] and "weights" not in key:
+        values["model"]["weights"] = None  # each backbone gets its own default weights source
+
+
+def variant_name(changes: dict[str, Any]) -> str:
+    text = "_".join(f"{key.split('.')[-1] if len(changes) > 1 else key}-{_short(value)}" for key, value in changes.items())
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "", text)[:80] or "base"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "x".join(_short(v) for v in value)
+    if isinstance(value, dict):
+        return "+".join(f"{k}{_short(v)}" for k, v in value.items())
+    return str(value)
+
+
+def expand(vary: dict[str, list[Any]] | None = None, variants: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
+    """The cross product of `vary`, or the named `variants` (each crossed with `vary` if both are given)."""
+    named = [Variant(name, dict(changes)) for name, changes in (variants or {}).items()] or [Variant("", {})]
+    keys = list((vary or {}).keys())
+    crossed = [dict(zip(keys, combo)) for combo in itertools.product(*[(vary or {})[k] for k in keys])] or [{}]
+    result = []
+    for base, changes in itertools.product(named, crossed):
+        merged = {**base.changes, **changes}
+        name = "_".join(part for part in (base.name, variant_name(changes) if changes else "") if part) or "base"
+        result.append(Variant(name, merged))
+    names = [v.name for v in result]
+    if len(set(names)) != len(names):
+        raise HeadstartError(f"two sweep variants share the name '{next(n for n in names if names.count(n) > 1)}'; name them in a variants: section")
+    return result
+
+
+def seed_list(seeds: int | list[int] | str, base_seed: int) -> list[int]:
+    if isinstance(seeds, str):
+        seeds = [int(s) for s in seeds.split(",")] if "," in seeds else int(seeds)
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise HeadstartError(f"--seeds {seeds}: give a count of 1 or more, or a list like 0,1,2")
+        return [base_seed + i for i in range(seeds)]
+    return list(seeds)
+
+
+def read_sweep_file(path: str | Path) -> tuple[Recipe, dict, dict, Any, str | None]:
+    """A sweep file: recipe (a path relative to the file, or inline), vary, variants, seeds."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text()) or {}
+    allowed = {"recipe", "vary", "variants", "seeds", "name"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise HeadstartError(f"{path}: unknown sweep field '{unknown[0]}'; valid: {', '.join(sorted(allowed))}")
+    recipe = values.get("recipe")
+    if isinstance(recipe, str):
+        recipe_path = (path.parent / recipe) if not Path(recipe).is_absolute() else Path(recipe)
+        base = Recipe.from_yaml(recipe_path)
+    else:
+        base = Recipe.from_dict(recipe or {}, source=str(path))
+    return base, values.get("vary") or {}, values.get("variants") or {}, values.get("seeds", 1), values.get("name")
+
+
+def is_sweep_file(path: str | Path) -> bool:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(values, dict) and ("vary" in values or "variants" in values)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_status(run_dir: Path, recipe: Recipe) -> str:
+    """'done', 'partial' (resumable), or 'new'."""
+    from headstart.train import ResumePoint
+
+    if not (run_dir / "last.pt").is_file():
+        return "new"
+    try:
+        return "done" if ResumePoint.read(run_dir).finished(recipe) else "partial"
+    except HeadstartError:
+        return "new"
+
+
+def sweep(
+    recipe: Recipe | str | Path | dict | None = None,
+    *,
+    vary: dict[str, list[Any]] | None = None,
+    variants: dict[str, dict[str, Any]] | None = None,
+    seeds: int | list[int] | str = 1,
+    out: str | Path | None = None,
+    name: str | None = None,
+    quiet: bool = False,
+) -> SweepResult:
+    """Run every variant with every seed (skipping finished runs, resuming interrupted ones), then compare them."""
+    from headstart.compare import compare
+    from headstart.train import as_recipe, ensure_console, train
+
+    ensure_console(quiet)
+    base = as_recipe(recipe)
+    spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
+    # Every variant must be a valid recipe before the first one trains.
+    sweep_dir = Path(out or base.run.out_dir).expanduser() / (name or f"sweep-{base.run.name or Path(base.data.path or 'digits').stem}")
+    recipes = {(v.name, s): spec.recipe_for(v, s, sweep_dir) for v in spec.variants for s in spec.seeds}
+    spec_file = sweep_dir / SWEEP_FILE
+    written = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    if spec_file.is_file() and spec_file.read_text() != written:
+        raise HeadstartError(f"{sweep_dir} holds a different sweep; give another --name, or remove that folder")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(written)
+
+    result = SweepResult(sweep_dir)
+    total = len(recipes)
+    for number, ((variant, seed), run_recipe) in enumerate(recipes.items(), start=1):
+        run_dir = sweep_dir / variant / f"seed{seed}"
+        result.runs.setdefault(variant, []).append(run_dir)
+        status = run_status(run_dir, run_recipe)
+        log.info("sweep %s: run %d/%d, %s seed %d: %s", sweep_dir.name, number, total, variant, seed,
+                 {"done": "finished already, skipped", "partial": "resuming", "new": "starting"}[status])
+        if status == "done":
+            continue
+        try:
+            if status == "partial":
+                train(resume=run_dir, quiet=quiet)
+            else:
+                if run_dir.exists():  # started but no epoch finished: nothing worth keeping
+                    shutil.rmtree(run_dir)
+                train(run_recipe, quiet=quiet)
+        except HeadstartError as err:
+            # One variant failing (a learning rate that diverges) is a result, not the end of the sweep.
+            log.warning("sweep: %s seed %d failed: %s", variant, seed, err)
+            result.failed[str(run_dir)] = str(err)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(f"{err}\n")
+    result.comparison = compare([sweep_dir])
+    return result
