@@ -12,6 +12,7 @@ from headstart.freeze import plan_freeze
 from headstart.hardware import pick_hardware
 from headstart.model import build_model
 from headstart.recipe import ModelConfig, Recipe
+from headstart.sweep import SweepSpec, expand, is_sweep_file, read_sweep_file, seed_list
 from tests.conftest import tiny_recipe
 
 RUN_FILES = ["recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt"]
@@ -106,7 +107,18 @@ def test_layer_decay_and_body_lr_groups(colour_folder):
     assert len({round(g["lr"], 8) for g in groups}) > 2 and max(g["lr"] for g in groups) == pytest.approx(0.1)
 
 
-ARTICLE_RECIPES = sorted((__import__("pathlib").Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPE_FILES = sorted((__import__("pathlib").Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+ARTICLE_RECIPES = [p for p in RECIPE_FILES if not is_sweep_file(p)]
+ARTICLE_SWEEPS = [p for p in RECIPE_FILES if is_sweep_file(p)]
+
+
+@pytest.mark.parametrize("path", ARTICLE_SWEEPS, ids=lambda p: p.stem)
+def test_article_sweeps_expand_to_valid_recipes(path, tmp_path):
+    base, vary, variants, seeds, _ = read_sweep_file(path)
+    spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
+    recipes = [spec.recipe_for(v, s, tmp_path) for v in spec.variants for s in spec.seeds]
+    assert len(recipes) == len(spec.variants) * len(spec.seeds) >= 2
+    assert len({r.model_dump_json(exclude={"run"}) for r in recipes}) == len(spec.variants)  # each variant differs
 
 
 @pytest.mark.parametrize("path", ARTICLE_RECIPES, ids=lambda p: p.stem)

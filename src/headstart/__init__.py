@@ -11,6 +11,7 @@ from headstart.errors import HeadstartError
 from headstart.compare import compare
 from headstart.export import export
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
+from headstart.report import report
 from headstart.sweep import sweep
 from headstart.train import TrainResult, train
 
@@ -34,6 +35,7 @@ __all__ = [
     "compare",
     "export",
     "load",
+    "report",
     "sweep",
     "train",
 ]

@@ -155,6 +155,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from headstart.report import report
+
+    print(report(args.target, out=args.out))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
@@ -341,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", help="run folders, or a sweep folder")
     compare.add_argument("--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)")
     compare.set_defaults(func=cmd_compare)
+
+    report = commands.add_parser("report", help="one self-contained HTML page for a run or a sweep")
+    report.add_argument("target", help="run folder or sweep folder")
+    report.add_argument("--out", help="HTML file to write (default TARGET/report.html)")
+    report.set_defaults(func=cmd_report)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
     evaluate.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")

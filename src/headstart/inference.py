@@ -37,6 +37,17 @@ class Evaluation:
     confusion: np.ndarray
     count: int
     plain_accuracy: float | None = None  # without test-time augmentation, when it was used
+    paths: list[Path] | None = None  # the images evaluated, in order
+    probabilities: np.ndarray | None = None  # [images, classes]
+    truth: np.ndarray | None = None  # true label index per image
+
+    def most_confident_mistakes(self, count: int) -> list[tuple[Path, str, str, float]]:
+        """(image, true label, predicted label, its probability) for the wrong predictions made with the most confidence."""
+        predicted = self.probabilities.argmax(1)
+        wrong = [i for i in range(len(predicted)) if predicted[i] != self.truth[i]]
+        wrong.sort(key=lambda i: -self.probabilities[i, predicted[i]])
+        return [(self.paths[i], self.classes[self.truth[i]], self.classes[predicted[i]], float(self.probabilities[i, predicted[i]]))
+                for i in wrong[:count]]
 
     def table(self) -> str:
         headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
@@ -98,11 +109,15 @@ class Predictor:
         if unknown:
             raise HeadstartError(f"{folder} has class '{unknown[0]}' the model does not know; its classes: {', '.join(self.classes)}")
         samples = [(path, self.classes.index(name)) for name, paths in found.items() for path in paths]
+        return self.evaluate_samples(samples, confusion_png, tta, where=str(folder))
+
+    def evaluate_samples(self, samples: list[tuple[Path, int]], confusion_png: Path | None = None, tta: bool = False, where: str = "") -> Evaluation:
+        """The same figures for (path, label index) pairs: a run's own validation split, say."""
         arrays, samples, bad = decode_all(samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1)
         if bad:
             log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), ", ".join(bad[:10]))
         if not samples:
-            raise HeadstartError(f"no readable images in {folder}")
+            raise HeadstartError(f"no readable images in {where or 'the given samples'}")
         images = [Image.fromarray(a) for a in arrays]
         probabilities = self.probabilities(images, tta=tta)
         truth = np.array([label for _, label in samples])
@@ -118,7 +133,8 @@ class Predictor:
             {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
-        return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain)
+        return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain,
+                          [path for path, _ in samples], probabilities.numpy(), truth)
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:

@@ -31,10 +31,21 @@ HISTORY_FIELDS = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# mkstemp makes files only their owner can read; run files get the permissions any new file would.
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

@@ -1,0 +1,172 @@
+"""One self-contained HTML page per run or sweep: every picture inlined, nothing fetched, no scripts.
+
+    headstart report RUN_DIR     ->  RUN_DIR/report.html
+    headstart report SWEEP_DIR   ->  SWEEP_DIR/report.html
+
+A run's page: summary, recipe, model layers with the trainable/frozen split per stage, curves,
+and, from the best checkpoint on the run's own validation split, per-class metrics, the
+confusion matrix and the validation images it got wrong with the most confidence. A sweep's page:
+the comparison table with its seed-spread notes, the overlaid curves and every run's figures.
+
+Example:
+    >>> headstart.report("runs/hymenoptera-tf_efficientnet_lite0")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+
+from PIL import Image
+
+from headstart.errors import HeadstartError
+from headstart.runs import atomic_write, read_history
+from headstart.sweep import SWEEP_FILE
+
+log = logging.getLogger("headstart")
+
+MISTAKES_SHOWN = 12
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+img.plot { max-width: 100%; } .grid { display: flex; flex-wrap: wrap; gap: 0.8em; }
+figure { margin: 0; width: 150px; font-size: 0.75em; } figure img { width: 150px; height: 150px; object-fit: cover; }
+.note { color: #666; }
+"""
+
+
+def _png(path_or_bytes: Path | bytes) -> str:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _thumbnail(path: Path, size: int = 150) -> str:
+    from headstart.data import to_rgb
+
+    with Image.open(path) as image:
+        image = to_rgb(image)
+        image.thumbnail((size * 2, size * 2))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def model_summary(checkpoint: dict) -> str:
+    from headstart.export import model_from_checkpoint
+    from headstart.freeze import plan_freeze
+    from headstart.recipe import Recipe
+    from headstart.summary import summarize
+
+    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    model = model_from_checkpoint(checkpoint)
+    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+    return summarize(model, recipe.stages, plans, checkpoint["preprocessing"]["image_size"])
+
+
+def validation_section(run_dir: Path, checkpoint: dict) -> str:
+    """Per-class metrics, confusion matrix and confident mistakes on the run's own validation split."""
+    from headstart.data import list_images
+    from headstart.inference import Predictor
+    from headstart.plots import plot_confusion
+    from headstart.recipe import Recipe
+
+    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    try:
+        split = list_images(recipe.data)
+    except HeadstartError as err:
+        return f"<h2>Validation</h2><p class=note>validation images not at hand ({html.escape(str(err))}): metrics and mistakes omitted</p>"
+    if split.classes != checkpoint["classes"]:
+        return "<h2>Validation</h2><p class=note>the data folder's classes changed since training: metrics omitted</p>"
+    evaluation = Predictor.from_checkpoint(checkpoint, device="cpu").evaluate_samples(split.val, where="the run's validation split")
+    buffer = io.BytesIO()
+    plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=f"accuracy {evaluation.accuracy:.3f}")
+    metrics = _table(["class", "precision", "recall", "f1", "support"],
+                     [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]] for r in evaluation.per_class])
+    mistakes = evaluation.most_confident_mistakes(MISTAKES_SHOWN)
+    figures = "".join(
+        f'<figure><img src="{_thumbnail(path)}" alt="{html.escape(path.name)}"><figcaption>true: {html.escape(true)}<br>'
+        f"predicted: {html.escape(guess)} ({prob:.2f})<br>{html.escape(path.name)}</figcaption></figure>"
+        for path, true, guess, prob in mistakes
+    )
+    grid = f'<div class="grid">{figures}</div>' if mistakes else "<p>no mistakes on the validation split</p>"
+    return (f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint['stage']))} epoch {checkpoint['epoch']})</h2>"
+            f"<p>accuracy {evaluation.accuracy:.4f} on {evaluation.count} images</p>{metrics}"
+            f'<h2>Confusion matrix</h2><img class="plot" src="{_png(buffer.getvalue())}" alt="confusion matrix">'
+            f"<h2>Most confident mistakes</h2>{grid}")
+
+
+def run_sections(run_dir: Path, heading: str = "") -> list[str]:
+    from headstart.runs import load_checkpoint
+
+    history = read_history(run_dir)
+    prefix = f"{html.escape(heading)}: " if heading else ""
+    sections = []
+    if (run_dir / "summary.txt").is_file():
+        sections.append(f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text())}</pre>")
+    if (run_dir / "curves.png").is_file():
+        sections.append(f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">')
+    rows = [[r["stage"], r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}",
+             f"{r['lr']:.3g}", f"{r['seconds']:.1f}", r.get("path", "")] for r in history]
+    sections.append(f"<h2>{prefix}History</h2>" + _table(["stage", "epoch", "loss", "acc", "val loss", "val acc", "lr", "s", "path"], rows))
+    if not heading:
+        checkpoint = load_checkpoint(run_dir)
+        sections.append(f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text())}</pre>")
+        sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(model_summary(checkpoint))}</pre>")
+        sections.append(validation_section(run_dir, checkpoint))
+    return sections
+
+
+# ----------------------------------------------------------------------------- a sweep
+
+
+def sweep_sections(sweep_dir: Path) -> list[str]:
+    from headstart.compare import HEADERS, METRICS, _cell, compare
+
+    comparison = compare([sweep_dir])
+    rows = [[row["variant"], row["runs"]] + [_cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed])
+    sections = [
+        "<h2>Comparison (mean ± std over seeds)</h2>" + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
+        + f"<ul>{notes}</ul>",
+        f'<h2>Curves overlaid</h2><img class="plot" src="{_png(comparison.files["png"])}" alt="overlaid curves">',
+        f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text())}</pre>",
+    ]
+    for record in comparison.records:
+        sections.extend(run_sections(record.path, heading=f"{record.variant} seed {record.seed}"))
+    return sections
+
+
+def report(target: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of a run or sweep folder; returns its path."""
+    folder = Path(target).expanduser()
+    if (folder / SWEEP_FILE).is_file():
+        sections, title = sweep_sections(folder), f"headstart sweep: {folder.name}"
+    elif (folder / "history.json").is_file():
+        sections, title = run_sections(folder), f"headstart run: {folder.name}"
+    else:
+        raise HeadstartError(f"{folder} is neither a run folder (history.json) nor a sweep folder ({SWEEP_FILE})")
+    path = Path(out).expanduser() if out else folder / "report.html"
+    atomic_write(path, _page(title, sections).encode())
+    log.info("report: %s", path)
+    return path
