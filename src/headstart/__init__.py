@@ -11,6 +11,7 @@ from headstart.errors import HeadstartError
 from headstart.compare import compare
 from headstart.export import export
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
+from headstart.lr_find import lr_find
 from headstart.report import report
 from headstart.sweep import sweep
 from headstart.train import TrainResult, train
@@ -35,6 +36,7 @@ __all__ = [
     "compare",
     "export",
     "load",
+    "lr_find",
     "report",
     "sweep",
     "train",

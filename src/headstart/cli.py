@@ -155,6 +155,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from headstart.lr_find import lr_find
+
+    args.recipe = args.data = None
+    if args.target and (Path(args.target).is_dir() or Path(args.target).suffix.lower() == ".csv"):
+        args.data = args.target
+    else:
+        args.recipe = args.target
+    recipe = recipe_from_args(args)
+    found = lr_find(recipe, stage=args.stage, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                    weights_from=args.weights_from, out=args.out, quiet=args.quiet)
+    print(f"suggested lr {found.suggestion:.3g} (steepest descent {found.steepest:.3g}); plot: {found.folder / 'lr_find.png'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from headstart.report import report
 
@@ -348,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", help="run folders, or a sweep folder")
     compare.add_argument("--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)")
     compare.set_defaults(func=cmd_compare)
+
+    finder = commands.add_parser("lr-find", help="learning-rate range test for one stage: loss vs LR plot and a suggestion")
+    finder.add_argument("target", nargs="?", help="recipe YAML or data folder (none: the built-in recipe)")
+    finder.add_argument("--stage", help="stage to test (default: the first)")
+    finder.add_argument("--from", dest="weights_from", metavar="RUN", help="start from this run's best weights (e.g. after the head stage)")
+    finder.add_argument("--start-lr", type=float, default=1e-7)
+    finder.add_argument("--end-lr", type=float, default=10.0)
+    finder.add_argument("--steps", type=int, default=100)
+    add_recipe_flags(finder)
+    finder.set_defaults(func=cmd_lr_find)
 
     report = commands.add_parser("report", help="one self-contained HTML page for a run or a sweep")
     report.add_argument("target", help="run folder or sweep folder")

@@ -63,6 +63,25 @@ def plot_overlay(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Pa
     return _save(figure, path)
 
 
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, steepest: float, path: Path, title: str = "") -> Path:
+    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
+    axis.plot(lrs, smoothed, linewidth=2, label="smoothed")
+    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (minimum/10): {suggestion:.2g}")
+    axis.axvline(steepest, color="tab:red", linestyle=":", label=f"steepest descent: {steepest:.2g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    top = max(smoothed[0] * 1.5, min(smoothed) * 4)
+    axis.set_ylim(min(min(losses), min(smoothed)) * 0.9, top)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    if title:
+        axis.set_title(title)
+    return _save(figure, path)
+
+
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
     """Counts with true classes as rows and predictions as columns."""
     size = max(4.0, 0.5 * len(classes) + 2)

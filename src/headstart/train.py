@@ -422,7 +422,7 @@ class StagePath:
 class _Trainer:
     """State shared across stages of one run: the model, the data, the best checkpoint so far."""
 
-    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool, group: Group):
+    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool, group: Group = SOLO):
         self.recipe, self.model, self.data, self.hw, self.run, self.quiet, self.group = recipe, model, data, hw, run, quiet, group
         self.best_row: dict[str, Any] = {}
         self.best_epoch = 0
