@@ -3,6 +3,8 @@
 Accepted layouts:
     DATA/train/<class>/*, DATA/val/<class>/*     a given split
     DATA/<class>/*                               split here: stratified, seeded, val_fraction per class
+    cifar-10-batches-py/, cifar-100-python/      CIFAR python batch files (test set as val); or cifar10,
+                                                 cifar100 to download them (headstart.datasets)
     FILE.csv with columns path,label             paths relative to the CSV's folder; split as above
     (nothing)                                    the embedded default: scikit-learn's digits
 """
@@ -113,12 +115,16 @@ def _read_csv(path: Path) -> dict[str, list[Path]]:
 
 def list_images(cfg: DataConfig) -> DataSplit:
     """List and split the images named by the recipe (see the module docstring for layouts)."""
-    if cfg.path is None:
-        from headstart.digits import digits_folder
+    from headstart.datasets import CIFAR, cifar_folder, cifar_kind, digits_folder, download_cifar
 
+    if cfg.path is None:
         root = digits_folder()
+    elif cfg.path in CIFAR:
+        root = cifar_folder(download_cifar(cfg.path))
     else:
         root = Path(cfg.path).expanduser()
+        if root.is_dir() and cifar_kind(root):
+            root = cifar_folder(root)
     if root.suffix.lower() == ".csv":
         if not root.is_file():
             raise HeadstartError(f"CSV file not found: {root}")
@@ -239,7 +245,7 @@ class DiskImages:
 
     @classmethod
     def build(cls, samples: list[Sample], short_side: int, interpolation: str, threads: int) -> tuple[DiskImages, list[Sample], list[str]]:
-        from headstart.digits import cache_root
+        from headstart.datasets import cache_root
 
         folder = cache_root() / "images" / files_digest(samples, salt=f"{short_side}|{interpolation}")[:24]
         if not (folder / "kept.json").is_file():

@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader
 from headstart.distributed import SOLO, Group
-from headstart.digits import cache_root
+from headstart.datasets import cache_root
 from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
 from headstart.model import Classifier, GaussianNoise, GlobalAvgPool
