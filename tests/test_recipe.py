@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import HeadstartError
+from headstart.sweep import is_sweep_file
 from headstart.recipe import Recipe, set_stage_field
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -55,5 +56,6 @@ def test_stage_flags_all_or_by_name():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_article_recipes_are_valid(path):
-    recipe = Recipe.from_yaml(path)
-    assert recipe.stages and path.read_text().startswith("# Article")
+    assert path.read_text().startswith("# Article")  # each says what the article measured
+    if not is_sweep_file(path):
+        assert Recipe.from_yaml(path).stages

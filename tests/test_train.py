@@ -242,3 +242,24 @@ def test_stage_with_frozen_lower_blocks_trains_on_cached_prefix(colour_folder, t
     # The cached prefix never changes; the block after the cut does.
     assert torch.equal(state["backbone.blocks.0.0.weight"], fresh.state_dict()["backbone.blocks.0.0.weight"])
     assert not torch.equal(state["backbone.blocks.1.0.weight"], fresh.state_dict()["backbone.blocks.1.0.weight"])
+
+
+def test_tensorboard_and_mlflow_receive_every_epoch(colour_folder, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store for the test; users point at their server
+    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", run={"log": ["tensorboard", "mlflow"]}), quiet=True)
+
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    val_loss = [(e.step, e.value) for e in events.Scalars("val/loss")]
+    assert val_loss == [(i + 1, pytest.approx(row["val_loss"], rel=1e-5)) for i, row in enumerate(result.history)]
+
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("headstart").experiment_id])
+    assert run.info.run_name == result.run_dir.name and run.data.params["stages.all.lr"] == "0.01"
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in history] == list(range(1, len(result.history) + 1))
+    assert "run/history.json" in {a.path for a in client.list_artifacts(run.info.run_id, "run")}

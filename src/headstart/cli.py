@@ -74,6 +74,8 @@ def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Re
         run["channels_last"] = False
     if args.no_feature_cache:
         run["feature_cache"] = False
+    if args.log:
+        run["log"] = args.log
     recipe = Recipe.from_dict(values, source="command line")
     for field in STAGE_FLAGS:
         spec = getattr(args, field)
@@ -334,6 +336,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
     group.add_argument("--no-channels-last", action="store_true")
     group.add_argument("--no-feature-cache", action="store_true")
+    group.add_argument("--log", action="append", choices=["tensorboard", "mlflow"], help="experiment tracker; repeat for both")
     group.add_argument("--quiet", action="store_true")
     return group
 

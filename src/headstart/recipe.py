@@ -207,6 +207,8 @@ class RunConfig(_Strict):
     feature_cache: bool = True
     # Cached features above this size are streamed to a memory-mapped file instead of kept in RAM.
     feature_cache_memory_mb: int = Field(2048, ge=0)
+    # Experiment trackers fed every epoch, through their own writers (headstart.tracking).
+    log: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
 
 
 def default_stages() -> list[Stage]:
@@ -287,7 +289,10 @@ def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
     """
     names = [stage.name for stage in recipe.stages]
     if "=" in spec:
-        assignments = dict(part.split("=", 1) for part in spec.split(",") if part)
+        parts = [part for part in spec.split(",") if part]
+        if not all("=" in part and part.split("=", 1)[0] for part in parts):
+            raise HeadstartError(f"--{field.replace('_', '-')} '{spec}': give one VALUE for every stage, or NAME=VALUE,NAME=VALUE")
+        assignments = dict(part.split("=", 1) for part in parts)
         unknown = [name for name in assignments if name not in names]
         if unknown:
             raise HeadstartError(f"--{field.replace('_', '-')}: no stage named '{unknown[0]}'; stages: {', '.join(names)}")

@@ -40,6 +40,7 @@ from headstart.recipe import Recipe, Stage
 from headstart.plots import plot_curves
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.runs import RunFolder, load_checkpoint, read_history
+from headstart.tracking import Tracker, open_trackers
 from headstart.weights import default_source
 
 log = logging.getLogger("headstart")
@@ -383,6 +384,7 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     if hw.channels_last:
         model.to(memory_format=torch.channels_last)
     trainer = _Trainer(recipe, model, data, hw, run, quiet, group)
+    trainer.trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
     started = time.perf_counter() - (point.state["elapsed"] if point else 0.0)
     first_stage, inside = 0, None
     if point is not None:
@@ -400,6 +402,8 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
         if run.history and group.is_main:
             plot_curves(run.history, run.path / "curves.png", title=run.path.name)
             run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
+        for tracker in trainer.trackers:
+            tracker.close()
     log.info("best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
              trainer.best_epoch, trainer.best_row["stage"], trainer.best_row["val_loss"], trainer.best_row["val_acc"], run.path)
     return TrainResult(run.path, run.history, classes)
@@ -427,6 +431,7 @@ class _Trainer:
         self.best_row: dict[str, Any] = {}
         self.best_epoch = 0
         self.stage_notes: list[str] = []
+        self.trackers: list[Tracker] = []
         self.feature_cache = FeatureCache(model, data, hw, recipe, group)
         full_model_images = sum(stage.epochs for stage in recipe.stages if stage.freeze != "backbone") * len(data.train)
         self.compile = should_compile(recipe.run.compile, hw, full_model_images)
@@ -540,6 +545,8 @@ class _Trainer:
                 "trainable_params": trainable,
             }
             self.run.add_epoch(row)
+            for tracker in self.trackers:
+                tracker.log_epoch(len(self.run.history), row)
             log.info(
                 "[%s] epoch %d/%d - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f - lr: %.3g",
                 stage.name, epoch, stage.epochs, row["seconds"], train_loss, train_acc, val_loss, val_acc, lr,
