@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from headstart.errors import HeadstartError
+from headstart.recipe import flatten
 from headstart.runs import atomic_write
 from headstart.sweep import SWEEP_FILE
 
@@ -114,23 +115,9 @@ def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     return (yaml.safe_load(recipe_file.read_text()), history) if history else None
 
 
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict):
-        flat = {}
-        for key, value in values.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(values, list) and values and all(isinstance(v, dict) and "name" in v for v in values):
-        flat = {}
-        for item in values:  # stages: keyed by their names, so 'finetune.bn' reads like a sweep key
-            flat.update(_flatten({k: v for k, v in item.items() if k != "name"}, f"{prefix}{item['name']}."))
-        return flat
-    return {prefix[:-1]: json.dumps(values) if isinstance(values, (list, dict)) else values}
-
-
 def _label_by_difference(groups: dict[str, list[tuple[Path, dict, list]]]) -> dict[str, str]:
     """Name each group of identical recipes by the fields in which the groups differ."""
-    flat = {key: _flatten(runs[0][1]) for key, runs in groups.items()}
+    flat = {key: flatten(runs[0][1]) for key, runs in groups.items()}
     keys = sorted({k for f in flat.values() for k in f} - NOT_A_SWITCH)
     differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1]
     labels = {}
@@ -165,7 +152,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
             if found is None:
                 raise HeadstartError(f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})")
             recipe = found[0]
-            key = json.dumps({k: v for k, v in _flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str)
+            key = json.dumps({k: v for k, v in flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str)
             loose.setdefault(key, []).append((path, *found))
     labels = _label_by_difference(loose) if loose else {}
     for key, runs in loose.items():

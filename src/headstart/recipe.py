@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -303,3 +304,21 @@ def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
         if stage["name"] in assignments:
             stage[field] = assignments[stage["name"]]
     return Recipe.from_dict(values, source=f"--{field.replace('_', '-')}")
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """A recipe dict as dotted keys; stages keyed by their names ('finetune.bn'), lists of values as JSON text.
+
+    Used to label runs by the fields in which their recipes differ, and as tracker parameters.
+    """
+    if isinstance(values, dict):
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(values, list) and values and all(isinstance(v, dict) and "name" in v for v in values):
+        flat = {}
+        for item in values:
+            flat.update(flatten({k: v for k, v in item.items() if k != "name"}, f"{prefix}{item['name']}."))
+        return flat
+    return {prefix[:-1]: json.dumps(values) if isinstance(values, (list, dict)) else values}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from headstart.errors import HeadstartError
+from headstart.recipe import flatten
 
 log = logging.getLogger("headstart")
 
@@ -55,7 +56,7 @@ class MLflowTracker:
         self.mlflow, self.run_dir = mlflow, run_dir
         mlflow.set_experiment("headstart")
         self.run = mlflow.start_run(run_name=run_dir.name)
-        mlflow.log_params({key: str(value)[:500] for key, value in _flatten(recipe).items()})
+        mlflow.log_params({key: str(value)[:500] for key, value in flatten(recipe).items()})
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
         self.mlflow.log_metrics({name: float(row[name]) for name in METRICS}, step=step)
@@ -63,20 +64,6 @@ class MLflowTracker:
     def close(self) -> None:
         self.mlflow.log_artifacts(str(self.run_dir), artifact_path="run")
         self.mlflow.end_run()
-
-
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict):
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
-        flat = {}
-        for index, value in enumerate(values):
-            flat.update(_flatten(value, f"{prefix}{value.get('name', index)}."))
-        return flat
-    return {prefix[:-1]: values}
 
 
 def open_trackers(names: list[str], run_dir: Path, recipe) -> list[Tracker]:
