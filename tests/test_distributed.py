@@ -34,7 +34,7 @@ def test_two_processes_match_one_process(tmp_path):
         model={"backbone": "headstart_cnn", "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False}},
         stages=[{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
                 {"name": "all", "epochs": 2, "freeze": "none", "lr": 0.02}],
-        run={"deterministic": True, "name": "one"},
+        run={"deterministic": True, "name": "one", "device": "cpu"},  # gloo on CPUs, GPU or not
     )
     single = headstart.train(recipe, quiet=True)
     recipe_file = tmp_path / "recipe.yaml"

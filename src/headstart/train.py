@@ -338,6 +338,10 @@ def train(
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
     group = join(hw.device.type)
     if group.active and hw.device.type == "cuda":
+        if group.local_rank >= torch.cuda.device_count():
+            leave(group)
+            raise HeadstartError(f"{group.world} processes on this machine but {torch.cuda.device_count()} CUDA GPU(s): "
+                                 "one process per GPU, or --device cpu for CPU processes")
         hw = replace(hw, device=torch.device("cuda", group.local_rank))
         torch.cuda.set_device(hw.device)
     ensure_console(quiet or not group.is_main)
