@@ -236,7 +236,7 @@ def test_stage_with_frozen_lower_blocks_trains_on_cached_prefix(colour_folder, t
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages), quiet=True)
     assert [row["path"] for row in result.history] == ["cached-features"] * 3
     assert result.final["val_acc"] >= 0.8
-    state = torch.load(result.run_dir / "last.pt", weights_only=True)["model"]
+    state = torch.load(result.run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
     torch.manual_seed(0)
     fresh = build_model(Recipe.from_dict(tiny_recipe(colour_folder, tmp_path)).model.model_copy(update={"weights": "none"}), 3, 16)
     # The cached prefix never changes; the block after the cut does.

@@ -200,9 +200,9 @@ class RunConfig(_Strict):
     # auto: bf16 autocast where the CPU/GPU has fast bf16, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    # torch.compile for stages that train the backbone. auto: always on CUDA; on a CPU only when the
-    # run pushes enough images through full-model training to repay the compile (about 100 s on
-    # 2 cores for EfficientNet-Lite0; BENCHMARKS.md).
+    # torch.compile for stages that train the backbone. auto: on a CPU only when the run pushes
+    # enough images through full-model training to repay the compile (about 100 s on 2 cores for
+    # EfficientNet-Lite0); off on GPUs, where it measured slower than eager (BENCHMARKS.md).
     compile: Literal["auto", "on", "off"] = "auto"
     # Run the frozen backbone once and train the head on its cached outputs where that is exact.
     feature_cache: bool = True
