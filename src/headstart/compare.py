@@ -32,9 +32,9 @@ from headstart.sweep import SWEEP_FILE
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
-METRICS = ["best_val_loss", "best_val_acc", "final_val_acc", "epochs", "seconds", "trainable_params"]
+METRICS = ["best_val_loss", "best_val_acc", "final_val_loss", "final_val_acc", "epochs", "seconds", "trainable_params"]
 HEADERS = {
-    "best_val_loss": "best val loss", "best_val_acc": "best val acc", "final_val_acc": "final val acc",
+    "best_val_loss": "best val loss", "best_val_acc": "best val acc", "final_val_loss": "final val loss", "final_val_acc": "final val acc",
     "epochs": "epochs", "seconds": "wall time (s)", "trainable_params": "trainable params (last stage)",
 }
 
@@ -52,6 +52,7 @@ class RunRecord:
         return {
             "best_val_loss": best["val_loss"],
             "best_val_acc": max(row["val_acc"] for row in self.history),
+            "final_val_loss": self.history[-1]["val_loss"],
             "final_val_acc": self.history[-1]["val_acc"],
             "epochs": len(self.history),
             "seconds": sum(row["seconds"] for row in self.history),
@@ -179,32 +180,35 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
         metrics = [run.metrics() for run in runs]
         row = {"variant": variant, "runs": len(runs), "seeds": [run.seed for run in runs]}
         row.update({m: _stats([values[m] for values in metrics]) for m in METRICS})
-        row["samples"] = [values["best_val_loss"] for values in metrics]
+        row["samples"] = {m: [values[m] for values in metrics] for m in ("best_val_loss", "final_val_loss")}
         rows.append(row)
     return sorted(rows, key=lambda row: row["best_val_loss"][0])
 
 
 def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """For each variant against the best: is the difference in best val loss bigger than the seed spread?"""
+    """For each variant against the best: are its differences in best and final val loss bigger than the seed spread?"""
     if len(rows) < 2:
         return []
     from scipy.stats import ttest_ind
 
     best = rows[0]
-    notes = [f"best (lowest mean best val loss): {best['variant']}"]
+    notes = [f"reference: {best['variant']} (lowest mean best val loss)"]
     for row in rows[1:]:
-        difference = row["best_val_loss"][0] - best["best_val_loss"][0]
-        spreads = [s for s in (row["best_val_loss"][1], best["best_val_loss"][1]) if s is not None]
-        text = f"{row['variant']}: best val loss {difference:+.4f} vs {best['variant']}; "
-        if len(spreads) < 2:
-            text += "one seed on a side, so no seed spread to judge it against: run --seeds 3"
-        else:
-            spread = max(spreads)
-            p_value = ttest_ind(row["samples"], best["samples"], equal_var=False).pvalue
-            verdict = "smaller than the seed-to-seed spread: not a real difference at these seeds" if abs(difference) < spread \
-                else "larger than the seed-to-seed spread"
-            text += f"seed spread (std) {spread:.4f}: {verdict} (Welch t-test p = {p_value:.3g})"
-        notes.append(text)
+        parts = []
+        for metric in ("best_val_loss", "final_val_loss"):
+            difference = row[metric][0] - best[metric][0]
+            spreads = [s for s in (row[metric][1], best[metric][1]) if s is not None]
+            text = f"{HEADERS[metric]} {difference:+.4f}"
+            if len(spreads) < 2:
+                text += " (one seed on a side: no spread to judge it by; use --seeds 3)"
+            else:
+                spread = max(spreads)
+                p_value = ttest_ind(row["samples"][metric], best["samples"][metric], equal_var=False).pvalue
+                verdict = "smaller than the seed-to-seed spread, not a real difference at these seeds" if abs(difference) < spread \
+                    else "larger than the seed-to-seed spread"
+                text += f" (spread {spread:.4f}: {verdict}; Welch p = {p_value:.2g})"
+            parts.append(text)
+        notes.append(f"{row['variant']} vs {best['variant']}: " + "; ".join(parts))
     return notes
 
 

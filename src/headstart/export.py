@@ -115,6 +115,7 @@ def load_exported(model_file: Path):
 
         return forward, info
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export, still supported
+        # torch.jit is deprecated in favour of torch.export (a FutureWarning or DeprecationWarning by version), still supported.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
         module = torch.jit.load(str(model_file), map_location="cpu").eval()
     return module, info
