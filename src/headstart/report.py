@@ -168,5 +168,4 @@ def report(target: str | Path, out: str | Path | None = None) -> Path:
         raise HeadstartError(f"{folder} is neither a run folder (history.json) nor a sweep folder ({SWEEP_FILE})")
     path = Path(out).expanduser() if out else folder / "report.html"
     atomic_write(path, _page(title, sections).encode())
-    log.info("report: %s", path)
     return path
