@@ -105,3 +105,16 @@ def test_backbones_lists_offline_weights(capsys):
     out = capsys.readouterr().out
     assert "tf_efficientnet_lite0" in out and "package (offline)" in out
     assert "no backbone matches" in one_line_error(capsys, ["backbones", "nosuchnet"])
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    (tmp_path / "best.pt").write_bytes(pickle.dumps({"format": "headstart-checkpoint-1", "model": RunsCode()}))
+    assert main(["predict", str(tmp_path), str(tmp_path / "best.pt")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot load checkpoint" in captured.err and "this ran" not in captured.out
