@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("--tta", action="store_true", help="average with the horizontally flipped image; reports the accuracy change")
+    evaluate.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"],
+                          help="test-time augmentation (flip, or ten crops); reports the accuracy with and without")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
@@ -398,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--csv", help="write image,label,probability,... rows to this file instead of printing")
-    predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    predict.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"],
+                         help="test-time augmentation: flip (default) averages with the mirror image, crops over ten crops")
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it")

@@ -37,6 +37,7 @@ class Evaluation:
     confusion: np.ndarray
     count: int
     plain_accuracy: float | None = None  # without test-time augmentation, when it was used
+    tta: str | None = None
     paths: list[Path] | None = None  # the images evaluated, in order
     probabilities: np.ndarray | None = None  # [images, classes]
     truth: np.ndarray | None = None  # true label index per image
@@ -52,17 +53,34 @@ class Evaluation:
     def table(self) -> str:
         headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
         if self.plain_accuracy is not None:
-            headline += f" with TTA (flip); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
+            headline += f" with TTA ({self.tta}); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
         lines = [headline, f"{'class':<20} precision  recall  f1      support"]
         for row in self.per_class:
             lines.append(f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}")
         return "\n".join(lines)
 
 
+TTA_MODES = ("flip", "crops")
+
+
+def ten_crops(preprocessing: dict):
+    """Image -> [10, 3, S, S]: the four corner crops and the centre crop of the eval resize, and their mirror images."""
+    from torchvision import transforms
+
+    interpolation = transforms.InterpolationMode(preprocessing["interpolation"])
+    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize(preprocessing["mean"], preprocessing["std"])])
+    return transforms.Compose([
+        transforms.Resize(short_side_for(preprocessing), interpolation=interpolation),
+        transforms.TenCrop(preprocessing["image_size"]),
+        transforms.Lambda(lambda crops: torch.stack([normalize(crop) for crop in crops])),
+    ])
+
+
 class Predictor:
     """A trained classifier with its own preprocessing: from a checkpoint (PyTorch) or an exported file (ONNX, TorchScript).
 
-    tta: also average over the horizontally flipped image (test-time augmentation).
+    tta (test-time augmentation): 'flip' averages each image's probabilities with its mirror
+    image's; 'crops' over ten views (four corners and centre of the eval resize, each mirrored).
     """
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], classes: list[str], preprocessing: dict, to_input: Callable | None = None):
@@ -82,17 +100,27 @@ class Predictor:
         return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
 
     @torch.no_grad()
-    def probabilities(self, images: list[Image.Image], batch_size: int = 32, tta: bool = False) -> torch.Tensor:
+    def probabilities(self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None) -> torch.Tensor:
+        tta = "flip" if tta is True else (tta or None)
+        if tta not in (None, *TTA_MODES):
+            raise HeadstartError(f"unknown test-time augmentation '{tta}'; valid: {', '.join(TTA_MODES)}")
+        crops = ten_crops(self.preprocessing) if tta == "crops" else None
         outputs = []
         for start in range(0, len(images), batch_size):
-            batch = self.to_input(torch.stack([self.transform(to_rgb(image)) for image in images[start : start + batch_size]]))
-            probabilities = self.forward(batch).float().softmax(1)
-            if tta:
-                probabilities = (probabilities + self.forward(batch.flip(3)).float().softmax(1)) / 2
+            chunk = [to_rgb(image) for image in images[start : start + batch_size]]
+            if crops is not None:
+                views = torch.stack([crops(image) for image in chunk])  # [images, 10, 3, S, S]
+                logits = self.forward(self.to_input(views.flatten(0, 1))).float()
+                probabilities = logits.softmax(1).unflatten(0, views.shape[:2]).mean(1)
+            else:
+                batch = self.to_input(torch.stack([self.transform(image) for image in chunk]))
+                probabilities = self.forward(batch).float().softmax(1)
+                if tta == "flip":
+                    probabilities = (probabilities + self.forward(batch.flip(3)).float().softmax(1)) / 2
             outputs.append(probabilities.cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
 
-    def predict(self, images: list[str | Path | Image.Image], top_k: int = 3, tta: bool = False) -> list[list[tuple[str, float]]]:
+    def predict(self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
         loaded = [_open(image) for image in images]
         probabilities = self.probabilities(loaded, tta=tta)
@@ -100,7 +128,7 @@ class Predictor:
         values, indices = probabilities.topk(k, dim=1)
         return [[(self.classes[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values.tolist(), indices.tolist())]
 
-    def evaluate(self, data: str | Path, confusion_png: Path | None = None, tta: bool = False) -> Evaluation:
+    def evaluate(self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None) -> Evaluation:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/)."""
         root = Path(data).expanduser()
         folder = root / "val" if (root / "val").is_dir() else root
@@ -111,7 +139,9 @@ class Predictor:
         samples = [(path, self.classes.index(name)) for name, paths in found.items() for path in paths]
         return self.evaluate_samples(samples, confusion_png, tta, where=str(folder))
 
-    def evaluate_samples(self, samples: list[tuple[Path, int]], confusion_png: Path | None = None, tta: bool = False, where: str = "") -> Evaluation:
+    def evaluate_samples(
+        self, samples: list[tuple[Path, int]], confusion_png: Path | None = None, tta: str | bool | None = None, where: str = ""
+    ) -> Evaluation:
         """The same figures for (path, label index) pairs: a run's own validation split, say."""
         arrays, samples, bad = decode_all(samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1)
         if bad:
@@ -134,7 +164,7 @@ class Predictor:
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
         return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain,
-                          [path for path, _ in samples], probabilities.numpy(), truth)
+                          "flip" if tta is True else (tta or None), [path for path, _ in samples], probabilities.numpy(), truth)
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:
