@@ -90,8 +90,8 @@ def test_tta_crops_average_ten_views(colour_folder, tmp_path):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     views = ten_crops(predictor.preprocessing)(image)
     assert views.shape == (10, 3, 16, 16)
-    # The second five are crops of the mirror image: its top-left is the top-right mirrored, its centre the centre.
-    assert torch.equal(views[5], views[1].flip(2)) and torch.equal(views[9], views[4].flip(2))
+    # The second five are crops of the mirror image: its top-left corner is the top-right one mirrored.
+    assert torch.equal(views[5], views[1].flip(2)) and torch.equal(views[6], views[0].flip(2))
     expected = predictor.forward(views).softmax(1).mean(0)
     assert torch.allclose(predictor.probabilities([image], tta="crops")[0], expected, atol=1e-6)
     assert headstart.load(result.run_dir).evaluate(colour_folder, tta="crops").tta == "crops"
