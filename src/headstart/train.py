@@ -363,16 +363,9 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
 
     if point is None:
-        path = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data.split.name)).path if group.is_main else None
-        run = RunFolder(Path(group.share(str(path) if path else None)), writes=group.is_main)
-        run.write_text("recipe.yaml", recipe.to_yaml())
+        run = _new_run_folder(recipe, data.split.name, group)
     else:
-        if point.checkpoint["classes"] != classes:
-            raise HeadstartError(f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}")
-        run = RunFolder(point.run_dir, writes=group.is_main)
-        if removed := run.remove_partial_writes():
-            log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
-        run.history = read_history(point.run_dir)[: point.state["epochs_done"]]
+        run = _reopen_run_folder(point, classes, group)
         model.load_state_dict(point.checkpoint["model"])
         if point.finished(recipe):
             log.info("%s finished all its stages already; nothing to resume", run.path)
@@ -412,6 +405,26 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     log.info("best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
              trainer.best_epoch, trainer.best_row["stage"], trainer.best_row["val_loss"], trainer.best_row["val_acc"], run.path)
     return TrainResult(run.path, run.history, classes)
+
+
+def _new_run_folder(recipe: Recipe, data_name: str, group: Group) -> RunFolder:
+    """Rank 0 makes the folder and tells the other processes its name; they write nothing."""
+    path = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data_name)).path if group.is_main else None
+    run = RunFolder(Path(group.share(str(path) if path else None)), writes=group.is_main)
+    run.write_text("recipe.yaml", recipe.to_yaml())
+    return run
+
+
+def _reopen_run_folder(point: ResumePoint, classes: list[str], group: Group) -> RunFolder:
+    """The interrupted run's folder with its history up to the last epoch whose checkpoint was written."""
+    if point.checkpoint["classes"] != classes:
+        raise HeadstartError(f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}")
+    run = RunFolder(point.run_dir, writes=group.is_main)
+    if removed := run.remove_partial_writes():
+        log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
+    # history.json is written before last.pt: a kill between the two leaves one row too many.
+    run.history = read_history(point.run_dir)[: point.state["epochs_done"]]
+    return run
 
 
 @dataclass
