@@ -60,12 +60,20 @@ class Group:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (building a cache on disk); the others run it after, finding the cache."""
+        """Rank 0 runs the block first (building a cache on disk); the others run it after, finding the cache.
+
+        Meanwhile the others wait in a barrier, so rank 0 borrows every core of the machine
+        (launchers give each CPU process one thread).
+        """
         if not self.is_main:
             self.barrier()
+        threads = torch.get_num_threads()
+        if self.is_main and self.active:
+            torch.set_num_threads(os.cpu_count() or threads)
         try:
             yield
         finally:
+            torch.set_num_threads(threads)
             if self.is_main:
                 self.barrier()
 
