@@ -263,3 +263,15 @@ def test_tensorboard_and_mlflow_receive_every_epoch(colour_folder, tmp_path, mon
     history = client.get_metric_history(run.info.run_id, "val_acc")
     assert [m.step for m in history] == list(range(1, len(result.history) + 1))
     assert "run/history.json" in {a.path for a in client.list_artifacts(run.info.run_id, "run")}
+
+
+def test_feature_cache_over_its_budget_is_read_from_disk_with_the_same_result(colour_folder, tmp_path, caplog):
+    import logging
+
+    stages = [{"name": "head", "epochs": 3, "freeze": "backbone", "lr": 0.05}]
+    in_memory = headstart.train(tiny_recipe(colour_folder, tmp_path / "a", stages=stages), quiet=True)
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        # A new output folder, the same cache entry: this run reads it through memory maps.
+        mapped = headstart.train(tiny_recipe(colour_folder, tmp_path / "b", stages=stages, run={"feature_cache_memory_mb": 0}))
+    assert "memory-mapped (over the 0 MB budget)" in caplog.text
+    assert [(r["train_loss"], r["val_loss"]) for r in mapped.history] == [(r["train_loss"], r["val_loss"]) for r in in_memory.history]
