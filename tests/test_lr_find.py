@@ -23,7 +23,7 @@ def test_suggestions_on_a_known_curve():
 def test_range_test_writes_curve_and_suggests_an_lr_in_range(colour_folder, tmp_path, capsys):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     found = lr_find(recipe, stage="all", steps=40, start_lr=1e-5, end_lr=10, quiet=True)
-    assert 1e-5 < found.suggestion < 10 and 1e-5 <= found.steepest <= 10
+    assert 1e-5 <= found.suggestion <= 10 and 1e-6 <= found.minimum_tenth <= 1
     rows = list(csv.DictReader((found.folder / "lr_find.csv").open()))
     lrs = [float(r["lr"]) for r in rows]
     assert len(rows) == len(found.losses) <= 40

@@ -168,7 +168,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     found = lr_find(recipe, stage=args.stage, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                     weights_from=args.weights_from, out=args.out, quiet=args.quiet)
-    print(f"suggested lr {found.suggestion:.3g} (steepest descent {found.steepest:.3g}); plot: {found.folder / 'lr_find.png'}")
+    print(f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}")
     return 0
 
 

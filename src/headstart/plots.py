@@ -63,13 +63,13 @@ def plot_overlay(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Pa
     return _save(figure, path)
 
 
-def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, steepest: float, path: Path, title: str = "") -> Path:
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, minimum_tenth: float, path: Path, title: str = "") -> Path:
     """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
     axis.plot(lrs, smoothed, linewidth=2, label="smoothed")
-    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (minimum/10): {suggestion:.2g}")
-    axis.axvline(steepest, color="tab:red", linestyle=":", label=f"steepest descent: {steepest:.2g}")
+    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (steepest descent): {suggestion:.2g}")
+    axis.axvline(minimum_tenth, color="tab:red", linestyle=":", label=f"minimum/10: {minimum_tenth:.2g}")
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("training loss")
