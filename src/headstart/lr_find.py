@@ -67,7 +67,6 @@ def lr_find(
     quiet: bool = False,
 ) -> LRFindResult:
     from headstart.data import prepare_data
-    from headstart.features import cache_decision
     from headstart.freeze import plan_freeze
     from headstart.hardware import pick_hardware
     from headstart.model import build_model, resolve_preprocessing
@@ -103,9 +102,8 @@ def lr_find(
     folder = RunFolder.create(out or recipe.run.out_dir, f"lr-find-{recipe.run.name or data.split.name}-{chosen.name}").path
 
     plan.apply(model)
-    trainer = _Trainer(recipe, model, data, hw, RunFolder(folder, writes=False), quiet)
-    cut, reason = cache_decision(model, plan, recipe.data.augment, preprocessing["image_size"], recipe.data.feature_views, recipe.run.feature_cache)
-    path = trainer._cached_path(cut, reason) if cut is not None else trainer._full_path(index, plan, reason)
+    # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
+    path = _Trainer(recipe, model, data, hw, RunFolder(folder, writes=False), quiet).stage_path(index, plan)
     optimizer = build_optimizer(model, chosen)
     ratios = [group["lr"] / chosen.lr for group in optimizer.param_groups]
     criterion = nn.CrossEntropyLoss(label_smoothing=chosen.label_smoothing)

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import random
@@ -511,6 +510,14 @@ class _Trainer:
             compile=self.compile,
         )
 
+    def stage_path(self, index: int, plan: FreezePlan) -> StagePath:
+        """The cached path where everything before the stage's cut is a fixed function, else the full model."""
+        cut, reason = cache_decision(
+            self.model, plan, self.recipe.data.augment, self.data.preprocessing["image_size"],
+            self.recipe.data.feature_views, self.recipe.run.feature_cache,
+        )
+        return self._cached_path(cut, reason) if cut is not None else self._full_path(index, plan, reason)
+
     def training_module(self, path: StagePath) -> nn.Module:
         """What the optimizer steps through: DDP across processes, then torch.compile, as torch recommends."""
         module = path.module
@@ -522,11 +529,7 @@ class _Trainer:
     def run_stage(self, index: int, stage: Stage, plan: FreezePlan, started: float, point: ResumePoint | None = None) -> None:
         plan.apply(self.model)
         trainable, frozen = count_parameters(self.model)
-        cut, reason = cache_decision(
-            self.model, plan, self.recipe.data.augment, self.data.preprocessing["image_size"],
-            self.recipe.data.feature_views, self.recipe.run.feature_cache,
-        )
-        path = self._cached_path(cut, reason) if cut is not None else self._full_path(index, plan, reason)
+        path = self.stage_path(index, plan)
         note = (
             f"stage '{stage.name}': freeze {stage.freeze!r} (bn {stage.bn}), {trainable:,} trainable / {frozen:,} frozen params, "
             f"{stage.optimizer} lr {stage.lr:g} {stage.schedule}, path {path.name} ({path.reason})"
