@@ -63,6 +63,14 @@ class Evaluation:
 TTA_MODES = ("flip", "crops")
 
 
+def tta_mode(tta: str | bool | None) -> str | None:
+    """None, 'flip' or 'crops' (True means 'flip')."""
+    mode = "flip" if tta is True else (tta or None)
+    if mode not in (None, *TTA_MODES):
+        raise HeadstartError(f"unknown test-time augmentation '{tta}'; valid: {', '.join(TTA_MODES)}")
+    return mode
+
+
 def ten_crops(preprocessing: dict):
     """Image -> [10, 3, S, S]: the four corner crops and the centre crop of the eval resize, and their mirror images."""
     from torchvision import transforms
@@ -99,26 +107,31 @@ class Predictor:
         model.to(hw.device)
         return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
 
-    @torch.no_grad()
     def probabilities(self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None) -> torch.Tensor:
-        tta = "flip" if tta is True else (tta or None)
-        if tta not in (None, *TTA_MODES):
-            raise HeadstartError(f"unknown test-time augmentation '{tta}'; valid: {', '.join(TTA_MODES)}")
-        crops = ten_crops(self.preprocessing) if tta == "crops" else None
-        outputs = []
+        """Class probabilities per image, averaged over the test-time augmentation's views if one is named."""
+        return self._scores(images, batch_size, tta_mode(tta), plain_too=False)[0]
+
+    @torch.no_grad()
+    def _scores(self, images: list[Image.Image], batch_size: int, mode: str | None, plain_too: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities with `mode`, and without it when plain_too), in one pass: flip TTA reuses the plain forward."""
+        crops = ten_crops(self.preprocessing) if mode == "crops" else None
+        augmented, plain = [], []
         for start in range(0, len(images), batch_size):
             chunk = [to_rgb(image) for image in images[start : start + batch_size]]
-            if crops is not None:
+            if mode != "crops" or plain_too:
+                batch = self.to_input(torch.stack([self.transform(image) for image in chunk]))
+                plain.append(self.forward(batch).float().softmax(1).cpu())
+            if mode == "flip":
+                augmented.append((plain[-1] + self.forward(batch.flip(3)).float().softmax(1).cpu()) / 2)
+            elif crops is not None:
                 views = torch.stack([crops(image) for image in chunk])  # [images, 10, 3, S, S]
                 logits = self.forward(self.to_input(views.flatten(0, 1))).float()
-                probabilities = logits.softmax(1).unflatten(0, views.shape[:2]).mean(1)
-            else:
-                batch = self.to_input(torch.stack([self.transform(image) for image in chunk]))
-                probabilities = self.forward(batch).float().softmax(1)
-                if tta == "flip":
-                    probabilities = (probabilities + self.forward(batch.flip(3)).float().softmax(1)) / 2
-            outputs.append(probabilities.cpu())
-        return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
+                augmented.append(logits.softmax(1).unflatten(0, views.shape[:2]).mean(1).cpu())
+        empty = torch.empty(0, len(self.classes))
+        plain_all = torch.cat(plain) if plain else empty
+        if mode is None:
+            return plain_all, None
+        return (torch.cat(augmented) if augmented else empty), (plain_all if plain_too else None)
 
     def predict(self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
@@ -148,12 +161,12 @@ class Predictor:
             log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), ", ".join(bad[:10]))
         if not samples:
             raise HeadstartError(f"no readable images in {where or 'the given samples'}")
-        images = [Image.fromarray(a) for a in arrays]
-        probabilities = self.probabilities(images, tta=tta)
+        mode = tta_mode(tta)
+        # With TTA the plain accuracy is measured too, so the change it makes is reported, not assumed.
+        probabilities, without = self._scores([Image.fromarray(a) for a in arrays], 32, mode, plain_too=mode is not None)
         truth = np.array([label for _, label in samples])
         predicted = probabilities.argmax(1).numpy()
-        # With TTA the plain accuracy is measured too, so the change it makes is reported, not assumed.
-        plain = float((self.probabilities(images).argmax(1).numpy() == truth).mean()) if tta else None
+        plain = float((without.argmax(1).numpy() == truth).mean()) if without is not None else None
         labels = list(range(len(self.classes)))
         precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
         matrix = confusion_matrix(truth, predicted, labels=labels)
@@ -164,7 +177,7 @@ class Predictor:
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
         return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain,
-                          "flip" if tta is True else (tta or None), [path for path, _ in samples], probabilities.numpy(), truth)
+                          mode, [path for path, _ in samples], probabilities.numpy(), truth)
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:
