@@ -97,3 +97,20 @@ def test_sweep_errors_before_anything_runs(colour_folder, tmp_path, capsys):
     assert "sideways" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     assert main(["sweep", str(tmp_path / "r.yaml")]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
+
+
+def test_a_run_that_failed_before_and_succeeds_now_is_compared(colour_folder, tmp_path):
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs")
+    first = headstart.sweep(recipe, vary={"all.lr": [0.01, 0.02]}, name="retry", quiet=True)
+    run_dir = first.runs["all.lr-0.02"][0]
+    # As if it had failed in its last epoch: a resumable last.pt one epoch short, and the error recorded.
+    import torch
+
+    checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    checkpoint["resume"].update(epoch=checkpoint["resume"]["epoch"] - 1, epochs_done=checkpoint["resume"]["epochs_done"] - 1)
+    torch.save(checkpoint, run_dir / "last.pt")
+    (run_dir / "error.txt").write_text("loss became nan\n")
+    assert [row["runs"] for row in compare([first.path]).rows] == [1]
+    again = headstart.sweep(recipe, vary={"all.lr": [0.01, 0.02]}, name="retry", quiet=True)
+    assert not again.failed and not again.comparison.failed
+    assert sorted(row["runs"] for row in again.comparison.rows) == [1, 1]

@@ -123,18 +123,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_data(target: str) -> bool:
+    return Path(target).is_dir() or Path(target).suffix.lower() == ".csv"
+
+
+def target_as_recipe_or_data(args: argparse.Namespace) -> None:
+    """A command's positional TARGET is the data (a folder or CSV) or a recipe file; none means the built-in recipe."""
+    args.recipe = args.data = None
+    if args.target and is_data(args.target):
+        args.data = args.target
+    else:
+        args.recipe = args.target
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from headstart.sweep import is_sweep_file, parse_vary, read_sweep_file, sweep
 
     vary, variants, seeds, name, base = {}, {}, args.seeds, args.name, None
-    args.recipe = args.data = None
-    if args.target and Path(args.target).is_dir():
-        args.data = args.target
-    elif args.target and is_sweep_file(args.target):
+    if args.target and not is_data(args.target) and is_sweep_file(args.target):
+        args.recipe = args.data = None
         base, vary, variants, file_seeds, file_name = read_sweep_file(args.target)
         seeds, name = seeds or file_seeds, name or file_name
     else:
-        args.recipe = args.target
+        target_as_recipe_or_data(args)
     args.name = None  # --name names the sweep folder here, not each run
     recipe = recipe_from_args(args, base)
     for spec in args.vary:
@@ -160,11 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from headstart.lr_find import lr_find
 
-    args.recipe = args.data = None
-    if args.target and (Path(args.target).is_dir() or Path(args.target).suffix.lower() == ".csv"):
-        args.data = args.target
-    else:
-        args.recipe = args.target
+    target_as_recipe_or_data(args)
     recipe = recipe_from_args(args)
     found = lr_find(recipe, stage=args.stage, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                     weights_from=args.weights_from, out=args.out, quiet=args.quiet)
@@ -355,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     sweep = commands.add_parser("sweep", help="run a recipe with switches changed, every combination and seed; then compare")
-    sweep.add_argument("target", nargs="?", help="recipe YAML, sweep YAML (recipe + vary/variants + seeds), or a data folder")
+    sweep.add_argument("target", nargs="?", help="recipe YAML, sweep YAML (recipe + vary/variants + seeds), or data (folder or CSV)")
     sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                        help="e.g. bn=frozen,train | finetune.lr=1e-3,1e-4 | model.head.dropout=0,0.5; repeat for a cross product")
     sweep.add_argument("--seeds", help="how many seeds (3) or which (0,1,2); default 1")
@@ -368,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     finder = commands.add_parser("lr-find", help="learning-rate range test for one stage: loss vs LR plot and a suggestion")
-    finder.add_argument("target", nargs="?", help="recipe YAML or data folder (none: the built-in recipe)")
+    finder.add_argument("target", nargs="?", help="recipe YAML or data (folder or CSV; none: the built-in recipe)")
     finder.add_argument("--stage", help="stage to test (default: the first)")
     finder.add_argument("--from", dest="weights_from", metavar="RUN", help="start from this run's best weights (e.g. after the head stage)")
     finder.add_argument("--start-lr", type=float, default=1e-7)

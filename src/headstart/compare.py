@@ -28,7 +28,7 @@ import yaml
 from headstart.errors import HeadstartError
 from headstart.recipe import flatten
 from headstart.runs import atomic_write
-from headstart.sweep import SWEEP_FILE
+from headstart.sweep import ERROR_FILE, SWEEP_FILE
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -142,9 +142,9 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
             for variant in spec["variants"]:
                 for seed in spec["seeds"]:
                     run_dir = path / variant / f"seed{seed}"
-                    found = _read_run(run_dir)
-                    if found is None or (run_dir / "error.txt").is_file():
-                        reason = (run_dir / "error.txt").read_text().strip() if (run_dir / "error.txt").is_file() else "not run yet"
+                    found, error = _read_run(run_dir), run_dir / ERROR_FILE
+                    if found is None or error.is_file():
+                        reason = error.read_text().strip() if error.is_file() else "not run yet"
                         failed.append(f"{variant} seed {seed}: {reason}")
                         continue
                     records.append(RunRecord(run_dir, variant, seed, *found))

@@ -36,6 +36,7 @@ log = logging.getLogger("headstart")
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
 SWEEP_FILE = "sweep.yaml"
+ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 
 
 @dataclass
@@ -261,6 +262,8 @@ def sweep(
                  {"done": "finished already, skipped", "partial": "resuming", "new": "starting"}[status])
         if status == "done":
             continue
+        # A failure recorded by an earlier attempt no longer stands once the run is tried again.
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
             if status == "partial":
                 train(resume=run_dir, quiet=quiet)
@@ -273,6 +276,6 @@ def sweep(
             log.warning("sweep: %s seed %d failed: %s", variant, seed, err)
             result.failed[str(run_dir)] = str(err)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(f"{err}\n")
+            (run_dir / ERROR_FILE).write_text(f"{err}\n")
     result.comparison = compare([sweep_dir])
     return result
