@@ -72,33 +72,28 @@ def _page(title: str, sections: list[str]) -> str:
 # ----------------------------------------------------------------------------- one run
 
 
-def model_summary(checkpoint: dict) -> str:
-    from headstart.export import model_from_checkpoint
+def model_summary(model, recipe, image_size: int) -> str:
     from headstart.freeze import plan_freeze
-    from headstart.recipe import Recipe
     from headstart.summary import summarize
 
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
-    model = model_from_checkpoint(checkpoint)
     plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
-    return summarize(model, recipe.stages, plans, checkpoint["preprocessing"]["image_size"])
+    return summarize(model, recipe.stages, plans, image_size)
 
 
-def validation_section(run_dir: Path, checkpoint: dict) -> str:
-    """Per-class metrics, confusion matrix and confident mistakes on the run's own validation split."""
+def validation_section(checkpoint: dict, model, recipe) -> str:
+    """Per-class metrics, confusion matrix and confident mistakes of `model` on the run's own validation split."""
     from headstart.data import list_images
     from headstart.inference import Predictor
     from headstart.plots import plot_confusion
-    from headstart.recipe import Recipe
 
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
     try:
         split = list_images(recipe.data)
     except HeadstartError as err:
         return f"<h2>Validation</h2><p class=note>validation images not at hand ({html.escape(str(err))}): metrics and mistakes omitted</p>"
     if split.classes != checkpoint["classes"]:
         return "<h2>Validation</h2><p class=note>the data folder's classes changed since training: metrics omitted</p>"
-    evaluation = Predictor.from_checkpoint(checkpoint, device="cpu").evaluate_samples(split.val, where="the run's validation split")
+    predictor = Predictor(model, checkpoint["classes"], checkpoint["preprocessing"])
+    evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
     buffer = io.BytesIO()
     plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=f"accuracy {evaluation.accuracy:.3f}")
     metrics = _table(["class", "precision", "recall", "f1", "support"],
@@ -117,6 +112,8 @@ def validation_section(run_dir: Path, checkpoint: dict) -> str:
 
 
 def run_sections(run_dir: Path, heading: str = "") -> list[str]:
+    from headstart.export import model_from_checkpoint
+    from headstart.recipe import Recipe
     from headstart.runs import load_checkpoint
 
     history = read_history(run_dir)
@@ -131,9 +128,12 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     sections.append(f"<h2>{prefix}History</h2>" + _table(["stage", "epoch", "loss", "acc", "val loss", "val acc", "lr", "s", "path"], rows))
     if not heading:
         checkpoint = load_checkpoint(run_dir)
+        # One model, rebuilt from the best checkpoint on the CPU, for both the layer table and the validation figures.
+        model, recipe = model_from_checkpoint(checkpoint), Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
         sections.append(f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text())}</pre>")
-        sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(model_summary(checkpoint))}</pre>")
-        sections.append(validation_section(run_dir, checkpoint))
+        summary = model_summary(model, recipe, checkpoint["preprocessing"]["image_size"])
+        sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(summary)}</pre>")
+        sections.append(validation_section(checkpoint, model, recipe))
     return sections
 
 
