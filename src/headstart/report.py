@@ -37,7 +37,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 img.plot { max-width: 100%; } .grid { display: flex; flex-wrap: wrap; gap: 0.8em; }
-figure { margin: 0; width: 150px; font-size: 0.75em; } figure img { width: 150px; height: 150px; object-fit: cover; }
+figure { margin: 0; width: 150px; font-size: 0.75em; overflow-wrap: anywhere; } figure img { width: 150px; height: 150px; object-fit: cover; }
 .note { color: #666; }
 """
 
