@@ -29,8 +29,22 @@ def main() -> None:
         env = dict(os.environ, HEADSTART_CACHE=tempfile.mkdtemp(prefix="ddp-cache-"))
         name = f"p{processes}"
         tic = time.perf_counter()
-        subprocess.run(["headstart", "train", args.data, "--out", str(out), "--name", name, "--devices", str(processes), "--quiet"],
-                       env=env, check=True)
+        subprocess.run(
+            [
+                "headstart",
+                "train",
+                args.data,
+                "--out",
+                str(out),
+                "--name",
+                name,
+                "--devices",
+                str(processes),
+                "--quiet",
+            ],
+            env=env,
+            check=True,
+        )
         seconds = time.perf_counter() - tic
         history = json.loads((out / name / "history.json").read_text())
         stages = {}
@@ -38,8 +52,10 @@ def main() -> None:
             stages[row["stage"]] = stages.get(row["stage"], 0.0) + row["seconds"]
         best = min(history, key=lambda row: row["val_loss"])
         timings = ", ".join(f"{stage} epochs {secs:.1f}s" for stage, secs in stages.items())
-        print(f"{processes} process(es): wall {seconds:.1f}s ({timings}); best val_loss {best['val_loss']:.4f} "
-              f"val_acc {best['val_acc']:.4f}; final val_acc {history[-1]['val_acc']:.4f}")
+        print(
+            f"{processes} process(es): wall {seconds:.1f}s ({timings}); best val_loss {best['val_loss']:.4f} "
+            f"val_acc {best['val_acc']:.4f}; final val_acc {history[-1]['val_acc']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,20 @@ import headstart
 SETUPS = {
     "lite0": {"model": {"backbone": "tf_efficientnet_lite0", "weights": "package"}, "data": {}},
     "vgg16": {
-        "model": {"backbone": "vgg16", "weights": "none", "head": {"kind": "flatten-dense", "hidden": 256, "dropout": 0.5}},
+        "model": {
+            "backbone": "vgg16",
+            "weights": "none",
+            "head": {"kind": "flatten-dense", "hidden": 256, "dropout": 0.5},
+        },
         "data": {"image_size": 150, "crop_pct": 1.0},
     },
     # Article 003's second stage: blocks 1-4 frozen, block 5 + head train with SGD(1e-4, 0.9).
     "vgg16-block5": {
-        "model": {"backbone": "vgg16", "weights": "none", "head": {"kind": "flatten-dense", "hidden": 256, "dropout": 0.5}},
+        "model": {
+            "backbone": "vgg16",
+            "weights": "none",
+            "head": {"kind": "flatten-dense", "hidden": 256, "dropout": 0.5},
+        },
         "data": {"image_size": 150, "crop_pct": 1.0},
         "stage": {"freeze": "features.24", "optimizer": "sgd", "lr": 0.0001, "momentum": 0.9},
     },
@@ -40,7 +48,16 @@ def run(setup: dict, data: Path, epochs: int, cache: bool, out: Path) -> list[di
     recipe = {
         "data": {"path": str(data), "augment": "none", "batch_size": 32, **setup["data"]},
         "model": setup["model"],
-        "stages": [{"name": "head", "epochs": epochs, "freeze": "backbone", "lr": 0.001, "schedule": "constant", **setup.get("stage", {})}],
+        "stages": [
+            {
+                "name": "head",
+                "epochs": epochs,
+                "freeze": "backbone",
+                "lr": 0.001,
+                "schedule": "constant",
+                **setup.get("stage", {}),
+            }
+        ],
         "run": {"out_dir": str(out), "name": f"{'cached' if cache else 'uncached'}", "feature_cache": cache},
     }
     return headstart.train(recipe, quiet=True).history
@@ -60,9 +77,13 @@ def main() -> None:
         later_cached = sum(r["seconds"] for r in cached[1:]) / (len(cached) - 1)
         later_uncached = sum(r["seconds"] for r in uncached[1:]) / (len(uncached) - 1)
         print(f"{name}: epoch 1  cached {cached[0]['seconds']:.2f}s  uncached {uncached[0]['seconds']:.2f}s")
-        print(f"{name}: epoch 2+ cached {later_cached:.3f}s  uncached {later_uncached:.2f}s  speed-up {later_uncached / later_cached:.0f}x")
-        print(f"{name}: final val_acc cached {cached[-1]['val_acc']:.4f}  uncached {uncached[-1]['val_acc']:.4f}  "
-              f"val_loss cached {cached[-1]['val_loss']:.4f}  uncached {uncached[-1]['val_loss']:.4f}")
+        print(
+            f"{name}: epoch 2+ cached {later_cached:.3f}s  uncached {later_uncached:.2f}s  speed-up {later_uncached / later_cached:.0f}x"
+        )
+        print(
+            f"{name}: final val_acc cached {cached[-1]['val_acc']:.4f}  uncached {uncached[-1]['val_acc']:.4f}  "
+            f"val_loss cached {cached[-1]['val_loss']:.4f}  uncached {uncached[-1]['val_loss']:.4f}"
+        )
 
 
 if __name__ == "__main__":

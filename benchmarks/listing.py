@@ -39,14 +39,19 @@ def main() -> None:
         tic = time.perf_counter()
         files_digest(split.train + split.val)
         digested = time.perf_counter() - tic
-        print(f"run {attempt}: list + stratified split {listed:.2f}s ({len(split.train):,} train / {len(split.val):,} val), "
-              f"stat digest {digested:.2f}s")
+        print(
+            f"run {attempt}: list + stratified split {listed:.2f}s ({len(split.train):,} train / {len(split.val):,} val), "
+            f"stat digest {digested:.2f}s"
+        )
     # Memory in a separate pass: tracemalloc slows the code it watches about threefold.
     tracemalloc.start()
     split = list_images(DataConfig(path=str(root), val_fraction=0.1))
-    print(f"peak Python memory while listing: {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MB "
-          f"(the listing itself: {len(split.train) + len(split.val):,} paths)")
+    print(
+        f"peak Python memory while listing: {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MB "
+        f"(the listing itself: {len(split.train) + len(split.val):,} paths)"
+    )
     tracemalloc.stop()
+
 
 if __name__ == "__main__":
     main()

@@ -66,13 +66,20 @@ def main() -> None:
             make_folder(Path(args.source), Path(tmp) / "data", size)
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             tic = time.perf_counter()
-            done = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / "data"), str(Path(tmp) / "cache")],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", str(Path(tmp) / "data"), str(Path(tmp) / "cache")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             wall = time.perf_counter() - tic
             # ru_maxrss of children is the largest so far; each size is larger than the last.
             peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
             rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
-            print(f"{size:>7}{wall:>9.1f}{rows[1]['seconds']:>12.2f}{rows[2]['seconds']:>12.1f}{peak:>13.0f}{wall / size * 1000:>14.1f}", flush=True)
+            print(
+                f"{size:>7}{wall:>9.1f}{rows[1]['seconds']:>12.2f}{rows[2]['seconds']:>12.1f}{peak:>13.0f}{wall / size * 1000:>14.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

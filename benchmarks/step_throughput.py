@@ -52,8 +52,17 @@ def headstart_train_module(model, runner, batches, hw, steps):
     plan = plan_freeze(model, "none", "frozen")
     plan.apply(model)
     optimizer = build_optimizer(model, stage)
-    train_one_epoch(runner, batches[:steps], optimizer, Schedule(optimizer, stage, steps), nn.CrossEntropyLoss(), hw,
-                    lambda: plan.set_mode(model, True), 0, "bench")
+    train_one_epoch(
+        runner,
+        batches[:steps],
+        optimizer,
+        Schedule(optimizer, stage, steps),
+        nn.CrossEntropyLoss(),
+        hw,
+        lambda: plan.set_mode(model, True),
+        0,
+        "bench",
+    )
 
 
 @torch.no_grad()
@@ -82,10 +91,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd path (~100 s to compile on 2 cores)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the torch.compile'd path (~100 s to compile on 2 cores)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))) for _ in range(args.steps + 1)]
+    batches = [
+        (torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,)))
+        for _ in range(args.steps + 1)
+    ]
     images = args.batch * args.steps
     fp32 = pick_hardware(args.device, "fp32", channels_last=False)
     fast = pick_hardware(args.device, "auto", channels_last=True)
@@ -93,7 +107,9 @@ def main() -> None:
     plain = build(args.size).to(fp32.device)
     plain_train(plain, batches, 1)  # warm-up
     plain_rate = timed(lambda: plain_train(plain, batches[1:], args.steps), images)
-    plain_infer = (infer(plain, batches, fp32, 1), timed(lambda: infer(plain, batches[1:], fp32, args.steps), images))[1]
+    plain_infer = (infer(plain, batches, fp32, 1), timed(lambda: infer(plain, batches[1:], fp32, args.steps), images))[
+        1
+    ]
 
     ours = build(args.size).to(fast.device, memory_format=torch.channels_last)
     headstart_train(ours, batches, fast, 1)
@@ -109,15 +125,25 @@ def main() -> None:
         headstart_train_module(compiled_model, runner, batches, hw32, 1)
         sync()
         compile_seconds = time.perf_counter() - tic
-        compiled_rate = timed(lambda: headstart_train_module(compiled_model, runner, batches[1:], hw32, args.steps), images)
+        compiled_rate = timed(
+            lambda: headstart_train_module(compiled_model, runner, batches[1:], hw32, args.steps), images
+        )
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"tf_efficientnet_lite0 {args.size}px batch {args.batch}, {args.steps} steps, torch {torch.__version__}, {where}")
-    print(f"train img/s   plain NCHW fp32 {plain_rate:7.1f} | headstart {fast.describe()} {ours_rate:7.1f} | ratio {ours_rate / plain_rate:.2f}x")
+    print(
+        f"tf_efficientnet_lite0 {args.size}px batch {args.batch}, {args.steps} steps, torch {torch.__version__}, {where}"
+    )
+    print(
+        f"train img/s   plain NCHW fp32 {plain_rate:7.1f} | headstart {fast.describe()} {ours_rate:7.1f} | ratio {ours_rate / plain_rate:.2f}x"
+    )
     if args.compile:
-        print(f"train img/s   headstart compiled {hw32.describe()} {compiled_rate:7.1f} | ratio {compiled_rate / plain_rate:.2f}x "
-              f"(first step incl. compiling: {compile_seconds:.0f}s)")
-    print(f"infer img/s   plain NCHW fp32 {plain_infer:7.1f} | headstart {fast.describe()} {ours_infer:7.1f} | ratio {ours_infer / plain_infer:.2f}x")
+        print(
+            f"train img/s   headstart compiled {hw32.describe()} {compiled_rate:7.1f} | ratio {compiled_rate / plain_rate:.2f}x "
+            f"(first step incl. compiling: {compile_seconds:.0f}s)"
+        )
+    print(
+        f"infer img/s   plain NCHW fp32 {plain_infer:7.1f} | headstart {fast.describe()} {ours_infer:7.1f} | ratio {ours_infer / plain_infer:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,15 @@ def run_headstart(data: str) -> dict:
 
 def run_fastai(data: str) -> dict:
     from fastai.vision.all import (
-        CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize, RandomResizedCrop, Flip, accuracy, vision_learner,
+        CategoryBlock,
+        DataBlock,
+        Flip,
+        FuncSplitter,
+        ImageBlock,
+        Normalize,
+        RandomResizedCrop,
+        accuracy,
+        vision_learner,
     )
 
     train, val, classes = split_lists(data)
@@ -75,7 +83,9 @@ def run_fastai(data: str) -> dict:
         batch_tfms=[Flip(), Normalize.from_stats([0.5] * 3, [0.5] * 3)],
     )
     dls = block.dataloaders(data, bs=BATCH, num_workers=0, device="cpu")
-    learn = vision_learner(dls, lambda pretrained=True: packaged_lite0(), metrics=accuracy, pretrained=True, normalize=False)
+    learn = vision_learner(
+        dls, lambda pretrained=True: packaged_lite0(), metrics=accuracy, pretrained=True, normalize=False
+    )
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(EPOCHS, freeze_epochs=EPOCHS)
         _, acc = learn.validate()
@@ -90,7 +100,14 @@ def run_plain(data: str) -> dict:
 
     train, val, classes = split_lists(data)
     normalize = transforms.Normalize([0.5] * 3, [0.5] * 3)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
     val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(SIZE), transforms.ToTensor(), normalize])
 
     class Files(torch.utils.data.Dataset):

@@ -12,7 +12,9 @@ from PIL import Image
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
-def write_images(folder: Path, classes: dict[str, tuple[int, int, int]], per_class: int, size: int = 24, seed: int = 0) -> Path:
+def write_images(
+    folder: Path, classes: dict[str, tuple[int, int, int]], per_class: int, size: int = 24, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for name, colour in classes.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,10 @@ def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:
     """A scratch-CNN recipe at 16 px that trains in about a second."""
     recipe = {
         "data": {"path": str(folder), "image_size": 16, "augment": "none", "batch_size": 8, "workers": 0},
-        "model": {"backbone": "headstart_cnn", "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0}},
+        "model": {
+            "backbone": "headstart_cnn",
+            "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0},
+        },
         "stages": [
             {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
             {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01},

@@ -51,13 +51,33 @@ def test_epoch_lines_look_like_keras(colour_folder, tmp_path, capsys):
 
 
 def test_flags_override_recipe(colour_folder, tmp_path, capsys):
-    argv = ["train", str(colour_folder), "--backbone", "resnet18", "--head", "gap-dense", "--adapter", "noise:0.05",
-            "--adapter", "resize:2x", "--freeze", "head=backbone,finetune=top:2", "--bn", "train", "--dry-run"]
+    argv = [
+        "train",
+        str(colour_folder),
+        "--backbone",
+        "resnet18",
+        "--head",
+        "gap-dense",
+        "--adapter",
+        "noise:0.05",
+        "--adapter",
+        "resize:2x",
+        "--freeze",
+        "head=backbone,finetune=top:2",
+        "--bn",
+        "train",
+        "--dry-run",
+    ]
     assert main(argv) == 0
     recipe = yaml.safe_load(capsys.readouterr().out)
     assert recipe["model"]["backbone"] == "resnet18" and recipe["model"]["weights"] is None
-    assert recipe["model"]["adapters"] == [{"kind": "noise", "sigma": 0.05}, {"kind": "resize", "factor": 2.0, "size": None, "mode": "bilinear"}]
-    assert [s["freeze"] for s in recipe["stages"]] == ["backbone", "top:2"] and {s["bn"] for s in recipe["stages"]} == {"train"}
+    assert recipe["model"]["adapters"] == [
+        {"kind": "noise", "sigma": 0.05},
+        {"kind": "resize", "factor": 2.0, "size": None, "mode": "bilinear"},
+    ]
+    assert [s["freeze"] for s in recipe["stages"]] == ["backbone", "top:2"] and {s["bn"] for s in recipe["stages"]} == {
+        "train"
+    }
 
 
 def test_bad_inputs_get_one_line(tmp_path, capsys, colour_folder):
@@ -68,7 +88,9 @@ def test_bad_inputs_get_one_line(tmp_path, capsys, colour_folder):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {backbone: resnet18, head_kind: linear}\n")
     assert "valid fields: backbone, backbone_args" in one_line_error(capsys, ["train", "--recipe", str(bad)])
-    assert "valid: hub, package, none, file:PATH" in one_line_error(capsys, ["train", str(colour_folder), "--weights", "s3://x"])
+    assert "valid: hub, package, none, file:PATH" in one_line_error(
+        capsys, ["train", str(colour_folder), "--weights", "s3://x"]
+    )
     unfit = tmp_path / "unfit.pt"
     import torch
 
@@ -77,7 +99,9 @@ def test_bad_inputs_get_one_line(tmp_path, capsys, colour_folder):
     assert "does not fit" in err
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
-    assert "unknown freeze point 'blocks.9'" in one_line_error(capsys, ["train", "--recipe", str(recipe), "--freeze", "blocks.9"])
+    assert "unknown freeze point 'blocks.9'" in one_line_error(
+        capsys, ["train", "--recipe", str(recipe), "--freeze", "blocks.9"]
+    )
     assert not (tmp_path / "runs").exists()  # checked before a run folder is made
 
 
@@ -90,7 +114,9 @@ EXPECTED_SPLITS = {
 }
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(RECIPES.glob("*.yaml")) if not is_sweep_file(p)], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in sorted(RECIPES.glob("*.yaml")) if not is_sweep_file(p)], ids=lambda p: p.stem
+)
 def test_summary_of_article_recipes(path, capsys):
     assert main(["summary", str(path), "--classes", "2"]) == 0
     out = capsys.readouterr().out

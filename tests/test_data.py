@@ -116,7 +116,9 @@ def test_over_budget_images_go_to_a_reused_memory_map(colour_folder, monkeypatch
     for index in range(len(on_disk.val)):  # the eval transform is deterministic
         assert torch_equal(on_disk.val[index][0], in_memory.val[index][0])
     again = prepare_data(DataConfig(path=str(colour_folder)), PREP)  # reuses the stored file
-    assert again.train.arrays.data.filename == on_disk.train.arrays.data.filename and again.split.skipped == ["broken.png (OSError)"]
+    assert again.train.arrays.data.filename == on_disk.train.arrays.data.filename and again.split.skipped == [
+        "broken.png (OSError)"
+    ]
 
 
 def torch_equal(a, b) -> bool:
@@ -157,6 +159,8 @@ def test_hostile_folder_is_listed_converted_or_skipped_by_name(tmp_path, monkeyp
         assert bad in warnings[0]
     kept = {path.name for path, _ in data.split.train + data.split.val}
     assert {"palette.png", "cmyk.jpg", "rotated.jpg"} <= kept
-    arrays = dict(zip((p.name for p, _ in data.train.samples + data.val.samples), list(data.train.arrays) + list(data.val.arrays)))
+    arrays = dict(
+        zip((p.name for p, _ in data.train.samples + data.val.samples), list(data.train.arrays) + list(data.val.arrays))
+    )
     height, width, channels = arrays["rotated.jpg"].shape
     assert channels == 3 and height > width  # upright after the EXIF rotation

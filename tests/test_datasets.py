@@ -18,13 +18,20 @@ def colour_rows(count: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """Rows of 3072 bytes (red plane, green plane, blue plane), as CIFAR stores them."""
     rng = np.random.default_rng(seed)
     labels = [i % len(NAMES) for i in range(count)]
-    images = np.stack([np.clip(np.array(CLASS_COLOURS[NAMES[y]]) + rng.normal(0, 20, (32, 32, 3)), 0, 255) for y in labels])
+    images = np.stack(
+        [np.clip(np.array(CLASS_COLOURS[NAMES[y]]) + rng.normal(0, 20, (32, 32, 3)), 0, 255) for y in labels]
+    )
     return images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(count, 3072), labels
 
 
 def write_batch(path, count, seed):
     data, labels = colour_rows(count, seed)
-    batch = {b"batch_label": b"tiny", b"labels": labels, b"data": data, b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(count)]}
+    batch = {
+        b"batch_label": b"tiny",
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(count)],
+    }
     with open(path, "wb") as stream:
         pickle.dump(batch, stream, protocol=2)
 

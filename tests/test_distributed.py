@@ -30,10 +30,16 @@ def test_two_processes_match_one_process(tmp_path):
     folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
     # No BatchNorm and no dropout: each process's BatchNorm would see only its half-batch.
     recipe = tiny_recipe(
-        folder, tmp_path / "runs",
-        model={"backbone": "headstart_cnn", "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False}},
-        stages=[{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
-                {"name": "all", "epochs": 2, "freeze": "none", "lr": 0.02}],
+        folder,
+        tmp_path / "runs",
+        model={
+            "backbone": "headstart_cnn",
+            "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False},
+        },
+        stages=[
+            {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
+            {"name": "all", "epochs": 2, "freeze": "none", "lr": 0.02},
+        ],
         run={"deterministic": True, "name": "one", "device": "cpu"},  # gloo on CPUs, GPU or not
     )
     single = headstart.train(recipe, quiet=True)
@@ -42,7 +48,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert main(["train", "--recipe", str(recipe_file), "--name", "two", "--devices", "2", "--quiet"]) == 0
 
     two = json.loads((tmp_path / "runs" / "two" / "history.json").read_text())
-    assert [(r["stage"], r["epoch"], r["path"]) for r in two] == [(r["stage"], r["epoch"], r["path"]) for r in single.history]
+    assert [(r["stage"], r["epoch"], r["path"]) for r in two] == [
+        (r["stage"], r["epoch"], r["path"]) for r in single.history
+    ]
     for got, want in zip(two, single.history):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["stage"], got["epoch"], key)

@@ -23,9 +23,13 @@ def lite0_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     folder = write_images(root / "data", CLASS_COLOURS, per_class=8, size=40)
-    recipe = tiny_recipe(folder, root / "runs", data={"image_size": 64},
-                         model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
-                         stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}])
+    recipe = tiny_recipe(
+        folder,
+        root / "runs",
+        data={"image_size": 64},
+        model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
+        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}],
+    )
     return headstart.train(recipe, quiet=True).run_dir, folder
 
 
@@ -56,7 +60,12 @@ def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
 def test_predict_on_exported_model_writes_csv(lite0_run, tmp_path, capsys):
     run_dir, folder = lite0_run
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["predict", str(tmp_path / "m.onnx"), str(folder / "red"), "--csv", str(tmp_path / "p.csv"), "--top-k", "2"]) == 0
+    assert (
+        main(
+            ["predict", str(tmp_path / "m.onnx"), str(folder / "red"), "--csv", str(tmp_path / "p.csv"), "--top-k", "2"]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 8 and set(rows[0]) == {"image", "label", "probability", "label_2", "probability_2"}
     assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)

@@ -8,7 +8,9 @@ from headstart.freeze import parameter_layers, plan_freeze
 from headstart.model import build_model
 from headstart.recipe import ModelConfig
 
-CNN = ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4, 8], "convs_per_block": 1, "dropout": 0.0})
+CNN = ModelConfig(
+    backbone="headstart_cnn", weights="none", backbone_args={"widths": [4, 8], "convs_per_block": 1, "dropout": 0.0}
+)
 
 
 def one_step(model, plan):
@@ -37,7 +39,9 @@ def test_bn_mode_in_frozen_part(mode, gamma_trains, stats_move):
     assert torch.equal(after["backbone.blocks.0.0.weight"], before["backbone.blocks.0.0.weight"])  # bit-identical
     assert frozen_bn.weight.requires_grad is gamma_trains and frozen_bn.bias.requires_grad is gamma_trains
     assert (not torch.equal(after["backbone.blocks.0.1.weight"], before["backbone.blocks.0.1.weight"])) is gamma_trains
-    assert (not torch.equal(after["backbone.blocks.0.1.running_mean"], before["backbone.blocks.0.1.running_mean"])) is stats_move
+    assert (
+        not torch.equal(after["backbone.blocks.0.1.running_mean"], before["backbone.blocks.0.1.running_mean"])
+    ) is stats_move
     assert frozen_bn.training is stats_move
     # The part from the freeze point on trains normally, its BatchNorm included.
     assert not torch.equal(after["backbone.blocks.1.0.weight"], before["backbone.blocks.1.0.weight"])

@@ -13,16 +13,27 @@ from headstart.recipe import Recipe, set_stage_field
 
 # Real field names, near-misses and junk, so the fuzzer reaches deep into the sections.
 FIELD_NAMES = sorted(
-    {name for model in ("DataConfig", "ModelConfig", "Stage", "RunConfig", "HeadConfig") for name in getattr(__import__("headstart.recipe", fromlist=[model]), model).model_fields}
-    | set(Recipe.model_fields) | {"kind", "sigma", "factor", "size", "kernel_size", "epoch", "Freeze", "", "lr "}
+    {
+        name
+        for model in ("DataConfig", "ModelConfig", "Stage", "RunConfig", "HeadConfig")
+        for name in getattr(__import__("headstart.recipe", fromlist=[model]), model).model_fields
+    }
+    | set(Recipe.model_fields)
+    | {"kind", "sigma", "factor", "size", "kernel_size", "epoch", "Freeze", "", "lr "}
 )
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["backbone", "top:3", "none", "blocks.5", "cosine", "sgd", "package", "file:/nope", "-1", "1e-3"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["backbone", "top:3", "none", "blocks.5", "cosine", "sgd", "package", "file:/nope", "-1", "1e-3"]),
 )
 documents = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.sampled_from(FIELD_NAMES), children, max_size=5)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.sampled_from(FIELD_NAMES), children, max_size=5)
+    ),
     max_leaves=25,
 )
 recipes = st.dictionaries(st.sampled_from(sorted(Recipe.model_fields) + ["extra"]), documents, max_size=4)

@@ -14,7 +14,10 @@ from tests.conftest import tiny_recipe
 def test_suggestions_on_a_known_curve():
     lrs = list(np.logspace(-6, 0, 61))
     # Flat, then falling fastest around 1e-3, lowest at 1e-2, then blowing up.
-    smoothed = [2.0 - 1.5 / (1 + np.exp(-4 * (np.log10(lr) + 3))) + (5.0 * (np.log10(lr) + 2) ** 2 if lr > 1e-2 else 0) for lr in lrs]
+    smoothed = [
+        2.0 - 1.5 / (1 + np.exp(-4 * (np.log10(lr) + 3))) + (5.0 * (np.log10(lr) + 2) ** 2 if lr > 1e-2 else 0)
+        for lr in lrs
+    ]
     minimum_tenth, steepest = suggest(lrs, smoothed)
     assert minimum_tenth == pytest.approx(1e-3, rel=0.3)
     assert steepest == pytest.approx(1e-3, rel=0.3)
@@ -31,8 +34,26 @@ def test_range_test_writes_curve_and_suggests_an_lr_in_range(colour_folder, tmp_
     assert (found.folder / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert min(found.smoothed) < found.smoothed[0]  # the loss does fall somewhere in the range
 
-    assert main(["lr-find", str(colour_folder), "--backbone", "headstart_cnn", "--weights", "none", "--image-size", "16",
-                 "--steps", "10", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "lr-find",
+                str(colour_folder),
+                "--backbone",
+                "headstart_cnn",
+                "--weights",
+                "none",
+                "--image-size",
+                "16",
+                "--steps",
+                "10",
+                "--out",
+                str(tmp_path / "cli"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "suggested lr" in capsys.readouterr().out
     assert main(["lr-find", str(colour_folder), "--stage", "nope", "--quiet"]) == 2
     assert "no stage named 'nope'" in capsys.readouterr().err

@@ -45,7 +45,8 @@ def test_heads_on_backbones(backbone, head):
 
 def test_adapters_chain_in_front_of_backbone():
     cfg = ModelConfig(
-        backbone="test_efficientnet", weights="none",
+        backbone="test_efficientnet",
+        weights="none",
         adapters=[{"kind": "noise", "sigma": 0.01}, {"kind": "resize", "factor": 2}, {"kind": "conv"}],
     )
     model = build_model(cfg, num_classes=3, image_size=16)

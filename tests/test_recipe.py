@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import HeadstartError
-from headstart.sweep import is_sweep_file
 from headstart.recipe import Recipe, set_stage_field
+from headstart.sweep import is_sweep_file
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -19,7 +19,10 @@ def test_default_recipe_is_head_then_finetune():
 
 
 def test_unknown_field_lists_valid_fields():
-    with pytest.raises(HeadstartError, match=r"field 'model': unknown field 'bakbone'; did you mean: backbone\?; valid fields: backbone"):
+    with pytest.raises(
+        HeadstartError,
+        match=r"field 'model': unknown field 'bakbone'; did you mean: backbone\?; valid fields: backbone",
+    ):
         Recipe.from_dict({"model": {"bakbone": "resnet18"}})
 
 
@@ -31,7 +34,9 @@ def test_bad_value_names_field():
 
 
 def test_yaml_round_trip(tmp_path):
-    recipe = Recipe.from_dict({"model": {"adapters": [{"kind": "noise", "sigma": 0.05}]}, "stages": [{"name": "x", "freeze": "12"}]})
+    recipe = Recipe.from_dict(
+        {"model": {"adapters": [{"kind": "noise", "sigma": 0.05}]}, "stages": [{"name": "x", "freeze": "12"}]}
+    )
     assert recipe.stages[0].freeze == 12
     path = tmp_path / "r.yaml"
     path.write_text(recipe.to_yaml())

@@ -46,8 +46,18 @@ def load_in_browser(page: Path, tmp_path: Path) -> dict:
     checked = tmp_path / f"checked-{page.parent.name}.html"
     checked.write_text(page.read_text().replace("<head>", "<head>" + BROWSER_CHECK, 1))
     result = subprocess.run(
-        [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            checked.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     found = re.search(r'<pre id="browser-check">(.*?)</pre>', result.stdout, re.S)
     assert found, f"the page did not finish loading: {result.stderr[-500:]}"
@@ -61,14 +71,24 @@ def undertrained_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("report")
     folder = write_images(root / "data", CLASS_COLOURS, per_class=12)
-    recipe = tiny_recipe(folder, root / "runs", stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 1e-5}])
+    recipe = tiny_recipe(
+        folder, root / "runs", stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 1e-5}]
+    )
     return headstart.train(recipe, quiet=True).run_dir
 
 
 def test_run_report_is_self_contained_and_complete(undertrained_run):
     assert main(["report", str(undertrained_run)]) == 0
     page = (undertrained_run / "report.html").read_text()
-    for heading in ("Summary", "Curves", "Recipe", "Model: trainable", "Validation", "Confusion matrix", "Most confident mistakes"):
+    for heading in (
+        "Summary",
+        "Curves",
+        "Recipe",
+        "Model: trainable",
+        "Validation",
+        "Confusion matrix",
+        "Most confident mistakes",
+    ):
         assert f"<h2>{heading}" in page, heading
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)  # nothing fetched from elsewhere

@@ -39,7 +39,12 @@ def test_vary_values_are_yaml_and_combinations_are_crossed():
     assert parse_vary("lr=1e-3,0.01") == ("lr", [0.001, 0.01])
     assert parse_vary("model.backbone_args.widths=[8,16],[16,32]")[1] == [[8, 16], [16, 32]]
     variants = expand({"bn": ["frozen", "train"], "lr": [0.1, 0.01]})
-    assert [v.name for v in variants] == ["bn-frozen_lr-0.1", "bn-frozen_lr-0.01", "bn-train_lr-0.1", "bn-train_lr-0.01"]
+    assert [v.name for v in variants] == [
+        "bn-frozen_lr-0.1",
+        "bn-frozen_lr-0.01",
+        "bn-train_lr-0.1",
+        "bn-train_lr-0.01",
+    ]
     named = expand(variants={"scratch": {"backbone": "headstart_cnn"}, "lite0": {"backbone": "tf_efficientnet_lite0"}})
     assert [v.name for v in named] == ["scratch", "lite0"]
     with pytest.raises(HeadstartError, match="KEY=VALUE1,VALUE2"):
@@ -73,7 +78,9 @@ def test_interrupted_sweep_continues_without_rerunning_finished_runs(colour_fold
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     recipe["stages"][1]["epochs"] = 30  # long enough to be killed inside the second run
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(recipe))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"recipe": "base.yaml", "vary": {"all.lr": [0.01, 0.02]}, "name": "cut"}))
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump({"recipe": "base.yaml", "vary": {"all.lr": [0.01, 0.02]}, "name": "cut"})
+    )
     command = [sys.executable, "-m", "headstart.cli", "sweep", str(tmp_path / "sweep.yaml"), "--quiet"]
     process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     sweep_dir = tmp_path / "runs" / "cut"
@@ -107,7 +114,9 @@ def test_a_run_that_failed_before_and_succeeds_now_is_compared(colour_folder, tm
     import torch
 
     checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    checkpoint["resume"].update(epoch=checkpoint["resume"]["epoch"] - 1, epochs_done=checkpoint["resume"]["epochs_done"] - 1)
+    checkpoint["resume"].update(
+        epoch=checkpoint["resume"]["epoch"] - 1, epochs_done=checkpoint["resume"]["epochs_done"] - 1
+    )
     torch.save(checkpoint, run_dir / "last.pt")
     (run_dir / "error.txt").write_text("loss became nan\n")
     assert [row["runs"] for row in compare([first.path]).rows] == [1]

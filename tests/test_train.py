@@ -34,12 +34,15 @@ def test_staged_run_writes_folder_and_learns(colour_folder, tmp_path):
 
 def test_packaged_default_backbone_runs_with_bf16_and_channels_last(colour_folder, tmp_path):
     recipe = tiny_recipe(
-        colour_folder, tmp_path / "runs",
+        colour_folder,
+        tmp_path / "runs",
         model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
         data={"image_size": 32},
         run={"precision": "auto", "channels_last": True},
-        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01},
-                {"name": "top", "epochs": 1, "freeze": "blocks.5", "bn": "train", "optimizer": "sgd", "lr": 0.001}],
+        stages=[
+            {"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01},
+            {"name": "top", "epochs": 1, "freeze": "blocks.5", "bn": "train", "optimizer": "sgd", "lr": 0.001},
+        ],
     )
     result = headstart.train(recipe, quiet=True)
     assert len(result.history) == 2 and result.history[1]["path"] == "full-model"
@@ -57,7 +60,9 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     cache.use(head_only)
     cached = torch.cat([x for x, _ in cache.val_batches()])
     with torch.no_grad():
-        direct = model.head[: head_split(model)](model.features(torch.stack([data.val[i][0] for i in range(len(data.val))])))
+        direct = model.head[: head_split(model)](
+            model.features(torch.stack([data.val[i][0] for i in range(len(data.val))]))
+        )
     assert torch.allclose(cached, direct, atol=1e-6)
     assert cache.reused is False
     # A second cache for the same recipe and weights finds the stored entry.
@@ -72,10 +77,14 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
 
 
 def test_nan_loss_stops_with_stage_epoch_and_keeps_files(colour_folder, tmp_path):
-    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=[
-        {"name": "ok", "epochs": 1, "freeze": "none", "lr": 0.01},
-        {"name": "wild", "epochs": 2, "freeze": "none", "optimizer": "sgd", "lr": 1e12},
-    ])
+    recipe = tiny_recipe(
+        colour_folder,
+        tmp_path / "runs",
+        stages=[
+            {"name": "ok", "epochs": 1, "freeze": "none", "lr": 0.01},
+            {"name": "wild", "epochs": 2, "freeze": "none", "optimizer": "sgd", "lr": 1e12},
+        ],
+    )
     with pytest.raises(headstart.HeadstartError, match=r"stage 'wild', epoch 1, step \d+; the learning rate"):
         headstart.train(recipe, quiet=True)
     run_dir = tmp_path / "runs" / "tiny"
@@ -102,7 +111,9 @@ def test_layer_decay_and_body_lr_groups(colour_folder):
     model = build_model(recipe.model, 3, 16)
     groups = param_groups(model, Stage(freeze="none", lr=0.1, body_lr_mult=0.1))
     assert sorted({round(g["lr"], 6) for g in groups}) == [0.01, 0.1]
-    model = build_model(recipe.model.model_copy(update={"backbone": "test_efficientnet", "backbone_args": {}, "weights": "none"}), 3, 32)
+    model = build_model(
+        recipe.model.model_copy(update={"backbone": "test_efficientnet", "backbone_args": {}, "weights": "none"}), 3, 32
+    )
     groups = param_groups(model, Stage(freeze="none", lr=0.1, layer_decay=0.5))
     assert len({round(g["lr"], 8) for g in groups}) > 2 and max(g["lr"] for g in groups) == pytest.approx(0.1)
 
@@ -129,8 +140,12 @@ def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
     values = yaml.safe_load(path.read_text())
     small = 75 if values["model"]["backbone"] == "inception_v3" else 32  # InceptionV3's smallest input
     adapters = values["model"].get("adapters", [])
-    values["data"].update(path=str(colour_folder), image_size=small // 2 if any(a["kind"] == "resize" for a in adapters) else small,
-                          batch_size=12, workers=0)
+    values["data"].update(
+        path=str(colour_folder),
+        image_size=small // 2 if any(a["kind"] == "resize" for a in adapters) else small,
+        batch_size=12,
+        workers=0,
+    )
     if values["model"]["weights"] == "hub":
         values["model"]["weights"] = "none"
     for stage in values["stages"]:
@@ -150,7 +165,11 @@ def test_schedules_shape_the_learning_rate(optimizer, schedule):
     model = build_model(ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4]}), 2, 8)
     stage = Stage(freeze="none", optimizer=optimizer, lr=0.1, schedule=schedule, epochs=2)
     opt = build_optimizer(model, stage)
-    assert type(opt).__name__.lower().startswith({"sgd": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adamw"}[optimizer])
+    assert (
+        type(opt)
+        .__name__.lower()
+        .startswith({"sgd": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adamw"}[optimizer])
+    )
     sched = Schedule(opt, stage, steps_per_epoch=10)
     lrs = []
     for step in range(20):
@@ -168,8 +187,10 @@ def test_schedules_shape_the_learning_rate(optimizer, schedule):
 
 def test_label_smoothing_raises_the_loss_floor(colour_folder, tmp_path):
     plain = headstart.train(tiny_recipe(colour_folder, tmp_path / "a"), quiet=True)
-    smooth_stages = [{"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05, "label_smoothing": 0.3},
-                     {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01, "label_smoothing": 0.3}]
+    smooth_stages = [
+        {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05, "label_smoothing": 0.3},
+        {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01, "label_smoothing": 0.3},
+    ]
     smooth = headstart.train(tiny_recipe(colour_folder, tmp_path / "b", stages=smooth_stages), quiet=True)
     assert smooth.final["train_loss"] > plain.final["train_loss"]
 
@@ -197,13 +218,36 @@ def test_feature_cache_key_changes_with_every_field(colour_folder):
     assert key() == reference
     variants = {
         "weights": key(mutate=scaled),
-        "backbone_args": key(recipe=base.model_copy(update={"model": base.model.model_copy(update={"backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False}})})),
+        "backbone_args": key(
+            recipe=base.model_copy(
+                update={
+                    "model": base.model.model_copy(
+                        update={
+                            "backbone_args": {
+                                "widths": [8, 16],
+                                "convs_per_block": 1,
+                                "dropout": 0.0,
+                                "batch_norm": False,
+                            }
+                        }
+                    )
+                }
+            )
+        ),
         "image size": key(preprocessing={**prep, "image_size": 20}),
         "transform": key(preprocessing={**prep, "mean": (0.4, 0.4, 0.4)}),
-        "cut point": key(recipe=Recipe.from_dict({**base.to_dict(), "model": {**base.to_dict()["model"], "head": {"kind": "flatten-dense"}}})),
+        "cut point": key(
+            recipe=Recipe.from_dict(
+                {**base.to_dict(), "model": {**base.to_dict()["model"], "head": {"kind": "flatten-dense"}}}
+            )
+        ),
         "dtype": key(precision="bf16"),
         "cut point in the backbone": key(point="blocks.1"),
-        "views": key(recipe=Recipe.from_dict({**base.to_dict(), "data": {**base.to_dict()["data"], "augment": "light", "feature_views": 2}})),
+        "views": key(
+            recipe=Recipe.from_dict(
+                {**base.to_dict(), "data": {**base.to_dict()["data"], "augment": "light", "feature_views": 2}}
+            )
+        ),
     }
     for field, value in variants.items():
         assert value != reference, field
@@ -211,7 +255,15 @@ def test_feature_cache_key_changes_with_every_field(colour_folder):
     assert key() != reference, "images"
 
 
-@pytest.mark.parametrize("backbone, point", [("headstart_cnn", "blocks.1"), ("test_efficientnet", "blocks.2"), ("test_efficientnet", "top:2"), ("test_resnet", "layer4")])
+@pytest.mark.parametrize(
+    "backbone, point",
+    [
+        ("headstart_cnn", "blocks.1"),
+        ("test_efficientnet", "blocks.2"),
+        ("test_efficientnet", "top:2"),
+        ("test_resnet", "layer4"),
+    ],
+)
 def test_cut_inside_the_backbone_is_exact(backbone, point):
     args = {"widths": [8, 16], "convs_per_block": 1} if backbone == "headstart_cnn" else {}
     model = build_model(ModelConfig(backbone=backbone, weights="none", backbone_args=args), 3, 32).eval()
@@ -238,7 +290,9 @@ def test_stage_with_frozen_lower_blocks_trains_on_cached_prefix(colour_folder, t
     assert result.final["val_acc"] >= 0.8
     state = torch.load(result.run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
     torch.manual_seed(0)
-    fresh = build_model(Recipe.from_dict(tiny_recipe(colour_folder, tmp_path)).model.model_copy(update={"weights": "none"}), 3, 16)
+    fresh = build_model(
+        Recipe.from_dict(tiny_recipe(colour_folder, tmp_path)).model.model_copy(update={"weights": "none"}), 3, 16
+    )
     # The cached prefix never changes; the block after the cut does.
     assert torch.equal(state["backbone.blocks.0.0.weight"], fresh.state_dict()["backbone.blocks.0.0.weight"])
     assert not torch.equal(state["backbone.blocks.1.0.weight"], fresh.state_dict()["backbone.blocks.1.0.weight"])
@@ -250,7 +304,9 @@ def test_tensorboard_and_mlflow_receive_every_epoch(colour_folder, tmp_path, mon
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store for the test; users point at their server
-    result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", run={"log": ["tensorboard", "mlflow"]}), quiet=True)
+    result = headstart.train(
+        tiny_recipe(colour_folder, tmp_path / "runs", run={"log": ["tensorboard", "mlflow"]}), quiet=True
+    )
 
     events = EventAccumulator(str(result.run_dir / "tensorboard"))
     events.Reload()
@@ -272,6 +328,10 @@ def test_feature_cache_over_its_budget_is_read_from_disk_with_the_same_result(co
     in_memory = headstart.train(tiny_recipe(colour_folder, tmp_path / "a", stages=stages), quiet=True)
     with caplog.at_level(logging.INFO, logger="headstart"):
         # A new output folder, the same cache entry: this run reads it through memory maps.
-        mapped = headstart.train(tiny_recipe(colour_folder, tmp_path / "b", stages=stages, run={"feature_cache_memory_mb": 0}))
+        mapped = headstart.train(
+            tiny_recipe(colour_folder, tmp_path / "b", stages=stages, run={"feature_cache_memory_mb": 0})
+        )
     assert "memory-mapped (over the 0 MB budget)" in caplog.text
-    assert [(r["train_loss"], r["val_loss"]) for r in mapped.history] == [(r["train_loss"], r["val_loss"]) for r in in_memory.history]
+    assert [(r["train_loss"], r["val_loss"]) for r in mapped.history] == [
+        (r["train_loss"], r["val_loss"]) for r in in_memory.history
+    ]

@@ -1,17 +1,17 @@
 """headstart: fine-tune pretrained image classifiers on your own image folders.
 
-    >>> import headstart
-    >>> result = headstart.train({"data": {"path": "photos/"}})
-    >>> predictor = headstart.load(result.run_dir)
-    >>> predictor.predict(["photos/cats/1.jpg"])
-    >>> headstart.export(result.run_dir, format="onnx")
+>>> import headstart
+>>> result = headstart.train({"data": {"path": "photos/"}})
+>>> predictor = headstart.load(result.run_dir)
+>>> predictor.predict(["photos/cats/1.jpg"])
+>>> headstart.export(result.run_dir, format="onnx")
 """
 
-from headstart.errors import HeadstartError
 from headstart.compare import compare
+from headstart.errors import HeadstartError
 from headstart.export import export
-from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.lr_find import lr_find
+from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.report import report
 from headstart.sweep import sweep
 from headstart.train import TrainResult, train

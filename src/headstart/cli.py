@@ -30,10 +30,16 @@ def parse_adapter(spec: str) -> dict[str, Any]:
     if kind == "noise":
         return {"kind": "noise", **({"sigma": float(value)} if value else {})}
     if kind == "resize" and value:
-        return {"kind": "resize", "factor": float(value[:-1])} if value.endswith("x") else {"kind": "resize", "size": int(value)}
+        return (
+            {"kind": "resize", "factor": float(value[:-1])}
+            if value.endswith("x")
+            else {"kind": "resize", "size": int(value)}
+        )
     if kind == "conv":
         return {"kind": "conv", **({"kernel_size": int(value)} if value else {})}
-    raise HeadstartError(f"--adapter '{spec}': valid forms are noise[:SIGMA], resize:FACTORx, resize:SIZE, conv[:KERNEL]")
+    raise HeadstartError(
+        f"--adapter '{spec}': valid forms are noise[:SIGMA], resize:FACTORx, resize:SIZE, conv[:KERNEL]"
+    )
 
 
 def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Recipe:
@@ -65,7 +71,13 @@ def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Re
         model["head"]["dropout"] = args.head_dropout
     if args.adapter:
         model["adapters"] = [parse_adapter(spec) for spec in args.adapter]
-    for key, flag in (("out_dir", "out"), ("name", "name"), ("seed", "seed"), ("device", "device"), ("precision", "precision")):
+    for key, flag in (
+        ("out_dir", "out"),
+        ("name", "name"),
+        ("seed", "seed"),
+        ("device", "device"),
+        ("precision", "precision"),
+    ):
         if getattr(args, flag) is not None:
             run[key] = getattr(args, flag)
     if args.compile is not None:
@@ -112,7 +124,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(without_devices(args.argv), args.devices)
     if args.resume:
         if args.recipe or args.data:
-            raise HeadstartError("--resume continues a run with the recipe saved in its folder; give no DATA or --recipe with it")
+            raise HeadstartError(
+                "--resume continues a run with the recipe saved in its folder; give no DATA or --recipe with it"
+            )
         train(resume=args.resume, quiet=args.quiet)
         return 0
     recipe = recipe_from_args(args)
@@ -173,9 +187,19 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     target_as_recipe_or_data(args)
     recipe = recipe_from_args(args)
-    found = lr_find(recipe, stage=args.stage, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
-                    weights_from=args.weights_from, out=args.out, quiet=args.quiet)
-    print(f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}")
+    found = lr_find(
+        recipe,
+        stage=args.stage,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        steps=args.steps,
+        weights_from=args.weights_from,
+        out=args.out,
+        quiet=args.quiet,
+    )
+    print(
+        f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}"
+    )
     return 0
 
 
@@ -196,8 +220,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     png = Path(args.confusion) if args.confusion else source.parent / "confusion.png"
     result = predictor.evaluate(args.data, confusion_png=png, tta=args.tta)
     if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "accuracy_without_tta": result.plain_accuracy, "count": result.count, "per_class": result.per_class,
-                          "confusion": result.confusion.tolist(), "classes": result.classes}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "accuracy": result.accuracy,
+                    "accuracy_without_tta": result.plain_accuracy,
+                    "count": result.count,
+                    "per_class": result.per_class,
+                    "confusion": result.confusion.tolist(),
+                    "classes": result.classes,
+                },
+                indent=1,
+            )
+        )
     else:
         print(result.table())
         print(f"confusion matrix: {png}")
@@ -225,8 +260,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_predictions_csv(Path(args.csv), paths, predictions)
         print(f"{len(paths)} predictions written to {args.csv}")
     elif args.json:
-        print(json.dumps([{"image": str(p), "top": [{"label": l, "probability": round(v, 6)} for l, v in top]}
-                          for p, top in zip(paths, predictions)], indent=1))
+        print(
+            json.dumps(
+                [
+                    {"image": str(p), "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+                    for p, top in zip(paths, predictions)
+                ],
+                indent=1,
+            )
+        )
     else:
         for path, top in zip(paths, predictions):
             print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
@@ -241,7 +283,9 @@ def write_predictions_csv(target: Path, paths: list[Path], predictions: list[lis
     from headstart.runs import atomic_write
 
     k = max((len(top) for top in predictions), default=1)
-    header = ["image", "label", "probability"] + [f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")]
+    header = ["image", "label", "probability"] + [
+        f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -282,7 +326,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
     from headstart.summary import summarize
 
-    print(f"{recipe.model.backbone}, {classes} classes, weights {recipe.model.weights or 'default'} (summary built without loading them)")
+    print(
+        f"{recipe.model.backbone}, {classes} classes, weights {recipe.model.weights or 'default'} (summary built without loading them)"
+    )
     summarize(model, recipe.stages, plans, preprocessing["image_size"], print_fn=print)
     return 0
 
@@ -323,7 +369,11 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--head", choices=["linear", "gap-dense", "flatten-dense"])
     group.add_argument("--head-hidden", type=int)
     group.add_argument("--head-dropout", type=float)
-    group.add_argument("--adapter", action="append", help="noise[:SIGMA] | resize:FACTORx | resize:SIZE | conv[:KERNEL]; repeat to chain")
+    group.add_argument(
+        "--adapter",
+        action="append",
+        help="noise[:SIGMA] | resize:FACTORx | resize:SIZE | conv[:KERNEL]; repeat to chain",
+    )
     group = parser.add_argument_group("stages (VALUE for every stage, or NAME=VALUE,NAME=VALUE by stage name)")
     for field in STAGE_FLAGS:
         group.add_argument(f"--{field.replace('_', '-')}", dest=field)
@@ -340,16 +390,22 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--seed", type=int)
     group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    group.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone")
+    group.add_argument(
+        "--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone"
+    )
     group.add_argument("--no-channels-last", action="store_true")
     group.add_argument("--no-feature-cache", action="store_true")
-    group.add_argument("--log", action="append", choices=["tensorboard", "mlflow"], help="experiment tracker; repeat for both")
+    group.add_argument(
+        "--log", action="append", choices=["tensorboard", "mlflow"], help="experiment tracker; repeat for both"
+    )
     group.add_argument("--quiet", action="store_true")
     return group
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headstart", description="Fine-tune pretrained image classifiers on your own images.")
+    parser = argparse.ArgumentParser(
+        prog="headstart", description="Fine-tune pretrained image classifiers on your own images."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a classifier (no DATA: the embedded digits default)")
@@ -357,27 +413,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", help="YAML recipe; flags override its fields")
     group = add_recipe_flags(train)
     group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
-    group.add_argument("--devices", type=int, help="data-parallel processes on this machine (one per GPU, or CPU processes), via torchrun")
+    group.add_argument(
+        "--devices",
+        type=int,
+        help="data-parallel processes on this machine (one per GPU, or CPU processes), via torchrun",
+    )
     group.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
     train.set_defaults(func=cmd_train)
 
-    sweep = commands.add_parser("sweep", help="run a recipe with switches changed, every combination and seed; then compare")
-    sweep.add_argument("target", nargs="?", help="recipe YAML, sweep YAML (recipe + vary/variants + seeds), or data (folder or CSV)")
-    sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
-                       help="e.g. bn=frozen,train | finetune.lr=1e-3,1e-4 | model.head.dropout=0,0.5; repeat for a cross product")
+    sweep = commands.add_parser(
+        "sweep", help="run a recipe with switches changed, every combination and seed; then compare"
+    )
+    sweep.add_argument(
+        "target", nargs="?", help="recipe YAML, sweep YAML (recipe + vary/variants + seeds), or data (folder or CSV)"
+    )
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="e.g. bn=frozen,train | finetune.lr=1e-3,1e-4 | model.head.dropout=0,0.5; repeat for a cross product",
+    )
     sweep.add_argument("--seeds", help="how many seeds (3) or which (0,1,2); default 1")
     add_recipe_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     compare = commands.add_parser("compare", help="table and overlaid curves of runs or a sweep, mean ± std over seeds")
     compare.add_argument("runs", nargs="+", help="run folders, or a sweep folder")
-    compare.add_argument("--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)")
+    compare.add_argument(
+        "--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)"
+    )
     compare.set_defaults(func=cmd_compare)
 
-    finder = commands.add_parser("lr-find", help="learning-rate range test for one stage: loss vs LR plot and a suggestion")
+    finder = commands.add_parser(
+        "lr-find", help="learning-rate range test for one stage: loss vs LR plot and a suggestion"
+    )
     finder.add_argument("target", nargs="?", help="recipe YAML or data (folder or CSV; none: the built-in recipe)")
     finder.add_argument("--stage", help="stage to test (default: the first)")
-    finder.add_argument("--from", dest="weights_from", metavar="RUN", help="start from this run's best weights (e.g. after the head stage)")
+    finder.add_argument(
+        "--from",
+        dest="weights_from",
+        metavar="RUN",
+        help="start from this run's best weights (e.g. after the head stage)",
+    )
     finder.add_argument("--start-lr", type=float, default=1e-7)
     finder.add_argument("--end-lr", type=float, default=10.0)
     finder.add_argument("--steps", type=int, default=100)
@@ -395,8 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"],
-                          help="test-time augmentation (flip, or ten crops); reports the accuracy with and without")
+    evaluate.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=["flip", "crops"],
+        help="test-time augmentation (flip, or ten crops); reports the accuracy with and without",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
@@ -406,18 +489,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--csv", help="write image,label,probability,... rows to this file instead of printing")
-    predict.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"],
-                         help="test-time augmentation: flip (default) averages with the mirror image, crops over ten crops")
+    predict.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=["flip", "crops"],
+        help="test-time augmentation: flip (default) averages with the mirror image, crops over ten crops",
+    )
     predict.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it")
+    export = commands.add_parser(
+        "export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it"
+    )
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("--out", help="model file to write (default RUN/export/model.onnx or model.torchscript)")
     export.set_defaults(func=cmd_export)
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and the trainable/frozen split per stage")
-    summary.add_argument("target", nargs="?", help="recipe YAML, run folder or checkpoint (default: the built-in recipe)")
+    summary.add_argument(
+        "target", nargs="?", help="recipe YAML, run folder or checkpoint (default: the built-in recipe)"
+    )
     summary.add_argument("--classes", type=int, help="number of classes, when the recipe's data is not at hand")
     summary.set_defaults(func=cmd_summary)
 
@@ -445,12 +537,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headstart: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("headstart: interrupted; every finished epoch is in the run folder: continue with headstart train --resume RUN_DIR", file=sys.stderr)
+        print(
+            "headstart: interrupted; every finished epoch is in the run folder: continue with headstart train --resume RUN_DIR",
+            file=sys.stderr,
+        )
         return 130
     finally:
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,8 +34,13 @@ from headstart.sweep import ERROR_FILE, SWEEP_FILE
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
 METRICS = ["best_val_loss", "best_val_acc", "final_val_loss", "final_val_acc", "epochs", "seconds", "trainable_params"]
 HEADERS = {
-    "best_val_loss": "best val loss", "best_val_acc": "best val acc", "final_val_loss": "final val loss", "final_val_acc": "final val acc",
-    "epochs": "epochs", "seconds": "wall time (s)", "trainable_params": "trainable params (last stage)",
+    "best_val_loss": "best val loss",
+    "best_val_acc": "best val acc",
+    "final_val_loss": "final val loss",
+    "final_val_acc": "final val acc",
+    "epochs": "epochs",
+    "seconds": "wall time (s)",
+    "trainable_params": "trainable params (last stage)",
 }
 
 
@@ -84,8 +89,10 @@ class Comparison:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["variant", "runs", "seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
         for row in self.rows:
-            writer.writerow([row["variant"], row["runs"], " ".join(map(str, row["seeds"]))]
-                            + [_number(v) for m in METRICS for v in row[m]])
+            writer.writerow(
+                [row["variant"], row["runs"], " ".join(map(str, row["seeds"]))]
+                + [_number(v) for m in METRICS for v in row[m]]
+            )
         return buffer.getvalue()
 
 
@@ -151,9 +158,13 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
         else:
             found = _read_run(path)
             if found is None:
-                raise HeadstartError(f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})")
+                raise HeadstartError(
+                    f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})"
+                )
             recipe = found[0]
-            key = json.dumps({k: v for k, v in flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str)
+            key = json.dumps(
+                {k: v for k, v in flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str
+            )
             loose.setdefault(key, []).append((path, *found))
     labels = _label_by_difference(loose) if loose else {}
     for key, runs in loose.items():
@@ -204,8 +215,11 @@ def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
             else:
                 spread = max(spreads)
                 p_value = ttest_ind(row["samples"][metric], best["samples"][metric], equal_var=False).pvalue
-                verdict = "smaller than the seed-to-seed spread, not a real difference at these seeds" if abs(difference) < spread \
+                verdict = (
+                    "smaller than the seed-to-seed spread, not a real difference at these seeds"
+                    if abs(difference) < spread
                     else "larger than the seed-to-seed spread"
+                )
                 text += f" (spread {spread:.4f}: {verdict}; Welch p = {p_value:.2g})"
             parts.append(text)
         notes.append(f"{row['variant']} vs {best['variant']}: " + "; ".join(parts))

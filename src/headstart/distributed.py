@@ -98,6 +98,14 @@ def leave(group: Group) -> None:
 
 def launch(argv: list[str], processes: int) -> int:
     """Run `headstart ARGV` in `processes` data-parallel processes on this machine, through torchrun."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "headstart.cli", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "headstart.cli",
+        *argv,
+    ]
     return subprocess.call(command)

@@ -39,7 +39,11 @@ def sidecar_path(model_file: Path) -> Path:
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
-    model = build_model(recipe.model.model_copy(update={"weights": "none"}), len(checkpoint["classes"]), checkpoint["preprocessing"]["image_size"])
+    model = build_model(
+        recipe.model.model_copy(update={"weights": "none"}),
+        len(checkpoint["classes"]),
+        checkpoint["preprocessing"]["image_size"],
+    )
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
@@ -83,17 +87,28 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     try:
         torch.onnx.export(
-            model, (example,), str(target), input_names=["image"], output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}}, external_data=False, dynamo=True, verbose=False,
+            model,
+            (example,),
+            str(target),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            external_data=False,
+            dynamo=True,
+            verbose=False,
         )
     except ImportError as err:
-        raise HeadstartError(f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'headstart[export]'") from None
+        raise HeadstartError(
+            f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'headstart[export]'"
+        ) from None
 
 
 def read_sidecar(model_file: Path) -> dict[str, Any]:
     sidecar = sidecar_path(model_file)
     if not sidecar.is_file():
-        raise HeadstartError(f"{model_file} has no {sidecar.name} beside it: export it with headstart export to record its preprocessing")
+        raise HeadstartError(
+            f"{model_file} has no {sidecar.name} beside it: export it with headstart export to record its preprocessing"
+        )
     info = json.loads(sidecar.read_text())
     if info.get("format") != SIDECAR_FORMAT:
         raise HeadstartError(f"{sidecar} is not a headstart export description")

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader
-from headstart.distributed import SOLO, Group
 from headstart.datasets import cache_root
+from headstart.distributed import SOLO, Group
 from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
 from headstart.model import Classifier, GaussianNoise, GlobalAvgPool
@@ -95,7 +95,10 @@ def backbone_chain(model: Classifier, image_size: int) -> list[tuple[str, nn.Mod
     backbone = model.backbone
     children = dict(backbone.named_children())
     called: list[str] = []
-    hooks = [child.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name)) for name, child in children.items()]
+    hooks = [
+        child.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name))
+        for name, child in children.items()
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -134,7 +137,9 @@ def find_cut(model: Classifier, plan: FreezePlan, image_size: int) -> Cut | None
         return None
     # Open nn.Sequential elements until the freeze point is an element boundary.
     while True:
-        holder = next((i for i, (name, _) in enumerate(chain) if plan.start == name or plan.start.startswith(name + ".")), None)
+        holder = next(
+            (i for i, (name, _) in enumerate(chain) if plan.start == name or plan.start.startswith(name + ".")), None
+        )
         if holder is None:
             return None
         name, module = chain[holder]
@@ -152,7 +157,9 @@ def find_cut(model: Classifier, plan: FreezePlan, image_size: int) -> Cut | None
     return Cut(chain[holder][0], prefix, suffix)
 
 
-def cache_decision(model: Classifier, plan: FreezePlan, augment: str, image_size: int, views: int = 0, enabled: bool = True) -> tuple[Cut | None, str]:
+def cache_decision(
+    model: Classifier, plan: FreezePlan, augment: str, image_size: int, views: int = 0, enabled: bool = True
+) -> tuple[Cut | None, str]:
     """(the cut to cache at, or None; why) for a stage whose freeze plan is `plan`; the reason is logged for the user."""
     if not enabled:
         return None, "feature cache switched off"
@@ -208,7 +215,9 @@ class FeatureCache:
         self.batch_size = recipe.data.batch_size
         self.seed = recipe.run.seed
         self.views = max(1, recipe.data.feature_views) if recipe.data.augment != "none" else 1
-        self.dtype = torch.float32 if hw.precision == "fp32" else (torch.bfloat16 if hw.precision == "bf16" else torch.float16)
+        self.dtype = (
+            torch.float32 if hw.precision == "fp32" else (torch.bfloat16 if hw.precision == "bf16" else torch.float16)
+        )
         self.budget = recipe.run.feature_cache_memory_mb << 20
         self.cut: Cut | None = None
         self._key: str | None = None
@@ -239,7 +248,9 @@ class FeatureCache:
             "backbone_args": model.backbone_args,
             "adapters": [adapter.model_dump() for adapter in model.adapters],
             "cut": self.cut.name,
-            "head_pooling": [type(m).__name__ for m in self.model.head[: head_split(self.model)]] if self.cut.name == "head" else [],
+            "head_pooling": [type(m).__name__ for m in self.model.head[: head_split(self.model)]]
+            if self.cut.name == "head"
+            else [],
             "preprocessing": self.data.preprocessing,
             "augment": self.recipe.data.augment,
             "views": self.views,
@@ -267,7 +278,9 @@ class FeatureCache:
             chunk = chunk.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else chunk.numpy()
             if output is None:
                 # Written straight into a memory-mapped .npy: RAM never holds more than a batch of it.
-                output = np.lib.format.open_memmap(target, mode="w+", dtype=_STORAGE[self.dtype], shape=(len(dataset), *chunk.shape[1:]))
+                output = np.lib.format.open_memmap(
+                    target, mode="w+", dtype=_STORAGE[self.dtype], shape=(len(dataset), *chunk.shape[1:])
+                )
             output[row : row + len(chunk)] = chunk
             row += len(chunk)
         output.flush()
@@ -280,8 +293,14 @@ class FeatureCache:
         arrays = [np.load(f, mmap_mode=None if in_memory else "r") for f in files]
         self._train, self._val = arrays[:-1], arrays[-1]
         where = "in memory" if in_memory else f"memory-mapped (over the {self.budget >> 20} MB budget)"
-        log.info("feature cache %s: %d train view(s) + val, %s per image, %.1f MB %s",
-                 "reused" if self.reused else "built", self.views, self._val.shape[1:], size / 2**20, where)
+        log.info(
+            "feature cache %s: %d train view(s) + val, %s per image, %.1f MB %s",
+            "reused" if self.reused else "built",
+            self.views,
+            self._val.shape[1:],
+            size / 2**20,
+            where,
+        )
 
     def _ensure(self) -> None:
         fields = self.key_fields()
@@ -322,5 +341,7 @@ class FeatureCache:
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
-        for index in GlobalBatches(len(self._val), self.batch_size, self.seed, False, self.group.rank, self.group.world):
+        for index in GlobalBatches(
+            len(self._val), self.batch_size, self.seed, False, self.group.rank, self.group.world
+        ):
             yield self._tensor(self._val[index]), self._val_labels[index]

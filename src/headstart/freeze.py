@@ -30,7 +30,9 @@ from headstart.errors import HeadstartError, close_matches
 
 def parameter_layers(model: nn.Module) -> list[str]:
     """Names of the modules that own parameters directly, in order: the 'layers' an integer freeze point counts."""
-    return [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))]
+    return [
+        name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))
+    ]
 
 
 def block_names(model: nn.Module) -> list[str]:
@@ -48,15 +50,20 @@ def backbone_stages(model: nn.Module) -> list[str]:
     """First module of each of the backbone's stages, bottom up, from timm's own coarse layer groups."""
     backbone = model.backbone
     if not hasattr(backbone, "group_matcher"):
-        raise HeadstartError(f"'top:N' needs a backbone with timm layer groups; {type(backbone).__name__} has none: name a module instead")
+        raise HeadstartError(
+            f"'top:N' needs a backbone with timm layer groups; {type(backbone).__name__} has none: name a module instead"
+        )
     groups = group_modules(backbone, backbone.group_matcher(coarse=True), reverse=False)
     present = dict(backbone.named_modules())
     firsts = []
     for group in sorted(groups):
         # Skip groups of modules forward_features never runs (a removed pre_logits MLP, a ConvNeXt head norm).
         names = [
-            name for name in groups[group]
-            if name in present and not name.startswith(("head.", "pre_logits")) and any(True for _ in present[name].parameters())
+            name
+            for name in groups[group]
+            if name in present
+            and not name.startswith(("head.", "pre_logits"))
+            and any(True for _ in present[name].parameters())
         ]
         if names:
             firsts.append(f"backbone.{names[0]}")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from headstart.data import list_class_folders, build_transforms, decode_all, short_side_for, to_rgb
+from headstart.data import build_transforms, decode_all, list_class_folders, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
 from headstart.plots import plot_confusion
@@ -47,8 +47,15 @@ class Evaluation:
         predicted = self.probabilities.argmax(1)
         wrong = [i for i in range(len(predicted)) if predicted[i] != self.truth[i]]
         wrong.sort(key=lambda i: -self.probabilities[i, predicted[i]])
-        return [(self.paths[i], self.classes[self.truth[i]], self.classes[predicted[i]], float(self.probabilities[i, predicted[i]]))
-                for i in wrong[:count]]
+        return [
+            (
+                self.paths[i],
+                self.classes[self.truth[i]],
+                self.classes[predicted[i]],
+                float(self.probabilities[i, predicted[i]]),
+            )
+            for i in wrong[:count]
+        ]
 
     def table(self) -> str:
         headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
@@ -56,7 +63,9 @@ class Evaluation:
             headline += f" with TTA ({self.tta}); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
         lines = [headline, f"{'class':<20} precision  recall  f1      support"]
         for row in self.per_class:
-            lines.append(f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}")
+            lines.append(
+                f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}"
+            )
         return "\n".join(lines)
 
 
@@ -76,12 +85,16 @@ def ten_crops(preprocessing: dict):
     from torchvision import transforms
 
     interpolation = transforms.InterpolationMode(preprocessing["interpolation"])
-    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize(preprocessing["mean"], preprocessing["std"])])
-    return transforms.Compose([
-        transforms.Resize(short_side_for(preprocessing), interpolation=interpolation),
-        transforms.TenCrop(preprocessing["image_size"]),
-        transforms.Lambda(lambda crops: torch.stack([normalize(crop) for crop in crops])),
-    ])
+    normalize = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(preprocessing["mean"], preprocessing["std"])]
+    )
+    return transforms.Compose(
+        [
+            transforms.Resize(short_side_for(preprocessing), interpolation=interpolation),
+            transforms.TenCrop(preprocessing["image_size"]),
+            transforms.Lambda(lambda crops: torch.stack([normalize(crop) for crop in crops])),
+        ]
+    )
 
 
 class Predictor:
@@ -91,7 +104,13 @@ class Predictor:
     image's; 'crops' over ten views (four corners and centre of the eval resize, each mirrored).
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], classes: list[str], preprocessing: dict, to_input: Callable | None = None):
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        classes: list[str],
+        preprocessing: dict,
+        to_input: Callable | None = None,
+    ):
         self.forward = forward
         self.classes = list(classes)
         self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
@@ -107,12 +126,16 @@ class Predictor:
         model.to(hw.device)
         return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
 
-    def probabilities(self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None) -> torch.Tensor:
+    def probabilities(
+        self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
+    ) -> torch.Tensor:
         """Class probabilities per image, averaged over the test-time augmentation's views if one is named."""
         return self._scores(images, batch_size, tta_mode(tta), plain_too=False)[0]
 
     @torch.no_grad()
-    def _scores(self, images: list[Image.Image], batch_size: int, mode: str | None, plain_too: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _scores(
+        self, images: list[Image.Image], batch_size: int, mode: str | None, plain_too: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities with `mode`, and without it when plain_too), in one pass: flip TTA reuses the plain forward."""
         crops = ten_crops(self.preprocessing) if mode == "crops" else None
         augmented, plain = [], []
@@ -133,51 +156,82 @@ class Predictor:
             return plain_all, None
         return (torch.cat(augmented) if augmented else empty), (plain_all if plain_too else None)
 
-    def predict(self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None) -> list[list[tuple[str, float]]]:
+    def predict(
+        self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
         loaded = [_open(image) for image in images]
         probabilities = self.probabilities(loaded, tta=tta)
         k = min(top_k, len(self.classes))
         values, indices = probabilities.topk(k, dim=1)
-        return [[(self.classes[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values.tolist(), indices.tolist())]
+        return [
+            [(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist())
+        ]
 
-    def evaluate(self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None) -> Evaluation:
+    def evaluate(
+        self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None
+    ) -> Evaluation:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/)."""
         root = Path(data).expanduser()
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)
         unknown = sorted(set(found) - set(self.classes))
         if unknown:
-            raise HeadstartError(f"{folder} has class '{unknown[0]}' the model does not know; its classes: {', '.join(self.classes)}")
+            raise HeadstartError(
+                f"{folder} has class '{unknown[0]}' the model does not know; its classes: {', '.join(self.classes)}"
+            )
         samples = [(path, self.classes.index(name)) for name, paths in found.items() for path in paths]
         return self.evaluate_samples(samples, confusion_png, tta, where=str(folder))
 
     def evaluate_samples(
-        self, samples: list[tuple[Path, int]], confusion_png: Path | None = None, tta: str | bool | None = None, where: str = ""
+        self,
+        samples: list[tuple[Path, int]],
+        confusion_png: Path | None = None,
+        tta: str | bool | None = None,
+        where: str = "",
     ) -> Evaluation:
         """The same figures for (path, label index) pairs: a run's own validation split, say."""
-        arrays, samples, bad = decode_all(samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1)
+        arrays, samples, bad = decode_all(
+            samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1
+        )
         if bad:
             log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), ", ".join(bad[:10]))
         if not samples:
             raise HeadstartError(f"no readable images in {where or 'the given samples'}")
         mode = tta_mode(tta)
         # With TTA the plain accuracy is measured too, so the change it makes is reported, not assumed.
-        probabilities, without = self._scores([Image.fromarray(a) for a in arrays], 32, mode, plain_too=mode is not None)
+        probabilities, without = self._scores(
+            [Image.fromarray(a) for a in arrays], 32, mode, plain_too=mode is not None
+        )
         truth = np.array([label for _, label in samples])
         predicted = probabilities.argmax(1).numpy()
         plain = float((without.argmax(1).numpy() == truth).mean()) if without is not None else None
         labels = list(range(len(self.classes)))
-        precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            truth, predicted, labels=labels, zero_division=0
+        )
         matrix = confusion_matrix(truth, predicted, labels=labels)
         if confusion_png is not None:
-            plot_confusion(matrix, self.classes, confusion_png, title=f"accuracy {float((truth == predicted).mean()):.3f}")
+            plot_confusion(
+                matrix, self.classes, confusion_png, title=f"accuracy {float((truth == predicted).mean()):.3f}"
+            )
         per_class = [
             {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
-        return Evaluation(float((truth == predicted).mean()), self.classes, per_class, matrix, len(samples), plain,
-                          mode, [path for path, _ in samples], probabilities.numpy(), truth)
+        return Evaluation(
+            float((truth == predicted).mean()),
+            self.classes,
+            per_class,
+            matrix,
+            len(samples),
+            plain,
+            mode,
+            [path for path, _ in samples],
+            probabilities.numpy(),
+            truth,
+        )
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:

@@ -93,13 +93,17 @@ def lr_find(
     if weights_from is not None:
         checkpoint = load_checkpoint(weights_from)
         if checkpoint["classes"] != data.split.classes:
-            raise HeadstartError(f"--from {weights_from}: its classes {checkpoint['classes']} differ from the data's {data.split.classes}")
+            raise HeadstartError(
+                f"--from {weights_from}: its classes {checkpoint['classes']} differ from the data's {data.split.classes}"
+            )
         model.load_state_dict(checkpoint["model"])
     plan = plan_freeze(model, chosen.freeze, chosen.bn)
     model.to(hw.device)
     if hw.channels_last:
         model.to(memory_format=torch.channels_last)
-    folder = RunFolder.create(out or recipe.run.out_dir, f"lr-find-{recipe.run.name or data.split.name}-{chosen.name}").path
+    folder = RunFolder.create(
+        out or recipe.run.out_dir, f"lr-find-{recipe.run.name or data.split.name}-{chosen.name}"
+    ).path
 
     plan.apply(model)
     # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
@@ -138,7 +142,22 @@ def lr_find(
     minimum_tenth, steepest = suggest(lrs, smoothed)
     rows = "lr,loss,smoothed\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in zip(lrs, losses, smoothed))
     atomic_write(folder / "lr_find.csv", rows.encode())
-    plot_lr_find(lrs, losses, smoothed, steepest, minimum_tenth, folder / "lr_find.png", title=f"stage '{chosen.name}' ({path.name})")
-    log.info("lr-find: suggested lr %.3g for stage '%s' (steepest descent; minimum/10 is %.3g); try --lr %s=%.3g; plot in %s",
-             steepest, chosen.name, minimum_tenth, chosen.name, steepest, folder / "lr_find.png")
+    plot_lr_find(
+        lrs,
+        losses,
+        smoothed,
+        steepest,
+        minimum_tenth,
+        folder / "lr_find.png",
+        title=f"stage '{chosen.name}' ({path.name})",
+    )
+    log.info(
+        "lr-find: suggested lr %.3g for stage '%s' (steepest descent; minimum/10 is %.3g); try --lr %s=%.3g; plot in %s",
+        steepest,
+        chosen.name,
+        minimum_tenth,
+        chosen.name,
+        steepest,
+        folder / "lr_find.png",
+    )
     return LRFindResult(lrs, losses, smoothed, steepest, minimum_tenth, folder)

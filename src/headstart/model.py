@@ -55,7 +55,9 @@ class Resize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         smooth = self.mode in ("bilinear", "bicubic")
         if self.size is not None:
-            return F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False if smooth else None)
+            return F.interpolate(
+                x, size=(self.size, self.size), mode=self.mode, align_corners=False if smooth else None
+            )
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=False if smooth else None)
 
     def extra_repr(self) -> str:
@@ -141,7 +143,9 @@ class Classifier(nn.Module):
 
 def check_backbone_name(name: str) -> None:
     if not timm.is_model(name):
-        raise HeadstartError(f"unknown backbone '{name}'{close_matches(name, timm.list_models())} (list them: headstart backbones PATTERN)")
+        raise HeadstartError(
+            f"unknown backbone '{name}'{close_matches(name, timm.list_models())} (list them: headstart backbones PATTERN)"
+        )
 
 
 def create_backbone(cfg: ModelConfig) -> nn.Module:
@@ -172,7 +176,9 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int | None = Non
     backbone = create_backbone(cfg)
     adapter = nn.Sequential(*(build_adapter(spec) for spec in cfg.adapters))
     size = image_size or resolve_data_config(model=backbone)["input_size"][-1]
-    nhwc = getattr(backbone, "output_fmt", "NCHW") in ("NHWC", "nhwc") or str(getattr(backbone, "output_fmt", "")).endswith("NHWC")
+    nhwc = getattr(backbone, "output_fmt", "NCHW") in ("NHWC", "nhwc") or str(
+        getattr(backbone, "output_fmt", "")
+    ).endswith("NHWC")
     probe = Classifier(adapter, backbone, nn.Sequential(), nhwc).eval()
     with torch.no_grad():
         try:

@@ -34,7 +34,9 @@ def _mark_stages(axis, history: list[dict[str, Any]]) -> None:
     for x, row in enumerate(history, start=1):
         if row["stage"] != previous:
             axis.axvline(x - 0.5, color="grey", linestyle="--", linewidth=1)
-            axis.text(x - 0.45, 1.0, row["stage"], transform=axis.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+            axis.text(
+                x - 0.45, 1.0, row["stage"], transform=axis.get_xaxis_transform(), va="top", fontsize=8, color="grey"
+            )
             previous = row["stage"]
 
 
@@ -63,7 +65,15 @@ def plot_overlay(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Pa
     return _save(figure, path)
 
 
-def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, minimum_tenth: float, path: Path, title: str = "") -> Path:
+def plot_lr_find(
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    suggestion: float,
+    minimum_tenth: float,
+    path: Path,
+    title: str = "",
+) -> Path:
     """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
@@ -93,7 +103,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
     axis.set_ylabel("true")
     limit = matrix.max() / 2 if matrix.size else 0
     for (row, col), count in np.ndenumerate(matrix):
-        axis.text(col, row, str(count), ha="center", va="center", color="white" if count > limit else "black", fontsize=8)
+        axis.text(
+            col, row, str(count), ha="center", va="center", color="white" if count > limit else "black", fontsize=8
+        )
     if title:
         axis.set_title(title)
     return _save(figure, path)

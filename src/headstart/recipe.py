@@ -280,7 +280,17 @@ def describe_validation_error(err: ValidationError) -> str:
     return f"field '{location}': {message}{more}" if location else f"{message}{more}"
 
 
-STAGE_FLAGS = ("epochs", "lr", "freeze", "bn", "optimizer", "schedule", "weight_decay", "body_lr_mult", "label_smoothing")
+STAGE_FLAGS = (
+    "epochs",
+    "lr",
+    "freeze",
+    "bn",
+    "optimizer",
+    "schedule",
+    "weight_decay",
+    "body_lr_mult",
+    "label_smoothing",
+)
 
 
 def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
@@ -292,11 +302,15 @@ def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
     if "=" in spec:
         parts = [part for part in spec.split(",") if part]
         if not all("=" in part and part.split("=", 1)[0] for part in parts):
-            raise HeadstartError(f"--{field.replace('_', '-')} '{spec}': give one VALUE for every stage, or NAME=VALUE,NAME=VALUE")
+            raise HeadstartError(
+                f"--{field.replace('_', '-')} '{spec}': give one VALUE for every stage, or NAME=VALUE,NAME=VALUE"
+            )
         assignments = dict(part.split("=", 1) for part in parts)
         unknown = [name for name in assignments if name not in names]
         if unknown:
-            raise HeadstartError(f"--{field.replace('_', '-')}: no stage named '{unknown[0]}'; stages: {', '.join(names)}")
+            raise HeadstartError(
+                f"--{field.replace('_', '-')}: no stage named '{unknown[0]}'; stages: {', '.join(names)}"
+            )
     else:
         assignments = {name: spec for name in names}
     values = recipe.to_dict()

@@ -65,8 +65,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _page(title: str, sections: list[str]) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
 
 
 # ----------------------------------------------------------------------------- one run
@@ -96,8 +100,13 @@ def validation_section(checkpoint: dict, model, recipe) -> str:
     evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
     buffer = io.BytesIO()
     plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=f"accuracy {evaluation.accuracy:.3f}")
-    metrics = _table(["class", "precision", "recall", "f1", "support"],
-                     [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]] for r in evaluation.per_class])
+    metrics = _table(
+        ["class", "precision", "recall", "f1", "support"],
+        [
+            [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+            for r in evaluation.per_class
+        ],
+    )
     mistakes = evaluation.most_confident_mistakes(MISTAKES_SHOWN)
     figures = "".join(
         f'<figure><img src="{_thumbnail(path)}" alt="{html.escape(path.name)}"><figcaption>true: {html.escape(true)}<br>'
@@ -105,10 +114,12 @@ def validation_section(checkpoint: dict, model, recipe) -> str:
         for path, true, guess, prob in mistakes
     )
     grid = f'<div class="grid">{figures}</div>' if mistakes else "<p>no mistakes on the validation split</p>"
-    return (f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint['stage']))} epoch {checkpoint['epoch']})</h2>"
-            f"<p>accuracy {evaluation.accuracy:.4f} on {evaluation.count} images</p>{metrics}"
-            f'<h2>Confusion matrix</h2><img class="plot" src="{_png(buffer.getvalue())}" alt="confusion matrix">'
-            f"<h2>Most confident mistakes</h2>{grid}")
+    return (
+        f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint['stage']))} epoch {checkpoint['epoch']})</h2>"
+        f"<p>accuracy {evaluation.accuracy:.4f} on {evaluation.count} images</p>{metrics}"
+        f'<h2>Confusion matrix</h2><img class="plot" src="{_png(buffer.getvalue())}" alt="confusion matrix">'
+        f"<h2>Most confident mistakes</h2>{grid}"
+    )
 
 
 def run_sections(run_dir: Path, heading: str = "") -> list[str]:
@@ -122,14 +133,34 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     if (run_dir / "summary.txt").is_file():
         sections.append(f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text())}</pre>")
     if (run_dir / "curves.png").is_file():
-        sections.append(f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">')
-    rows = [[r["stage"], r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}",
-             f"{r['lr']:.3g}", f"{r['seconds']:.1f}", r.get("path", "")] for r in history]
-    sections.append(f"<h2>{prefix}History</h2>" + _table(["stage", "epoch", "loss", "acc", "val loss", "val acc", "lr", "s", "path"], rows))
+        sections.append(
+            f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">'
+        )
+    rows = [
+        [
+            r["stage"],
+            r["epoch"],
+            f"{r['train_loss']:.4f}",
+            f"{r['train_acc']:.4f}",
+            f"{r['val_loss']:.4f}",
+            f"{r['val_acc']:.4f}",
+            f"{r['lr']:.3g}",
+            f"{r['seconds']:.1f}",
+            r.get("path", ""),
+        ]
+        for r in history
+    ]
+    sections.append(
+        f"<h2>{prefix}History</h2>"
+        + _table(["stage", "epoch", "loss", "acc", "val loss", "val acc", "lr", "s", "path"], rows)
+    )
     if not heading:
         checkpoint = load_checkpoint(run_dir)
         # One model, rebuilt from the best checkpoint on the CPU, for both the layer table and the validation figures.
-        model, recipe = model_from_checkpoint(checkpoint), Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+        model, recipe = (
+            model_from_checkpoint(checkpoint),
+            Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe"),
+        )
         sections.append(f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text())}</pre>")
         summary = model_summary(model, recipe, checkpoint["preprocessing"]["image_size"])
         sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(summary)}</pre>")
@@ -145,9 +176,12 @@ def sweep_sections(sweep_dir: Path) -> list[str]:
 
     comparison = compare([sweep_dir])
     rows = [[row["variant"], row["runs"]] + [_cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
-    notes = "".join(f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed])
+    notes = "".join(
+        f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed]
+    )
     sections = [
-        "<h2>Comparison (mean ± std over seeds)</h2>" + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
+        "<h2>Comparison (mean ± std over seeds)</h2>"
+        + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
         + f"<ul>{notes}</ul>",
         f'<h2>Curves overlaid</h2><img class="plot" src="{_png(comparison.files["png"])}" alt="overlaid curves">',
         f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text())}</pre>",

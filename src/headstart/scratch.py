@@ -7,8 +7,8 @@ Switches: batch_norm, dropout, widths (one block per width), convs_per_block.
 
 from __future__ import annotations
 
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 # What a CIFAR-sized scratch model expects; recipes may override any of it.
 SCRATCH_CFG = {

@@ -57,7 +57,13 @@ def _status(module: nn.Module, prefix: str, plan: FreezePlan) -> str:
     return f"{label}+bn:{plan.bn_mode}" if has_bn and plan.bn_mode != "frozen" else label
 
 
-def summarize(model: Classifier, stages: list[Stage], plans: list[FreezePlan], image_size: int, print_fn: Callable[[str], None] | None = None) -> str:
+def summarize(
+    model: Classifier,
+    stages: list[Stage],
+    plans: list[FreezePlan],
+    image_size: int,
+    print_fn: Callable[[str], None] | None = None,
+) -> str:
     """The summary as text (also passed line by line to print_fn, like Keras' print_summary)."""
     rows = summary_rows(model)
     shapes = output_shapes(model, rows, image_size)
@@ -72,7 +78,10 @@ def summarize(model: Classifier, stages: list[Stage], plans: list[FreezePlan], i
             continue  # a timm module that forward_features never runs (its pooling, the removed classifier)
         shape = str(shapes.get(name, "")).replace(" ", "")
         label = f"{name.removeprefix('backbone.')} ({type(module).__name__})"
-        lines.append(f"{label[:43]:<44}{shape[:19]:<20}{count:>12,}  " + "".join(f"{_status(module, name, plan):<16}" for plan in plans))
+        lines.append(
+            f"{label[:43]:<44}{shape[:19]:<20}{count:>12,}  "
+            + "".join(f"{_status(module, name, plan):<16}" for plan in plans)
+        )
     lines.append("=" * len(header))
     total = sum(p.numel() for p in model.parameters())
     lines.append(f"total params: {total:,}")

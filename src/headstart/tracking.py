@@ -39,7 +39,11 @@ class TensorBoardTracker:
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
         for name in METRICS:
             # train/ and val/ prefixes put train and val curves of one metric side by side in TensorBoard.
-            tag = f"{name.split('_')[0]}/{name.split('_', 1)[1]}" if name.startswith(("train_", "val_")) else f"run/{name}"
+            tag = (
+                f"{name.split('_')[0]}/{name.split('_', 1)[1]}"
+                if name.startswith(("train_", "val_"))
+                else f"run/{name}"
+            )
             self.writer.add_scalar(tag, row[name], step)
         self.writer.flush()
 
@@ -52,7 +56,9 @@ class MLflowTracker:
         try:
             import mlflow
         except ImportError:
-            raise HeadstartError("run.log mlflow needs the mlflow package: pip install mlflow-skinny (or mlflow)") from None
+            raise HeadstartError(
+                "run.log mlflow needs the mlflow package: pip install mlflow-skinny (or mlflow)"
+            ) from None
         self.mlflow, self.run_dir = mlflow, run_dir
         mlflow.set_experiment("headstart")
         self.run = mlflow.start_run(run_name=run_dir.name)

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
-from timm.optim._param_groups import param_groups_layer_decay
+from timm.optim import create_optimizer_v2, param_groups_layer_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -35,8 +34,8 @@ from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
-from headstart.recipe import Recipe, Stage
 from headstart.plots import plot_curves
+from headstart.recipe import Recipe, Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.runs import RunFolder, load_checkpoint, read_history
 from headstart.tracking import Tracker, open_trackers
@@ -139,8 +138,16 @@ def param_groups(model: Classifier, stage: Stage) -> list[dict[str, Any]]:
 def build_optimizer(model: Classifier, stage: Stage) -> torch.optim.Optimizer:
     groups = param_groups(model, stage)
     if not groups:
-        raise HeadstartError(f"stage '{stage.name}' has nothing to train: freeze '{stage.freeze}' freezes every parameter")
-    return create_optimizer_v2(groups, opt=TIMM_OPTIMIZERS[stage.optimizer], lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+        raise HeadstartError(
+            f"stage '{stage.name}' has nothing to train: freeze '{stage.freeze}' freezes every parameter"
+        )
+    return create_optimizer_v2(
+        groups,
+        opt=TIMM_OPTIMIZERS[stage.optimizer],
+        lr=stage.lr,
+        momentum=stage.momentum,
+        weight_decay=stage.weight_decay,
+    )
 
 
 class Schedule:
@@ -237,7 +244,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware, group: Group = SOLO) -> tuple[float, float, torch.Tensor]:
+def evaluate(
+    module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware, group: Group = SOLO
+) -> tuple[float, float, torch.Tensor]:
     """Mean loss and accuracy over all processes' batches, in eval mode, and this process's predictions."""
     module.eval()
     total_loss, correct, count, predictions = 0.0, 0, 0, []
@@ -251,7 +260,11 @@ def evaluate(module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hard
         count += len(labels)
         predictions.append(predicted.cpu())
     total_loss, correct, count = group.sum([total_loss, correct, count])
-    return total_loss / count, correct / count, torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+    return (
+        total_loss / count,
+        correct / count,
+        torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long),
+    )
 
 
 def with_progress(batches: Batches, description: str, quiet: bool) -> Batches:
@@ -309,10 +322,14 @@ class ResumePoint:
         if not (path / "recipe.yaml").is_file():
             raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
         if not (path / "last.pt").is_file():
-            raise HeadstartError(f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again")
+            raise HeadstartError(
+                f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again"
+            )
         checkpoint = load_checkpoint(path / "last.pt")
         if "resume" not in checkpoint:
-            raise HeadstartError(f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)")
+            raise HeadstartError(
+                f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)"
+            )
         return cls(path, Recipe.from_yaml(path / "recipe.yaml"), checkpoint)
 
     def finished(self, recipe: Recipe) -> bool:
@@ -340,8 +357,10 @@ def train(
     if group.active and hw.device.type == "cuda":
         if group.local_rank >= torch.cuda.device_count():
             leave(group)
-            raise HeadstartError(f"{group.world} processes on this machine but {torch.cuda.device_count()} CUDA GPU(s): "
-                                 "one process per GPU, or --device cpu for CPU processes")
+            raise HeadstartError(
+                f"{group.world} processes on this machine but {torch.cuda.device_count()} CUDA GPU(s): "
+                "one process per GPU, or --device cpu for CPU processes"
+            )
         hw = replace(hw, device=torch.device("cuda", group.local_rank))
         torch.cuda.set_device(hw.device)
     ensure_console(quiet or not group.is_main)
@@ -371,11 +390,22 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
             return TrainResult(run.path, run.history, classes)
     log.info(
         "headstart: %s, %d classes, %d train / %d val images -> %s%s",
-        data.split.name, len(classes), len(data.train), len(data.val), run.path,
+        data.split.name,
+        len(classes),
+        len(data.train),
+        len(data.val),
+        run.path,
         f" (resuming after {point.checkpoint['stage']} epoch {point.checkpoint['epoch']})" if point else "",
     )
     processes = f", {group.world} processes" if group.active else ""
-    log.info("model: %s (weights: %s), input %dpx, on %s%s", recipe.model.backbone, recipe.model.weights, preprocessing["image_size"], hw.describe(), processes)
+    log.info(
+        "model: %s (weights: %s), input %dpx, on %s%s",
+        recipe.model.backbone,
+        recipe.model.weights,
+        preprocessing["image_size"],
+        hw.describe(),
+        processes,
+    )
 
     model.to(hw.device)
     if hw.channels_last:
@@ -394,15 +424,23 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
             set_rng_state(point.state["rng"])
     try:
         for index in range(first_stage, len(recipe.stages)):
-            trainer.run_stage(index, recipe.stages[index], plans[index], started, inside if index == first_stage else None)
+            trainer.run_stage(
+                index, recipe.stages[index], plans[index], started, inside if index == first_stage else None
+            )
     finally:
         if run.history and group.is_main:
             plot_curves(run.history, run.path / "curves.png", title=run.path.name)
             run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
         for tracker in trainer.trackers:
             tracker.close()
-    log.info("best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
-             trainer.best_epoch, trainer.best_row["stage"], trainer.best_row["val_loss"], trainer.best_row["val_acc"], run.path)
+    log.info(
+        "best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
+        trainer.best_epoch,
+        trainer.best_row["stage"],
+        trainer.best_row["val_loss"],
+        trainer.best_row["val_acc"],
+        run.path,
+    )
     return TrainResult(run.path, run.history, classes)
 
 
@@ -417,7 +455,9 @@ def _new_run_folder(recipe: Recipe, data_name: str, group: Group) -> RunFolder:
 def _reopen_run_folder(point: ResumePoint, classes: list[str], group: Group) -> RunFolder:
     """The interrupted run's folder with its history up to the last epoch whose checkpoint was written."""
     if point.checkpoint["classes"] != classes:
-        raise HeadstartError(f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}")
+        raise HeadstartError(
+            f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}"
+        )
     run = RunFolder(point.run_dir, writes=group.is_main)
     if removed := run.remove_partial_writes():
         log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
@@ -443,8 +483,25 @@ class StagePath:
 class _Trainer:
     """State shared across stages of one run: the model, the data, the best checkpoint so far."""
 
-    def __init__(self, recipe: Recipe, model: Classifier, data: PreparedData, hw: Hardware, run: RunFolder, quiet: bool, group: Group = SOLO):
-        self.recipe, self.model, self.data, self.hw, self.run, self.quiet, self.group = recipe, model, data, hw, run, quiet, group
+    def __init__(
+        self,
+        recipe: Recipe,
+        model: Classifier,
+        data: PreparedData,
+        hw: Hardware,
+        run: RunFolder,
+        quiet: bool,
+        group: Group = SOLO,
+    ):
+        self.recipe, self.model, self.data, self.hw, self.run, self.quiet, self.group = (
+            recipe,
+            model,
+            data,
+            hw,
+            run,
+            quiet,
+            group,
+        )
         self.best_row: dict[str, Any] = {}
         self.best_epoch = 0
         self.stage_notes: list[str] = []
@@ -491,7 +548,12 @@ class _Trainer:
         """Run images through the whole model every step (compiled if the run decided so)."""
         seed = self.recipe.run.seed + index
         pin = self.hw.device.type == "cuda"  # pinned host memory only pays for copies to a GPU
-        batch, workers, rank, world = self.recipe.data.batch_size, self.recipe.data.workers, self.group.rank, self.group.world
+        batch, workers, rank, world = (
+            self.recipe.data.batch_size,
+            self.recipe.data.workers,
+            self.group.rank,
+            self.group.world,
+        )
         train_loader = make_loader(self.data.train, batch, True, workers, seed, pin, rank, world)
         val_loader = make_loader(self.data.val, batch, False, workers, seed, pin, rank, world)
 
@@ -513,8 +575,12 @@ class _Trainer:
     def stage_path(self, index: int, plan: FreezePlan) -> StagePath:
         """The cached path where everything before the stage's cut is a fixed function, else the full model."""
         cut, reason = cache_decision(
-            self.model, plan, self.recipe.data.augment, self.data.preprocessing["image_size"],
-            self.recipe.data.feature_views, self.recipe.run.feature_cache,
+            self.model,
+            plan,
+            self.recipe.data.augment,
+            self.data.preprocessing["image_size"],
+            self.recipe.data.feature_views,
+            self.recipe.run.feature_cache,
         )
         return self._cached_path(cut, reason) if cut is not None else self._full_path(index, plan, reason)
 
@@ -526,7 +592,9 @@ class _Trainer:
             module = DistributedDataParallel(module, device_ids=device_ids)
         return compiled(module, path.compile)
 
-    def run_stage(self, index: int, stage: Stage, plan: FreezePlan, started: float, point: ResumePoint | None = None) -> None:
+    def run_stage(
+        self, index: int, stage: Stage, plan: FreezePlan, started: float, point: ResumePoint | None = None
+    ) -> None:
         plan.apply(self.model)
         trainable, frozen = count_parameters(self.model)
         path = self.stage_path(index, plan)
@@ -555,14 +623,29 @@ class _Trainer:
             lr = schedule.lr
             batches = with_progress(path.train_batches(epoch), f"{stage.name} {epoch}/{stage.epochs}", self.quiet)
             train_loss, train_acc = train_one_epoch(
-                module, batches, optimizer, schedule, criterion, self.hw, path.set_train_mode,
-                (epoch - 1) * path.steps_per_epoch, where, self.group,
+                module,
+                batches,
+                optimizer,
+                schedule,
+                criterion,
+                self.hw,
+                path.set_train_mode,
+                (epoch - 1) * path.steps_per_epoch,
+                where,
+                self.group,
             )
             # Evaluation runs eagerly on the plain module: a compiled eval graph would cost a second compile for one pass.
             val_loss, val_acc, _ = evaluate(path.module, path.val_batches(), eval_criterion, self.hw, self.group)
             row = {
-                "stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - tic, "path": path.name,
+                "stage": stage.name,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lr,
+                "seconds": time.perf_counter() - tic,
+                "path": path.name,
                 "trainable_params": trainable,
             }
             self.run.add_epoch(row)
@@ -570,7 +653,15 @@ class _Trainer:
                 tracker.log_epoch(len(self.run.history), row)
             log.info(
                 "[%s] epoch %d/%d - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f - lr: %.3g",
-                stage.name, epoch, stage.epochs, row["seconds"], train_loss, train_acc, val_loss, val_acc, lr,
+                stage.name,
+                epoch,
+                stage.epochs,
+                row["seconds"],
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                lr,
             )
             payload = self.checkpoint(stage, epoch, row)
             if not self.best_row or val_loss < self.best_row["val_loss"]:

@@ -129,7 +129,9 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path) 
             f"the model wants {tuple(target[k].shape)} ({len(mismatched)} mismatched tensor(s))"
         )
     usable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
-    missing = [k for k in target if k not in usable and not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    missing = [
+        k for k in target if k not in usable and not k.startswith(head) and not k.endswith("num_batches_tracked")
+    ]
     if missing:
         raise HeadstartError(
             f"{path} does not fit this backbone: {len(missing)} tensor(s) missing, first '{missing[0]}' "
