@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.errors import HeadstartError
+from headstart.paths import safe_component
 
 
 def cache_root() -> Path:
@@ -82,13 +83,19 @@ def cifar_kind(folder: Path) -> str | None:
 class _ArraysOnly(pickle.Unpickler):
     """The CIFAR files are pickles; only what they need (dicts, lists, bytes, numpy arrays) may be built from them."""
 
-    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
+    ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
     # _codecs.encode: how Python 3 writes bytes at pickle protocol 2 (copies of the files re-saved by Python 3).
     ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise HeadstartError(f"{self.path}: refusing to load {module}.{name} from a CIFAR batch file (a pickle that could run code)")
+            raise HeadstartError(
+                f"{self.path}: refusing to load {module}.{name} from a CIFAR batch file (a pickle that could run code)"
+            )
         return super().find_class(module, name)
 
 
@@ -99,11 +106,22 @@ def _unpickle(path: Path) -> dict:
         return unpickler.load()
 
 
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise HeadstartError(f"a CIFAR class name is not UTF-8 text: {value[:40]!r}") from None
+    return str(value)
+
+
 def cifar_folder(source: Path) -> Path:
     """CIFAR/train/<class>/*.png and CIFAR/val/<class>/*.png (the official test set as val), written once per source."""
     kind = cifar_kind(source)
     if kind is None:
-        raise HeadstartError(f"{source} holds no CIFAR python batch files (data_batch_1..5 + test_batch + batches.meta, or train + test + meta)")
+        raise HeadstartError(
+            f"{source} holds no CIFAR python batch files (data_batch_1..5 + test_batch + batches.meta, or train + test + meta)"
+        )
     _, train_glob, val_name, meta_name, label_key, names_key = CIFAR[kind]
     files = sorted(source.glob(train_glob)) + [source / val_name, source / meta_name]
     identity = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
@@ -111,7 +129,9 @@ def cifar_folder(source: Path) -> Path:
     folder = cache_root() / "cifar" / hashlib.sha256(identity.encode()).hexdigest()[:16] / kind
     if (folder / "COMPLETE").is_file():
         return folder
-    names = [n.decode() for n in _unpickle(source / meta_name)[names_key]]
+    names = [
+        safe_component(_text(n), f"{source / meta_name}: class name") for n in _unpickle(source / meta_name)[names_key]
+    ]
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=folder.parent))
     count = 0

@@ -26,9 +26,25 @@ from typing import Any
 import torch
 
 from headstart.errors import HeadstartError
+from headstart.paths import safe_component
 
-HISTORY_FIELDS = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "path", "trainable_params"]
+HISTORY_FIELDS = [
+    "stage",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "path",
+    "trainable_params",
+]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
+# Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
+RUN_FILES = frozenset(
+    {"recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt", "error.txt"}
+)
 
 
 def _file_mode() -> int:
@@ -75,7 +91,7 @@ class RunFolder:
     def create(cls, out_dir: str | Path, name: str) -> RunFolder:
         """A new folder out_dir/name; an existing name gets a -2, -3 ... suffix rather than being overwritten."""
         base = Path(out_dir).expanduser()
-        candidate, number = base / name, 1
+        candidate, number = base / safe_component(name, "run name"), 1
         while candidate.exists():
             number += 1
             candidate = base / f"{name}-{number}"

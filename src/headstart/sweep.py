@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ from typing import Any
 import yaml
 
 from headstart.errors import HeadstartError, close_matches
+from headstart.paths import safe_component
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
+from headstart.runs import RUN_FILES
 
 log = logging.getLogger("headstart")
 
@@ -61,7 +62,11 @@ class SweepSpec:
         return Recipe.from_dict(values, source=f"sweep variant '{variant.name}'")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipe": self.base.to_dict(), "variants": {v.name: v.changes for v in self.variants}, "seeds": self.seeds}
+        return {
+            "recipe": self.base.to_dict(),
+            "variants": {v.name: v.changes for v in self.variants},
+            "seeds": self.seeds,
+        }
 
 
 @dataclass
@@ -92,7 +97,9 @@ def parse_vary(spec: str) -> tuple[str, list[Any]]:
     """'bn=frozen,affine,train' -> ('bn', ['frozen', 'affine', 'train'])."""
     key, sep, values = spec.partition("=")
     if not sep or not key or not values:
-        raise HeadstartError(f"--vary '{spec}': write KEY=VALUE1,VALUE2 (e.g. bn=frozen,train or model.head.dropout=0,0.5)")
+        raise HeadstartError(
+            f"--vary '{spec}': write KEY=VALUE1,VALUE2 (e.g. bn=frozen,train or model.head.dropout=0,0.5)"
+        )
     return key.strip(), [parse_value(v.strip()) for v in _split_top_level(values)]
 
 
@@ -123,7 +130,9 @@ def set_field(values: dict[str, Any], key: str, value: Any) -> None:
         return
     if len(parts) == 2 and parts[0] in stage_names:
         if parts[1] not in Stage.model_fields:
-            raise HeadstartError(f"sweep key '{key}': stages have no field '{parts[1]}'{close_matches(parts[1], Stage.model_fields)}")
+            raise HeadstartError(
+                f"sweep key '{key}': stages have no field '{parts[1]}'{close_matches(parts[1], Stage.model_fields)}"
+            )
         stages[stage_names.index(parts[0])][parts[1]] = value
         return
     if len(parts) == 1:
@@ -147,7 +156,9 @@ def set_field(values: dict[str, Any], key: str, value: Any) -> None:
 
 
 def variant_name(changes: dict[str, Any]) -> str:
-    text = "_".join(f"{key.split('.')[-1] if len(changes) > 1 else key}-{_short(value)}" for key, value in changes.items())
+    text = "_".join(
+        f"{key.split('.')[-1] if len(changes) > 1 else key}-{_short(value)}" for key, value in changes.items()
+    )
     return re.sub(r"[^A-Za-z0-9._=+-]+", "", text)[:80] or "base"
 
 
@@ -159,7 +170,9 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def expand(vary: dict[str, list[Any]] | None = None, variants: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
+def expand(
+    vary: dict[str, list[Any]] | None = None, variants: dict[str, dict[str, Any]] | None = None
+) -> list[Variant]:
     """The cross product of `vary`, or the named `variants` (each crossed with `vary` if both are given)."""
     named = [Variant(name, dict(changes)) for name, changes in (variants or {}).items()] or [Variant("", {})]
     keys = list((vary or {}).keys())
@@ -168,10 +181,12 @@ def expand(vary: dict[str, list[Any]] | None = None, variants: dict[str, dict[st
     for base, changes in itertools.product(named, crossed):
         merged = {**base.changes, **changes}
         name = "_".join(part for part in (base.name, variant_name(changes) if changes else "") if part) or "base"
-        result.append(Variant(name, merged))
+        result.append(Variant(safe_component(name, "sweep variant name"), merged))
     names = [v.name for v in result]
     if len(set(names)) != len(names):
-        raise HeadstartError(f"two sweep variants share the name '{next(n for n in names if names.count(n) > 1)}'; name them in a variants: section")
+        raise HeadstartError(
+            f"two sweep variants share the name '{next(n for n in names if names.count(n) > 1)}'; name them in a variants: section"
+        )
     return result
 
 
@@ -213,8 +228,16 @@ def is_sweep_file(path: str | Path) -> bool:
 # ----------------------------------------------------------------------------- running
 
 
+RUN_STATUS_TEXT = {
+    "done": "finished already, skipped",
+    "partial": "resuming",
+    "new": "starting",
+    "broken": "last.pt unreadable, left alone",
+}
+
+
 def run_status(run_dir: Path, recipe: Recipe) -> str:
-    """'done', 'partial' (resumable), or 'new'."""
+    """'done', 'partial' (resumable), 'new', or 'broken' (a last.pt that cannot be read: left for the user)."""
     from headstart.train import ResumePoint
 
     if not (run_dir / "last.pt").is_file():
@@ -222,7 +245,25 @@ def run_status(run_dir: Path, recipe: Recipe) -> str:
     try:
         return "done" if ResumePoint.read(run_dir).finished(recipe) else "partial"
     except HeadstartError:
-        return "new"
+        return "broken"
+
+
+def clear_unfinished(run_dir: Path) -> None:
+    """Remove what an attempt that finished no epoch wrote; anything else in the folder is the user's, so it stays.
+
+    A sweep only ever deletes files of its own run folders, by name, never a whole folder.
+    """
+    if not run_dir.exists():
+        return
+    for path in run_dir.iterdir():
+        if path.is_file() and not path.is_symlink() and (path.name in RUN_FILES or path.name.startswith(".")):
+            path.unlink()
+    left = sorted(p.name for p in run_dir.iterdir())
+    if left:
+        raise HeadstartError(
+            f"{run_dir} holds files a run did not write ({', '.join(left[:3])}); move them, then rerun the sweep"
+        )
+    run_dir.rmdir()
 
 
 def sweep(
@@ -243,7 +284,9 @@ def sweep(
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
     # Every variant must be a valid recipe before the first one trains.
-    sweep_dir = Path(out or base.run.out_dir).expanduser() / (name or f"sweep-{base.run.name or Path(base.data.path or 'digits').stem}")
+    sweep_dir = Path(out or base.run.out_dir).expanduser() / (
+        name or f"sweep-{base.run.name or Path(base.data.path or 'digits').stem}"
+    )
     recipes = {(v.name, s): spec.recipe_for(v, s, sweep_dir) for v in spec.variants for s in spec.seeds}
     spec_file = sweep_dir / SWEEP_FILE
     written = yaml.safe_dump(spec.to_dict(), sort_keys=False)
@@ -258,9 +301,21 @@ def sweep(
         run_dir = sweep_dir / variant / f"seed{seed}"
         result.runs.setdefault(variant, []).append(run_dir)
         status = run_status(run_dir, run_recipe)
-        log.info("sweep %s: run %d/%d, %s seed %d: %s", sweep_dir.name, number, total, variant, seed,
-                 {"done": "finished already, skipped", "partial": "resuming", "new": "starting"}[status])
+        log.info(
+            "sweep %s: run %d/%d, %s seed %d: %s",
+            sweep_dir.name,
+            number,
+            total,
+            variant,
+            seed,
+            RUN_STATUS_TEXT[status],
+        )
         if status == "done":
+            continue
+        if status == "broken":
+            reason = f"{run_dir / 'last.pt'} cannot be read; left as it is (remove that run folder to run it again)"
+            log.warning("sweep: %s seed %d: %s", variant, seed, reason)
+            result.failed[str(run_dir)] = reason
             continue
         # A failure recorded by an earlier attempt no longer stands once the run is tried again.
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -268,8 +323,7 @@ def sweep(
             if status == "partial":
                 train(resume=run_dir, quiet=quiet)
             else:
-                if run_dir.exists():  # started but no epoch finished: nothing worth keeping
-                    shutil.rmtree(run_dir)
+                clear_unfinished(run_dir)  # started but no epoch finished
                 train(run_recipe, quiet=quiet)
         except HeadstartError as err:
             # One variant failing (a learning rate that diverges) is a result, not the end of the sweep.
