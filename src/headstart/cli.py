@@ -307,10 +307,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from headstart.freeze import plan_freeze
     from headstart.model import build_model, resolve_preprocessing
     from headstart.runs import load_checkpoint
+    from headstart.sweep import is_sweep_file, read_sweep_file
 
     target = args.target
     if target is None or target == "default":
         recipe, classes = builtin_recipe("digits"), args.classes
+    elif is_sweep_file(target):  # a sweep's variants change fields of one base recipe: summarise that
+        recipe, classes = read_sweep_file(target)[0], args.classes
     elif Path(target).suffix in (".yaml", ".yml"):
         recipe, classes = Recipe.from_yaml(target), args.classes
     else:

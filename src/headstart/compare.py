@@ -27,8 +27,7 @@ import yaml
 
 from headstart.errors import HeadstartError
 from headstart.recipe import flatten
-from headstart.runs import atomic_write
-from headstart.sweep import ERROR_FILE, SWEEP_FILE
+from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -78,7 +77,7 @@ class Comparison:
         header = ["variant", "runs"] + [HEADERS[m] for m in METRICS]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
-            cells = [row["variant"], str(row["runs"])] + [_cell(metric, *row[metric]) for metric in METRICS]
+            cells = [row["variant"], str(row["runs"])] + [cell(metric, *row[metric]) for metric in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in self.notes] + [f"- failed: {item}" for item in self.failed]
         return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -96,7 +95,7 @@ class Comparison:
         return buffer.getvalue()
 
 
-def _cell(metric: str, mean: float, std: float | None) -> str:
+def cell(metric: str, mean: float, std: float | None) -> str:
     if metric in ("epochs", "trainable_params"):
         text = f"{mean:,.0f}"
     elif metric == "seconds":

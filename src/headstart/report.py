@@ -23,8 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from headstart.errors import HeadstartError
-from headstart.runs import atomic_write, read_history
-from headstart.sweep import SWEEP_FILE
+from headstart.runs import SWEEP_FILE, atomic_write, read_history
 
 log = logging.getLogger("headstart")
 
@@ -172,10 +171,10 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
 
 
 def sweep_sections(sweep_dir: Path) -> list[str]:
-    from headstart.compare import HEADERS, METRICS, _cell, compare
+    from headstart.compare import HEADERS, METRICS, cell, compare
 
     comparison = compare([sweep_dir])
-    rows = [[row["variant"], row["runs"]] + [_cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
+    rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
     notes = "".join(
         f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed]
     )

@@ -41,6 +41,8 @@ HISTORY_FIELDS = [
     "trainable_params",
 ]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
+SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
+ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
 RUN_FILES = frozenset(
     {"recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt", "error.txt"}

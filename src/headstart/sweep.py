@@ -28,16 +28,16 @@ from typing import Any
 
 import yaml
 
+from headstart.compare import compare
 from headstart.errors import HeadstartError, close_matches
 from headstart.paths import safe_component
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
-from headstart.runs import RUN_FILES
+from headstart.runs import ERROR_FILE, RUN_FILES, SWEEP_FILE
+from headstart.train import ResumePoint, as_recipe, ensure_console, train
 
 log = logging.getLogger("headstart")
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
-SWEEP_FILE = "sweep.yaml"
-ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 
 
 @dataclass
@@ -238,8 +238,6 @@ RUN_STATUS_TEXT = {
 
 def run_status(run_dir: Path, recipe: Recipe) -> str:
     """'done', 'partial' (resumable), 'new', or 'broken' (a last.pt that cannot be read: left for the user)."""
-    from headstart.train import ResumePoint
-
     if not (run_dir / "last.pt").is_file():
         return "new"
     try:
@@ -277,9 +275,6 @@ def sweep(
     quiet: bool = False,
 ) -> SweepResult:
     """Run every variant with every seed (skipping finished runs, resuming interrupted ones), then compare them."""
-    from headstart.compare import compare
-    from headstart.train import as_recipe, ensure_console, train
-
     ensure_console(quiet)
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
