@@ -130,7 +130,9 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     prefix = f"{html.escape(heading)}: " if heading else ""
     sections = []
     if (run_dir / "summary.txt").is_file():
-        sections.append(f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text())}</pre>")
+        sections.append(
+            f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text(errors='replace'))}</pre>"
+        )
     if (run_dir / "curves.png").is_file():
         sections.append(
             f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">'
@@ -160,7 +162,9 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
             model_from_checkpoint(checkpoint),
             Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe"),
         )
-        sections.append(f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text())}</pre>")
+        sections.append(
+            f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text(errors='replace'))}</pre>"
+        )
         summary = model_summary(model, recipe, checkpoint["preprocessing"]["image_size"])
         sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(summary)}</pre>")
         sections.append(validation_section(checkpoint, model, recipe))
@@ -183,7 +187,7 @@ def sweep_sections(sweep_dir: Path) -> list[str]:
         + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
         + f"<ul>{notes}</ul>",
         f'<h2>Curves overlaid</h2><img class="plot" src="{_png(comparison.files["png"])}" alt="overlaid curves">',
-        f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text())}</pre>",
+        f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text(errors='replace'))}</pre>",
     ]
     for record in comparison.records:
         sections.extend(run_sections(record.path, heading=f"{record.variant} seed {record.seed}"))
