@@ -592,3 +592,35 @@ def test_ctrl_c_names_the_run_folder(colour_folder, tmp_path, capsys, monkeypatc
     run_dir = tmp_path / "runs" / "tiny"
     assert code == 130 and "RUN_DIR" not in err and str(run_dir) in err
     assert ("--resume" in err) == (after_epochs > 0)
+
+
+def test_duplicated_csv_rows_are_used_once_with_a_warning(colour_folder, caplog):
+    # Before the fix each repeat was a separate sample: 8 copies of one image leaked into train and val.
+    csv = colour_folder / "list.csv"
+    rows = [f"{c}/{i:03d}.png,{c}" for c in ("red", "blue") for i in range(6)] + ["red/000.png,red"] * 8
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="headstart"):
+        split = list_images(DataConfig(path=str(csv)))
+    paths = [p for p, _ in split.train + split.val]
+    assert len(paths) == len(set(paths)) == 12
+    assert "lists 8 row(s) twice" in caplog.text
+    csv.write_text("path,label\nred/000.png,red\nred/000.png,blue\n")
+    with pytest.raises(HeadstartError, match="line 3: 000.png is listed again with another label"):
+        list_images(DataConfig(path=str(csv)))
+
+
+def test_bom_csv_header_is_read_as_a_header(colour_folder):
+    # Excel's "CSV UTF-8" starts with a byte-order mark; the header then read as a data row (class 'label').
+    csv = colour_folder / "excel.csv"
+    rows = [f"{c}/{i:03d}.png,{c}" for c in ("red", "blue") for i in range(4)]
+    csv.write_bytes(("path,label\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
+    split = list_images(DataConfig(path=str(csv)))
+    assert split.classes == ["blue", "red"] and len(split.train) + len(split.val) == 8
+
+
+def test_non_utf8_csv_is_a_one_line_error(colour_folder, tmp_path, capsys):
+    csv = colour_folder / "latin1.csv"
+    csv.write_bytes("path,label\nred/000.png,caf\u00e9\nblue/000.png,blue\n".encode("latin-1"))
+    code = main(["train", str(csv), "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "is not UTF-8 text" in one_line_error(capsys)

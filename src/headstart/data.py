@@ -1,17 +1,13 @@
 """Images in: listing, splitting, decoding once into memory, and timm's transforms.
 
-Accepted layouts:
-    DATA/train/<class>/*, DATA/val/<class>/*     a given split
-    DATA/<class>/*                               split here: stratified, seeded, val_fraction per class
+Layouts (split folders, class folders, CSV) are read by headstart.layouts; besides those:
     cifar-10-batches-py/, cifar-100-python/      CIFAR python batch files (test set as val); or cifar10,
                                                  cifar100 to download them (headstart.datasets)
-    FILE.csv with columns path,label             paths relative to the CSV's folder; split as above
     (nothing)                                    the embedded default: scikit-learn's digits
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -20,7 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,148 +26,22 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from headstart.errors import HeadstartError
-from headstart.paths import safe_component
+
+# Listing lives in headstart.layouts; list_class_folders, regular_files and stratified_split stay importable from here.
+from headstart.layouts import (  # noqa: F401
+    DataSplit,
+    Sample,
+    list_class_folders,
+    list_images,
+    regular_files,
+    stratified_split,
+)
 from headstart.recipe import DataConfig
 
 log = logging.getLogger(__name__)
 
-Sample = tuple[Path, int]
-
 # Decoded images above this many bytes go to a memory-mapped file instead of memory.
 DECODED_CACHE_BUDGET = int(os.environ.get("HEADSTART_DECODED_CACHE_BYTES", 4 << 30))
-
-
-@dataclass
-class DataSplit:
-    """The listed images of a data set, split into train and val."""
-
-    name: str
-    classes: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    skipped: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- listing and splitting
-
-
-def regular_files(folder: Path) -> list[Path]:
-    """Every regular file under `folder` (sorted, hidden names skipped), without following symlinked folders.
-
-    Only regular files (or symlinks to them): opening a FIFO or a device would block or read forever.
-    DirEntry answers from the directory listing itself, so this costs no stat per file on Linux.
-    """
-    files, pending = [], [folder]
-    while pending:
-        current = pending.pop()
-        try:
-            entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-            elif _is_regular(entry):
-                files.append(Path(entry.path))
-    return sorted(files)
-
-
-def _is_regular(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()  # follows a symlink; False for FIFOs, sockets, devices and dangling links
-    except OSError:  # a symlink loop
-        return False
-
-
-def list_class_folders(root: Path) -> dict[str, list[Path]]:
-    if not root.is_dir():
-        raise HeadstartError(f"data folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {name: regular_files(root / name) for name in classes}
-
-
-def _check_classes(found: dict[str, list[Path]], where: str) -> None:
-    if len(found) < 2:
-        raise HeadstartError(
-            f"{where} has {len(found)} class folder(s){' (' + ', '.join(found) + ')' if found else ''}; "
-            "need at least 2: DATA/<class>/<image> or DATA/train/<class>/<image> + DATA/val/<class>/<image>"
-        )
-    empty = [name for name, files in found.items() if not files]
-    if empty:
-        raise HeadstartError(f"{where}: class folder '{empty[0]}' has no files ({len(empty)} empty class folder(s))")
-
-
-def stratified_split(
-    by_class: dict[str, list[Path]], val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Per class, a seeded shuffle puts round(n * val_fraction) images (at least 1 where n >= 2) in val."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label, name in enumerate(sorted(by_class)):
-        files = sorted(by_class[name])
-        order = rng.permutation(len(files))
-        n_val = max(1, round(len(files) * val_fraction)) if len(files) >= 2 else 0
-        val += [(files[i], label) for i in order[:n_val]]
-        train += [(files[i], label) for i in order[n_val:]]
-    return train, val
-
-
-def _read_csv(path: Path) -> dict[str, list[Path]]:
-    by_class: dict[str, list[Path]] = {}
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    for number, row in enumerate(rows, start=2):
-        if len(row) < 2:
-            raise HeadstartError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
-        image = Path(row[0].strip())
-        label = safe_component(row[1].strip(), f"{path}, line {number}: label")
-        by_class.setdefault(label, []).append(image if image.is_absolute() else path.parent / image)
-    return by_class
-
-
-def list_images(cfg: DataConfig) -> DataSplit:
-    """List and split the images named by the recipe (see the module docstring for layouts)."""
-    from headstart.datasets import CIFAR, cifar_folder, cifar_kind, digits_folder, download_cifar
-
-    if cfg.path is None:
-        root = digits_folder()
-    elif cfg.path in CIFAR:
-        root = cifar_folder(download_cifar(cfg.path))
-    else:
-        root = Path(cfg.path).expanduser()
-        if root.is_dir() and cifar_kind(root):
-            root = cifar_folder(root)
-    if root.suffix.lower() == ".csv":
-        if not root.is_file():
-            raise HeadstartError(f"CSV file not found: {root}")
-        by_class = _read_csv(root)
-        _check_classes(by_class, str(root))
-        train, val = stratified_split(by_class, cfg.val_fraction, cfg.split_seed)
-        return DataSplit(root.stem, sorted(by_class), train, val)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_found = list_class_folders(root / "train")
-        val_found = list_class_folders(root / "val")
-        _check_classes(train_found, str(root / "train"))
-        extra = sorted(set(val_found) - set(train_found))
-        if extra:
-            raise HeadstartError(
-                f"{root / 'val'} has class '{extra[0]}' that train/ lacks; train classes: {', '.join(train_found)}"
-            )
-        classes = sorted(train_found)
-        index = {name: i for i, name in enumerate(classes)}
-        train = [(p, index[c]) for c in classes for p in train_found[c]]
-        val = [(p, index[c]) for c in classes for p in val_found.get(c, [])]
-        if not val:
-            raise HeadstartError(f"{root / 'val'} holds no images")
-        return DataSplit(root.name, classes, train, val)
-    found = list_class_folders(root)
-    _check_classes(found, str(root))
-    train, val = stratified_split(found, cfg.val_fraction, cfg.split_seed)
-    return DataSplit(root.name, sorted(found), train, val)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -401,6 +271,8 @@ class PreparedData:
     train: ImageDataset
     val: ImageDataset
     preprocessing: dict
+    # The test split (empty without one): scored once after training, never used for choosing.
+    test: ImageDataset | None = None
 
 
 def prepare_data(
@@ -411,24 +283,30 @@ def prepare_data(
     on_disk: decode to the shared memory-mapped file whatever the size (data-parallel processes read one copy).
     """
     split = list_images(cfg)
+    log.info(split.describe())
     short_side = short_side_for(preprocessing)
     interpolation = preprocessing["interpolation"]
     threads = threads or (os.cpu_count() or 1)
     # Bytes of the decoded images, allowing for a 4:3 aspect ratio.
-    estimate = (len(split.train) + len(split.val)) * short_side * short_side * 3 * 4 // 3
-    if estimate <= DECODED_CACHE_BUDGET and not on_disk:
-        train_arrays, split.train, bad_train = decode_all(split.train, short_side, interpolation, threads)
-        val_arrays, split.val, bad_val = decode_all(split.val, short_side, interpolation, threads)
-    else:
+    estimate = (len(split.train) + len(split.val) + len(split.test)) * short_side * short_side * 3 * 4 // 3
+    in_memory = estimate <= DECODED_CACHE_BUDGET and not on_disk
+    if not in_memory:
         why = (
             "shared by data-parallel processes"
             if on_disk
             else f"over the {DECODED_CACHE_BUDGET >> 20} MB memory budget"
         )
         log.info("decoded images (~%d MB, %s): decoding once to a memory-mapped file", estimate >> 20, why)
-        train_arrays, split.train, bad_train = DiskImages.build(split.train, short_side, interpolation, threads)
-        val_arrays, split.val, bad_val = DiskImages.build(split.val, short_side, interpolation, threads)
-    bad = bad_train + bad_val
+    arrays, bad = {}, []
+    for name in ("train", "val", "test"):
+        samples = getattr(split, name)
+        if name == "test" and not samples:
+            arrays[name] = []
+            continue
+        build = decode_all if in_memory else DiskImages.build
+        arrays[name], kept, bad_here = build(samples, short_side, interpolation, threads)
+        setattr(split, name, kept)
+        bad += bad_here
     if bad:
         shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
         log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), shown)
@@ -442,9 +320,10 @@ def prepare_data(
     train_tf, eval_tf = build_transforms(preprocessing, cfg.augment)
     return PreparedData(
         split,
-        ImageDataset(split.train, train_tf, train_arrays),
-        ImageDataset(split.val, eval_tf, val_arrays),
+        ImageDataset(split.train, train_tf, arrays["train"]),
+        ImageDataset(split.val, eval_tf, arrays["val"]),
         preprocessing,
+        ImageDataset(split.test, eval_tf, arrays["test"]),
     )
 
 
@@ -463,24 +342,40 @@ class GlobalBatches(Sampler[list[int]]):
     train mode (timm drops it too), and ranks must take the same number of steps.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
+        weights: torch.Tensor | None = None,
+    ):
         if shuffle and batch_size % world:
             raise HeadstartError(
                 f"batch size {batch_size} does not split over {world} processes; use a multiple of {world}"
             )
         self.length, self.batch_size, self.seed, self.shuffle = length, batch_size, seed, shuffle
         self.rank, self.world = rank, world
+        # Per-index drawing weights (data.balance: sampler): each epoch draws `length` indices with replacement.
+        self.weights = weights
         self.epoch = 1
         self.drop_last = shuffle and length > batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def order(self) -> torch.Tensor:
+        """This epoch's indices: a permutation, or a weighted draw; a function of (seed, epoch) alone either way."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.length, replacement=True, generator=generator)
+        return torch.randperm(self.length, generator=generator)
+
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
-            order = torch.randperm(
-                self.length, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            )
+            order = self.order()
             share = self.batch_size // self.world
             for start in range(0, len(self) * self.batch_size, self.batch_size):
                 batch = order[start : start + self.batch_size]
@@ -506,12 +401,13 @@ def make_loader(
     pin_memory: bool = False,
     rank: int = 0,
     world: int = 1,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """Batches of `dataset`; call loader.batch_sampler.set_epoch(epoch) before each training epoch."""
     workers = default_workers() if workers is None else workers
     return DataLoader(
         dataset,
-        batch_sampler=GlobalBatches(len(dataset), batch_size, seed, shuffle, rank, world),
+        batch_sampler=GlobalBatches(len(dataset), batch_size, seed, shuffle, rank, world, weights),
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=pin_memory,

@@ -242,6 +242,8 @@ class FeatureCache:
         # not re-read from the file system (one stat per file) every time a batch is served.
         self._images = {"train_images": files_digest(data.train.samples), "val_images": files_digest(data.val.samples)}
         self.reused = False
+        # data.balance: sampler sets per-image drawing weights (headstart.balance.sample_weights).
+        self.sample_weights: torch.Tensor | None = None
 
     def use(self, cut: Cut) -> None:
         """Serve batches of `cut.prefix`'s outputs from now on (one stage's cut point), computing them if not stored.
@@ -355,7 +357,9 @@ class FeatureCache:
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
         features = self._train[(epoch - 1) % self.views]
-        batches = GlobalBatches(len(features), self.batch_size, self.seed, True, self.group.rank, self.group.world)
+        batches = GlobalBatches(
+            len(features), self.batch_size, self.seed, True, self.group.rank, self.group.world, self.sample_weights
+        )
         batches.set_epoch(epoch)
         for index in batches:
             yield self._tensor(features[index]), self._train_labels[index]

@@ -130,7 +130,13 @@ class DataConfig(_Strict):
     # Empty means the embedded default: scikit-learn's handwritten digits.
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    # Carve a test split (scored once, after training, never used for choosing) out of class folders.
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws
+    # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
+    # smallest, else none (BENCHMARKS.md, imbalance).
+    balance: Literal["none", "weights", "sampler"] | None = None
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
     image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     crop_pct: float | None = Field(None, gt=0, le=1)
@@ -215,6 +221,9 @@ class RunConfig(_Strict):
     feature_cache: bool = True
     # Cached features above this size are streamed to a memory-mapped file instead of kept in RAM.
     feature_cache_memory_mb: int = Field(2048, ge=0)
+    # What "best" means for best.pt: the lowest val loss, or the highest val accuracy,
+    # balanced accuracy (mean per-class recall) or macro-F1.
+    monitor: Literal["val_loss", "val_acc", "val_balanced_acc", "val_f1"] = "val_loss"
     # Experiment trackers fed every epoch, through their own writers (headstart.tracking).
     log: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
 

@@ -2,7 +2,8 @@
 
     runs/<name>/recipe.yaml      the resolved recipe (weights source, stages, seed: all filled in)
     runs/<name>/history.csv      one row per epoch: stage, epoch, losses, accuracies, lr, seconds, trainable params
-    runs/<name>/history.json     the same rows
+    runs/<name>/history.json     the same rows, then (once training ends, if the data has a test split)
+                                 one record {"record": "test", ...}: the chosen model scored on the test split
     runs/<name>/curves.png       loss and accuracy, train vs val, stage boundaries marked
     runs/<name>/best.pt          checkpoint with the lowest val loss
     runs/<name>/last.pt          checkpoint after the last finished epoch, with what `--resume` needs:
@@ -34,6 +35,8 @@ HISTORY_FIELDS = [
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_balanced_acc",
+    "val_f1",
     "lr",
     "seconds",
     "path",
@@ -62,6 +65,8 @@ class RunFolder:
         # Data-parallel processes other than rank 0 keep the history in memory but write nothing.
         self.writes = writes
         self.history: list[dict[str, Any]] = []
+        # The test-split record, written after the epochs in history.json (read_test reads it back).
+        self.test: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str) -> RunFolder:
@@ -96,7 +101,15 @@ class RunFolder:
         writer.writeheader()
         writer.writerows(self.history)
         self.write_text("history.csv", buffer.getvalue())
-        self.write_text("history.json", json.dumps(self.history, indent=1))
+        self.write_history_json()
+
+    def write_history_json(self) -> None:
+        self.write_text("history.json", json.dumps(self.history + ([self.test] if self.test else []), indent=1))
+
+    def set_test(self, record: dict[str, Any]) -> None:
+        """Store the test-split score after the epochs: a record the epoch readers skip."""
+        self.test = {"record": "test", **record}
+        self.write_history_json()
 
     def save_checkpoint(self, filename: str, payload: dict[str, Any]) -> None:
         if self.writes:
@@ -112,23 +125,43 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "history.json"
     if not path.is_file():
         raise HeadstartError(f"{run_dir} is not a run folder: no history.json")
+    return epoch_rows(read_records(path))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a history.json (epoch rows and the test record), checked: damaged files are one-line errors."""
     try:
-        history = json.loads(path.read_bytes())
+        records = json.loads(path.read_bytes())
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
         raise HeadstartError(f"{path} is not valid JSON ({str(err).splitlines()[0][:120]})") from None
-    if not isinstance(history, list):
+    if not isinstance(records, list) or not all(isinstance(row, dict) for row in records):
         raise HeadstartError(f"{path} is not a run history: a list of epoch rows expected")
-    for number, row in enumerate(history, start=1):
-        bad = [f for f in NUMERIC_HISTORY_FIELDS if not _is_number(row.get(f))] if isinstance(row, dict) else ["row"]
+    for number, row in enumerate(epoch_rows(records), start=1):
+        bad = [f for f in NUMERIC_HISTORY_FIELDS if not _is_number(row.get(f))]
         if bad or not isinstance(row.get("stage"), str):
             raise HeadstartError(
                 f"{path}: row {number} lacks a number for '{(bad or ['stage'])[0]}' (a damaged history)"
             )
-    return history
+    return records
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def epoch_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-epoch rows of a history.json, without the test record."""
+    return [row for row in records if "record" not in row]
+
+
+def find_test_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The test-split record of a history.json, or None (no test split, or an older run)."""
+    return next((row for row in records if row.get("record") == "test"), None)
+
+
+def read_test(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "history.json"
+    return find_test_record(read_records(path)) if path.is_file() else None
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

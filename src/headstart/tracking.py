@@ -19,7 +19,7 @@ from headstart.recipe import flatten
 
 log = logging.getLogger("headstart")
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_f1", "lr", "seconds")
 
 
 class Tracker(Protocol):

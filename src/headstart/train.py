@@ -28,17 +28,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from headstart.balance import choose_balance, class_weights, sample_weights
 from headstart.data import GlobalBatches, PreparedData, make_loader, prepare_data
 from headstart.distributed import SOLO, Group, join, leave
 from headstart.errors import HeadstartError, Interrupted
 from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
+from headstart.metrics import best_index, improved, score_batches
 from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.plots import plot_curves
 from headstart.recipe import Recipe, Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
-from headstart.runs import RUN_FILES, RunFolder, load_checkpoint, read_history
+from headstart.runs import RUN_FILES, RunFolder, load_checkpoint, read_history, read_test
 from headstart.tracking import Tracker, open_trackers
 from headstart.weights import default_source
 
@@ -53,11 +55,14 @@ class TrainResult:
     run_dir: Path
     history: list[dict[str, Any]]
     classes: list[str]
+    # The chosen model's score on the test split (loss, acc, balanced_acc, f1, images), if the data has one.
+    test: dict[str, Any] | None = None
+    monitor: str = "val_loss"
 
     @property
     def best(self) -> dict[str, Any]:
-        """The epoch with the lowest val loss (the one saved as best.pt)."""
-        return min(self.history, key=lambda row: row["val_loss"])
+        """The best epoch by the run's monitor (the one saved as best.pt)."""
+        return self.history[best_index(self.history, self.monitor)]
 
     @property
     def final(self) -> dict[str, Any]:
@@ -272,30 +277,6 @@ def divergence(loss: float, classes: int) -> str | None:
     )
 
 
-@torch.no_grad()
-def evaluate(
-    module: nn.Module, batches: Batches, criterion: nn.Module, hw: Hardware, group: Group = SOLO
-) -> tuple[float, float, torch.Tensor]:
-    """Mean loss and accuracy over all processes' batches, in eval mode, and this process's predictions."""
-    module.eval()
-    total_loss, correct, count, predictions = 0.0, 0, 0, []
-    for inputs, labels in batches:
-        inputs, labels = hw.to_input(inputs), labels.to(hw.device)
-        with hw.autocast():
-            logits = module(inputs).float()
-        total_loss += criterion(logits, labels).item() * len(labels)
-        predicted = logits.argmax(1)
-        correct += (predicted == labels).sum().item()
-        count += len(labels)
-        predictions.append(predicted.cpu())
-    total_loss, correct, count = group.sum([total_loss, correct, count])
-    return (
-        total_loss / count,
-        correct / count,
-        torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long),
-    )
-
-
 def with_progress(batches: Batches, description: str, quiet: bool) -> Batches:
     # Bars only on a terminal: in CI logs and pipes they would be noise.
     return tqdm(batches, desc=description, leave=False, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
@@ -405,6 +386,8 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     with group.main_first():
         data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
     classes = data.split.classes
+    # Saved in recipe.yaml as the remedy that ran, so a resumed run and a reader of the recipe see it.
+    recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, classes)
     model = build_model(recipe.model, len(classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
     plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
@@ -416,7 +399,7 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
         model.load_state_dict(point.checkpoint["model"])
         if point.finished(recipe):
             log.info("%s finished all its stages already; nothing to resume", run.path)
-            return TrainResult(run.path, run.history, classes)
+            return TrainResult(run.path, run.history, classes, read_test(run.path), recipe.run.monitor)
     log.info(
         "headstart: %s, %d classes, %d train / %d val images -> %s%s",
         data.split.name,
@@ -458,14 +441,15 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     except KeyboardInterrupt:
         raise Interrupted(run.path, (run.path / "last.pt").is_file()) from None
     log.info(
-        "best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
+        "best (%s): epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
+        recipe.run.monitor,
         trainer.best_epoch,
         trainer.best_row["stage"],
         trainer.best_row["val_loss"],
         trainer.best_row["val_acc"],
         run.path,
     )
-    return TrainResult(run.path, run.history, classes)
+    return TrainResult(run.path, run.history, classes, run.test, recipe.run.monitor)
 
 
 def _run_stages(trainer: _Trainer, plans: list[FreezePlan], first: int, inside: ResumePoint | None, started: float):
@@ -474,6 +458,8 @@ def _run_stages(trainer: _Trainer, plans: list[FreezePlan], first: int, inside: 
     try:
         for index in range(first, len(stages)):
             trainer.run_stage(index, stages[index], plans[index], started, inside if index == first else None)
+        if trainer.data.test is not None and len(trainer.data.test):
+            trainer.score_test()  # once, with the chosen weights; nothing is chosen by it
     finally:
         if run.history and trainer.group.is_main:
             plot_curves(run.history, run.path / "curves.png", title=run.path.name)
@@ -549,17 +535,26 @@ class _Trainer:
         )
         self.best_row: dict[str, Any] = {}
         self.best_epoch = 0
+        # The best epoch's weights, kept on every process for scoring the test split once at the end.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        labels, n_classes = data.train.labels, len(data.split.classes)
+        balance = recipe.data.balance
+        self.loss_weights = class_weights(labels, n_classes).to(hw.device) if balance == "weights" else None
+        self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
         self.stage_notes: list[str] = []
         self.trackers: list[Tracker] = []
         self.feature_cache = FeatureCache(model, data, hw, recipe, group)
+        self.feature_cache.sample_weights = self.sample_weights
         full_model_images = sum(stage.epochs for stage in recipe.stages if stage.freeze != "backbone") * len(data.train)
         self.compile = should_compile(recipe.run.compile, hw, full_model_images)
 
     def restore(self, point: ResumePoint) -> None:
         """Best-so-far bookkeeping from the history an interrupted run left."""
         if self.run.history:
-            self.best_epoch = min(range(len(self.run.history)), key=lambda i: self.run.history[i]["val_loss"]) + 1
+            self.best_epoch = best_index(self.run.history, self.recipe.run.monitor) + 1
             self.best_row = self.run.history[self.best_epoch - 1]
+            if (self.run.path / "best.pt").is_file():
+                self.best_state = load_checkpoint(self.run.path / "best.pt")["model"]
         self.stage_notes = list(point.state.get("stage_notes", []))
 
     def checkpoint(self, stage: Stage, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -599,7 +594,7 @@ class _Trainer:
             self.group.rank,
             self.group.world,
         )
-        train_loader = make_loader(self.data.train, batch, True, workers, seed, pin, rank, world)
+        train_loader = make_loader(self.data.train, batch, True, workers, seed, pin, rank, world, self.sample_weights)
         val_loader = make_loader(self.data.val, batch, False, workers, seed, pin, rank, world)
 
         def train_batches(epoch: int) -> Batches:
@@ -660,7 +655,7 @@ class _Trainer:
             self.stage_notes.append(note)
         log.info(note)
         module = self.training_module(path)
-        criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
+        criterion = nn.CrossEntropyLoss(weight=self.loss_weights, label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
         warned = False
         for epoch in range(first_epoch, stage.epochs + 1):
@@ -681,7 +676,10 @@ class _Trainer:
                 self.group,
             )
             # Evaluation runs eagerly on the plain module: a compiled eval graph would cost a second compile for one pass.
-            val_loss, val_acc, _ = evaluate(path.module, path.val_batches(), eval_criterion, self.hw, self.group)
+            val, _ = score_batches(
+                path.module, path.val_batches(), eval_criterion, self.hw, self.group, len(self.data.split.classes)
+            )
+            val_loss, val_acc = val["loss"], val["acc"]
             row = {
                 "stage": stage.name,
                 "epoch": epoch,
@@ -689,6 +687,8 @@ class _Trainer:
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
+                "val_balanced_acc": val["balanced_acc"],
+                "val_f1": val["f1"],
                 "lr": lr,
                 "seconds": time.perf_counter() - tic,
                 "path": path.name,
@@ -698,7 +698,8 @@ class _Trainer:
             for tracker in self.trackers:
                 tracker.log_epoch(len(self.run.history), row)
             log.info(
-                "[%s] epoch %d/%d - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f - lr: %.3g",
+                "[%s] epoch %d/%d - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f"
+                " - val_bal_acc: %.4f - val_f1: %.4f - lr: %.3g",
                 stage.name,
                 epoch,
                 stage.epochs,
@@ -707,6 +708,8 @@ class _Trainer:
                 train_acc,
                 val_loss,
                 val_acc,
+                val["balanced_acc"],
+                val["f1"],
                 lr,
             )
             if (why := divergence(max(train_loss, val_loss), len(self.data.split.classes))) and not warned:
@@ -715,8 +718,9 @@ class _Trainer:
                 log.warning("%s", note)
                 self.stage_notes.append(note)
             payload = self.checkpoint(stage, epoch, row)
-            if not self.best_row or val_loss < self.best_row["val_loss"]:
+            if improved(row, self.best_row, self.recipe.run.monitor):
                 self.best_row, self.best_epoch = row, len(self.run.history)
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self.run.save_checkpoint("best.pt", payload)
             payload["resume"] = {
                 "stage_index": index,
@@ -730,6 +734,28 @@ class _Trainer:
             }
             self.run.save_checkpoint("last.pt", payload)
 
+    def score_test(self) -> None:
+        """Score the chosen model (best.pt's weights) on the test split, once; nothing is chosen by it."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        pin = self.hw.device.type == "cuda"
+        batch, workers, seed = self.recipe.data.batch_size, self.recipe.data.workers, self.recipe.run.seed
+        loader = make_loader(self.data.test, batch, False, workers, seed, pin, self.group.rank, self.group.world)
+        test, _ = score_batches(
+            self.model, loader, nn.CrossEntropyLoss(), self.hw, self.group, len(self.data.split.classes)
+        )
+        chosen = f"{self.best_row['stage']} epoch {self.best_row['epoch']}"
+        self.run.set_test({"images": len(self.data.test), "model": chosen, **test})
+        log.info(
+            "test (%d images, %s): loss %.4f acc %.4f balanced_acc %.4f f1 %.4f",
+            len(self.data.test),
+            chosen,
+            test["loss"],
+            test["acc"],
+            test["balanced_acc"],
+            test["f1"],
+        )
+
     def summary(self, seconds: float) -> str:
         split, recipe = self.data.split, self.recipe
         trainable, frozen = count_parameters(self.model)
@@ -737,7 +763,9 @@ class _Trainer:
         lines = [
             f"run: {self.run.path}",
             f"data: {recipe.data.path or 'embedded digits'} ({split.name}): {len(split.classes)} classes, "
-            f"{len(split.train)} train / {len(split.val)} val images, {len(split.skipped)} skipped",
+            f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images, {len(split.skipped)} skipped",
+            split.describe(),
+            f"balance: {recipe.data.balance}, monitor: {recipe.run.monitor}",
             f"classes: {', '.join(split.classes)}",
             f"model: {' -> '.join([a.kind for a in recipe.model.adapters] + [recipe.model.backbone, recipe.model.head.kind])}, "
             f"weights {recipe.model.weights}, {trainable + frozen:,} parameters",
@@ -747,6 +775,22 @@ class _Trainer:
             f"best: epoch {self.best_epoch} ({self.best_row['stage']} {self.best_row['epoch']}) "
             f"val_loss {self.best_row['val_loss']:.4f} val_acc {self.best_row['val_acc']:.4f}",
             f"final: val_loss {final['val_loss']:.4f} val_acc {final['val_acc']:.4f}",
+            *self.score_lines(),
             f"epochs: {len(self.run.history)}, wall time {seconds:.1f}s",
         ]
         return "\n".join(lines) + "\n"
+
+    def score_lines(self) -> list[str]:
+        """Balanced accuracy and macro-F1 of the best epoch, and the test split's scores when there is one."""
+        best = self.best_row
+        lines = [
+            f"best balanced: val_balanced_acc {best.get('val_balanced_acc', float('nan')):.4f} "
+            f"val_f1 {best.get('val_f1', float('nan')):.4f}"
+        ]
+        test = self.run.test
+        if test:
+            lines.append(
+                f"test ({test['images']} images, {test['model']}): loss {test['loss']:.4f} acc {test['acc']:.4f} "
+                f"balanced_acc {test['balanced_acc']:.4f} f1 {test['f1']:.4f}"
+            )
+        return lines
