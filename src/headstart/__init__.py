@@ -11,6 +11,7 @@ from headstart.compare import compare
 from headstart.errors import HeadstartError
 from headstart.export import export
 from headstart.lr_find import lr_find
+from headstart.push import push
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.report import report
 from headstart.sweep import sweep
@@ -37,6 +38,7 @@ __all__ = [
     "export",
     "load",
     "lr_find",
+    "push",
     "report",
     "sweep",
     "train",

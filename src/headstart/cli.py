@@ -297,8 +297,36 @@ def write_predictions_csv(target: Path, paths: list[Path], predictions: list[lis
 def cmd_export(args: argparse.Namespace) -> int:
     from headstart.export import export
 
-    path = export(args.run, format=args.format, out=args.out)
-    print(f"{path} (preprocessing in {path.name}.json)")
+    path = export(args.run, format=args.format, out=args.out, quantize=args.quantize)
+    if args.format == "hub":
+        print(f"{path} (model.safetensors, config.json, README.md)")
+    else:
+        print(f"{path} (preprocessing in {path.name}.json)")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from headstart.push import push
+
+    result = push(args.run, args.repo_id, private=args.private, dry_run=args.dry_run)
+    for name, size in result.files:
+        print(f"{size:>12,}  {name}")
+    print(f"would upload to {result.url}" if args.dry_run else f"uploaded to {result.url}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from headstart.serve import serve
+
+    serve(
+        args.source,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        window_ms=args.window_ms,
+        max_bytes=args.max_mb * (1 << 20),
+        device=args.device,
+    )
     return 0
 
 
@@ -499,12 +527,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser(
-        "export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it"
+        "export", help="write the run's best model as ONNX, torch.export, TorchScript or a Hub folder"
     )
     export.add_argument("run", help="run folder or checkpoint")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    export.add_argument("--out", help="model file to write (default RUN/export/model.onnx or model.torchscript)")
+    export.add_argument("--format", choices=["onnx", "export", "torchscript", "hub"], default="onnx")
+    export.add_argument(
+        "--out", help="file (folder for hub) to write (default RUN/export/model.onnx, model.pt2, … or RUN/export/hub)"
+    )
+    export.add_argument(
+        "--quantize", choices=["int8"], help="with --format onnx: also int8, calibrated on the validation images"
+    )
     export.set_defaults(func=cmd_export)
+
+    push = commands.add_parser("push", help="upload the run's Hub folder to the Hugging Face Hub")
+    push.add_argument("run", help="run folder or checkpoint")
+    push.add_argument("repo_id", help="OWNER/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", action="store_true", help="list what would go up and stop")
+    push.set_defaults(func=cmd_push)
+
+    serve = commands.add_parser("serve", help="HTTP prediction server (FastAPI + uvicorn) with a page at /")
+    serve.add_argument("source", help="run folder, checkpoint, exported file or Hub folder")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=16, help="largest batch of requests run together (1: off)")
+    serve.add_argument("--window-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MiB")
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and the trainable/frozen split per stage")
     summary.add_argument(

@@ -1,7 +1,10 @@
-"""Models out of Python: ONNX or TorchScript files, each with its preprocessing recorded beside it.
+"""Models out of Python: ONNX, torch.export or TorchScript files, each with its preprocessing recorded beside it.
 
     headstart export RUN --format onnx   ->  RUN/export/model.onnx + model.onnx.json
-    headstart export RUN --format torchscript  ->  RUN/export/model.torchscript + model.torchscript.json
+    headstart export RUN --format onnx --quantize int8  ->  also model.int8.onnx + model.int8.onnx.json
+    headstart export RUN --format export  ->  RUN/export/model.pt2 + model.pt2.json (torch.export)
+    headstart export RUN --format torchscript  ->  model.torchscript, while torch traces it without warnings
+    headstart export RUN --format hub    ->  RUN/export/hub/ (see hub.py)
 
 The model takes float32 images [N, 3, S, S], already resized, cropped and normalised as the JSON
 says (the same eval transform training used), and returns logits [N, classes]. `headstart predict`
@@ -29,7 +32,8 @@ from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript", "export": "model.pt2", "hub": "hub"}
+QUANTIZE = ("int8",)
 SIDECAR_FORMAT = "headstart-export-1"
 
 
@@ -48,10 +52,22 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None) -> Path:
-    """Write the run's best model (or the given checkpoint) as ONNX or TorchScript; returns the model file's path."""
+def export(
+    run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, quantize: str | None = None
+) -> Path:
+    """Write the run's best model (or the given checkpoint) as ONNX, TorchScript, torch.export (.pt2) or a Hub folder.
+
+    quantize='int8' (ONNX only) also writes model.int8.onnx, statically quantized with onnxruntime and
+    calibrated on the run's validation images; its path is returned.
+    """
     if format not in FORMATS:
         raise HeadstartError(f"unknown export format '{format}'; valid: {', '.join(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZE or format != "onnx"):
+        raise HeadstartError(f"--quantize {quantize}: valid is --quantize int8 with --format onnx")
+    if format == "hub":
+        from headstart.hub import export_hub
+
+        return export_hub(run_or_checkpoint, out)
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
@@ -59,13 +75,16 @@ def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path 
     example = torch.zeros(2, 3, size, size)
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial")
+    temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
         if format == "onnx":
             _onnx(model, example, temporary)
+        elif format == "export":
+            batch = torch.export.Dim("batch", min=1)
+            torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), str(temporary))
         else:
-            torch.jit.save(torch.jit.trace(model, example), str(temporary))
+            _torchscript(model, example, temporary)
     temporary.replace(target)
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -80,6 +99,10 @@ def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path 
     }
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
+    if quantize is not None:
+        from headstart.quantize import quantize_onnx
+
+        return quantize_onnx(target, checkpoint, sidecar)
     return target
 
 
@@ -101,6 +124,19 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
         raise HeadstartError(
             f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'headstart[export]'"
         ) from None
+
+
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+    """TorchScript is kept only while this torch traces the model without a warning (torch 2.14 deprecates torch.jit)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, example)
+    if caught:
+        raise HeadstartError(
+            f"TorchScript export is retired: torch {torch.__version__} warns while tracing ({str(caught[0].message)[:90]}); "
+            "use --format export (torch.export, .pt2) or --format onnx"
+        )
+    torch.jit.save(traced, str(target))
 
 
 def read_sidecar(model_file: Path) -> dict[str, Any]:
@@ -129,6 +165,8 @@ def load_exported(model_file: Path):
             return torch.from_numpy(session.run(["logits"], {"image": batch.numpy()})[0])
 
         return forward, info
+    if info["runtime"] == "export":
+        return torch.export.load(str(model_file)).module(), info
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export (a FutureWarning or DeprecationWarning by version), still supported.
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")

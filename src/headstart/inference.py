@@ -121,10 +121,17 @@ class Predictor:
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
         from headstart.export import model_from_checkpoint
 
-        model = model_from_checkpoint(checkpoint)
+        return cls.from_module(
+            model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
+        )
+
+    @classmethod
+    def from_module(
+        cls, model: torch.nn.Module, classes: list[str], preprocessing: dict, device: str = "auto"
+    ) -> Predictor:
         hw = pick_hardware(device, "fp32", channels_last=False)
         model.to(hw.device)
-        return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
+        return cls(model, classes, preprocessing, hw.to_input)
 
     def probabilities(
         self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
@@ -253,11 +260,14 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
 
 
 def load(source: str | Path, device: str = "auto") -> Predictor:
-    """A Predictor from a run folder (its best.pt), a checkpoint, or a file written by headstart export."""
+    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
     from headstart.export import load_exported, sidecar_path
+    from headstart.hub import is_hub_folder, load_hub
 
     path = Path(source).expanduser()
-    if path.is_file() and (path.suffix in (".onnx", ".torchscript") or sidecar_path(path).is_file()):
+    if is_hub_folder(path) and not (path / "best.pt").is_file():
+        return Predictor.from_module(*load_hub(path), device=device)
+    if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         return Predictor(forward, info["classes"], info["preprocessing"])
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)
