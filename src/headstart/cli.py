@@ -251,7 +251,7 @@ def _expand_images(items: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from headstart.inference import load
+    from headstart.inference import load, prediction_entry
 
     predictor = load(args.run, device=args.device)
     paths = _expand_images(args.images)
@@ -262,10 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.json:
         print(
             json.dumps(
-                [
-                    {"image": str(p), "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
-                    for p, top in zip(paths, predictions)
-                ],
+                [prediction_entry(str(p), top) for p, top in zip(paths, predictions)],
                 indent=1,
             )
         )
@@ -324,7 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_batch=args.max_batch,
         window_ms=args.window_ms,
-        max_bytes=args.max_mb * (1 << 20),
+        max_bytes=int(args.max_mb * (1 << 20)),
         device=args.device,
     )
     return 0

@@ -72,6 +72,11 @@ class Evaluation:
 TTA_MODES = ("flip", "crops")
 
 
+def prediction_entry(image: str, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One image's entry in `predict --json` (and the server's answer): its name and its top labels."""
+    return {"image": image, "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+
+
 def tta_mode(tta: str | bool | None) -> str | None:
     """None, 'flip' or 'crops' (True means 'flip')."""
     mode = "flip" if tta is True else (tta or None)
@@ -168,9 +173,11 @@ class Predictor:
     ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
         loaded = [_open(image) for image in images]
-        probabilities = self.probabilities(loaded, tta=tta)
-        k = min(top_k, len(self.classes))
-        values, indices = probabilities.topk(k, dim=1)
+        return self.top_labels(self.probabilities(loaded, tta=tta), top_k)
+
+    def top_labels(self, probabilities: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """The k most probable (label, probability) pairs of each row of `probabilities`."""
+        values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [
             [(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values.tolist(), indices.tolist())
