@@ -70,8 +70,9 @@ def loading_section(layout: str, backbone: str) -> list[str]:
             "",
         ]
     return [
-        f"This model is not a plain timm classifier (its adapters or head are headstart's own around `{backbone}`),"
-        " so `headstart.load` rebuilds it from the `headstart` block of `config.json`:",
+        f"This model is not a plain timm classifier: headstart's adapters or head around `{backbone}` compute something"
+        f" timm's own `{backbone}` classifier does not (checked numerically at export), so `headstart.load` rebuilds it"
+        " from the `headstart` block of `config.json`:",
         "",
         "```python",
         "import headstart",

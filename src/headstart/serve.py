@@ -87,6 +87,15 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="headstart-model")
         self.batches = 0
 
+    @asynccontextmanager
+    async def lifespan(self, app):
+        """The batching loop runs as long as the application does."""
+        self.queue = asyncio.Queue()
+        task = asyncio.create_task(self.run())
+        yield
+        task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     async def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
@@ -173,6 +182,26 @@ async def read_uploads(request, limit: int, fields: tuple[str, ...]) -> list[tup
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers on top of the image bytes
 
 
+def metadata_of(predictor: Predictor, batcher: Batcher, max_bytes: int, max_pixels: int) -> dict:
+    info = {
+        "classes": predictor.classes,
+        "preprocessing": predictor.preprocessing,
+        "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window * 1000},
+        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+    }
+    temperature = getattr(predictor, "temperature", None)
+    if temperature is not None:  # calibration is reported only when the model has one
+        info["calibration"] = {"temperature": temperature}
+    return info
+
+
+def page_for(predictor: Predictor, title: str) -> str:
+    classes = ", ".join(predictor.classes[:20]) + (" …" if len(predictor.classes) > 20 else "")
+    return PAGE.replace("__TITLE__", html.escape(title)).replace(
+        "__CLASSES__", f"{len(predictor.classes)}: {html.escape(classes)}"
+    )
+
+
 def create_app(
     predictor: Predictor,
     max_batch: int = 16,
@@ -189,15 +218,7 @@ def create_app(
     batcher = Batcher(predictor, max_batch, window_ms)
     pixels = max_pixels or Image.MAX_IMAGE_PIXELS or 89_478_485
 
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher.queue = asyncio.Queue()
-        task = asyncio.create_task(batcher.run())
-        yield
-        task.cancel()
-        batcher.executor.shutdown(wait=False, cancel_futures=True)
-
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, lifespan=batcher.lifespan)
     app.state.batcher = batcher
 
     async def answer(request: Request, top_k: int, fields: tuple[str, ...], single: bool):
@@ -228,23 +249,11 @@ def create_app(
 
     @app.get("/metadata")
     async def metadata():
-        info = {
-            "classes": predictor.classes,
-            "preprocessing": predictor.preprocessing,
-            "batching": {"max_batch": max_batch, "window_ms": window_ms},
-            "limits": {"max_bytes": max_bytes, "max_pixels": pixels},
-        }
-        temperature = getattr(predictor, "temperature", None)
-        if temperature is not None:  # calibration is reported only when the model has one
-            info["calibration"] = {"temperature": temperature}
-        return info
+        return metadata_of(predictor, batcher, max_bytes, pixels)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        classes = html.escape(", ".join(predictor.classes[:20]) + (" …" if len(predictor.classes) > 20 else ""))
-        return PAGE.replace("__TITLE__", html.escape(title)).replace(
-            "__CLASSES__", f"{len(predictor.classes)}: {classes}"
-        )
+        return page_for(predictor, title)
 
     return app
 
