@@ -138,6 +138,11 @@ class Predictor:
         model.to(hw.device)
         return cls(model, classes, preprocessing, hw.to_input)
 
+    @torch.no_grad()
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for images already transformed with `self.transform` and stacked [N, 3, S, S]."""
+        return self.forward(self.to_input(batch)).float().softmax(1).cpu()
+
     def probabilities(
         self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
     ) -> torch.Tensor:

@@ -73,6 +73,10 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         raise BadUpload(422, f"cannot decode the image: {str(err)[:150] or type(err).__name__}") from None
 
 
+def prepare(data: bytes, max_bytes: int, max_pixels: int, transform) -> torch.Tensor:
+    return transform(decode_upload(data, max_bytes, max_pixels))
+
+
 class Batcher:
     """Collects concurrent requests into batches: a short window, a maximum size, one model call per batch."""
 
@@ -96,14 +100,15 @@ class Batcher:
         task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+    async def probabilities(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Probabilities for transformed images [3, S, S], computed in whichever batches they land in."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in images]
-        for image, future in zip(images, futures):
-            self.queue.put_nowait((image, future))
+        futures = [loop.create_future() for _ in inputs]
+        for tensor, future in zip(inputs, futures):
+            self.queue.put_nowait((tensor, future))
         return torch.stack(await asyncio.gather(*futures))
 
-    async def collect(self) -> list[tuple[Image.Image, asyncio.Future]]:
+    async def collect(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
         items = [await self.queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.window
@@ -124,9 +129,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             items = await self.collect()
-            images = [image for image, _ in items]
+            batch = torch.stack([tensor for tensor, _ in items])
             try:
-                rows = await loop.run_in_executor(self.executor, self.predictor.probabilities, images, self.max_batch)
+                rows = await loop.run_in_executor(self.executor, self.predictor.batch_probabilities, batch)
             except Exception as err:  # noqa: BLE001 - the waiting requests get the error, the loop goes on
                 for _, future in items:
                     if not future.done():
@@ -226,11 +231,14 @@ def create_app(
             uploads = await read_uploads(request, max_bytes, fields)
             if single and len(uploads) > 1:
                 raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
-            images = [await run_in_threadpool(decode_upload, data, max_bytes, pixels) for _, data in uploads]
+            # Decoding and the eval transform run in worker threads, so the model thread only runs the model.
+            inputs = [
+                await run_in_threadpool(prepare, data, max_bytes, pixels, predictor.transform) for _, data in uploads
+            ]
         except BadUpload as err:
             log.info("refused an upload (%d): %s", err.status, err.reason)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
-        probabilities = await batcher.probabilities(images)
+        probabilities = await batcher.probabilities(inputs)
         top = predictor.top_labels(probabilities, top_k)
         entries = [prediction_entry(name, labels) for (name, _), labels in zip(uploads, top)]
         return entries[0] if single else entries
