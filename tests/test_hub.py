@@ -180,3 +180,18 @@ def test_push_dry_run_lists_files_and_offline_push_is_one_line(data, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("headstart: error: could not push to me/colours") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_any_timm_hub_folder_loads_through_headstart(tmp_path):
+    """A folder timm itself saved (no headstart block): labels and preprocessing come from timm's config."""
+    import timm
+    from PIL import Image
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    timm.models.save_for_hf(net, str(tmp_path), model_config={"label_names": ["cat", "dog"]}, safe_serialization=True)
+    predictor = headstart.load(tmp_path, device="cpu")
+    assert predictor.classes == ["cat", "dog"]
+    image = Image.new("RGB", (50, 40), (90, 120, 30))
+    with torch.no_grad():
+        expected = net(predictor.transform(image)[None]).softmax(1)
+    assert torch.allclose(predictor.probabilities([image]), expected, atol=1e-6)

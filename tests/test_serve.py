@@ -20,7 +20,7 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.serve import create_app, listening_socket
+from headstart.server import create_app, listening_socket
 from tests.conftest import tiny_recipe
 
 

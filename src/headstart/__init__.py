@@ -25,6 +25,21 @@ def load(source, device: str = "auto"):
     return load_predictor(source, device=device)
 
 
+def serve(
+    source,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 16,
+    window_ms: float = 5.0,
+    max_bytes: int = 20 << 20,
+    device: str = "auto",
+) -> None:
+    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted."""
+    from headstart.server import serve as run_server  # FastAPI is an optional extra
+
+    run_server(source, host, port, max_batch, window_ms, max_bytes, device)
+
+
 __all__ = [
     "DataConfig",
     "HeadConfig",
@@ -40,6 +55,7 @@ __all__ = [
     "lr_find",
     "push",
     "report",
+    "serve",
     "sweep",
     "train",
 ]

@@ -313,7 +313,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from headstart.serve import serve
+    from headstart.server import serve
 
     serve(
         args.source,

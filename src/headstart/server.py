@@ -12,7 +12,7 @@ under a byte limit, Pillow's decompression-bomb pixel limit and the aspect-ratio
 uses; a bad upload is a 4xx with a one-line `detail`, and the server goes on serving.
 
 Example:
-    >>> app = headstart.serve.create_app(headstart.load("runs/hymenoptera-tf_efficientnet_lite0"))
+    >>> app = headstart.server.create_app(headstart.load("runs/hymenoptera-tf_efficientnet_lite0"))
     >>> # uvicorn.run(app) — or: headstart serve runs/hymenoptera-tf_efficientnet_lite0
 """
 
@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from headstart.data import MAX_ASPECT_RATIO
 from headstart.errors import HeadstartError
 from headstart.inference import Predictor, prediction_entry
-from headstart.serve_page import PAGE
+from headstart.server_page import PAGE
 
 log = logging.getLogger(__name__)
 
