@@ -98,6 +98,9 @@ def test_adapter_and_gap_dense_model_loads_through_headstart(data, tmp_path):
     expected = headstart.load(run, device="cpu").probabilities(images)
     got = headstart.load(folder, device="cpu").probabilities(images)
     assert torch.allclose(got, expected, atol=1e-6)
+    confusion = tmp_path / "c.png"
+    assert main(["evaluate", str(folder), str(data), "--json", "--confusion", str(confusion)]) == 0
+    assert confusion.is_file()
 
 
 def test_convnext_with_timm_head_norm_is_not_mistaken_for_plain_timm(data, tmp_path):

@@ -211,13 +211,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from headstart.hub import is_hub_folder
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
 
     source = Path(args.run).expanduser()
-    source = source if source.is_file() else resolve_checkpoint(source)
+    hub = is_hub_folder(source) and not (source / "best.pt").is_file()
+    source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
-    png = Path(args.confusion) if args.confusion else source.parent / "confusion.png"
+    # A Hub folder's own confusion.png belongs to its model card: a new evaluation goes to the working directory.
+    png = (
+        Path(args.confusion) if args.confusion else (Path("confusion.png") if hub else source.parent / "confusion.png")
+    )
     result = predictor.evaluate(args.data, confusion_png=png, tta=args.tta)
     if args.json:
         print(
@@ -493,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
-    evaluate.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
+    evaluate.add_argument(
+        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+    )
     evaluate.add_argument("data", help="labelled folder (its val/ if present)")
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
     evaluate.add_argument("--device", default="auto")
@@ -508,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
-    predict.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
+    predict.add_argument(
+        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+    )
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
