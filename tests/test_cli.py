@@ -126,6 +126,13 @@ def test_summary_of_article_recipes(path, capsys):
         assert expected in out
 
 
+@pytest.mark.parametrize("path", [p for p in sorted(RECIPES.glob("*.yaml")) if is_sweep_file(p)], ids=lambda p: p.stem)
+def test_summary_of_a_sweep_file_summarises_its_base_recipe(path, capsys):
+    assert main(["summary", str(path), "--classes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "total params" in out and any(line.startswith("stage '") for line in out.splitlines())
+
+
 def test_backbones_lists_offline_weights(capsys):
     assert main(["backbones", "efficientnet_lite0"]) == 0
     out = capsys.readouterr().out

@@ -95,7 +95,7 @@ def test_embedded_digits_written_once(tmp_path, monkeypatch):
     split = list_images(DataConfig(path=None))
     assert split.classes == [str(d) for d in range(10)]
     assert len(split.train) + len(split.val) == 1797
-    assert (tmp_path / "digits" / "COMPLETE").is_file()
+    assert (tmp_path / "digits" / "MANIFEST.json").is_file()
 
 
 def test_over_budget_images_go_to_a_reused_memory_map(colour_folder, monkeypatch, caplog):

@@ -6,23 +6,29 @@ run or cache folder is touched. Probes that could hang run in a subprocess under
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.data import list_images
+from headstart.data import list_images, prepare_data
 from headstart.errors import HeadstartError
 from headstart.paths import safe_component
 from headstart.recipe import DataConfig
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+from tests.probes import cli, train_tiny_run, within
 
 CLIMBING = ["../victim", "../../victim", "/tmp/victim", "a/b", "..", ".", "", "~root", "x\\y", "bad\x00name"]
 
@@ -176,3 +182,413 @@ def test_extreme_aspect_image_is_skipped_not_upscaled(tmp_path, caplog):
     kept = {p for p, _ in prepared.split.train + prepared.split.val}
     assert data / "red" / "strip.png" not in kept and len(kept) == 8
     assert any("strip.png" in r.getMessage() and "aspect" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- shared probe helpers
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+
+
+def copy_run(trained, tmp_path):
+    """A private copy of the trained run, so a probe may damage it."""
+    target = tmp_path / "run"
+    shutil.copytree(trained[0], target)
+    return target
+
+
+# ----------------------------------------------------------------------------- 4 and 5: export descriptions
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exported")
+    return headstart.export(trained[0], format="export", out=folder / "model.pt2")
+
+
+BAD_DESCRIPTIONS = {
+    "image_size 100000": (lambda d: d["preprocessing"].update(image_size=100000), "image_size"),
+    "image_size 0": (lambda d: d["preprocessing"].update(image_size=0), "image_size"),
+    "fewer classes than outputs": (lambda d: d.update(classes=d["classes"][:1] + ["other"][:0]), "classes"),
+    "classes dropped to one": (lambda d: d.update(classes=["red"]), "classes"),
+    "more classes than outputs": (lambda d: d.update(classes=d["classes"] + ["green"]), "outputs"),
+    "repeated class": (lambda d: d.update(classes=["red", "red"]), "repeat"),
+    "mean of two values": (lambda d: d["preprocessing"].update(mean=[0.5, 0.5]), "mean"),
+    "std zero": (lambda d: d["preprocessing"].update(std=[0, 0.5, 0.5]), "std"),
+    "std NaN": (lambda d: d["preprocessing"].update(std=[float("nan"), 0.5, 0.5]), "std"),
+    "crop_pct 5": (lambda d: d["preprocessing"].update(crop_pct=5), "crop_pct"),
+    "interpolation": (lambda d: d["preprocessing"].update(interpolation="lanczos9"), "interpolation"),
+    "unknown preprocessing field": (lambda d: d["preprocessing"].update(gamma=2), "gamma"),
+    "runtime": (lambda d: d.update(runtime="exe"), "runtime"),
+    "format": (lambda d: d.pop("format"), "format"),
+    "classes not a list": (lambda d: d.update(classes="red,blue"), "classes"),
+}
+
+
+@pytest.mark.parametrize("probe", BAD_DESCRIPTIONS)
+def test_every_field_of_an_export_description_is_checked(exported, tmp_path, capsys, probe):
+    change, named = BAD_DESCRIPTIONS[probe]
+    model = tmp_path / "model.pt2"
+    shutil.copy(exported, model)
+    description = json.loads(Path(f"{exported}.json").read_text())
+    change(description)
+    Path(f"{model}.json").write_text(json.dumps(description))
+    image = write_images(tmp_path / "img", {"red": CLASS_COLOURS["red"]}, per_class=1) / "red" / "000.png"
+    code, out, err = cli(["predict", model, image], capsys, seconds=60)
+    assert code == 2 and named in err and not out
+
+
+@pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null"])
+def test_malformed_export_json_is_a_one_line_error(exported, tmp_path, capsys, text):
+    model = tmp_path / "model.pt2"
+    shutil.copy(exported, model)
+    Path(f"{model}.json").write_bytes(text)
+    code, _, err = cli(["predict", model, tmp_path], capsys)
+    assert code == 2 and "model.pt2.json" in err
+
+
+def test_damaged_exported_model_is_a_one_line_error(exported, tmp_path, capsys):
+    model = tmp_path / "model.pt2"
+    model.write_bytes(Path(exported).read_bytes()[:200])
+    shutil.copy(f"{exported}.json", f"{model}.json")
+    code, _, err = cli(["predict", model, tmp_path], capsys)
+    assert code == 2 and "cannot load" in err
+
+
+# ----------------------------------------------------------------------------- 5 and 6: caches verify and repair themselves
+
+
+def feature_cache_for(folder):
+    from headstart.features import FeatureCache, find_cut
+    from headstart.freeze import plan_freeze
+    from headstart.hardware import pick_hardware
+    from headstart.model import build_model
+    from headstart.recipe import Recipe
+
+    recipe = Recipe.from_dict(tiny_recipe(folder, "/tmp/unused"))
+    prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    data = prepare_data(recipe.data, prep)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, len(data.split.classes), 16).eval()
+    cut = find_cut(model, plan_freeze(model, "backbone", "frozen"), 16)
+    hw = pick_hardware("cpu", "fp32", channels_last=False)
+
+    def fresh():
+        cache = FeatureCache(model, data, hw, recipe)
+        cache.use(cut)
+        return cache
+
+    return fresh
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-64])
+
+
+def shorter(path):
+    np.save(path, np.load(path)[:-1])
+
+
+def reversed_rows(path):
+    np.save(path, np.load(path)[::-1].copy())
+
+
+TAMPERED = {"truncated": truncate, "shorter": shorter, "reversed": reversed_rows, "missing": Path.unlink}
+
+
+@pytest.mark.parametrize("file", ["train0.npy", "val.npy"])
+@pytest.mark.parametrize("how", TAMPERED)
+def test_a_damaged_feature_cache_entry_is_rebuilt_never_reused(colour_folder, caplog, how, file):
+    fresh = feature_cache_for(colour_folder)
+    first = fresh()
+    expected = [np.array(a) for a in first._train] + [np.array(first._val)]
+    [entry] = list((Path(os.environ["HEADSTART_CACHE"]) / "features").iterdir())
+    TAMPERED[how](entry / file)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = fresh()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert again.reused is False and len(warnings) == 1 and "rebuilding" in warnings[0], warnings
+    for stored, wanted in zip([*again._train, again._val], expected):
+        assert np.array_equal(stored, wanted)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert fresh().reused  # repaired: the next run reuses it without a word
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def disk_prepared(folder, monkeypatch):
+    from headstart import data as data_module
+
+    monkeypatch.setattr(data_module, "DECODED_CACHE_BUDGET", 0)
+    prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    return prepare_data(DataConfig(path=str(folder)), prep)
+
+
+def reverse_index(path):
+    np.save(path, np.load(path)[::-1].copy())
+
+
+def reverse_kept(path):
+    stored = json.loads(path.read_text())
+    stored["kept"].reverse()
+    path.write_text(json.dumps(stored))
+
+
+DAMAGED_IMAGES = {
+    ("pixels.bin", "truncated"): truncate,
+    ("pixels.bin", "missing"): Path.unlink,
+    ("index.npy", "reversed"): reverse_index,
+    ("index.npy", "missing"): Path.unlink,
+    ("kept.json", "reversed"): reverse_kept,
+    ("kept.json", "missing"): Path.unlink,
+    ("MANIFEST.json", "missing"): Path.unlink,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_IMAGES, ids=lambda d: "-".join(d))
+def test_a_damaged_decoded_image_entry_is_rebuilt_with_one_warning(colour_folder, monkeypatch, caplog, damage):
+    first = disk_prepared(colour_folder, monkeypatch)
+    reference = [np.array(first.train.arrays[i]) for i in range(len(first.train))]
+    entries = sorted((Path(os.environ["HEADSTART_CACHE"]) / "images").iterdir())
+    train_entry = next(e for e in entries if len(json.loads((e / "kept.json").read_text())["kept"]) == len(reference))
+    DAMAGED_IMAGES[damage](train_entry / damage[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = disk_prepared(colour_folder, monkeypatch)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rebuilding" in warnings[0], warnings
+    assert again.split.train == first.split.train
+    assert all(np.array_equal(again.train.arrays[i], reference[i]) for i in range(len(reference)))
+
+
+def test_a_digits_folder_missing_a_file_is_rebuilt(caplog):
+    from headstart.datasets import digits_folder
+
+    folder = digits_folder()
+    victim = next((folder / "3").iterdir())
+    victim.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert digits_folder() == folder
+    assert victim.is_file() and "rebuilding" in caplog.text
+
+
+def test_staging_folders_of_killed_builds_are_removed(colour_folder, monkeypatch):
+    images = Path(os.environ["HEADSTART_CACHE"]) / "images"
+    dead = images / ".staging-4194305-abc-xyz"  # beyond Linux's largest process id: its builder is gone
+    alive = images / f".staging-{os.getpid()}-abc-xyz"  # a build in progress: left alone
+    legacy = images / ".images-oldbuild"
+    for folder in (dead, alive, legacy):
+        folder.mkdir(parents=True)
+        (folder / "pixels.bin").write_bytes(b"\0" * 4096)
+    os.utime(legacy, (0, 0))
+    disk_prepared(colour_folder, monkeypatch)
+    assert not dead.exists() and not legacy.exists() and alive.is_dir()
+    assert not [p for p in images.iterdir() if p.name.startswith(".staging-") and p != alive]
+
+
+def test_a_failed_build_leaves_no_staging_folder(colour_folder, monkeypatch):
+    from headstart import data as data_module
+
+    def fail(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_module, "decode_all", fail)
+    with pytest.raises(HeadstartError, match="cannot write .*images.*no space left"):
+        disk_prepared(colour_folder, monkeypatch)
+    assert not list((Path(os.environ["HEADSTART_CACHE"]) / "images").iterdir())
+
+
+# ----------------------------------------------------------------------------- 8: one-line errors, not tracebacks
+
+
+@pytest.mark.parametrize("spec", ["resize:abcx", "noise:abc", "conv:x", "resize:", "resize:-2x", "noise:nan", "bogus"])
+def test_bad_adapter_specs_are_one_line_errors(capsys, spec):
+    code, _, err = cli(["train", "--adapter", spec, "--dry-run"], capsys)
+    assert code == 2 and ("--adapter" in err or "adapters" in err)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--seed", "-1"],
+        ["--seed", str(2**70)],
+        ["--head-hidden", str(10**20)],
+        ["--weight-decay", "inf"],
+        ["--lr", "nan"],
+        ["--image-size", "100000"],
+        ["--workers", "100000"],
+    ],
+    ids=lambda f: " ".join(f)[:24],
+)
+def test_out_of_range_numbers_are_refused_before_anything_runs(colour_folder, tmp_path, capsys, flags):
+    code, _, err = cli(["train", colour_folder, "--out", tmp_path / "runs", *flags], capsys)
+    assert code == 2 and "field" in err and not (tmp_path / "runs").exists()
+
+
+def test_non_utf8_recipe_is_a_one_line_error(tmp_path, capsys):
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("data: {path: café}\n".encode("latin-1"))
+    code, _, err = cli(["train", "--recipe", recipe, "--dry-run"], capsys)
+    assert code == 2 and "latin1.yaml" in err
+
+
+def test_non_utf8_file_names_train_and_predict(tmp_path, capsys):
+    data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=5)
+    latin = os.fsdecode(b"caf\xe9.png")  # what Linux hands Python for a Latin-1 name
+    shutil.copy(data / "red" / "000.png", data / "red" / latin)
+    recipe = tiny_recipe(data, tmp_path / "runs", stages=[{"name": "head", "epochs": 1, "freeze": "backbone"}])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    code, _, err = cli(["train", "--recipe", tmp_path / "r.yaml", "--quiet"], capsys)
+    assert code == 0, err
+    assert headstart.load(tmp_path / "runs" / "tiny").predict([data / "red" / latin], top_k=1)[0][0][0] in (
+        "red",
+        "blue",
+    )
+
+
+@pytest.mark.parametrize("k", ["-1", "0"])
+def test_top_k_below_one_is_refused(trained, capsys, k):
+    code, out, err = cli(["predict", trained[0], trained[1] / "red" / "000.png", "--top-k", k], capsys)
+    assert code == 2 and "top-k" in err and not out
+
+
+def test_decompression_bomb_in_predict_is_a_one_line_error(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses beyond twice this
+    Image.new("L", (100, 100)).save(tmp_path / "bomb.png")
+    code, _, err = cli(["predict", trained[0], tmp_path / "bomb.png"], capsys)
+    assert code == 2 and "bomb.png" in err
+
+
+def truncated_pickle(folder):
+    path = folder / "data_batch_1"
+    path.write_bytes(path.read_bytes()[:50])
+
+
+def wrong_shape(folder):
+    with open(folder / "data_batch_1", "wb") as stream:
+        pickle.dump({b"labels": [0, 1], b"data": np.zeros((2, 100), np.uint8), b"filenames": [b"a", b"b"]}, stream)
+
+
+def label_out_of_range(folder):
+    with open(folder / "test_batch", "wb") as stream:
+        rows = np.zeros((2, 3072), np.uint8)
+        pickle.dump({b"labels": [0, 7], b"data": rows, b"filenames": [b"a.png", b"b.png"]}, stream)
+
+
+def not_a_dict(folder):
+    with open(folder / "batches.meta", "wb") as stream:
+        pickle.dump([b"cat", b"dog"], stream)
+
+
+def missing_key(folder):
+    with open(folder / "test_batch", "wb") as stream:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, stream)
+
+
+@pytest.mark.parametrize("damage", [truncated_pickle, wrong_shape, label_out_of_range, not_a_dict, missing_key])
+def test_malformed_cifar_batches_are_one_line_errors(tmp_path, capsys, damage):
+    source = tmp_path / "cifar-10-batches-py"
+    write_cifar(source, [b"cat", b"dog"])
+    damage(source)
+    code, _, err = cli(["train", source, "--out", tmp_path / "runs", "--quiet"], capsys)
+    assert code == 2 and "cifar-10-batches-py" in err and not (tmp_path / "runs").exists()
+    cache = Path(os.environ["HEADSTART_CACHE"]) / "cifar"
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.name.startswith(".staging-")]
+
+
+HISTORY_DAMAGE = {
+    "not json": b"[{",
+    "not utf-8": b"\xff\xfe\x00",
+    "a mapping": b'{"epoch": 1}',
+    "row without val_loss": b'[{"stage": "head", "epoch": 1}]',
+    "string loss": b'[{"stage": "h", "epoch": 1, "train_loss": "x", "train_acc": 1, "val_loss": 1, "val_acc": 1, "lr": 1, "seconds": 1}]',
+}
+
+
+@pytest.mark.parametrize("command", ["compare", "report", "resume"])
+@pytest.mark.parametrize("damage", HISTORY_DAMAGE)
+def test_damaged_history_is_a_one_line_error(trained, tmp_path, capsys, command, damage):
+    run = copy_run(trained, tmp_path)
+    (run / "history.json").write_bytes(HISTORY_DAMAGE[damage])
+    args = {"compare": ["compare", run], "report": ["report", run], "resume": ["train", "--resume", run]}[command]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "history.json" in err
+
+
+RECIPE_DAMAGE = {
+    "not yaml": b"data: [",
+    "not utf-8": b"\xff\xfe\x00\x00",
+    "a list": b"- 1\n",
+    "bad field": b"run: {seed: x}",
+}
+
+
+@pytest.mark.parametrize("command", ["compare", "resume"])
+@pytest.mark.parametrize("damage", RECIPE_DAMAGE)
+def test_damaged_recipe_yaml_is_a_one_line_error(trained, tmp_path, capsys, command, damage):
+    run = copy_run(trained, tmp_path)
+    (run / "recipe.yaml").write_bytes(RECIPE_DAMAGE[damage])
+    args = {"compare": ["compare", run], "resume": ["train", "--resume", run]}[command]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "recipe.yaml" in err
+
+
+# ----------------------------------------------------------------------------- 10: messages that say what happened
+
+
+def test_a_diverging_stage_is_warned_about_not_silent(colour_folder, tmp_path, capsys):
+    # AdamW at lr 1e9 takes steps of ~1e9 whatever the gradient: the loss reaches ~1e18 and stays finite.
+    stage = {"name": "wild", "epochs": 2, "freeze": "none", "lr": 1e9, "weight_decay": 0}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs", stages=[stage])))
+    code, out, err = cli(["train", "--recipe", tmp_path / "r.yaml"], capsys)
+    assert code == 0 and out.count("the stage diverged; lower the learning rate (1e+09)") == 1, out + err
+    assert "diverged" in (tmp_path / "runs" / "tiny" / "summary.txt").read_text()
+
+
+def test_infinite_weight_decay_is_refused_and_a_huge_one_is_named(colour_folder, tmp_path, capsys):
+    code, _, err = cli(["train", colour_folder, "--weight-decay", "inf", "--dry-run"], capsys)
+    assert code == 2 and "weight_decay" in err and "finite" in err
+    recipe = tiny_recipe(
+        colour_folder, tmp_path / "runs", stages=[{"name": "s", "epochs": 1, "freeze": "none", "weight_decay": 1e30}]
+    )
+    with pytest.raises(HeadstartError) as caught:
+        headstart.train(recipe, quiet=True)
+    assert "weight_decay" in str(caught.value) and "learning rate" not in str(caught.value)
+
+
+def test_a_failure_in_epoch_one_does_not_claim_files_that_do_not_exist(colour_folder, tmp_path):
+    recipe = tiny_recipe(
+        colour_folder,
+        tmp_path / "runs",
+        stages=[{"name": "s", "epochs": 1, "freeze": "none", "optimizer": "sgd", "lr": 1e30}],
+    )
+    with pytest.raises(HeadstartError) as caught:
+        headstart.train(recipe, quiet=True)
+    message = str(caught.value)
+    assert "best.pt" not in message and "keeps recipe.yaml (no epoch finished)" in message
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["recipe.yaml"]
+
+
+@pytest.mark.parametrize("after_epochs", [0, 1])
+def test_ctrl_c_names_the_run_folder(colour_folder, tmp_path, capsys, monkeypatch, after_epochs):
+    train_module = sys.modules["headstart.train"]  # headstart.train is also the function's name
+
+    real, calls = train_module.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after_epochs:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    with within(120):
+        code = main(["train", "--recipe", str(tmp_path / "r.yaml"), "--quiet"])
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "tiny"
+    assert code == 130 and "RUN_DIR" not in err and str(run_dir) in err
+    assert ("--resume" in err) == (after_epochs > 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import json
 import logging
@@ -11,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, Interrupted
 from headstart.recipe import STAGE_FLAGS, Recipe, set_stage_field
 
 log = logging.getLogger("headstart")
@@ -27,16 +28,19 @@ def builtin_recipe(name: str) -> Recipe:
 def parse_adapter(spec: str) -> dict[str, Any]:
     """'noise' | 'noise:0.05' | 'resize:2x' | 'resize:96' | 'conv' | 'conv:5'."""
     kind, _, value = spec.partition(":")
-    if kind == "noise":
-        return {"kind": "noise", **({"sigma": float(value)} if value else {})}
-    if kind == "resize" and value:
-        return (
-            {"kind": "resize", "factor": float(value[:-1])}
-            if value.endswith("x")
-            else {"kind": "resize", "size": int(value)}
-        )
-    if kind == "conv":
-        return {"kind": "conv", **({"kernel_size": int(value)} if value else {})}
+    try:
+        if kind == "noise":
+            return {"kind": "noise", **({"sigma": float(value)} if value else {})}
+        if kind == "resize" and value:
+            return (
+                {"kind": "resize", "factor": float(value[:-1])}
+                if value.endswith("x")
+                else {"kind": "resize", "size": int(value)}
+            )
+        if kind == "conv":
+            return {"kind": "conv", **({"kernel_size": int(value)} if value else {})}
+    except ValueError:
+        pass  # 'resize:abcx', 'noise:abc', 'conv:x': the same one-line error as an unknown kind
     raise HeadstartError(
         f"--adapter '{spec}': valid forms are noise[:SIGMA], resize:FACTORx, resize:SIZE, conv[:KERNEL]"
     )
@@ -223,7 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     png = (
         Path(args.confusion) if args.confusion else (Path("confusion.png") if hub else source.parent / "confusion.png")
     )
-    result = predictor.evaluate(args.data, confusion_png=png, tta=args.tta)
+    # The figures are printed before the picture is written: a read-only run folder loses only the picture.
+    result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     if args.json:
         print(
             json.dumps(
@@ -236,10 +241,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "classes": result.classes,
                 },
                 indent=1,
-            )
+            ),
+            flush=True,
         )
     else:
-        print(result.table())
+        print(result.table(), flush=True)
+    from headstart.plots import plot_confusion
+
+    plot_confusion(result.confusion, result.classes, png, title=f"accuracy {result.accuracy:.3f}")
+    if not args.json:
         print(f"confusion matrix: {png}")
     return 0
 
@@ -337,10 +347,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from headstart.freeze import plan_freeze
     from headstart.model import build_model, resolve_preprocessing
     from headstart.runs import load_checkpoint
+    from headstart.sweep import is_sweep_file, read_sweep_file
 
     target = args.target
     if target is None or target == "default":
         recipe, classes = builtin_recipe("digits"), args.classes
+    elif is_sweep_file(target):  # a sweep's variants change fields of one base recipe: summarise that
+        recipe, classes = read_sweep_file(target)[0], args.classes
     elif Path(target).suffix in (".yaml", ".yml"):
         recipe, classes = Recipe.from_yaml(target), args.classes
     else:
@@ -576,6 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def interrupted_message(err: KeyboardInterrupt) -> str:
+    """What Ctrl-C left: the run folder by name, and whether it can be resumed."""
+    if not isinstance(err, Interrupted):
+        return "interrupted"
+    if err.resumable:
+        return f"interrupted; every finished epoch is in {err.run_dir}: continue with headstart train --resume {err.run_dir}"
+    return f"interrupted before the first epoch finished; {err.run_dir} holds no checkpoint: start the run again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -592,12 +617,17 @@ def main(argv: list[str] | None = None) -> int:
     except HeadstartError as err:
         print(f"headstart: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "headstart: interrupted; every finished epoch is in the run folder: continue with headstart train --resume RUN_DIR",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as err:
+        print(f"headstart: {interrupted_message(err)}", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A write this command has no guard for (a tracker's files, say) on a full or read-only disk.
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        from headstart.fileio import describe
+
+        print(f"headstart: error: {describe(err, err.filename or 'a file')}", file=sys.stderr)
+        return 2
     finally:
         log.removeHandler(handler)
         log.setLevel(saved[0])

@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from headstart.errors import HeadstartError
-from headstart.recipe import flatten
-from headstart.runs import atomic_write
-from headstart.sweep import ERROR_FILE, SWEEP_FILE
+from headstart.paths import safe_component
+from headstart.recipe import Recipe, flatten
+from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write, read_history
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -78,7 +78,7 @@ class Comparison:
         header = ["variant", "runs"] + [HEADERS[m] for m in METRICS]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
-            cells = [row["variant"], str(row["runs"])] + [_cell(metric, *row[metric]) for metric in METRICS]
+            cells = [row["variant"], str(row["runs"])] + [cell(metric, *row[metric]) for metric in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in self.notes] + [f"- failed: {item}" for item in self.failed]
         return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -96,7 +96,7 @@ class Comparison:
         return buffer.getvalue()
 
 
-def _cell(metric: str, mean: float, std: float | None) -> str:
+def cell(metric: str, mean: float, std: float | None) -> str:
     if metric in ("epochs", "trainable_params"):
         text = f"{mean:,.0f}"
     elif metric == "seconds":
@@ -119,8 +119,21 @@ def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     history_file, recipe_file = path / "history.json", path / "recipe.yaml"
     if not history_file.is_file() or not recipe_file.is_file():
         return None
-    history = json.loads(history_file.read_text())
-    return (yaml.safe_load(recipe_file.read_text()), history) if history else None
+    history = read_history(path)
+    return (Recipe.from_yaml(recipe_file).to_dict(), history) if history else None
+
+
+def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
+    """(variant names, seeds) of a sweep folder's sweep file; a damaged one is a one-line error."""
+    spec_file = path / SWEEP_FILE
+    try:
+        spec = yaml.safe_load(spec_file.read_bytes())
+        variants, seeds = [str(v) for v in spec["variants"]], [int(s) for s in spec["seeds"]]
+    except (yaml.YAMLError, ValueError, KeyError, TypeError) as err:
+        raise HeadstartError(
+            f"{spec_file} is damaged ({type(err).__name__}); it lists a sweep's variants and seeds"
+        ) from None
+    return [safe_component(v, f"{spec_file}: variant") for v in variants], seeds
 
 
 def _label_by_difference(groups: dict[str, list[tuple[Path, dict, list]]]) -> dict[str, str]:
@@ -145,9 +158,9 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
         if not path.is_dir():
             raise HeadstartError(f"not a folder: {path} (give run folders or a sweep folder)")
         if (path / SWEEP_FILE).is_file():
-            spec = yaml.safe_load((path / SWEEP_FILE).read_text())
-            for variant in spec["variants"]:
-                for seed in spec["seeds"]:
+            variants, seeds = _read_sweep_spec(path)
+            for variant in variants:
+                for seed in seeds:
                     run_dir = path / variant / f"seed{seed}"
                     found, error = _read_run(run_dir), run_dir / ERROR_FILE
                     if found is None or error.is_file():
@@ -235,7 +248,6 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Compariso
     comparison = Comparison(records, rows, spread_notes(rows), failed)
     first = Path(paths[0]).expanduser()
     folder = Path(out).expanduser() if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
-    folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "comparison.md", comparison.markdown.encode())
     atomic_write(folder / "comparison.csv", comparison.csv.encode())
     plot_overlay([(r.variant, r.history) for r in records], folder / "comparison.png")

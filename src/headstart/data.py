@@ -17,9 +17,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -269,7 +267,8 @@ def files_digest(samples: list[Sample], salt: str = "") -> str:
     digest = hashlib.sha256(salt.encode())
     for path, label in samples:
         info = os.stat(path)
-        digest.update(f"{path}|{info.st_size}|{info.st_mtime_ns}|{label}\n".encode())
+        # fsencode: a file name that is not UTF-8 (Latin-1 from an old archive) is its raw bytes, not an error.
+        digest.update(os.fsencode(path) + f"|{info.st_size}|{info.st_mtime_ns}|{label}\n".encode())
     return digest.hexdigest()
 
 
@@ -298,12 +297,12 @@ class DiskImages:
     def build(
         cls, samples: list[Sample], short_side: int, interpolation: str, threads: int
     ) -> tuple[DiskImages, list[Sample], list[str]]:
+        from headstart import cache
         from headstart.datasets import cache_root
 
-        folder = cache_root() / "images" / files_digest(samples, salt=f"{short_side}|{interpolation}")[:24]
-        if not (folder / "kept.json").is_file():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".images-", dir=folder.parent))
+        index_digest = files_digest(samples, salt=f"{short_side}|{interpolation}")
+
+        def build(staging: Path) -> None:
             index, kept, bad, offset = [], [], [], 0
             with open(staging / "pixels.bin", "wb") as pixels:
                 # Chunks keep at most a few hundred decoded images in memory at once.
@@ -319,12 +318,31 @@ class DiskImages:
                     bad += chunk_bad
             np.save(staging / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 3))
             (staging / "kept.json").write_text(json.dumps({"kept": [[str(p), y] for p, y in kept], "bad": bad}))
-            try:
-                staging.rename(folder)
-            except OSError:  # built meanwhile by another process: the same content
-                shutil.rmtree(staging, ignore_errors=True)
+
+        folder = cache.ensure(
+            cache_root() / "images" / index_digest[:24],
+            build,
+            {"index": index_digest, "samples": len(samples)},
+            "decoded-image",
+            check=_disk_images_problem,
+        )
         stored = json.loads((folder / "kept.json").read_text())
         return cls(folder), [(Path(p), y) for p, y in stored["kept"]], stored["bad"]
+
+
+def _disk_images_problem(folder: Path) -> str | None:
+    """Why a stored decoded-image entry is inconsistent (index rows vs kept files vs pixel bytes), or None."""
+    try:
+        index = np.load(folder / "index.npy")
+        kept = json.loads((folder / "kept.json").read_text())["kept"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable index ({type(err).__name__})"
+    if index.ndim != 2 or index.shape[1] != 3 or len(index) != len(kept):
+        return f"index.npy has shape {index.shape} for {len(kept)} kept images"
+    end = int((index[:, 0] + index[:, 1] * index[:, 2] * 3).max()) if len(index) else 0
+    if end > (folder / "pixels.bin").stat().st_size:
+        return "pixels.bin is shorter than its index"
+    return None
 
 
 def short_side_for(preprocessing: dict) -> int:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from headstart import cache
 from headstart.errors import HeadstartError
 from headstart.paths import safe_component
 
@@ -32,35 +31,21 @@ def cache_root() -> Path:
     return Path(base) / "headstart"
 
 
-def _publish(staging: Path, folder: Path, note: str) -> Path:
-    """Move a fully written staging folder into place (a half-written folder is never used)."""
-    (staging / "COMPLETE").write_text(note + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    try:
-        staging.rename(folder)
-    except OSError:  # another process published the same folder first
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
 def digits_folder() -> Path:
-    """DIGITS/<0..9>/<index>.png, written on first use."""
-    folder = cache_root() / "digits"
-    if (folder / "COMPLETE").is_file():
-        return folder
-    from sklearn.datasets import load_digits
+    """DIGITS/<0..9>/<index>.png, written on first use (rebuilt with a warning if a file went missing)."""
 
-    digits = load_digits()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="digits-", dir=folder.parent))
-    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
-        class_dir = staging / str(label)
-        class_dir.mkdir(exist_ok=True)
-        # Pixel values are 0..16 ink levels.
-        pixels = np.round(image * (255.0 / 16.0)).astype(np.uint8)
-        Image.fromarray(pixels, mode="L").save(class_dir / f"{index:04d}.png")
-    return _publish(staging, folder, f"{len(digits.images)} images from sklearn.datasets.load_digits")
+    def build(staging: Path) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+            class_dir = staging / str(label)
+            class_dir.mkdir(exist_ok=True)
+            # Pixel values are 0..16 ink levels.
+            pixels = np.round(image * (255.0 / 16.0)).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(class_dir / f"{index:04d}.png")
+
+    return cache.ensure(cache_root() / "digits", build, {"source": "sklearn.datasets.load_digits"}, "digits")
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -126,26 +111,52 @@ def cifar_folder(source: Path) -> Path:
     files = sorted(source.glob(train_glob)) + [source / val_name, source / meta_name]
     identity = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     # .../<source digest>/cifar10: the folder's name is what runs are named after.
-    folder = cache_root() / "cifar" / hashlib.sha256(identity.encode()).hexdigest()[:16] / kind
-    if (folder / "COMPLETE").is_file():
-        return folder
-    names = [
-        safe_component(_text(n), f"{source / meta_name}: class name") for n in _unpickle(source / meta_name)[names_key]
-    ]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=folder.parent))
-    count = 0
-    for split, batch_files in (("train", files[:-2]), ("val", [source / val_name])):
-        for batch_file in batch_files:
-            batch = _unpickle(batch_file)
-            # Rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major.
-            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            for image, label, filename in zip(images, batch[label_key], batch[b"filenames"]):
-                target = staging / split / names[label]
-                target.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(target / Path(filename.decode()).with_suffix(".png").name)
-                count += 1
-    return _publish(staging, folder, f"{count} images from {kind} batch files in {source}")
+    folder = cache_root() / "cifar" / hashlib.sha256(identity.encode(errors="surrogateescape")).hexdigest()[:16] / kind
+    listed = _read_batch(source / meta_name).get(names_key)
+    if not isinstance(listed, list) or not listed:
+        raise HeadstartError(f"{source / meta_name}: no list of class names under {names_key.decode()!r}")
+    names = [safe_component(_text(n), f"{source / meta_name}: class name") for n in listed]
+
+    def build(staging: Path) -> None:
+        for split, batch_files in (("train", files[:-2]), ("val", [source / val_name])):
+            for batch_file in batch_files:
+                _write_batch(batch_file, staging / split, names, label_key)
+
+    # Sizes only (60,000 small files): a checksum of each would cost more than the listing it guards.
+    return cache.ensure(folder, build, {"source": identity, "classes": names}, "CIFAR", checksums=False)
+
+
+def _read_batch(path: Path) -> dict:
+    """A CIFAR pickle, refused with a one-line error if it is not one (truncated, not a pickle, wrong content)."""
+    try:
+        batch = _unpickle(path)
+    except HeadstartError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same: not a CIFAR batch file
+        raise HeadstartError(f"{path} is not a readable CIFAR batch file ({type(err).__name__})") from None
+    if not isinstance(batch, dict):
+        raise HeadstartError(f"{path} is not a CIFAR batch file (holds a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def _write_batch(batch_file: Path, target: Path, names: list[str], label_key: bytes) -> None:
+    """One batch file's images as PNGs in target/<class>/, after checking its arrays fit together."""
+    batch = _read_batch(batch_file)
+    try:
+        # Rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major.
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = [int(label) for label in batch[label_key]]
+        filenames = [Path(bytes(name).decode()).with_suffix(".png").name for name in batch[b"filenames"]]
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as err:
+        raise HeadstartError(f"{batch_file}: not a CIFAR batch ({type(err).__name__}: {str(err)[:80]})") from None
+    if not len(images) == len(labels) == len(filenames) or any(not 0 <= y < len(names) for y in labels):
+        raise HeadstartError(
+            f"{batch_file}: {len(images)} images, {len(labels)} labels (0..{len(names) - 1} expected) and {len(filenames)} names do not match"
+        )
+    for image, label, filename in zip(images, labels, filenames):
+        folder = target / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / safe_component(filename, f"{batch_file}: file name"))
 
 
 def download_cifar(kind: str) -> Path:

@@ -21,13 +21,15 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headstart.errors import HeadstartError
+from headstart.fileio import writing
 from headstart.model import build_model
-from headstart.recipe import Recipe
+from headstart.recipe import MAX_IMAGE_SIZE, Recipe, describe_validation_error
 from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -74,18 +76,22 @@ def export(
     size = checkpoint["preprocessing"]["image_size"]
     example = torch.zeros(2, 3, size, size)
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
-        if format == "onnx":
-            _onnx(model, example, temporary)
-        elif format == "export":
-            batch = torch.export.Dim("batch", min=1)
-            torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), str(temporary))
-        else:
-            _torchscript(model, example, temporary)
-    temporary.replace(target)
+    try:
+        with writing(target), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if format == "onnx":
+                _onnx(model, example, temporary)
+            elif format == "export":
+                batch = torch.export.Dim("batch", min=1)
+                program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+                torch.export.save(program, str(temporary))
+            else:
+                _torchscript(model, example, temporary)
+            temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)  # what a full disk left half-written
     sidecar = {
         "format": SIDECAR_FORMAT,
         "runtime": format,
@@ -139,36 +145,119 @@ def _torchscript(model: torch.nn.Module, example: torch.Tensor, target: Path) ->
     torch.jit.save(traced, str(target))
 
 
+class _Preprocessing(BaseModel):
+    """The eval transform an exported model expects; bounded, so a doctored file cannot ask for 100000 px images."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    image_size: int = Field(ge=1, le=MAX_IMAGE_SIZE)
+    crop_pct: float = Field(gt=0, le=1)
+    mean: tuple[float, float, float]
+    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    interpolation: Literal["bilinear", "bicubic", "nearest"]
+
+
+class _Description(BaseModel):
+    """The fields of model.onnx.json that prediction relies on (the others are for people and are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    format: Literal["headstart-export-1"]
+    runtime: Literal["onnx", "export", "torchscript"]
+    classes: list[str] = Field(min_length=2, max_length=1_000_000)
+    preprocessing: _Preprocessing
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) != len(classes):
+            raise ValueError("class names repeat")
+        return classes
+
+
 def read_sidecar(model_file: Path) -> dict[str, Any]:
+    """The export description beside `model_file`, every field checked; a one-line error naming the bad one."""
     sidecar = sidecar_path(model_file)
     if not sidecar.is_file():
         raise HeadstartError(
             f"{model_file} has no {sidecar.name} beside it: export it with headstart export to record its preprocessing"
         )
-    info = json.loads(sidecar.read_text())
-    if info.get("format") != SIDECAR_FORMAT:
-        raise HeadstartError(f"{sidecar} is not a headstart export description")
-    return info
+    try:
+        info = json.loads(sidecar.read_bytes())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HeadstartError(f"{sidecar} is not valid JSON ({str(err).splitlines()[0][:120]})") from None
+    try:
+        return _Description.model_validate(info).model_dump()
+    except ValidationError as err:
+        raise HeadstartError(
+            f"{sidecar} is not a valid headstart export description: {describe_validation_error(err)}"
+        ) from None
+
+
+def check_outputs(forward, info: dict[str, Any], model_file: Path) -> None:
+    """One forward pass on a blank image: the model must take the described input and return one logit per class."""
+    size = info["preprocessing"]["image_size"]
+    try:
+        shape = tuple(forward(torch.zeros(1, 3, size, size)).shape)
+    except Exception as err:  # noqa: BLE001 - whatever the runtime raises, the file and its description disagree
+        raise HeadstartError(
+            f"{model_file} does not run on [1, 3, {size}, {size}] images as {sidecar_path(model_file).name} says "
+            f"({type(err).__name__})"
+        ) from None
+    if shape != (1, len(info["classes"])):
+        raise HeadstartError(
+            f"{model_file} returns {shape[-1] if shape else 0} outputs but {sidecar_path(model_file).name} lists "
+            f"{len(info['classes'])} classes: the description does not belong to this model"
+        )
+
+
+def load_program(model_file: Path) -> torch.nn.Module:
+    """A .pt2 file's module; a damaged file is the one-line error (torch would log a traceback while failing)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(model_file):
+        raise HeadstartError(f"cannot load {model_file} with torch.export: not a .pt2 archive (damaged or truncated?)")
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return torch.export.load(str(model_file)).module()
+    except Exception as err:  # noqa: BLE001 - a file torch.export cannot read, whatever the reason
+        raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err).splitlines()[0][:160]}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def load_exported(model_file: Path):
-    """A callable images[N,3,S,S] -> logits for an exported file, run by onnxruntime or TorchScript."""
+    """A callable images[N,3,S,S] -> logits for an exported file, run by onnxruntime, torch.export or TorchScript."""
     info = read_sidecar(model_file)
     if info["runtime"] == "onnx":
         try:
             import onnxruntime
         except ImportError:
             raise HeadstartError("running an ONNX model needs onnxruntime; pip install 'headstart[export]'") from None
-        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        try:
+            session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types: a file it cannot read
+            raise HeadstartError(
+                f"cannot load {model_file} with onnxruntime: {str(err).splitlines()[0][:160]}"
+            ) from None
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(["logits"], {"image": batch.numpy()})[0])
 
+        check_outputs(forward, info, model_file)
         return forward, info
     if info["runtime"] == "export":
-        return torch.export.load(str(model_file)).module(), info
+        program = load_program(model_file)
+        with torch.no_grad():
+            check_outputs(program, info, model_file)
+        return program, info
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export (a FutureWarning or DeprecationWarning by version), still supported.
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
-        module = torch.jit.load(str(model_file), map_location="cpu").eval()
+        try:
+            module = torch.jit.load(str(model_file), map_location="cpu").eval()
+        except Exception as err:  # noqa: BLE001 - a file TorchScript cannot read, whatever the reason
+            raise HeadstartError(f"cannot load {model_file} as TorchScript: {str(err).splitlines()[0][:160]}") from None
+    with torch.no_grad():
+        check_outputs(module, info, model_file)
     return module, info

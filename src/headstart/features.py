@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from headstart import cache
 from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader
 from headstart.datasets import cache_root
 from headstart.distributed import SOLO, Group
@@ -193,6 +192,18 @@ def prefix_fingerprint(prefix: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _row_problem(folder: Path, rows: dict[str, int]) -> str | None:
+    """Why stored feature arrays cannot serve this data set (a row count that differs), or None."""
+    for name, count in rows.items():
+        try:
+            stored = np.load(folder / name, mmap_mode="r").shape[0]
+        except (OSError, ValueError, IndexError) as err:
+            return f"{name} unreadable ({type(err).__name__})"
+        if stored != count:
+            return f"{name} holds {stored} rows for {count} images"
+    return None
+
+
 def _digest(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -206,8 +217,10 @@ class FeatureCache:
 
     Entries live under $HEADSTART_CACHE/features/<key>/ so another run (a rerun, a sweep variant
     with another head) reuses them; an entry is written to a staging folder and renamed into place
-    once complete. Below `run.feature_cache_memory_mb` the arrays are held in RAM, above it they are
-    read through memory maps, so memory stays within the budget.
+    once complete, and verified before every reuse (row counts, checksums of its files and of the
+    sample list its rows follow: headstart.cache), so a short or reordered file is rebuilt, never
+    used. Below `run.feature_cache_memory_mb` the arrays are held in RAM, above it they are read
+    through memory maps, so memory stays within the budget.
     """
 
     def __init__(self, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe, group: Group = SOLO):
@@ -307,21 +320,29 @@ class FeatureCache:
         key = _digest(fields)
         if key == self._key:
             return
-        folder = cache_root() / "features" / key
-        self.reused = (folder / "key.json").is_file()
-        if not self.reused:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+        # What the stored rows must match before reuse: their count and the checksum of the sample list they follow.
+        rows = {f"train{view}.npy": len(self.data.train) for view in range(self.views)} | {
+            "val.npy": len(self.data.val)
+        }
+        built = []
+
+        def build(staging: Path) -> None:
+            built.append(staging)
             generator_state = torch.get_rng_state()
             for view in range(self.views):
                 self._extract(self.data.train, self.seed + 1000 + view, staging / f"train{view}.npy")
             self._extract(self.data.val, self.seed, staging / "val.npy")
             torch.set_rng_state(generator_state)
             (staging / "key.json").write_text(json.dumps(fields, indent=1, sort_keys=True, default=str))
-            try:
-                staging.rename(folder)
-            except OSError:  # another process finished the same entry first: theirs is identical
-                shutil.rmtree(staging, ignore_errors=True)
+
+        folder = cache.ensure(
+            cache_root() / "features" / key,
+            build,
+            {"key": key, "rows": rows, **self._images},
+            "feature",
+            check=lambda stored: _row_problem(stored, rows),
+        )
+        self.reused = not built
         self._load(folder)
         self._key = key
 

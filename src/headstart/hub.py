@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.fileio import writing
 from headstart.model import Classifier, build_model
 from headstart.recipe import ModelConfig, NoiseAdapter, Recipe
 from headstart.runs import load_checkpoint, resolve_checkpoint
@@ -117,7 +118,6 @@ def write_headstart_layout(model: Classifier, checkpoint: dict[str, Any], folder
 
 def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Write the Hub folder (weights, config, model card); returns the folder."""
-    from headstart.card import write_card
     from headstart.export import model_from_checkpoint
 
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
@@ -128,11 +128,23 @@ def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> 
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / "hub"
     if target.exists() and not (target.is_dir() and (is_hub_folder(target) or not any(target.iterdir()))):
         raise HeadstartError(f"{target} exists and is not an empty folder or a hub export; give another --out")
-    # Built in a temporary sibling and swapped in, so a failed export never leaves half a folder.
+    with writing(target):
+        net = timm_equivalent(model, cfg, len(classes), checkpoint["preprocessing"]["image_size"])
+        write_folder(target, net, model, checkpoint, checkpoint_path)
+    log.info("exported %s for the Hub (%s loads it)", target, "timm" if net is not None else "headstart")
+    return target
+
+
+def write_folder(
+    target: Path, net: nn.Module | None, model: Classifier, checkpoint: dict, checkpoint_path: Path
+) -> None:
+    """Built in a temporary sibling and swapped in, so a failed export never leaves half a folder."""
+    from headstart.card import write_card
+
+    classes = checkpoint["classes"]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        net = timm_equivalent(model, cfg, len(classes), checkpoint["preprocessing"]["image_size"])
         if net is not None:
             timm.models.save_for_hf(
                 net,
@@ -149,8 +161,6 @@ def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> 
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported %s for the Hub (%s loads it)", target, "timm" if net is not None else "headstart")
-    return target
 
 
 def read_config(folder: Path) -> dict[str, Any]:

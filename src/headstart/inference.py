@@ -177,6 +177,8 @@ class Predictor:
         self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
     ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
         loaded = [_open(image) for image in images]
         return self.top_labels(self.probabilities(loaded, tta=tta), top_k)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from headstart.fileio import atomic_write  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -112,7 +115,13 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
 
 
 def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)  # pyplot keeps every open figure alive otherwise
+    try:
+        figure.tight_layout()
+        # Rendered in memory, then written atomically: a full disk leaves no half-written picture.
+        buffer = path if hasattr(path, "write") else io.BytesIO()  # the HTML report renders into memory
+        figure.savefig(buffer, format="png", dpi=110)
+        if buffer is not path:
+            atomic_write(Path(path), buffer.getvalue())
+    finally:
+        plt.close(figure)  # pyplot keeps every open figure alive otherwise
     return path

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from headstart.errors import HeadstartError
+from headstart.fileio import atomic_write, writing
 from headstart.recipe import Recipe
-from headstart.runs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +72,23 @@ def quantize_onnx(fp32: Path, checkpoint: dict[str, Any], sidecar: dict[str, Any
     target = fp32.with_name(fp32.stem + ".int8.onnx")
     prepared = fp32.with_name(f".{fp32.stem}.prepared.onnx")
     partial = target.with_name(f".{target.name}.partial")
-    try:
-        # Shape inference and graph folding first, as onnxruntime recommends before static quantization.
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
-        quantize_static(
-            str(prepared),
-            str(partial),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        partial.replace(target)
-    finally:
-        prepared.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
+    with writing(target):
+        try:
+            # Shape inference and graph folding first, as onnxruntime recommends before static quantization.
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+            quantize_static(
+                str(prepared),
+                str(partial),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            partial.replace(target)
+        finally:
+            prepared.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
     count = sum(len(b) for b in batches)
     described = dict(
         sidecar, quantization=f"int8 static (QDQ, per-channel weights), calibrated on {count} validation images"

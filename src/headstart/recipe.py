@@ -29,12 +29,17 @@ BN_MODES = ("frozen", "affine", "train")
 HEAD_KINDS = ("linear", "gap-dense", "flatten-dense")
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+MAX_SEED = 2**32 - 1
+MAX_HIDDEN = 1 << 16
+# Larger inputs only multiply memory (a decoded 100000 px image is 30 GB); no pretrained backbone wants them.
+MAX_IMAGE_SIZE = 4096
 
 
 class _Strict(BaseModel):
     """Base for recipe sections: unknown fields are an error that lists the valid ones."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or NaN anywhere: `weight_decay: inf` or `lr: .nan` can only end in a NaN loss.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -97,7 +102,8 @@ class HeadConfig(_Strict):
     """
 
     kind: Literal["linear", "gap-dense", "flatten-dense"] = "linear"
-    hidden: int = Field(256, ge=1)
+    # Bounded: a hidden layer of 1e20 units would be refused by the allocator only after minutes of swapping.
+    hidden: int = Field(256, ge=1, le=MAX_HIDDEN)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -124,9 +130,9 @@ class DataConfig(_Strict):
     # Empty means the embedded default: scikit-learn's handwritten digits.
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
-    image_size: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     crop_pct: float | None = Field(None, gt=0, le=1)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -137,7 +143,7 @@ class DataConfig(_Strict):
     feature_views: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
     # DataLoader worker processes; empty picks one from the CPU count.
-    workers: int | None = Field(None, ge=0)
+    workers: int | None = Field(None, ge=0, le=256)
 
 
 class Stage(_Strict):
@@ -192,7 +198,8 @@ class RunConfig(_Strict):
     out_dir: str = "runs"
     # Folder name under out_dir; empty makes one from the data and backbone names.
     name: str | None = None
-    seed: int = 0
+    # NumPy's and Python's generators take seeds below 2**32.
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # Deterministic kernels (torch.use_deterministic_algorithms): the same recipe gives the same
     # history on the same machine, at some cost in speed on GPUs.
     deterministic: bool = False
@@ -255,8 +262,8 @@ class Recipe(_Strict):
         if not path.is_file():
             raise HeadstartError(f"recipe file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
+            values = yaml.safe_load(path.read_bytes()) or {}
+        except yaml.YAMLError as err:  # PyYAML reads bytes as UTF-8/16 itself; other encodings land here
             raise HeadstartError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise HeadstartError(f"{path}: a recipe is a mapping with sections data, model, stages, run")

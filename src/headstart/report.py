@@ -23,8 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from headstart.errors import HeadstartError
-from headstart.runs import atomic_write, read_history
-from headstart.sweep import SWEEP_FILE
+from headstart.runs import SWEEP_FILE, atomic_write, read_history
 
 log = logging.getLogger("headstart")
 
@@ -131,7 +130,9 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     prefix = f"{html.escape(heading)}: " if heading else ""
     sections = []
     if (run_dir / "summary.txt").is_file():
-        sections.append(f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text())}</pre>")
+        sections.append(
+            f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text(errors='replace'))}</pre>"
+        )
     if (run_dir / "curves.png").is_file():
         sections.append(
             f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">'
@@ -161,7 +162,9 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
             model_from_checkpoint(checkpoint),
             Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe"),
         )
-        sections.append(f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text())}</pre>")
+        sections.append(
+            f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text(errors='replace'))}</pre>"
+        )
         summary = model_summary(model, recipe, checkpoint["preprocessing"]["image_size"])
         sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(summary)}</pre>")
         sections.append(validation_section(checkpoint, model, recipe))
@@ -172,10 +175,10 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
 
 
 def sweep_sections(sweep_dir: Path) -> list[str]:
-    from headstart.compare import HEADERS, METRICS, _cell, compare
+    from headstart.compare import HEADERS, METRICS, cell, compare
 
     comparison = compare([sweep_dir])
-    rows = [[row["variant"], row["runs"]] + [_cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
+    rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
     notes = "".join(
         f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed]
     )
@@ -184,7 +187,7 @@ def sweep_sections(sweep_dir: Path) -> list[str]:
         + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
         + f"<ul>{notes}</ul>",
         f'<h2>Curves overlaid</h2><img class="plot" src="{_png(comparison.files["png"])}" alt="overlaid curves">',
-        f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text())}</pre>",
+        f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text(errors='replace'))}</pre>",
     ]
     for record in comparison.records:
         sections.extend(run_sections(record.path, heading=f"{record.variant} seed {record.seed}"))

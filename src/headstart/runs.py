@@ -18,14 +18,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from headstart.errors import HeadstartError
+from headstart.fileio import atomic_write, writing
 from headstart.paths import safe_component
 
 HISTORY_FIELDS = [
@@ -41,35 +40,12 @@ HISTORY_FIELDS = [
     "trainable_params",
 ]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
+SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
+ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
 RUN_FILES = frozenset(
     {"recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt", "error.txt"}
 )
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# mkstemp makes files only their owner can read; run files get the permissions any new file would.
-FILE_MODE = _file_mode()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(handle, FILE_MODE)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -95,7 +71,8 @@ class RunFolder:
         while candidate.exists():
             number += 1
             candidate = base / f"{name}-{number}"
-        candidate.mkdir(parents=True)
+        with writing(candidate):
+            candidate.mkdir(parents=True)
         return cls(candidate)
 
     def remove_partial_writes(self) -> list[str]:
@@ -126,11 +103,32 @@ class RunFolder:
             atomic_save(dict(payload, format=CHECKPOINT_FORMAT), self.path / filename)
 
 
+# Fields every history row must hold as numbers for compare, report and resume to read it.
+NUMERIC_HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's history.json, checked row by row: a damaged file is a one-line error naming it, not a traceback."""
     path = Path(run_dir) / "history.json"
     if not path.is_file():
         raise HeadstartError(f"{run_dir} is not a run folder: no history.json")
-    return json.loads(path.read_text())
+    try:
+        history = json.loads(path.read_bytes())
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise HeadstartError(f"{path} is not valid JSON ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(history, list):
+        raise HeadstartError(f"{path} is not a run history: a list of epoch rows expected")
+    for number, row in enumerate(history, start=1):
+        bad = [f for f in NUMERIC_HISTORY_FIELDS if not _is_number(row.get(f))] if isinstance(row, dict) else ["row"]
+        if bad or not isinstance(row.get("stage"), str):
+            raise HeadstartError(
+                f"{path}: row {number} lacks a number for '{(bad or ['stage'])[0]}' (a damaged history)"
+            )
+    return history
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

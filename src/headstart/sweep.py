@@ -28,16 +28,17 @@ from typing import Any
 
 import yaml
 
+from headstart.compare import compare
 from headstart.errors import HeadstartError, close_matches
+from headstart.fileio import atomic_write
 from headstart.paths import safe_component
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
-from headstart.runs import RUN_FILES
+from headstart.runs import ERROR_FILE, RUN_FILES, SWEEP_FILE
+from headstart.train import ResumePoint, as_recipe, ensure_console, train
 
 log = logging.getLogger("headstart")
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
-SWEEP_FILE = "sweep.yaml"
-ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 
 
 @dataclass
@@ -190,20 +191,33 @@ def expand(
     return result
 
 
+MAX_SEEDS = 1000
+
+
 def seed_list(seeds: int | list[int] | str, base_seed: int) -> list[int]:
     if isinstance(seeds, str):
-        seeds = [int(s) for s in seeds.split(",")] if "," in seeds else int(seeds)
+        try:
+            seeds = [int(s) for s in seeds.split(",")] if "," in seeds else int(seeds)
+        except ValueError:
+            raise HeadstartError(f"--seeds {seeds!r}: give a count like 3, or seeds like 0,1,2") from None
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise HeadstartError(f"--seeds {seeds}: give a count of 1 or more, or a list like 0,1,2")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise HeadstartError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}, or a list like 0,1,2")
         return [base_seed + i for i in range(seeds)]
-    return list(seeds)
+    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return list(seeds)
+    raise HeadstartError(f"seeds {seeds!r}: give a count like 3, or a list like [0, 1, 2]")
 
 
 def read_sweep_file(path: str | Path) -> tuple[Recipe, dict, dict, Any, str | None]:
     """A sweep file: recipe (a path relative to the file, or inline), vary, variants, seeds."""
     path = Path(path)
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.YAMLError as err:
+        raise HeadstartError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise HeadstartError(f"{path}: a sweep file is a mapping with recipe, vary or variants, seeds, name")
     allowed = {"recipe", "vary", "variants", "seeds", "name"}
     unknown = sorted(set(values) - allowed)
     if unknown:
@@ -219,7 +233,7 @@ def read_sweep_file(path: str | Path) -> tuple[Recipe, dict, dict, Any, str | No
 
 def is_sweep_file(path: str | Path) -> bool:
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = yaml.safe_load(Path(path).read_bytes())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(values, dict) and ("vary" in values or "variants" in values)
@@ -238,8 +252,6 @@ RUN_STATUS_TEXT = {
 
 def run_status(run_dir: Path, recipe: Recipe) -> str:
     """'done', 'partial' (resumable), 'new', or 'broken' (a last.pt that cannot be read: left for the user)."""
-    from headstart.train import ResumePoint
-
     if not (run_dir / "last.pt").is_file():
         return "new"
     try:
@@ -277,9 +289,6 @@ def sweep(
     quiet: bool = False,
 ) -> SweepResult:
     """Run every variant with every seed (skipping finished runs, resuming interrupted ones), then compare them."""
-    from headstart.compare import compare
-    from headstart.train import as_recipe, ensure_console, train
-
     ensure_console(quiet)
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
@@ -292,8 +301,7 @@ def sweep(
     written = yaml.safe_dump(spec.to_dict(), sort_keys=False)
     if spec_file.is_file() and spec_file.read_text() != written:
         raise HeadstartError(f"{sweep_dir} holds a different sweep; give another --name, or remove that folder")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(written)
+    atomic_write(spec_file, written.encode())
 
     result = SweepResult(sweep_dir)
     total = len(recipes)
@@ -329,7 +337,6 @@ def sweep(
             # One variant failing (a learning rate that diverges) is a result, not the end of the sweep.
             log.warning("sweep: %s seed %d failed: %s", variant, seed, err)
             result.failed[str(run_dir)] = str(err)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(f"{err}\n")
+            atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())
     result.comparison = compare([sweep_dir])
     return result

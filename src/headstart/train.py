@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import random
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from headstart.data import GlobalBatches, PreparedData, make_loader, prepare_data
 from headstart.distributed import SOLO, Group, join, leave
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, Interrupted
 from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
@@ -37,7 +38,7 @@ from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.plots import plot_curves
 from headstart.recipe import Recipe, Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
-from headstart.runs import RunFolder, load_checkpoint, read_history
+from headstart.runs import RUN_FILES, RunFolder, load_checkpoint, read_history
 from headstart.tracking import Tracker, open_trackers
 from headstart.weights import default_source
 
@@ -223,10 +224,7 @@ def train_one_epoch(
             loss = criterion(logits.float(), labels)
         # Every process stops together, or the others would wait for this one forever.
         if group.any(not torch.isfinite(loss).item()):
-            raise HeadstartError(
-                f"loss became {loss.item()} in {where}, step {step + 1}; the learning rate ({schedule.lr:.3g}) is the likely cause: "
-                "lower it (best.pt and the history so far are kept)"
-            )
+            raise HeadstartError(f"loss became {loss.item()} in {where}, step {step + 1}; {likely_cause(optimizer)}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -241,6 +239,37 @@ def train_one_epoch(
         count += len(labels)
     total_loss, correct, count = group.sum([total_loss, correct, count])
     return total_loss / count, correct / count
+
+
+def likely_cause(optimizer: torch.optim.Optimizer) -> str:
+    """What most likely made the loss non-finite: a weight decay that flips the weights every step, else the LR.
+
+    Decay is blamed only when it is itself out of the usual range (above 1): with lr 1e12 the
+    product is huge too, but the learning rate is what the user set wrong.
+    """
+    for group in optimizer.param_groups:
+        decay, lr = group.get("weight_decay", 0.0), group["lr"]
+        if not math.isfinite(decay) or (decay > 1 and decay * lr >= 1):
+            return (
+                f"weight_decay {decay:g} at lr {lr:.3g} shrinks every weight past zero each step "
+                "(weight_decay x lr must stay well below 1): lower weight_decay"
+            )
+    lr = max(group["lr"] for group in optimizer.param_groups)
+    return f"the learning rate ({lr:.3g}) is the likely cause: lower it"
+
+
+# A mean training loss this many times the chance level (ln classes) means the stage diverged.
+DIVERGED_FACTOR = 20
+
+
+def divergence(loss: float, classes: int) -> str | None:
+    """Why `loss` shows a diverging stage (far above guessing uniformly, ln classes), or None."""
+    chance = math.log(max(classes, 2))
+    if math.isfinite(loss) and loss <= DIVERGED_FACTOR * chance:
+        return None
+    return (
+        f"loss {loss:.3g} is over {DIVERGED_FACTOR}x the chance level (ln {classes} = {chance:.2f}): the stage diverged"
+    )
 
 
 @torch.no_grad()
@@ -423,16 +452,11 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
             first_stage += 1  # stopped between stages: the next one starts as it would have
             set_rng_state(point.state["rng"])
     try:
-        for index in range(first_stage, len(recipe.stages)):
-            trainer.run_stage(
-                index, recipe.stages[index], plans[index], started, inside if index == first_stage else None
-            )
-    finally:
-        if run.history and group.is_main:
-            plot_curves(run.history, run.path / "curves.png", title=run.path.name)
-            run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
-        for tracker in trainer.trackers:
-            tracker.close()
+        _run_stages(trainer, plans, first_stage, inside, started)
+    except HeadstartError as err:
+        raise HeadstartError(f"{err}; {kept_files(run.path)}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(run.path, (run.path / "last.pt").is_file()) from None
     log.info(
         "best: epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
         trainer.best_epoch,
@@ -442,6 +466,27 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
         run.path,
     )
     return TrainResult(run.path, run.history, classes)
+
+
+def _run_stages(trainer: _Trainer, plans: list[FreezePlan], first: int, inside: ResumePoint | None, started: float):
+    """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished."""
+    stages, run = trainer.recipe.stages, trainer.run
+    try:
+        for index in range(first, len(stages)):
+            trainer.run_stage(index, stages[index], plans[index], started, inside if index == first else None)
+    finally:
+        if run.history and trainer.group.is_main:
+            plot_curves(run.history, run.path / "curves.png", title=run.path.name)
+            run.write_text("summary.txt", trainer.summary(time.perf_counter() - started))
+        for tracker in trainer.trackers:
+            tracker.close()
+
+
+def kept_files(run_dir: Path) -> str:
+    """What a stopped run's folder holds, said as it is (after a failure in epoch 1 that is recipe.yaml alone)."""
+    names = sorted(p.name for p in run_dir.glob("*") if p.name in RUN_FILES) if run_dir.is_dir() else []
+    held = f"{run_dir} keeps {', '.join(names)}" if names else f"{run_dir} holds no run files"
+    return held if "best.pt" in names else f"{held} (no epoch finished)"
 
 
 def _new_run_folder(recipe: Recipe, data_name: str, group: Group) -> RunFolder:
@@ -617,6 +662,7 @@ class _Trainer:
         module = self.training_module(path)
         criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
+        warned = False
         for epoch in range(first_epoch, stage.epochs + 1):
             where = f"stage '{stage.name}', epoch {epoch}"
             tic = time.perf_counter()
@@ -663,6 +709,11 @@ class _Trainer:
                 val_acc,
                 lr,
             )
+            if (why := divergence(max(train_loss, val_loss), len(self.data.split.classes))) and not warned:
+                warned = True  # once per stage: every later epoch would say the same
+                note = f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})"
+                log.warning("%s", note)
+                self.stage_notes.append(note)
             payload = self.checkpoint(stage, epoch, row)
             if not self.best_row or val_loss < self.best_row["val_loss"]:
                 self.best_row, self.best_epoch = row, len(self.run.history)
