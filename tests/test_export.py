@@ -1,4 +1,4 @@
-"""Export: ONNX (run by onnxruntime) and TorchScript agree with PyTorch; predict works on the exported files."""
+"""Export: ONNX (run by onnxruntime) and torch.export agree with PyTorch; predict works on the exported files."""
 
 import csv
 import json
@@ -39,7 +39,7 @@ def real_images() -> list[Image.Image]:
     return [Image.fromarray(data.chelsea()), Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "export"])
 def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
     run_dir, _ = lite0_run
     path = headstart.export(run_dir, format=fmt)

@@ -205,7 +205,7 @@ def copy_run(trained, tmp_path):
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
-    return headstart.export(trained[0], format="torchscript", out=folder / "model.torchscript")
+    return headstart.export(trained[0], format="export", out=folder / "model.pt2")
 
 
 BAD_DESCRIPTIONS = {
@@ -230,7 +230,7 @@ BAD_DESCRIPTIONS = {
 @pytest.mark.parametrize("probe", BAD_DESCRIPTIONS)
 def test_every_field_of_an_export_description_is_checked(exported, tmp_path, capsys, probe):
     change, named = BAD_DESCRIPTIONS[probe]
-    model = tmp_path / "model.torchscript"
+    model = tmp_path / "model.pt2"
     shutil.copy(exported, model)
     description = json.loads(Path(f"{exported}.json").read_text())
     change(description)
@@ -242,15 +242,15 @@ def test_every_field_of_an_export_description_is_checked(exported, tmp_path, cap
 
 @pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null"])
 def test_malformed_export_json_is_a_one_line_error(exported, tmp_path, capsys, text):
-    model = tmp_path / "model.torchscript"
+    model = tmp_path / "model.pt2"
     shutil.copy(exported, model)
     Path(f"{model}.json").write_bytes(text)
     code, _, err = cli(["predict", model, tmp_path], capsys)
-    assert code == 2 and "model.torchscript.json" in err
+    assert code == 2 and "model.pt2.json" in err
 
 
 def test_damaged_exported_model_is_a_one_line_error(exported, tmp_path, capsys):
-    model = tmp_path / "model.torchscript"
+    model = tmp_path / "model.pt2"
     model.write_bytes(Path(exported).read_bytes()[:200])
     shutil.copy(f"{exported}.json", f"{model}.json")
     code, _, err = cli(["predict", model, tmp_path], capsys)

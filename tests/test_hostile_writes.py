@@ -87,7 +87,7 @@ def test_every_writing_command_names_the_read_only_path(trained, tmp_path, capsy
     recipe.write_text((trained[0] / "recipe.yaml").read_text())
     args = {
         "predict --csv": ["predict", ro, trained[1], "--csv", ro / "out.csv"],
-        "export": ["export", ro, "--format", "torchscript"],
+        "export": ["export", ro, "--format", "export"],
         "report": ["report", ro],
         "compare": ["compare", ro, "--out", ro],
         "sweep": ["sweep", recipe, "--vary", "head.lr=0.01", "--out", ro],

@@ -11,6 +11,7 @@ from headstart.compare import compare
 from headstart.errors import HeadstartError
 from headstart.export import export
 from headstart.lr_find import lr_find
+from headstart.push import push
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.report import report
 from headstart.sweep import sweep
@@ -22,6 +23,21 @@ def load(source, device: str = "auto"):
     from headstart.inference import load as load_predictor  # sklearn's metrics load only when needed
 
     return load_predictor(source, device=device)
+
+
+def serve(
+    source,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 16,
+    window_ms: float = 5.0,
+    max_bytes: int = 20 << 20,
+    device: str = "auto",
+) -> None:
+    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted."""
+    from headstart.server import serve as run_server  # FastAPI is an optional extra
+
+    run_server(source, host, port, max_batch, window_ms, max_bytes, device)
 
 
 __all__ = [
@@ -37,7 +53,9 @@ __all__ = [
     "export",
     "load",
     "lr_find",
+    "push",
     "report",
+    "serve",
     "sweep",
     "train",
 ]

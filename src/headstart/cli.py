@@ -215,13 +215,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from headstart.hub import is_hub_folder
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
 
     source = Path(args.run).expanduser()
-    source = source if source.is_file() else resolve_checkpoint(source)
+    hub = is_hub_folder(source) and not (source / "best.pt").is_file()
+    source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
-    png = Path(args.confusion) if args.confusion else source.parent / "confusion.png"
+    # A Hub folder's own confusion.png belongs to its model card: a new evaluation goes to the working directory.
+    png = (
+        Path(args.confusion) if args.confusion else (Path("confusion.png") if hub else source.parent / "confusion.png")
+    )
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     if args.json:
@@ -261,7 +266,7 @@ def _expand_images(items: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from headstart.inference import load
+    from headstart.inference import load, prediction_entry
 
     predictor = load(args.run, device=args.device)
     paths = _expand_images(args.images)
@@ -272,10 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.json:
         print(
             json.dumps(
-                [
-                    {"image": str(p), "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
-                    for p, top in zip(paths, predictions)
-                ],
+                [prediction_entry(str(p), top) for p, top in zip(paths, predictions)],
                 indent=1,
             )
         )
@@ -307,8 +309,36 @@ def write_predictions_csv(target: Path, paths: list[Path], predictions: list[lis
 def cmd_export(args: argparse.Namespace) -> int:
     from headstart.export import export
 
-    path = export(args.run, format=args.format, out=args.out)
-    print(f"{path} (preprocessing in {path.name}.json)")
+    path = export(args.run, format=args.format, out=args.out, quantize=args.quantize)
+    if args.format == "hub":
+        print(f"{path} (model.safetensors, config.json, README.md)")
+    else:
+        print(f"{path} (preprocessing in {path.name}.json)")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from headstart.push import push
+
+    result = push(args.run, args.repo_id, private=args.private, dry_run=args.dry_run)
+    for name, size in result.files:
+        print(f"{size:>12,}  {name}")
+    print(f"would upload to {result.url}" if args.dry_run else f"uploaded to {result.url}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from headstart.server import serve
+
+    serve(
+        args.source,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        window_ms=args.window_ms,
+        max_bytes=int(args.max_mb * (1 << 20)),
+        device=args.device,
+    )
     return 0
 
 
@@ -481,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
-    evaluate.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
+    evaluate.add_argument(
+        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+    )
     evaluate.add_argument("data", help="labelled folder (its val/ if present)")
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
     evaluate.add_argument("--device", default="auto")
@@ -496,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images or folders of images")
-    predict.add_argument("run", help="run folder, checkpoint, or exported model (.onnx / .torchscript)")
+    predict.add_argument(
+        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+    )
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
@@ -512,12 +546,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser(
-        "export", help="write the run's best model as ONNX or TorchScript, preprocessing beside it"
+        "export", help="write the run's best model as ONNX, torch.export, TorchScript or a Hub folder"
     )
     export.add_argument("run", help="run folder or checkpoint")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    export.add_argument("--out", help="model file to write (default RUN/export/model.onnx or model.torchscript)")
+    export.add_argument("--format", choices=["onnx", "export", "torchscript", "hub"], default="onnx")
+    export.add_argument(
+        "--out", help="file (folder for hub) to write (default RUN/export/model.onnx, model.pt2, … or RUN/export/hub)"
+    )
+    export.add_argument(
+        "--quantize", choices=["int8"], help="with --format onnx: also int8, calibrated on the validation images"
+    )
     export.set_defaults(func=cmd_export)
+
+    push = commands.add_parser("push", help="upload the run's Hub folder to the Hugging Face Hub")
+    push.add_argument("run", help="run folder or checkpoint")
+    push.add_argument("repo_id", help="OWNER/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", action="store_true", help="list what would go up and stop")
+    push.set_defaults(func=cmd_push)
+
+    serve = commands.add_parser("serve", help="HTTP prediction server (FastAPI + uvicorn) with a page at /")
+    serve.add_argument("source", help="run folder, checkpoint, exported file or Hub folder")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=16, help="largest batch of requests run together (1: off)")
+    serve.add_argument("--window-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MiB")
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
 
     summary = commands.add_parser("summary", help="layers, shapes, parameters and the trainable/frozen split per stage")
     summary.add_argument(

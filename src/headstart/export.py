@@ -1,7 +1,10 @@
-"""Models out of Python: ONNX or TorchScript files, each with its preprocessing recorded beside it.
+"""Models out of Python: ONNX, torch.export or TorchScript files, each with its preprocessing recorded beside it.
 
     headstart export RUN --format onnx   ->  RUN/export/model.onnx + model.onnx.json
-    headstart export RUN --format torchscript  ->  RUN/export/model.torchscript + model.torchscript.json
+    headstart export RUN --format onnx --quantize int8  ->  also model.int8.onnx + model.int8.onnx.json
+    headstart export RUN --format export  ->  RUN/export/model.pt2 + model.pt2.json (torch.export)
+    headstart export RUN --format torchscript  ->  model.torchscript, while torch traces it without warnings
+    headstart export RUN --format hub    ->  RUN/export/hub/ (see hub.py)
 
 The model takes float32 images [N, 3, S, S], already resized, cropped and normalised as the JSON
 says (the same eval transform training used), and returns logits [N, classes]. `headstart predict`
@@ -31,7 +34,8 @@ from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript", "export": "model.pt2", "hub": "hub"}
+QUANTIZE = ("int8",)
 SIDECAR_FORMAT = "headstart-export-1"
 
 
@@ -50,25 +54,41 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None) -> Path:
-    """Write the run's best model (or the given checkpoint) as ONNX or TorchScript; returns the model file's path."""
+def export(
+    run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, quantize: str | None = None
+) -> Path:
+    """Write the run's best model (or the given checkpoint) as ONNX, TorchScript, torch.export (.pt2) or a Hub folder.
+
+    quantize='int8' (ONNX only) also writes model.int8.onnx, statically quantized with onnxruntime and
+    calibrated on the run's validation images; its path is returned.
+    """
     if format not in FORMATS:
         raise HeadstartError(f"unknown export format '{format}'; valid: {', '.join(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZE or format != "onnx"):
+        raise HeadstartError(f"--quantize {quantize}: valid is --quantize int8 with --format onnx")
+    if format == "hub":
+        from headstart.hub import export_hub
+
+        return export_hub(run_or_checkpoint, out)
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
     size = checkpoint["preprocessing"]["image_size"]
     example = torch.zeros(2, 3, size, size)
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
-    temporary = target.with_name(f".{target.name}.partial")
+    temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     try:
         with writing(target), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
             target.parent.mkdir(parents=True, exist_ok=True)
             if format == "onnx":
                 _onnx(model, example, temporary)
+            elif format == "export":
+                batch = torch.export.Dim("batch", min=1)
+                program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+                torch.export.save(program, str(temporary))
             else:
-                torch.jit.save(torch.jit.trace(model, example), str(temporary))
+                _torchscript(model, example, temporary)
             temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)  # what a full disk left half-written
@@ -85,6 +105,10 @@ def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path 
     }
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
+    if quantize is not None:
+        from headstart.quantize import quantize_onnx
+
+        return quantize_onnx(target, checkpoint, sidecar)
     return target
 
 
@@ -108,6 +132,19 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
         ) from None
 
 
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+    """TorchScript is kept only while this torch traces the model without a warning (torch 2.14 deprecates torch.jit)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, example)
+    if caught:
+        raise HeadstartError(
+            f"TorchScript export is retired: torch {torch.__version__} warns while tracing ({str(caught[0].message)[:90]}); "
+            "use --format export (torch.export, .pt2) or --format onnx"
+        )
+    torch.jit.save(traced, str(target))
+
+
 class _Preprocessing(BaseModel):
     """The eval transform an exported model expects; bounded, so a doctored file cannot ask for 100000 px images."""
 
@@ -124,7 +161,7 @@ class _Description(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     format: Literal["headstart-export-1"]
-    runtime: Literal["onnx", "torchscript"]
+    runtime: Literal["onnx", "export", "torchscript"]
     classes: list[str] = Field(min_length=2, max_length=1_000_000)
     preprocessing: _Preprocessing
 
@@ -172,8 +209,25 @@ def check_outputs(forward, info: dict[str, Any], model_file: Path) -> None:
         )
 
 
+def load_program(model_file: Path) -> torch.nn.Module:
+    """A .pt2 file's module; a damaged file is the one-line error (torch would log a traceback while failing)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(model_file):
+        raise HeadstartError(f"cannot load {model_file} with torch.export: not a .pt2 archive (damaged or truncated?)")
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return torch.export.load(str(model_file)).module()
+    except Exception as err:  # noqa: BLE001 - a file torch.export cannot read, whatever the reason
+        raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err).splitlines()[0][:160]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
 def load_exported(model_file: Path):
-    """A callable images[N,3,S,S] -> logits for an exported file, run by onnxruntime or TorchScript."""
+    """A callable images[N,3,S,S] -> logits for an exported file, run by onnxruntime, torch.export or TorchScript."""
     info = read_sidecar(model_file)
     if info["runtime"] == "onnx":
         try:
@@ -192,6 +246,11 @@ def load_exported(model_file: Path):
 
         check_outputs(forward, info, model_file)
         return forward, info
+    if info["runtime"] == "export":
+        program = load_program(model_file)
+        with torch.no_grad():
+            check_outputs(program, info, model_file)
+        return program, info
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export (a FutureWarning or DeprecationWarning by version), still supported.
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")

@@ -72,6 +72,11 @@ class Evaluation:
 TTA_MODES = ("flip", "crops")
 
 
+def prediction_entry(image: str, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One image's entry in `predict --json` (and the server's answer): its name and its top labels."""
+    return {"image": image, "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+
+
 def tta_mode(tta: str | bool | None) -> str | None:
     """None, 'flip' or 'crops' (True means 'flip')."""
     mode = "flip" if tta is True else (tta or None)
@@ -121,10 +126,22 @@ class Predictor:
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
         from headstart.export import model_from_checkpoint
 
-        model = model_from_checkpoint(checkpoint)
+        return cls.from_module(
+            model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
+        )
+
+    @classmethod
+    def from_module(
+        cls, model: torch.nn.Module, classes: list[str], preprocessing: dict, device: str = "auto"
+    ) -> Predictor:
         hw = pick_hardware(device, "fp32", channels_last=False)
         model.to(hw.device)
-        return cls(model, checkpoint["classes"], checkpoint["preprocessing"], hw.to_input)
+        return cls(model, classes, preprocessing, hw.to_input)
+
+    @torch.no_grad()
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for images already transformed with `self.transform` and stacked [N, 3, S, S]."""
+        return self.forward(self.to_input(batch)).float().softmax(1).cpu()
 
     def probabilities(
         self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
@@ -163,9 +180,11 @@ class Predictor:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
         loaded = [_open(image) for image in images]
-        probabilities = self.probabilities(loaded, tta=tta)
-        k = min(top_k, len(self.classes))
-        values, indices = probabilities.topk(k, dim=1)
+        return self.top_labels(self.probabilities(loaded, tta=tta), top_k)
+
+    def top_labels(self, probabilities: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """The k most probable (label, probability) pairs of each row of `probabilities`."""
+        values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [
             [(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values.tolist(), indices.tolist())
@@ -255,11 +274,14 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
 
 
 def load(source: str | Path, device: str = "auto") -> Predictor:
-    """A Predictor from a run folder (its best.pt), a checkpoint, or a file written by headstart export."""
+    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
     from headstart.export import load_exported, sidecar_path
+    from headstart.hub import is_hub_folder, load_hub
 
     path = Path(source).expanduser()
-    if path.is_file() and (path.suffix in (".onnx", ".torchscript") or sidecar_path(path).is_file()):
+    if is_hub_folder(path) and not (path / "best.pt").is_file():
+        return Predictor.from_module(*load_hub(path), device=device)
+    if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         return Predictor(forward, info["classes"], info["preprocessing"])
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

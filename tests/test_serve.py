@@ -1,0 +1,211 @@
+"""The prediction server: in-process and over a real socket on 127.0.0.1, bad uploads, batching, the page in chromium."""
+
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import headstart
+from headstart.cli import main
+from headstart.server import create_app, listening_socket
+from tests.conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from tests.conftest import CLASS_COLOURS, write_images
+
+    root = tmp_path_factory.mktemp("serve")
+    folder = write_images(root / "data", CLASS_COLOURS, per_class=8)
+    return headstart.train(tiny_recipe(folder, root / "runs"), quiet=True).run_dir, folder
+
+
+@contextmanager
+def running(app):
+    """uvicorn serving `app` on 127.0.0.1 (a free port) in a thread; stopped and joined on exit."""
+    import uvicorn
+
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive()
+
+
+def predict_json(run_dir, paths, capsys) -> list[dict]:
+    assert main(["predict", str(run_dir), *map(str, paths), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def png_bytes(colour=(200, 40, 40), size=(20, 20)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bomb_header(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG whose header claims width x height pixels: Pillow must refuse it before decoding."""
+    data = bytearray(png_bytes(size=(1, 1)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+BAD_UPLOADS = {
+    "text": (b"this is not an image\n" * 10, 415, "not an image"),
+    "truncated": (png_bytes(size=(64, 64))[:80], 422, "cannot decode"),
+    "bomb": (bomb_header(), 413, "bomb"),
+    "empty": (b"", 400, "empty upload"),
+}
+
+
+def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsys):
+    run_dir, folder = run
+    paths = sorted((folder / "red").iterdir())[:2] + sorted((folder / "blue").iterdir())[:1]
+    expected = predict_json(run_dir, paths, capsys)
+    app = create_app(headstart.load(run_dir, device="cpu"), max_batch=4, window_ms=2)
+    with TestClient(app) as client:
+        answer = client.post("/predict", files={"file": (str(paths[0]), paths[0].read_bytes(), "image/png")})
+        assert answer.status_code == 200 and answer.json() == expected[0]
+        raw = client.post("/predict", content=paths[1].read_bytes(), params={"name": str(paths[1])})
+        assert raw.json() == expected[1]
+        batch = client.post("/predict/batch", files=[("files", (str(p), p.read_bytes(), "image/png")) for p in paths])
+        assert batch.json() == expected
+        for name, (data, status, words) in BAD_UPLOADS.items():
+            refused = client.post("/predict", files={"file": (name, data, "application/octet-stream")})
+            assert refused.status_code == status, name
+            assert words in refused.json()["detail"] and "\n" not in refused.json()["detail"]
+            assert client.post("/predict", content=paths[0].read_bytes()).status_code == 200  # still serving
+        text_field = client.post(
+            "/predict", data={"file": "text"}, files={"other": ("x.png", png_bytes(), "image/png")}
+        )
+        assert text_field.status_code == 400 and "must be a file upload" in text_field.json()["detail"]
+        assert client.get("/health").json()["status"] == "ok"
+        metadata = client.get("/metadata").json()
+        assert metadata["classes"] == ["blue", "green", "red"] and metadata["preprocessing"]["image_size"] == 16
+        assert "calibration" not in metadata  # no temperature: simply absent
+
+
+def test_oversized_upload_is_413_and_pixel_limit_holds(run):
+    run_dir, folder = run
+    app = create_app(headstart.load(run_dir, device="cpu"), max_bytes=2000, max_pixels=50 * 50)
+    with TestClient(app) as client:
+        noisy = io.BytesIO()
+        Image.effect_noise((100, 100), 80).convert("RGB").save(noisy, "PNG")
+        assert client.post("/predict", content=noisy.getvalue()).status_code == 413
+        big = client.post("/predict", content=png_bytes(size=(60, 60)))
+        assert big.status_code == 413 and "pixel limit" in big.json()["detail"]
+        assert client.post("/predict", content=png_bytes(size=(40, 40))).status_code == 200
+
+
+def test_real_socket_batches_concurrent_requests_and_survives_bad_ones(run, capsys):
+    run_dir, folder = run
+    paths = sorted(folder.rglob("*.png"))[:16]
+    expected = {entry["image"]: entry for entry in predict_json(run_dir, paths, capsys)}
+    app = create_app(headstart.load(run_dir, device="cpu"), max_batch=16, window_ms=50)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+
+        def one(path):
+            return client.post("/predict", files={"file": (str(path), path.read_bytes(), "image/png")}).json()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, paths))
+        assert answers == [expected[str(p)] for p in paths]
+        assert client.get("/health").json()["batches"] < len(paths)  # requests shared model calls
+        refused = client.post("/predict", content=BAD_UPLOADS["truncated"][0])
+        assert refused.status_code == 422
+        assert one(paths[0]) == expected[str(paths[0])]
+
+
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; the test set-up in README.md installs it")
+        pytest.skip("chromium not installed")
+    return found
+
+
+# Injected into a copy of the real page: drops the test image on the drop zone, as a person would.
+DROP = """<script>
+window.addEventListener('load', async () => {
+  const blob = await (await fetch('/test-image.png')).blob();
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+  document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+});
+</script>"""
+
+
+def test_page_shows_a_prediction_for_a_dropped_image_in_chromium(run):
+    from fastapi.responses import HTMLResponse, Response
+
+    run_dir, folder = run
+    image = sorted((folder / "green").iterdir())[0]
+    predictor = headstart.load(run_dir, device="cpu")
+    expected = predictor.predict([image], top_k=1)[0][0][0]
+    app = create_app(predictor)
+    page = TestClient(app).get("/").text
+    assert 'id="drop"' in page
+    app.get("/test-page", response_class=HTMLResponse)(lambda: page.replace("</body>", DROP + "</body>"))
+    app.get("/test-image.png")(lambda: Response(image.read_bytes(), media_type="image/png"))
+    with running(app) as url:
+        result = subprocess.run(
+            [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--virtual-time-budget=10000", "--dump-dom", f"{url}/test-page"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    shown = re.findall(r'<li class="prediction">([^<]*)<', result.stdout)
+    assert shown, f"no prediction on the page: {result.stdout[-800:]} {result.stderr[-500:]}"
+    assert shown[0].startswith(expected + " ") and len(shown) == 3
+
+
+def test_serve_command_answers_and_a_taken_port_is_one_line(run, capsys):
+    run_dir, folder = run
+    with listening_socket("127.0.0.1", 0) as taken:
+        port = taken.getsockname()[1]
+        taken.listen()
+        assert main(["serve", str(run_dir), "--port", str(port)]) == 2
+        assert capsys.readouterr().err.startswith(f"headstart: error: cannot listen on 127.0.0.1:{port}")
+    free = listening_socket("127.0.0.1", 0)
+    port = free.getsockname()[1]
+    free.close()
+    process = subprocess.Popen([sys.executable, "-m", "headstart.cli", "serve", str(run_dir), "--port", str(port)])
+    try:
+        image = sorted((folder / "red").iterdir())[0]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/predict", content=image.read_bytes(), timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "headstart serve did not come up"
+                time.sleep(0.2)
+        assert answer.status_code == 200
+        assert answer.json()["top"][0]["label"] == headstart.load(run_dir).predict([image], top_k=1)[0][0][0]
+    finally:
+        process.terminate()
+        process.wait(30)
