@@ -33,11 +33,11 @@ def data(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("hub") / "data", CLASS_COLOURS, per_class=6, size=40)
 
 
-def train_run(data, out, model, **overrides):
+def train_run(data, out, model, data_fields=None, **overrides):
     recipe = tiny_recipe(
         data,
         out,
-        data={"image_size": 32},
+        data={"image_size": 32, **(data_fields or {})},
         model=model,
         stages=[{"name": "all", "epochs": 1, "freeze": "none", "lr": 0.01}],
         **overrides,
@@ -89,11 +89,14 @@ def test_adapter_and_gap_dense_model_loads_through_headstart(data, tmp_path):
         "adapters": [{"kind": "conv"}],
         "head": {"kind": "gap-dense", "hidden": 8},
     }
-    run = train_run(data, tmp_path / "runs", model)
+    run = train_run(data, tmp_path / "runs", model, data_fields={"test_fraction": 0.2})
     folder = headstart.export(run, format="hub", out=tmp_path / "hub")
     config = json.loads((folder / "config.json").read_text())
     assert config["headstart"]["layout"] == "headstart"
-    assert "headstart.load" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "headstart.load" in card and "| train images | val images | test images |" in card
+    test = headstart.runs.read_test(run)
+    assert f"On the held-out test split ({test['images']} images" in card and f"**{test['acc']:.4f}**" in card
     images = [_image(p) for p in sorted((data / "green").iterdir())]
     expected = headstart.load(run, device="cpu").probabilities(images)
     got = headstart.load(folder, device="cpu").probabilities(images)

@@ -16,6 +16,7 @@ from torch import nn
 
 from headstart.errors import HeadstartError
 from headstart.recipe import Recipe
+from headstart.runs import read_test
 
 
 def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: dict, folder: Path) -> list[str]:
@@ -29,12 +30,13 @@ def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoin
         return [f"The training data was not at hand at export time ({err}): counts and per-class figures omitted.", ""]
     if split.classes != classes:
         return ["The data folder's classes changed since training: counts and per-class figures omitted.", ""]
-    counts = {name: [0, 0] for name in classes}
-    for column, samples in enumerate((split.train, split.val)):
+    splits = [("train", split.train), ("val", split.val)] + ([("test", split.test)] if split.test else [])
+    counts = {name: [0] * len(splits) for name in classes}
+    for column, (_, samples) in enumerate(splits):
         for _, label in samples:
             counts[classes[label]][column] += 1
-    lines = ["| class | train images | val images |", "|---|---|---|"]
-    lines += [f"| {name} | {train} | {val} |" for name, (train, val) in counts.items()]
+    lines = ["| class | " + " | ".join(f"{name} images" for name, _ in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in counts.items()]
     evaluation = Predictor(model, classes, checkpoint["preprocessing"]).evaluate_samples(
         split.val, confusion_png=folder / "confusion.png", where="the run's validation split"
     )
@@ -107,6 +109,16 @@ def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, 
         "",
         *data_section(recipe, classes, model, checkpoint, folder),
     ]
+    test = read_test(checkpoint_path.parent)
+    if test:  # scored once by train with the chosen model; nothing was chosen by it
+        lines += [
+            "## Test",
+            "",
+            f"On the held-out test split ({test['images']} images, scored once after training): accuracy "
+            f"**{test['acc']:.4f}**, balanced accuracy {test['balanced_acc']:.4f}, macro-F1 {test['f1']:.4f}, "
+            f"loss {test['loss']:.4f}.",
+            "",
+        ]
     if checkpoint.get("temperature") is not None:
         lines += [
             "## Calibration",
