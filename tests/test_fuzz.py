@@ -99,7 +99,23 @@ HOSTILE = st.one_of(
     st.integers(-(10**25), 10**25).map(str),
     st.floats().map(repr),
     st.sampled_from(
-        ["", " ", "-1", "0", "nan", "inf", "1e20", str(2**70), "../x", "a=b", "head=1,all=x", ":", "caf\udce9"]
+        [
+            "",
+            " ",
+            "-1",
+            "0",
+            "nan",
+            "inf",
+            "1e20",
+            str(2**70),
+            "../x",
+            "a=b",
+            "head=1,all=x",
+            ":",
+            "caf\udce9",
+            "~0",
+            "~nosuchuser/x",
+        ]
     ),
 )
 COSTLY = {

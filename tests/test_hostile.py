@@ -699,3 +699,9 @@ def test_non_utf8_file_names_print_on_a_strict_utf8_console(trained, tmp_path):
 def test_an_error_quoting_a_path_with_a_newline_stays_one_line(capsys, name):
     code, _, err = cli(["summary", name], capsys)
     assert code == 2 and ("\\n" in err or "\\r" in err)
+
+
+@pytest.mark.parametrize("command", [["report"], ["compare"], ["export"], ["summary"], ["train", "--dry-run"]])
+def test_a_tilde_user_that_does_not_exist_is_taken_literally(capsys, command):
+    code, _, err = cli([*command, "~nosuchuser/x"], capsys)  # Path.expanduser raised RuntimeError here
+    assert code in (0, 2)

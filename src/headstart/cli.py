@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import HeadstartError, Interrupted
+from headstart.paths import user_path
 from headstart.recipe import STAGE_FLAGS, Recipe, set_stage_field
 
 log = logging.getLogger("headstart")
@@ -219,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
 
-    source = Path(args.run).expanduser()
+    source = user_path(args.run)
     source = source if source.is_file() else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
     png = Path(args.confusion) if args.confusion else source.parent / "confusion.png"
@@ -253,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _expand_images(items: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in items:
-        path = Path(item).expanduser()
+        path = user_path(item)
         if path.is_dir():
             paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
         else:

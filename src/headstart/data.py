@@ -30,7 +30,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from headstart.errors import HeadstartError
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 from headstart.recipe import DataConfig
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def list_images(cfg: DataConfig) -> DataSplit:
     elif cfg.path in CIFAR:
         root = cifar_folder(download_cifar(cfg.path))
     else:
-        root = Path(cfg.path).expanduser()
+        root = user_path(cfg.path)
         if root.is_dir() and cifar_kind(root):
             root = cifar_folder(root)
     if root.suffix.lower() == ".csv":

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from headstart.errors import HeadstartError
 from headstart.fileio import writing
 from headstart.model import build_model
+from headstart.paths import user_path
 from headstart.recipe import MAX_IMAGE_SIZE, Recipe, describe_validation_error
 from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
@@ -59,7 +60,7 @@ def export(run_or_checkpoint: str | Path, format: str = "onnx", out: str | Path 
     model = model_from_checkpoint(checkpoint)
     size = checkpoint["preprocessing"]["image_size"]
     example = torch.zeros(2, 3, size, size)
-    target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
+    target = user_path(out) if out else checkpoint_path.parent / "export" / FORMATS[format]
     temporary = target.with_name(f".{target.name}.partial")
     try:
         with writing(target), warnings.catch_warnings():

@@ -35,6 +35,7 @@ from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
+from headstart.paths import user_path
 from headstart.plots import plot_curves
 from headstart.recipe import Recipe, Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
@@ -347,7 +348,7 @@ class ResumePoint:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> ResumePoint:
-        path = Path(run_dir).expanduser()
+        path = user_path(run_dir)
         if not (path / "recipe.yaml").is_file():
             raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
         if not (path / "last.pt").is_file():
