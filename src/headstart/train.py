@@ -552,6 +552,7 @@ class _Trainer:
         self.best_epoch = 0
         self.stage_notes: list[str] = []
         self.trackers: list[Tracker] = []
+        self.diverged: set[str] = set()  # stages already warned about
         self.feature_cache = FeatureCache(model, data, hw, recipe, group)
         full_model_images = sum(stage.epochs for stage in recipe.stages if stage.freeze != "backbone") * len(data.train)
         self.compile = should_compile(recipe.run.compile, hw, full_model_images)
@@ -663,7 +664,6 @@ class _Trainer:
         module = self.training_module(path)
         criterion = nn.CrossEntropyLoss(label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
-        warned = False
         for epoch in range(first_epoch, stage.epochs + 1):
             where = f"stage '{stage.name}', epoch {epoch}"
             tic = time.perf_counter()
@@ -710,11 +710,7 @@ class _Trainer:
                 val_acc,
                 lr,
             )
-            if (why := divergence(max(train_loss, val_loss), len(self.data.split.classes))) and not warned:
-                warned = True  # once per stage: every later epoch would say the same
-                note = f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})"
-                log.warning("%s", note)
-                self.stage_notes.append(note)
+            self.check_divergence(stage, epoch, max(train_loss, val_loss), lr)
             payload = self.checkpoint(stage, epoch, row)
             if not self.best_row or val_loss < self.best_row["val_loss"]:
                 self.best_row, self.best_epoch = row, len(self.run.history)
@@ -730,6 +726,16 @@ class _Trainer:
                 "stage_notes": self.stage_notes,
             }
             self.run.save_checkpoint("last.pt", payload)
+
+    def check_divergence(self, stage: Stage, epoch: int, loss: float, lr: float) -> None:
+        """Warn (once per stage: later epochs would say the same) when the loss shows the stage diverged; noted in summary.txt."""
+        why = divergence(loss, len(self.data.split.classes))
+        if why is None or stage.name in self.diverged:
+            return
+        self.diverged.add(stage.name)
+        note = f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})"
+        log.warning("%s", note)
+        self.stage_notes.append(note)
 
     def summary(self, seconds: float) -> str:
         split, recipe = self.data.split, self.recipe
