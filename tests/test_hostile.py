@@ -624,3 +624,116 @@ def test_non_utf8_csv_is_a_one_line_error(colour_folder, tmp_path, capsys):
     code = main(["train", str(csv), "--out", str(tmp_path / "runs")])
     assert code == 2
     assert "is not UTF-8 text" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------- code-execution payloads: all refused
+
+
+class Payload:
+    """Pickled, it asks the loader to run a shell command that creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pickle_payload(marker: Path, path: Path) -> None:
+    torch.save({"model": Payload(marker), "format": "headstart-checkpoint-1"}, path)
+
+
+YAML_PAYLOAD = "!!python/object/apply:os.system ['touch {marker}']\n"
+
+
+def payload_probe(where: str, run: Path, data: Path, tmp_path: Path, marker: Path) -> list:
+    """Plant the payload in one place a command reads; return that command's arguments."""
+    if where in ("best.pt", "last.pt"):
+        pickle_payload(marker, run / where)
+        return {"best.pt": ["predict", run, data / "red" / "000.png"], "last.pt": ["train", "--resume", run]}[where]
+    if where == "weights file":
+        pickle_payload(marker, tmp_path / "weights.pt")
+        return [
+            "train",
+            data,
+            "--backbone",
+            "headstart_cnn",
+            "--weights",
+            f"file:{tmp_path / 'weights.pt'}",
+            "--out",
+            tmp_path,
+        ]
+    if where == "lr-find --from":
+        pickle_payload(marker, run / "best.pt")
+        return ["lr-find", run / "recipe.yaml", "--from", run, "--steps", "5", "--out", tmp_path]
+    if where in ("cifar meta", "cifar batch"):
+        source = tmp_path / "cifar-10-batches-py"
+        write_cifar(source, [b"cat", b"dog"])
+        target = source / ("batches.meta" if where == "cifar meta" else "data_batch_1")
+        target.write_bytes(pickle.dumps({b"label_names": Payload(marker)}, protocol=2))
+        return ["train", source, "--out", tmp_path]
+    text = YAML_PAYLOAD.format(marker=marker)
+    if where == "recipe":
+        (tmp_path / "r.yaml").write_text(text)
+        return ["train", "--recipe", tmp_path / "r.yaml", "--dry-run"]
+    if where == "sweep file":
+        (tmp_path / "s.yaml").write_text("vary: " + text)
+        return ["sweep", tmp_path / "s.yaml"]
+    if where == "run recipe.yaml":
+        (run / "recipe.yaml").write_text(text)
+        return ["compare", run, "--out", tmp_path]
+    if where == "resume recipe.yaml":
+        (run / "recipe.yaml").write_text(text)
+        return ["train", "--resume", run]
+    (run.parent / "sweep.yaml").write_text(text)  # a sweep folder's own file
+    return ["compare", run.parent, "--out", tmp_path]
+
+
+PAYLOAD_PLACES = [
+    "best.pt",
+    "last.pt",
+    "weights file",
+    "lr-find --from",
+    "cifar meta",
+    "cifar batch",
+    "recipe",
+    "sweep file",
+    "run recipe.yaml",
+    "resume recipe.yaml",
+    "sweep.yaml",
+]
+
+
+@pytest.mark.parametrize("where", PAYLOAD_PLACES)
+def test_code_execution_payloads_are_refused(trained, tmp_path, capsys, where):
+    run = copy_run(trained, tmp_path)
+    marker = tmp_path / "pwned"
+    args = payload_probe(where, run, trained[1], tmp_path, marker)
+    code, _, _ = cli(args, capsys)
+    assert code == 2 and not marker.exists()
+
+
+def test_non_utf8_file_names_print_on_a_strict_utf8_console(trained, tmp_path):
+    latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    shutil.copy(trained[1] / "red" / "000.png", latin)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONIOENCODING="utf-8:strict")  # as en_US.UTF-8
+    done = subprocess.run(
+        [sys.executable, "-c", HANG_PROBE, "predict", str(trained[0]), str(tmp_path)],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert b"caf\xe9.png" in done.stdout  # the name's own bytes, as ls prints them
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "carriage\rreturn"])
+def test_an_error_quoting_a_path_with_a_newline_stays_one_line(capsys, name):
+    code, _, err = cli(["summary", name], capsys)
+    assert code == 2 and ("\\n" in err or "\\r" in err)
+
+
+@pytest.mark.parametrize("command", [["report"], ["compare"], ["export"], ["summary"], ["train", "--dry-run"]])
+def test_a_tilde_user_that_does_not_exist_is_taken_literally(capsys, command):
+    code, _, err = cli([*command, "~nosuchuser/x"], capsys)  # Path.expanduser raised RuntimeError here
+    assert code in (0, 2)

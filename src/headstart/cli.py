@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import io
 import json
 import logging
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import HeadstartError, Interrupted
+from headstart.paths import user_path
 from headstart.recipe import STAGE_FLAGS, Recipe, set_stage_field
 
 log = logging.getLogger("headstart")
@@ -219,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.inference import load
     from headstart.runs import resolve_checkpoint
 
-    source = Path(args.run).expanduser()
+    source = user_path(args.run)
     hub = is_hub_folder(source) and not (source / "best.pt").is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
@@ -257,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _expand_images(items: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in items:
-        path = Path(item).expanduser()
+        path = user_path(item)
         if path.is_dir():
             paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
         else:
@@ -342,6 +344,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CLASSES = 100_000  # a head this wide on a 1280-channel backbone already holds 128 M parameters
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from headstart.data import list_images
     from headstart.freeze import plan_freeze
@@ -350,6 +355,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from headstart.sweep import is_sweep_file, read_sweep_file
 
     target = args.target
+    if args.classes is not None and not 2 <= args.classes <= MAX_CLASSES:
+        raise HeadstartError(f"--classes {args.classes}: give a count from 2 to {MAX_CLASSES:,}")
     if target is None or target == "default":
         recipe, classes = builtin_recipe("digits"), args.classes
     elif is_sweep_file(target):  # a sweep's variants change fields of one base recipe: summarise that
@@ -592,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def one_line(message: str) -> str:
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def interrupted_message(err: KeyboardInterrupt) -> str:
     """What Ctrl-C left: the run folder by name, and whether it can be resumed."""
     if not isinstance(err, Interrupted):
@@ -612,10 +623,18 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    # File names that are not UTF-8 (a Latin-1 'café.png') reach Python as surrogates; a strict UTF-8
+    # console (en_US.UTF-8) would raise on printing them. Written back as their original bytes, like ls.
+    strict = [
+        (s, s.errors) for s in (sys.stdout, sys.stderr) if isinstance(s, io.TextIOWrapper) and s.errors == "strict"
+    ]
+    for stream, _ in strict:
+        stream.reconfigure(errors="surrogateescape")
     try:
         return args.func(args)
     except HeadstartError as err:
-        print(f"headstart: error: {err}", file=sys.stderr)
+        # One line whatever the message quotes: a path holding a newline is shown escaped.
+        print(f"headstart: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(f"headstart: {interrupted_message(err)}", file=sys.stderr)
@@ -626,12 +645,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from headstart.fileio import describe
 
-        print(f"headstart: error: {describe(err, err.filename or 'a file')}", file=sys.stderr)
+        print(f"headstart: error: {one_line(describe(err, err.filename or 'a file'))}", file=sys.stderr)
         return 2
     finally:
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
+        for stream, errors in strict:
+            stream.reconfigure(errors=errors)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from headstart.errors import HeadstartError
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 from headstart.recipe import Recipe, flatten
 from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write, read_history
 
@@ -154,7 +154,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
     failed: list[str] = []
     loose: dict[str, list[tuple[Path, dict, list]]] = {}
     for given in paths:
-        path = Path(given).expanduser()
+        path = user_path(given)
         if not path.is_dir():
             raise HeadstartError(f"not a folder: {path} (give run folders or a sweep folder)")
         if (path / SWEEP_FILE).is_file():
@@ -246,8 +246,8 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Compariso
     records, failed = collect(paths)
     rows = summarize(records)
     comparison = Comparison(records, rows, spread_notes(rows), failed)
-    first = Path(paths[0]).expanduser()
-    folder = Path(out).expanduser() if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
+    first = user_path(paths[0])
+    folder = user_path(out) if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
     atomic_write(folder / "comparison.md", comparison.markdown.encode())
     atomic_write(folder / "comparison.csv", comparison.csv.encode())
     plot_overlay([(r.variant, r.history) for r in records], folder / "comparison.png")

@@ -21,12 +21,12 @@ from PIL import Image
 
 from headstart import cache
 from headstart.errors import HeadstartError
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 
 
 def cache_root() -> Path:
     if os.environ.get("HEADSTART_CACHE"):
-        return Path(os.environ["HEADSTART_CACHE"]).expanduser()
+        return user_path(os.environ["HEADSTART_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "headstart"
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from headstart.errors import HeadstartError
 from headstart.fileio import writing
 from headstart.model import build_model
+from headstart.paths import user_path
 from headstart.recipe import MAX_IMAGE_SIZE, Recipe, describe_validation_error
 from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
@@ -75,7 +76,7 @@ def export(
     model = model_from_checkpoint(checkpoint)
     size = checkpoint["preprocessing"]["image_size"]
     example = torch.zeros(2, 3, size, size)
-    target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / FORMATS[format]
+    target = user_path(out) if out else checkpoint_path.parent / "export" / FORMATS[format]
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     try:
         with writing(target), warnings.catch_warnings():

@@ -23,6 +23,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from headstart.data import MAX_ASPECT_RATIO, build_transforms, decode_all, list_class_folders, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
+from headstart.paths import user_path
 from headstart.plots import plot_confusion
 from headstart.runs import load_checkpoint
 
@@ -194,7 +195,7 @@ class Predictor:
         self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None
     ) -> Evaluation:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/)."""
-        root = Path(data).expanduser()
+        root = user_path(data)
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)
         unknown = sorted(set(found) - set(self.classes))
@@ -258,7 +259,7 @@ class Predictor:
 def _open(image: str | Path | Image.Image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
-    path = Path(image).expanduser()
+    path = user_path(image)
     if not path.exists():
         raise HeadstartError(f"image not found: {path}")
     if not path.is_file():  # a FIFO or device would block or never end
@@ -278,7 +279,7 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
     from headstart.export import load_exported, sidecar_path
     from headstart.hub import is_hub_folder, load_hub
 
-    path = Path(source).expanduser()
+    path = user_path(source)
     if is_hub_folder(path) and not (path / "best.pt").is_file():
         return Predictor.from_module(*load_hub(path), device=device)
     if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 from headstart.recipe import DataConfig
 
 log = logging.getLogger("headstart")
@@ -373,7 +373,7 @@ def data_root(cfg: DataConfig) -> Path:
         return digits_folder()
     if cfg.path in CIFAR:
         return cifar_folder(download_cifar(cfg.path))
-    root = Path(cfg.path).expanduser()
+    root = user_path(cfg.path)
     if root.is_dir() and cifar_kind(root):
         return cifar_folder(root)
     return root

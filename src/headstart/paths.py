@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from headstart.errors import HeadstartError
 
@@ -24,3 +25,14 @@ def safe_component(name: str, what: str) -> str:
             f"{what} {name!r} is not a safe folder name: no '/', '\\', control characters, leading '~', '.' or '..'"
         )
     return name
+
+
+def user_path(value: str | Path) -> Path:
+    """`value` with a leading ~ or ~user expanded, as a shell would: left as written where no such home exists.
+
+    Path.expanduser raises RuntimeError for '~nosuchuser'; bash keeps such a word literally, and so do we.
+    """
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)

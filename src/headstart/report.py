@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from headstart.errors import HeadstartError
+from headstart.paths import user_path
 from headstart.runs import SWEEP_FILE, atomic_write, read_history
 
 log = logging.getLogger("headstart")
@@ -196,13 +197,13 @@ def sweep_sections(sweep_dir: Path) -> list[str]:
 
 def report(target: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of a run or sweep folder; returns its path."""
-    folder = Path(target).expanduser()
+    folder = user_path(target)
     if (folder / SWEEP_FILE).is_file():
         sections, title = sweep_sections(folder), f"headstart sweep: {folder.name}"
     elif (folder / "history.json").is_file():
         sections, title = run_sections(folder), f"headstart run: {folder.name}"
     else:
         raise HeadstartError(f"{folder} is neither a run folder (history.json) nor a sweep folder ({SWEEP_FILE})")
-    path = Path(out).expanduser() if out else folder / "report.html"
+    path = user_path(out) if out else folder / "report.html"
     atomic_write(path, _page(title, sections).encode())
     return path

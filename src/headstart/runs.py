@@ -26,7 +26,7 @@ import torch
 
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write, writing
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 
 HISTORY_FIELDS = [
     "stage",
@@ -71,7 +71,7 @@ class RunFolder:
     @classmethod
     def create(cls, out_dir: str | Path, name: str) -> RunFolder:
         """A new folder out_dir/name; an existing name gets a -2, -3 ... suffix rather than being overwritten."""
-        base = Path(out_dir).expanduser()
+        base = user_path(out_dir)
         candidate, number = base / safe_component(name, "run name"), 1
         while candidate.exists():
             number += 1
@@ -166,7 +166,7 @@ def read_test(run_dir: str | Path) -> dict[str, Any] | None:
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """A run folder means its best.pt; a file is taken as given."""
-    path = Path(run_or_checkpoint).expanduser()
+    path = user_path(run_or_checkpoint)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():

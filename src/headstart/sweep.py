@@ -31,7 +31,7 @@ import yaml
 from headstart.compare import compare
 from headstart.errors import HeadstartError, close_matches
 from headstart.fileio import atomic_write
-from headstart.paths import safe_component
+from headstart.paths import safe_component, user_path
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.runs import ERROR_FILE, RUN_FILES, SWEEP_FILE
 from headstart.train import ResumePoint, as_recipe, ensure_console, train
@@ -293,7 +293,7 @@ def sweep(
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
     # Every variant must be a valid recipe before the first one trains.
-    sweep_dir = Path(out or base.run.out_dir).expanduser() / (
+    sweep_dir = user_path(out or base.run.out_dir) / (
         name or f"sweep-{base.run.name or Path(base.data.path or 'digits').stem}"
     )
     recipes = {(v.name, s): spec.recipe_for(v, s, sweep_dir) for v in spec.variants for s in spec.seeds}

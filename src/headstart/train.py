@@ -37,6 +37,7 @@ from headstart.freeze import FreezePlan, count_parameters, plan_freeze
 from headstart.hardware import Hardware, pick_hardware
 from headstart.metrics import best_index, improved, score_batches
 from headstart.model import Classifier, build_model, resolve_preprocessing
+from headstart.paths import user_path
 from headstart.plots import plot_curves
 from headstart.recipe import Recipe, Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
@@ -328,7 +329,7 @@ class ResumePoint:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> ResumePoint:
-        path = Path(run_dir).expanduser()
+        path = user_path(run_dir)
         if not (path / "recipe.yaml").is_file():
             raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
         if not (path / "last.pt").is_file():
@@ -543,6 +544,7 @@ class _Trainer:
         self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
         self.stage_notes: list[str] = []
         self.trackers: list[Tracker] = []
+        self.diverged: set[str] = set()  # stages already warned about
         self.feature_cache = FeatureCache(model, data, hw, recipe, group)
         self.feature_cache.sample_weights = self.sample_weights
         full_model_images = sum(stage.epochs for stage in recipe.stages if stage.freeze != "backbone") * len(data.train)
@@ -657,7 +659,6 @@ class _Trainer:
         module = self.training_module(path)
         criterion = nn.CrossEntropyLoss(weight=self.loss_weights, label_smoothing=stage.label_smoothing)
         eval_criterion = nn.CrossEntropyLoss()
-        warned = False
         for epoch in range(first_epoch, stage.epochs + 1):
             where = f"stage '{stage.name}', epoch {epoch}"
             tic = time.perf_counter()
@@ -712,11 +713,7 @@ class _Trainer:
                 val["f1"],
                 lr,
             )
-            if (why := divergence(max(train_loss, val_loss), len(self.data.split.classes))) and not warned:
-                warned = True  # once per stage: every later epoch would say the same
-                note = f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})"
-                log.warning("%s", note)
-                self.stage_notes.append(note)
+            self.check_divergence(stage, epoch, max(train_loss, val_loss), lr)
             payload = self.checkpoint(stage, epoch, row)
             if improved(row, self.best_row, self.recipe.run.monitor):
                 self.best_row, self.best_epoch = row, len(self.run.history)
@@ -755,6 +752,16 @@ class _Trainer:
             test["balanced_acc"],
             test["f1"],
         )
+
+    def check_divergence(self, stage: Stage, epoch: int, loss: float, lr: float) -> None:
+        """Warn (once per stage: later epochs would say the same) when the loss shows the stage diverged; noted in summary.txt."""
+        why = divergence(loss, len(self.data.split.classes))
+        if why is None or stage.name in self.diverged:
+            return
+        self.diverged.add(stage.name)
+        note = f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})"
+        log.warning("%s", note)
+        self.stage_notes.append(note)
 
     def summary(self, seconds: float) -> str:
         split, recipe = self.data.split, self.recipe

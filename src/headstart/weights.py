@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.paths import user_path
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def load_backbone_weights(model: nn.Module, backbone: str, source: str) -> None:
         state = read_state_dict(path)
         state = _map_in_order(model, state, path)
     else:
-        path = Path(source.removeprefix("file:")).expanduser()
+        path = user_path(source.removeprefix("file:"))
         state = read_state_dict(path)
     _load_checked(model, state, path)
 
