@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from headstart.data import GlobalBatches, PreparedData, make_loader, prepare_data
 from headstart.distributed import SOLO, Group, join, leave
+from headstart.duplicates import warn_duplicates
 from headstart.errors import HeadstartError
 from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
@@ -375,6 +376,8 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     with group.main_first():
         data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
+    if group.is_main and point is None:
+        warn_duplicates(data.split.train, data.split.val, recipe.data.path)
     classes = data.split.classes
     model = build_model(recipe.model, len(classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
