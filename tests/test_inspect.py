@@ -203,6 +203,11 @@ def test_blocked_search_equals_all_pairs(monkeypatch):
     full = vectors @ vectors.T
     expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.6}
     assert found == expected and (3, 7) in found
+    signatures = rng.normal(size=(50, 4)).astype(np.float32)
+    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
+    both = {(i, j) for i, j, _ in similar_pairs(vectors, 0.6, signatures, 0.2)}
+    agree = signatures @ signatures.T
+    assert both == {(i, j) for i, j in expected if agree[i, j] >= 0.2} and both < expected
 
 
 def test_exact_findings_keep_the_train_copy():

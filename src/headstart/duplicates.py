@@ -118,14 +118,14 @@ def similar_pairs(
         for column in range(row, count, COLUMN_BLOCK):
             columns = np.asarray(embeddings[column : column + COLUMN_BLOCK], dtype=np.float32)
             similarity = rows @ columns.T
-            hits_i, hits_j = np.nonzero(similarity >= threshold)
-            if signatures is not None and len(hits_i):
-                agree = np.einsum(
-                    "nd,nd->n",
-                    signatures[row + hits_i].astype(np.float32),
-                    signatures[column + hits_j].astype(np.float32),
-                )
-                hits_i, hits_j = hits_i[agree >= signature_threshold], hits_j[agree >= signature_threshold]
+            close = similarity >= threshold
+            if signatures is not None:
+                # A second block product, not a per-hit check: a data set of look-alikes can put
+                # most of a block above the embedding threshold.
+                signature_rows = np.asarray(signatures[row : row + ROW_BLOCK], dtype=np.float32)
+                signature_columns = np.asarray(signatures[column : column + COLUMN_BLOCK], dtype=np.float32)
+                close &= signature_rows @ signature_columns.T >= signature_threshold
+            hits_i, hits_j = np.nonzero(close)
             for i, j in zip(hits_i.tolist(), hits_j.tolist()):
                 if row + i < column + j:
                     yield row + i, column + j, float(similarity[i, j])
