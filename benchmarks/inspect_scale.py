@@ -80,7 +80,7 @@ def main() -> None:
                 "near_duplicate_rows": result.count("near_duplicate"),
                 "label_issue_rows": result.count("label_issue"),
                 "outlier_rows": result.count("outlier"),
-                "near_thresholds": [round(result.thresholds.embedding, 4), round(result.thresholds.signature, 4)],
+                "near_thresholds": [round(v, 4) for v in vars(result.thresholds).values()],
             }
         )
     )

@@ -188,7 +188,7 @@ def evaluate(name: str, work: Path, seed: int) -> dict:
         "images": truth["images"],
         "seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / truth["images"] * 1000, 1),
-        "near_thresholds": [round(result.thresholds.embedding, 4), round(result.thresholds.signature, 4)],
+        "near_thresholds": [round(v, 4) for v in vars(result.thresholds).values()],
         "exact_duplicate": score(pairs(result.findings, "exact_duplicate"), as_set["exact"] | as_set["leak_exact"]),
         "leak": score(pairs(result.findings, "leak"), as_set["leak_exact"] | as_set["leak_near"]),
         "near_duplicate": score(near, as_set["near"] | as_set["leak_near"]),

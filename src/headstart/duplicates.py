@@ -103,13 +103,23 @@ def signature(rgb: Image.Image) -> np.ndarray:
     return (small / max(float(np.linalg.norm(small)), 1e-6)).astype(np.float16)
 
 
+def mean_colour(rgb: Image.Image) -> np.ndarray:
+    return np.asarray(rgb, dtype=np.float32).reshape(-1, 3).mean(axis=0)
+
+
 def similar_pairs(
-    embeddings: np.ndarray, threshold: float, signatures: np.ndarray | None = None, signature_threshold: float = -1.0
+    embeddings: np.ndarray,
+    threshold: float,
+    signatures: np.ndarray | None = None,
+    signature_threshold: float = -1.0,
+    colours: np.ndarray | None = None,
+    colour_tolerance: float = np.inf,
 ) -> Iterator[tuple[int, int, float]]:
     """Every pair (i < j) with cosine similarity >= threshold, exactly, one block of similarities at a time.
 
     `embeddings` must be L2-normalised rows (float32); it may be a memory map. With `signatures`,
-    a pair must also have signature similarity >= signature_threshold.
+    a pair must also have signature similarity >= signature_threshold; with `colours`, mean colours
+    no further apart than colour_tolerance in any channel (a recoloured variant is not a copy).
     """
     count = len(embeddings)
     for row in range(0, count, ROW_BLOCK):
@@ -126,17 +136,22 @@ def similar_pairs(
                 signature_columns = np.asarray(signatures[column : column + COLUMN_BLOCK], dtype=np.float32)
                 close &= signature_rows @ signature_columns.T >= signature_threshold
             hits_i, hits_j = np.nonzero(close)
+            if colours is not None and len(hits_i):
+                apart = np.abs(colours[row + hits_i] - colours[column + hits_j]).max(axis=1)
+                hits_i, hits_j = hits_i[apart <= colour_tolerance], hits_j[apart <= colour_tolerance]
             for i, j in zip(hits_i.tolist(), hits_j.tolist()):
                 if row + i < column + j:
                     yield row + i, column + j, float(similarity[i, j])
 
 
 def near_findings(
-    items: list[Item], embeddings: np.ndarray, digests: list[str | None], signatures: np.ndarray, thresholds: Thresholds
+    items: list[Item], embeddings: np.ndarray, digests: list[str | None], looks: Looks, thresholds: Thresholds
 ) -> list[Finding]:
-    """near_duplicate rows (plus leak / conflicting_label rows) for pairs above both thresholds that are not exact copies."""
+    """near_duplicate rows (plus leak / conflicting_label rows) for pairs within every threshold that are not exact copies."""
     found = []
-    pairs = similar_pairs(embeddings, thresholds.embedding, signatures, thresholds.signature)
+    pairs = similar_pairs(
+        embeddings, thresholds.embedding, looks.signatures, thresholds.signature, looks.colours, thresholds.colour
+    )
     for i, j, score in pairs:
         if digests[i] is not None and digests[i] == digests[j]:
             continue  # reported as an exact duplicate
@@ -164,10 +179,20 @@ def degraded_copies(image: Image.Image, seed: int) -> list[Image.Image]:
 
 @dataclass
 class Thresholds:
-    """Near duplicates reach both: cosine similarity of embeddings and of pixel signatures."""
+    """Near duplicates meet all three: cosine similarity of embeddings and of pixel signatures at least
+    these, mean colours at most `colour` apart (0-255, largest channel difference)."""
 
     embedding: float
     signature: float
+    colour: float
+
+
+@dataclass
+class Looks:
+    """Pixel signatures (N, 768) and mean colours (N, 3) of the images, beside their embeddings."""
+
+    signatures: np.ndarray
+    colours: np.ndarray
 
 
 def calibrated_threshold(original: np.ndarray, copies: np.ndarray, quantile: float = CALIBRATION_QUANTILE) -> float:

@@ -40,8 +40,8 @@ EXPLAINED = {
     "leak": "the same picture in two splits: the held-out copy (left) inflates every score measured on it",
     "exact_duplicate": "identical decoded pixels: the copy (left) and the one kept (right)",
     "conflicting_label": "the same picture filed under two classes",
-    "near_duplicate": "re-encoded, resized or slightly cropped copies: close in embedding and in a 16x16 pixel "
-    "signature, both thresholds calibrated so 99 % of generated copies reach them",
+    "near_duplicate": "re-encoded, resized or slightly cropped copies: close in embedding, in a 16x16 pixel signature "
+    "and in mean colour, each threshold calibrated so 99 % of generated copies meet it",
     "label_issue": "out-of-fold heads predict another class; score 1 - p(given), most suspicious first; "
     "confident: flagged by confident learning",
     "outlier": "far from every class in embedding space (score: robust z below the median)",
@@ -95,7 +95,10 @@ def summary(result: InspectResult) -> str:
         note = ""
         if kind == "near_duplicate":
             t = result.thresholds
-            note = f" (embedding cosine >= {t.embedding:.4f} and pixel signature >= {t.signature:.4f})"
+            note = (
+                f" (embedding cosine >= {t.embedding:.4f}, pixel signature >= {t.signature:.4f}, "
+                f"mean colour within {t.colour:.1f})"
+            )
         lines.append(f"  {kind:<18} {counts.get(kind, 0)}{note}")
     lines.append(f"clean.csv keeps {result.kept} of {inv['images']} images; details in {result.out / 'inspect.html'}")
     return "\n".join(lines)

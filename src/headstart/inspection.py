@@ -28,12 +28,15 @@ from PIL import Image
 
 from headstart.data import DataSplit, decode_all, list_images
 from headstart.duplicates import (
+    CALIBRATION_QUANTILE,
     Finding,
     Item,
+    Looks,
     Thresholds,
     calibrated_threshold,
     degraded_copies,
     exact_findings,
+    mean_colour,
     near_findings,
     signature,
 )
@@ -103,9 +106,16 @@ def calibrate(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
     for number, picture in enumerate(pictures):
         copies += degraded_copies(Image.fromarray(picture), seed + number)
     originals = [signature(Image.fromarray(p)) for p in pictures]
+    per = len(copies) // len(pictures)
+    colour_apart = [
+        np.abs(mean_colour(Image.fromarray(pictures[n // per])) - mean_colour(copy)).max()
+        for n, copy in enumerate(copies)
+    ]
     return Thresholds(
         calibrated_threshold(embedder.arrays(pictures), embedder.arrays([np.asarray(c) for c in copies])),
         calibrated_threshold(np.stack(originals), np.stack([signature(c) for c in copies])),
+        # At least 2 levels: the calibration copies come from already-resized pictures.
+        max(2.0, float(np.quantile(colour_apart, 1 - CALIBRATION_QUANTILE))),
     )
 
 
@@ -202,8 +212,8 @@ def inspect(
     if near_threshold is not None:
         thresholds.embedding = near_threshold
     picked = [items[i] for i in rows]
-    signatures = np.stack([facts[i].signature for i in rows])
-    findings += near_findings(picked, vectors, [facts[i].digest for i in rows], signatures, thresholds)
+    looks = Looks(np.stack([facts[i].signature for i in rows]), np.stack([facts[i].colour for i in rows]))
+    findings += near_findings(picked, vectors, [facts[i].digest for i in rows], looks, thresholds)
     findings += label_findings(picked, vectors, seed)
     result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
     write_outputs(result, items, root, label_margin)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from headstart.data import MAX_ASPECT_RATIO, to_rgb
-from headstart.duplicates import Finding, Item, signature
+from headstart.duplicates import Finding, Item, mean_colour, signature
 
 # Shorter side below this is `tiny` (a model upsamples it into blur); above HUGE_PIXELS is `huge`.
 TINY_SIDE = 16
@@ -39,6 +39,7 @@ class Facts:
     digest: str | None = None
     error: str = ""
     signature: np.ndarray | None = None
+    colour: np.ndarray | None = None
 
 
 def pixel_digest(image: Image.Image) -> str:
@@ -63,7 +64,7 @@ def examine(item: Item) -> Facts:
                 )
                 return facts
             rgb = to_rgb(image)
-            facts.digest, facts.signature = digest_rgb(rgb), signature(rgb)
+            facts.digest, facts.signature, facts.colour = digest_rgb(rgb), signature(rgb), mean_colour(rgb)
             return facts
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return Facts(error=f"{type(err).__name__}: {err}"[:200])
