@@ -19,6 +19,7 @@ top 2x as many label suspects as were planted, and seconds per 1,000 images (col
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import os
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from headstart.duplicates import Finding
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RATES = {"flip": 0.05, "exact": 0.03, "near": 0.03, "leak": 0.02}
@@ -139,16 +142,28 @@ def from_source(pair: frozenset) -> bool:
     return not any(mark in path for path in pair for mark in PLANTED_NAMES)
 
 
-def score(found: set, truth: set) -> dict:
+def through_source(pair: frozenset, found: set, originals: dict[str, str]) -> bool:
+    """A planted copy paired with a source image that is itself found as a copy of the planted copy's original."""
+    for path in pair:
+        other = next(iter(pair - {path}), path)
+        if path in originals and frozenset((originals[path], other)) in found:
+            return True
+    return False
+
+
+def score(found: set, truth: set, originals: dict[str, str]) -> dict:
     """Precision counts planted hits among the pairs that involve a planted file; pairs of two source
-    images are reported apart (`in_source`) and judged by eye from the contact sheet."""
+    images are reported apart (`in_source`) and judged by eye from the contact sheet, and so are
+    pairs of a planted copy with a source copy of its original (`through_source`)."""
     hits = len(found & truth)
     in_source = {pair for pair in found - truth if from_source(pair)}
-    judged = len(found) - len(in_source)
+    through = {pair for pair in found - truth - in_source if through_source(pair, found, originals)}
+    judged = len(found) - len(in_source) - len(through)
     return {
         "planted": len(truth),
         "found": len(found),
         "in_source": len(in_source),
+        "through_source": len(through),
         "precision": round(hits / judged, 3) if judged else 1.0,
         "recall": round(hits / len(truth), 3) if truth else 1.0,
     }
@@ -168,36 +183,47 @@ def contact_sheet(folder: Path, found: set, target: Path, shown: int = 40) -> No
     sheet.save(target)
 
 
-def evaluate(name: str, work: Path, seed: int) -> dict:
+def read_findings(path: Path) -> list[Finding]:
+    with open(path, newline="") as handle:
+        return [Finding(r["kind"], r["path"], r["other"], float(r["score"])) for r in csv.DictReader(handle)]
+
+
+def evaluate(name: str, work: Path, seed: int, score_only: bool = False) -> dict:
     import headstart
 
     truth = plant(name, work, seed)
-    os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="planted-cache-")  # cold: embeddings computed
-    started = time.perf_counter()
-    result = headstart.inspect(work / name, work / f"{name}-inspect", quiet=True, seed=seed)
-    seconds = time.perf_counter() - started
-    shutil.rmtree(os.environ["HEADSTART_CACHE"], ignore_errors=True)
+    seconds, thresholds = float("nan"), []
+    if score_only:  # rescore the findings.csv of an earlier run over the same (re-planted, identical) folder
+        findings = read_findings(work / f"{name}-inspect" / "findings.csv")
+    else:
+        os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="planted-cache-")  # cold: embeddings computed
+        started = time.perf_counter()
+        result = headstart.inspect(work / name, work / f"{name}-inspect", quiet=True, seed=seed)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(os.environ["HEADSTART_CACHE"], ignore_errors=True)
+        findings, thresholds = result.findings, [round(v, 4) for v in vars(result.thresholds).values()]
     as_set = {k: {frozenset(p) for p in v} for k, v in truth.items() if k not in ("images", "flipped")}
-    suspects = [f.path for f in result.of("label_issue")]
+    originals = {copy: original for k in as_set for copy, original in truth[k]}
+    suspects = [f.path for f in findings if f.kind == "label_issue"]
     top = suspects[: 2 * len(truth["flipped"])]
     flipped = set(truth["flipped"])
-    near = pairs(result.findings, "near_duplicate")
+    near = pairs(findings, "near_duplicate")
     contact_sheet(work / name, near, work / f"{name}-source-near-pairs.png")
     return {
         "set": name,
         "images": truth["images"],
         "seconds": round(seconds, 1),
         "seconds_per_1000": round(seconds / truth["images"] * 1000, 1),
-        "near_thresholds": [round(v, 4) for v in vars(result.thresholds).values()],
-        "exact_duplicate": score(pairs(result.findings, "exact_duplicate"), as_set["exact"] | as_set["leak_exact"]),
-        "leak": score(pairs(result.findings, "leak"), as_set["leak_exact"] | as_set["leak_near"]),
-        "near_duplicate": score(near, as_set["near"] | as_set["leak_near"]),
+        "near_thresholds": thresholds,
+        "exact_duplicate": score(pairs(findings, "exact_duplicate"), as_set["exact"] | as_set["leak_exact"], originals),
+        "leak": score(pairs(findings, "leak"), as_set["leak_exact"] | as_set["leak_near"], originals),
+        "near_duplicate": score(near, as_set["near"] | as_set["leak_near"], originals),
         "flipped_in_top_2x": round(len(flipped & set(top)) / max(1, len(flipped)), 3),
         "flipped_planted": len(flipped),
         "label_suspects": len(suspects),
         "label_suspect_precision": round(len(flipped & set(suspects)) / max(1, len(suspects)), 3),
-        "outliers": result.count("outlier"),
-        "conflicting_label": result.count("conflicting_label"),
+        "outliers": sum(f.kind == "outlier" for f in findings),
+        "conflicting_label": sum(f.kind == "conflicting_label" for f in findings),
     }
 
 
@@ -206,9 +232,10 @@ def main() -> None:
     parser.add_argument("sets", nargs="+", help="names under ../shared/data")
     parser.add_argument("--work", default="/tmp/planted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score-only", action="store_true", help="rescore WORK/<set>-inspect/findings.csv")
     args = parser.parse_args()
     for name in args.sets:
-        print(json.dumps(evaluate(name, Path(args.work), args.seed)), flush=True)
+        print(json.dumps(evaluate(name, Path(args.work), args.seed, args.score_only)), flush=True)
 
 
 if __name__ == "__main__":
