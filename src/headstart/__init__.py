@@ -10,6 +10,7 @@
 from headstart.compare import compare
 from headstart.errors import HeadstartError
 from headstart.export import export
+from headstart.inspection import inspect
 from headstart.lr_find import lr_find
 from headstart.push import push
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -51,6 +52,7 @@ __all__ = [
     "TrainResult",
     "compare",
     "export",
+    "inspect",
     "load",
     "lr_find",
     "push",

@@ -411,6 +411,24 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from headstart.inspection import inspect
+
+    inspect(
+        args.data,
+        args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        near_threshold=args.near_threshold,
+        label_margin=args.label_margin,
+        quiet=args.quiet,
+    )
+    return 0
+
+
 def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Flags that override recipe fields (train and sweep); returns the 'run' group for command-specific flags."""
     group = parser.add_argument_group("model")
@@ -593,6 +611,30 @@ def build_parser() -> argparse.ArgumentParser:
     backbones.add_argument("pattern", nargs="?", help="e.g. 'efficientnet*' or 'resnet'")
     backbones.add_argument("--offline", action="store_true", help="only those with packaged weights")
     backbones.set_defaults(func=cmd_backbones)
+
+    inspect = commands.add_parser(
+        "inspect", help="find duplicates, leaks across splits, probable label errors and outliers; write clean.csv"
+    )
+    inspect.add_argument("data", nargs="?", help="image folder or CSV, any layout train takes (none: the digits)")
+    inspect.add_argument("--out", help="folder for findings.csv, clean.csv, inspect.html (default runs/<data>-inspect)")
+    inspect.add_argument("--backbone", default="tf_efficientnet_lite0", help="frozen backbone for the embeddings")
+    inspect.add_argument("--weights", help="weight source (package | hub | file:PATH); default as for train")
+    inspect.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    inspect.add_argument("--batch-size", type=int, default=64)
+    inspect.add_argument("--device", default="auto")
+    inspect.add_argument(
+        "--near-threshold",
+        type=float,
+        help="cosine similarity for near duplicates (default: calibrated on generated copies)",
+    )
+    inspect.add_argument(
+        "--label-margin",
+        type=float,
+        default=0.5,
+        help="label suspects with p(suggested) - p(given) at or above this are left out of clean.csv",
+    )
+    inspect.add_argument("--quiet", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 

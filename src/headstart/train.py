@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from headstart.balance import choose_balance, class_weights, sample_weights
 from headstart.data import GlobalBatches, PreparedData, make_loader, prepare_data
 from headstart.distributed import SOLO, Group, join, leave
+from headstart.duplicates import warn_duplicates
 from headstart.errors import HeadstartError, Interrupted
 from headstart.features import Cut, FeatureCache, cache_decision
 from headstart.freeze import FreezePlan, count_parameters, plan_freeze
@@ -386,6 +387,8 @@ def _train(recipe: Recipe, hw: Hardware, group: Group, quiet: bool, point: Resum
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     with group.main_first():
         data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
+    if group.is_main and point is None:
+        warn_duplicates({"train": data.split.train, "val": data.split.val, "test": data.split.test}, recipe.data.path)
     classes = data.split.classes
     # Saved in recipe.yaml as the remedy that ran, so a resumed run and a reader of the recipe see it.
     recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, classes)

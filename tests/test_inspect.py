@@ -1,0 +1,242 @@
+"""headstart inspect: every kind of fault planted in generated images is found; clean folders and user files stay clean."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import headstart
+from headstart.cli import main
+from headstart.duplicates import Item, exact_findings, similar_pairs, train_check
+from headstart.label_issues import confident_suspects
+from tests.conftest import tiny_recipe
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
+
+
+def scene(colour: tuple[int, int, int], seed: int, size: int = 64) -> Image.Image:
+    """A class-coloured background with a few random shapes: distinct pictures, alike within a class."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size), colour)
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x, y = rng.integers(0, size - 16, 2)
+        w, h = rng.integers(8, 28, 2)
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((int(x), int(y), int(x + w), int(y + h)), fill=fill)
+    return image
+
+
+def write_scenes(folder: Path, per_class: int, seed: int) -> Path:
+    for number, (name, colour) in enumerate(COLOURS.items()):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            scene(colour, seed * 1000 + number * 100 + index).save(folder / name / f"{index:03d}.png")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """DATA/train + DATA/val with one of each fault; inspected once, shared by the tests below."""
+    root = tmp_path_factory.mktemp("planted")
+    data = root / "data"
+    write_scenes(data / "train", per_class=14, seed=1)
+    write_scenes(data / "val", per_class=4, seed=2)
+    train = data / "train"
+    Image.open(train / "red/001.png").convert("RGB").save(train / "red/001_copy.bmp")  # same pixels, other format
+    shutil.copyfile(train / "blue/002.png", data / "val/blue/leaked.png")
+    shutil.copyfile(train / "red/003.png", train / "green/conflict.png")
+    near = Image.open(train / "green/004.png").convert("RGB").resize((51, 51), Image.Resampling.BILINEAR)
+    near.save(train / "green/004_small.jpg", quality=60)
+    scene(COLOURS["red"], 999).save(train / "blue/flipped.png")  # a red picture filed under blue
+    checker = np.indices((64, 64)).sum(axis=0) // 8 % 2 * 255
+    Image.fromarray(np.stack([checker] * 3, axis=-1).astype(np.uint8)).save(train / "red/checker.png")
+    (train / "red/notes.png").write_text("not an image")
+    Image.new("RGB", (200, 12), COLOURS["red"]).save(train / "red/strip.png")
+    before = snapshot(data)
+    result = headstart.inspect(data, root / "out", image_size=64, label_margin=0.3, quiet=True)
+    return data, result, before
+
+
+def rows_of(result, kind: str) -> list[tuple[str, str]]:
+    return [(f.path, f.other) for f in result.of(kind)]
+
+
+def test_exact_duplicates_leaks_and_conflicts_are_found(planted):
+    _, result, _ = planted
+    exact = {frozenset(pair) for pair in rows_of(result, "exact_duplicate")}
+    assert frozenset(("train/red/001.png", "train/red/001_copy.bmp")) in exact
+    assert frozenset(("train/red/003.png", "train/green/conflict.png")) in exact
+    # The held-out copy is named in `path`; the leak also has its duplicate row.
+    assert rows_of(result, "leak") == [("val/blue/leaked.png", "train/blue/002.png")]
+    assert frozenset(("val/blue/leaked.png", "train/blue/002.png")) in exact
+    assert {frozenset(p) for p in rows_of(result, "conflicting_label")} == {
+        frozenset(("train/red/003.png", "train/green/conflict.png"))
+    }
+    assert len(exact) == 3
+
+
+def test_near_duplicate_is_found_with_its_threshold(planted):
+    _, result, _ = planted
+    near = {frozenset(pair) for pair in rows_of(result, "near_duplicate")}
+    assert frozenset(("train/green/004.png", "train/green/004_small.jpg")) in near
+    assert 0 < result.thresholds.embedding < 1 and 0 < result.thresholds.signature < 1
+    assert all(f.score >= result.thresholds.embedding for f in result.of("near_duplicate"))
+
+
+def test_flipped_label_outlier_unreadable_and_odd_image_are_found(planted):
+    _, result, _ = planted
+    suspects = result.of("label_issue")
+    assert suspects and suspects[0].path == "train/blue/flipped.png"
+    assert suspects[0].extra["label"] == "blue" and suspects[0].extra["suggested"] == "red"
+    assert [f.path for f in result.of("outlier")][:1] == ["train/red/checker.png"]
+    assert [f.path for f in result.of("unreadable")] == ["train/red/notes.png"]
+    assert [f.path for f in result.of("odd_image")] == ["train/red/strip.png"]
+    assert result.inventory["per_split"]["val"] == {"blue": 5, "green": 4, "red": 4}
+
+
+def test_outputs_and_user_files(planted):
+    data, result, before = planted
+    assert snapshot(data) == before  # nothing of the user's changed, nothing written into DATA
+    with open(result.out / "findings.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][:4] == ["kind", "path", "other", "score"]
+    assert {row[0] for row in rows[1:]} == {
+        "exact_duplicate",
+        "leak",
+        "conflicting_label",
+        "near_duplicate",
+        "label_issue",
+        "outlier",
+        "unreadable",
+        "odd_image",
+    }
+    with open(result.out / "clean.csv", newline="") as handle:
+        clean = list(csv.DictReader(handle))
+    kept = {str(Path(row["path"]).relative_to(data.resolve())) for row in clean}
+    for dropped in ("val/blue/leaked.png", "train/red/notes.png", "train/green/conflict.png", "train/red/003.png"):
+        assert dropped not in kept
+    assert "train/blue/002.png" in kept and "train/blue/flipped.png" not in kept
+    for suspect in result.of("label_issue"):  # left out exactly when p(suggested) - p(given) >= label_margin
+        conflicting = suspect.path in ("train/green/conflict.png", "train/red/003.png")  # left out as conflicting
+        assert (suspect.path in kept) == (suspect.extra["margin"] < 0.3 and not conflicting)
+    assert {row["split"] for row in clean} == {"train", "val"}
+    assert len(clean) == result.kept
+
+
+def test_inspect_page_loads_in_a_browser(planted, tmp_path):
+    from tests.test_report import load_in_browser
+
+    _, result, _ = planted
+    page = result.out / "inspect.html"
+    text = page.read_text()
+    assert "http" not in text.replace("http-equiv", "")  # nothing fetched: every picture is inlined
+    check = load_in_browser(page, tmp_path)
+    assert check["errors"] == [] and check["broken"] == []
+    # Pairs show two pictures; the unreadable file shows none.
+    assert check["images"] >= 2 * 3 + 1
+
+
+def test_clean_folder_has_no_duplicates_or_leaks(tmp_path):
+    data = tmp_path / "clean"
+    write_scenes(data / "train", per_class=8, seed=5)
+    write_scenes(data / "val", per_class=3, seed=6)
+    result = headstart.inspect(data, tmp_path / "out", image_size=64, quiet=True)
+    for kind in ("exact_duplicate", "near_duplicate", "leak", "conflicting_label", "unreadable"):
+        assert result.count(kind) == 0, kind
+    assert result.kept == 3 * 11
+
+
+def test_plain_folder_is_one_split_and_clean_csv_trains(tmp_path, capsys):
+    data = write_scenes(tmp_path / "plain", per_class=8, seed=7)
+    shutil.copyfile(data / "red/000.png", data / "red/000_again.png")
+    assert main(["inspect", str(data), "--out", str(tmp_path / "out"), "--image-size", "64", "--quiet"]) == 0
+    with open(tmp_path / "out/findings.csv", newline="") as handle:
+        kinds = [row["kind"] for row in csv.DictReader(handle)]
+    assert kinds.count("exact_duplicate") == 1 and "leak" not in kinds  # one split: a copy is no leak
+    result = headstart.train(tiny_recipe(tmp_path / "out/clean.csv", tmp_path / "runs"), quiet=True)
+    assert result.history and result.classes == ["blue", "green", "red"]
+
+
+def test_train_warns_about_copies_and_leaks(split_folder, tmp_path, caplog):
+    shutil.copyfile(split_folder / "train/red/000.png", split_folder / "val/red/copy.png")
+    shutil.copyfile(split_folder / "train/blue/001.png", split_folder / "train/blue/copy.png")
+    recipe = tiny_recipe(split_folder, tmp_path / "runs", stages=[{"name": "head", "epochs": 1, "freeze": "none"}])
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        headstart.train(recipe, quiet=True)
+    warning = [r.getMessage() for r in caplog.records if "exact duplicate" in r.getMessage()]
+    assert len(warning) == 1
+    assert warning[0].startswith("2 exact duplicate file(s) in the data, 1 of them across splits")
+    assert "headstart inspect" in warning[0]
+
+
+def test_bad_threshold_is_a_one_line_error(colour_folder, capsys):
+    assert main(["inspect", str(colour_folder), "--near-threshold", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("headstart: error: near threshold 1.5: give a cosine similarity")
+
+
+def test_blocked_search_equals_all_pairs(monkeypatch):
+    import headstart.duplicates as duplicates
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors[7] = vectors[3] + 0.01
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    monkeypatch.setattr(duplicates, "ROW_BLOCK", 7)
+    monkeypatch.setattr(duplicates, "COLUMN_BLOCK", 5)
+    found = {(i, j) for i, j, _ in similar_pairs(vectors, 0.6)}
+    full = vectors @ vectors.T
+    expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.6}
+    assert found == expected and (3, 7) in found
+    signatures = rng.normal(size=(50, 4)).astype(np.float32)
+    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
+    both = {(i, j) for i, j, _ in similar_pairs(vectors, 0.6, signatures, 0.2)}
+    agree = signatures @ signatures.T
+    assert both == {(i, j) for i, j in expected if agree[i, j] >= 0.2} and both < expected
+
+
+def test_exact_findings_keep_the_train_copy():
+    items = [
+        Item("val", Path("v.png"), "val/a/v.png", "a"),
+        Item("train", Path("t.png"), "train/a/t.png", "a"),
+        Item("train", Path("u.png"), "train/b/u.png", "b"),
+    ]
+    found = exact_findings(items, ["d", "d", "d"])
+    assert [(f.kind, f.path, f.other) for f in found] == [
+        ("exact_duplicate", "train/b/u.png", "train/a/t.png"),
+        ("conflicting_label", "train/b/u.png", "train/a/t.png"),
+        ("exact_duplicate", "val/a/v.png", "train/a/t.png"),
+        ("leak", "val/a/v.png", "train/a/t.png"),
+    ]
+
+
+def test_confident_learning_flags_only_confident_disagreement():
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.85, 0.15], [0.45, 0.55]])
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    # Row 4 is labelled 1 but confidently 0; row 5 leans to 1 below class 1's threshold (mean 0.62).
+    assert [(row, suggested) for row, suggested, _ in confident_suspects(probabilities, labels)] == [(4, 0)]
+
+
+def test_train_check_counts_byte_copies(tmp_path):
+    for name, content in {"a": b"1", "b": b"1", "c": b"2", "d": b"2", "e": b"3", "f": b"33", "g": b"3"}.items():
+        (tmp_path / name).write_bytes(content)
+    train = [(tmp_path / "a", 0), (tmp_path / "b", 0), (tmp_path / "c", 1)]
+    val = [(tmp_path / "d", 1), (tmp_path / "e", 0)]
+    assert train_check({"train": train, "val": val}) == (2, 1)
+    test = [(tmp_path / "f", 0), (tmp_path / "g", 0)]  # g copies val's e: a leak between held-out splits too
+    assert train_check({"train": train, "val": val, "test": test}) == (3, 2)
