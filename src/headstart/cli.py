@@ -229,6 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "per_class": result.per_class,
                     "confusion": result.confusion.tolist(),
                     "classes": result.classes,
+                    "notes": result.notes,
                 },
                 indent=1,
             )
