@@ -10,6 +10,7 @@
 from headstart.compare import compare
 from headstart.errors import HeadstartError
 from headstart.export import export
+from headstart.layouts import DataSplit, list_images
 from headstart.lr_find import lr_find
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.report import report
@@ -26,6 +27,7 @@ def load(source, device: str = "auto"):
 
 __all__ = [
     "DataConfig",
+    "DataSplit",
     "HeadConfig",
     "HeadstartError",
     "ModelConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "TrainResult",
     "compare",
     "export",
+    "list_images",
     "load",
     "lr_find",
     "report",

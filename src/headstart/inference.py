@@ -188,14 +188,12 @@ class Predictor:
         cfg = self._training_data()
         if cfg is not None and same_source(data, cfg):
             samples, note = held_out(cfg, self.classes)
-            log.info(note)
             result = self.evaluate_samples(samples, confusion_png, tta, where=str(data))
             result.notes.append(note)
             return result
         result = self._evaluate_folder(data, confusion_png, tta)
         warning = overlap_note(result.paths, cfg) if cfg is not None else None
         if warning:
-            log.warning(warning)
             result.notes.append(f"warning: {warning}")
         return result
 
