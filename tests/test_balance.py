@@ -31,9 +31,9 @@ def test_scores_match_scikit_learn():
 def test_imbalance_warning_names_the_counts(caplog):
     labels = [0] * 30 + [1] * 10 + [2] * 9
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        assert choose_balance(None, labels, ["a", "b", "c"]) == "weights"
-        assert choose_balance("sampler", labels, ["a", "b", "c"]) == "sampler"
-    assert "imbalanced classes: 'a' has 30 training images, 'c' 9 (3.3x); balance: weights (the default" in caplog.text
+        assert choose_balance(None, labels, ["a", "b", "c"]) == "sampler"
+        assert choose_balance("weights", labels, ["a", "b", "c"]) == "weights"
+    assert "imbalanced classes: 'a' has 30 training images, 'c' 9 (3.3x); balance: sampler (the default" in caplog.text
     caplog.clear()
     assert choose_balance(None, [0] * 29 + [1] * 10, ["a", "b"]) == "none" and not caplog.text
     assert class_weights([0, 0, 0, 1], 2).tolist() == pytest.approx([4 / 6, 2.0])
@@ -88,7 +88,7 @@ def test_default_balance_beats_unweighted_on_a_10_to_1_task(tmp_path, caplog):
         recipe["data"]["balance"] = balance
         with caplog.at_level(logging.WARNING, logger="headstart"):
             results[balance] = headstart.train(recipe, quiet=True)
-    assert "'common' has 200 training images, 'rare' 20 (10.0x); balance: weights" in caplog.text
+    assert "'common' has 200 training images, 'rare' 20 (10.0x); balance: sampler" in caplog.text
     default, plain = (results[b].final["val_balanced_acc"] for b in (None, "none"))
     assert default >= plain + 0.1, (default, plain)
 
