@@ -34,7 +34,8 @@ def test_train_evaluate_predict_summary(tiny_run, colour_folder, capsys):
     assert len(json.loads((tiny_run / "history.json").read_text())) == 3
     assert main(["evaluate", str(tiny_run), str(colour_folder), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["count"] == 36 and report["accuracy"] > 0.7 and (tiny_run / "confusion.png").is_file()
+    # The run's own folder: only its held-out val split (1 image of 12 per class) is scored.
+    assert report["count"] == 3 and report["accuracy"] > 0.6 and (tiny_run / "confusion.png").is_file()
     assert main(["predict", str(tiny_run), str(colour_folder / "green"), "--top-k", "1", "--json"]) == 0
     predictions = json.loads(capsys.readouterr().out)
     assert len(predictions) == 12 and all(len(p["top"]) == 1 for p in predictions)

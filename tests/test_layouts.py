@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -120,3 +121,30 @@ def test_csv_split_column(colour_folder):
     csv.write_text("path,label,split\nred/000.png,red,train\nred/001.png,red,holdout\n")
     with pytest.raises(HeadstartError, match=r"line 3: split 'holdout' is not one of train, val, test"):
         list_images(DataConfig(path=str(csv)))
+
+
+def test_cli_train_with_a_test_split_then_compare_and_evaluate(tmp_path, capsys):
+    import yaml
+
+    from headstart.cli import main
+    from tests.conftest import tiny_recipe
+
+    for name, count in (("train", 8), ("valid", 3), ("test", 4)):
+        write_images(tmp_path / "d" / name, TWO, per_class=count)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "d", tmp_path / "runs")))
+    argv = ["train", "--recipe", str(recipe), "--epochs", "1", "--monitor", "val_balanced_acc", "--balance", "none"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "layout: train/ valid/ test/ \u2192 train 16, val 6, test 8" in out
+    assert "test (8 images, " in out
+    run = tmp_path / "runs" / "tiny"
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["run"]["monitor"] == "val_balanced_acc" and saved["data"]["balance"] == "none"
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
+    capsys.readouterr()
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "test balanced acc" in table and "best val macro-F1" in table
+    assert main(["evaluate", str(run), str(tmp_path / "d"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 8 and result["notes"][0].startswith("scored the run's held-out test split: 8 of the 30")

@@ -1,6 +1,7 @@
 """Whole runs on tiny data: files written, accuracy above chance, the cache exact, NaN stopped, inference."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -97,10 +98,21 @@ def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
     predictor = headstart.load(result.run_dir)
     top = predictor.predict([colour_folder / "red" / "000.png"], top_k=2)
     assert len(top[0]) == 2 and top[0][0][0] == "red" and top[0][0][1] > top[0][1][1]
+    # The run's own class-folder tree: only its held-out val split (1 of 12 per class) is scored.
     evaluation = predictor.evaluate(colour_folder, confusion_png=tmp_path / "cm.png")
-    assert evaluation.accuracy > 0.8 and evaluation.confusion.sum() == 36
+    assert evaluation.count == evaluation.confusion.sum() == 3
+    assert evaluation.notes[0].startswith("scored the run's held-out val split: 3 of the 36 images")
     assert (tmp_path / "cm.png").is_file()
     assert {row["class"] for row in evaluation.per_class} == {"red", "green", "blue"}
+    # A copy elsewhere: everything is scored, and the training files are found by content.
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_folder, copy)
+    evaluation = predictor.evaluate(copy)
+    assert evaluation.accuracy > 0.8 and evaluation.count == 36
+    assert evaluation.notes == [
+        "warning: 33 of the 36 images scored are the run's training images (by path or content): "
+        "the score is optimistic; evaluate on images the run never saw"
+    ]
 
 
 def test_layer_decay_and_body_lr_groups(colour_folder):

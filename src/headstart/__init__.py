@@ -11,6 +11,7 @@ from headstart.compare import compare
 from headstart.errors import HeadstartError
 from headstart.export import export
 from headstart.inspection import inspect
+from headstart.layouts import DataSplit, list_images
 from headstart.lr_find import lr_find
 from headstart.push import push
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -43,6 +44,7 @@ def serve(
 
 __all__ = [
     "DataConfig",
+    "DataSplit",
     "HeadConfig",
     "HeadstartError",
     "ModelConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "compare",
     "export",
     "inspect",
+    "list_images",
     "load",
     "lr_find",
     "push",

@@ -19,7 +19,7 @@ log = logging.getLogger("headstart")
 # The largest class this many times the smallest is imbalanced enough to warn and to rebalance by default.
 IMBALANCE_RATIO = 3.0
 # The measured winner on ../shared/data/tiles (BENCHMARKS.md, imbalance), used when the warning fires.
-DEFAULT_REMEDY = "weights"
+DEFAULT_REMEDY = "sampler"
 
 
 def class_counts(labels: list[int], n_classes: int) -> np.ndarray:

@@ -61,7 +61,16 @@ def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Re
     data, model, run = values["data"], values["model"], values["run"]
     if args.data is not None:
         data["path"] = args.data
-    for key in ("image_size", "augment", "batch_size", "val_fraction", "workers", "feature_views"):
+    for key in (
+        "image_size",
+        "augment",
+        "batch_size",
+        "val_fraction",
+        "test_fraction",
+        "balance",
+        "workers",
+        "feature_views",
+    ):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     for key in ("backbone", "weights"):
@@ -83,6 +92,7 @@ def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Re
         ("seed", "seed"),
         ("device", "device"),
         ("precision", "precision"),
+        ("monitor", "monitor"),
     ):
         if getattr(args, flag) is not None:
             run[key] = getattr(args, flag)
@@ -241,6 +251,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "per_class": result.per_class,
                     "confusion": result.confusion.tolist(),
                     "classes": result.classes,
+                    "notes": result.notes,
                 },
                 indent=1,
             ),
@@ -450,6 +461,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--augment", choices=["none", "light", "standard"])
     group.add_argument("--batch-size", type=int)
     group.add_argument("--val-fraction", type=float)
+    group.add_argument("--test-fraction", type=float, help="carve a test split from class folders (scored once)")
+    group.add_argument(
+        "--balance", choices=["none", "weights", "sampler"], help="class imbalance remedy (default: auto)"
+    )
     group.add_argument("--workers", type=int)
     group.add_argument("--feature-views", type=int, help="augmented views to cache for head-only stages")
     group = parser.add_argument_group("run")
@@ -458,6 +473,9 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--seed", type=int)
     group.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument(
+        "--monitor", choices=["val_loss", "val_acc", "val_balanced_acc", "val_f1"], help="what best.pt is chosen by"
+    )
     group.add_argument(
         "--compile", choices=["auto", "on", "off"], help="torch.compile for stages that train the backbone"
     )
@@ -477,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a classifier (no DATA: the embedded digits default)")
-    train.add_argument("data", nargs="?", help="image folder (train/ + val/, or class folders) or CSV of path,label")
+    train.add_argument(
+        "data", nargs="?", help="image folder (train/ [+ val/ + test/], or class folders) or CSV of path,label[,split]"
+    )
     train.add_argument("--recipe", help="YAML recipe; flags override its fields")
     group = add_recipe_flags(train)
     group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,34 @@ import yaml
 from headstart.errors import HeadstartError
 from headstart.paths import safe_component, user_path
 from headstart.recipe import Recipe, flatten
-from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write, read_history
+from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write, epoch_rows, find_test_record, read_records
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
-METRICS = ["best_val_loss", "best_val_acc", "final_val_loss", "final_val_acc", "epochs", "seconds", "trainable_params"]
+METRICS = [
+    "best_val_loss",
+    "best_val_acc",
+    "best_val_balanced_acc",
+    "best_val_f1",
+    "final_val_loss",
+    "final_val_acc",
+    "test_loss",
+    "test_acc",
+    "test_balanced_acc",
+    "test_f1",
+    "epochs",
+    "seconds",
+    "trainable_params",
+]
 HEADERS = {
     "best_val_loss": "best val loss",
     "best_val_acc": "best val acc",
+    "best_val_balanced_acc": "best val balanced acc",
+    "best_val_f1": "best val macro-F1",
+    "test_loss": "test loss",
+    "test_acc": "test acc",
+    "test_balanced_acc": "test balanced acc",
+    "test_f1": "test macro-F1",
     "final_val_loss": "final val loss",
     "final_val_acc": "final val acc",
     "epochs": "epochs",
@@ -51,12 +72,19 @@ class RunRecord:
     seed: int
     recipe: dict[str, Any]
     history: list[dict[str, Any]]
+    # The chosen model's test-split score (history.json's test record); None without a test split.
+    test: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, float]:
         best = min(self.history, key=lambda row: row["val_loss"])
+        test = self.test or {}
+        nan = float("nan")  # a run from before a metric existed, or without a test split
         return {
             "best_val_loss": best["val_loss"],
             "best_val_acc": max(row["val_acc"] for row in self.history),
+            "best_val_balanced_acc": max(row.get("val_balanced_acc", nan) for row in self.history),
+            "best_val_f1": max(row.get("val_f1", nan) for row in self.history),
+            **{f"test_{key}": test.get(key, nan) for key in ("loss", "acc", "balanced_acc", "f1")},
             "final_val_loss": self.history[-1]["val_loss"],
             "final_val_acc": self.history[-1]["val_acc"],
             "epochs": len(self.history),
@@ -97,6 +125,8 @@ class Comparison:
 
 
 def cell(metric: str, mean: float, std: float | None) -> str:
+    if math.isnan(mean):
+        return "-"
     if metric in ("epochs", "trainable_params"):
         text = f"{mean:,.0f}"
     elif metric == "seconds":
@@ -115,12 +145,13 @@ def _number(value: float | None) -> str:
 # ----------------------------------------------------------------------------- collecting runs
 
 
-def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | None:
     history_file, recipe_file = path / "history.json", path / "recipe.yaml"
     if not history_file.is_file() or not recipe_file.is_file():
         return None
-    history = read_history(path)
-    return (Recipe.from_yaml(recipe_file).to_dict(), history) if history else None
+    records = read_records(history_file)
+    history = epoch_rows(records)
+    return (Recipe.from_yaml(recipe_file).to_dict(), history, find_test_record(records)) if history else None
 
 
 def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
@@ -181,8 +212,8 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
             loose.setdefault(key, []).append((path, *found))
     labels = _label_by_difference(loose) if loose else {}
     for key, runs in loose.items():
-        for path, recipe, history in runs:
-            records.append(RunRecord(path, labels[key], recipe["run"]["seed"], recipe, history))
+        for path, recipe, history, test in runs:
+            records.append(RunRecord(path, labels[key], recipe["run"]["seed"], recipe, history, test))
     if not records:
         raise HeadstartError("no finished epochs to compare in " + ", ".join(map(str, paths)))
     return records, failed
@@ -192,6 +223,9 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
 
 
 def _stats(values: list[float]) -> tuple[float, float | None]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 

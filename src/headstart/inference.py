@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from headstart.data import MAX_ASPECT_RATIO, build_transforms, decode_all, list_class_folders, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
+from headstart.holdout import held_out, overlap_note, same_source
 from headstart.paths import user_path
 from headstart.plots import plot_confusion
+from headstart.recipe import DataConfig
 from headstart.runs import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class Evaluation:
     paths: list[Path] | None = None  # the images evaluated, in order
     probabilities: np.ndarray | None = None  # [images, classes]
     truth: np.ndarray | None = None  # true label index per image
+    # Which images were scored, when that is not simply "all of DATA" (headstart.holdout), and warnings.
+    notes: list[str] = field(default_factory=list)
 
     def most_confident_mistakes(self, count: int) -> list[tuple[Path, str, str, float]]:
         """(image, true label, predicted label, its probability) for the wrong predictions made with the most confidence."""
@@ -62,7 +66,7 @@ class Evaluation:
         headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
         if self.plain_accuracy is not None:
             headline += f" with TTA ({self.tta}); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
-        lines = [headline, f"{'class':<20} precision  recall  f1      support"]
+        lines = [*self.notes, headline, f"{'class':<20} precision  recall  f1      support"]
         for row in self.per_class:
             lines.append(
                 f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}"
@@ -122,14 +126,18 @@ class Predictor:
         self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
         self.to_input = to_input or (lambda batch: batch)
         _, self.transform = build_transforms(self.preprocessing, "none")
+        # The training recipe (checkpoints only): evaluate keeps the run's training images out of its score.
+        self.recipe: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
         from headstart.export import model_from_checkpoint
 
-        return cls.from_module(
+        predictor = cls.from_module(
             model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
         )
+        predictor.recipe = checkpoint.get("recipe")
+        return predictor
 
     @classmethod
     def from_module(
@@ -194,7 +202,30 @@ class Predictor:
     def evaluate(
         self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None
     ) -> Evaluation:
-        """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/)."""
+        """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/).
+
+        For a run's checkpoint, DATA being the run's own data source means its held-out split is scored,
+        and on another folder the files that are the run's training files are counted in a warning.
+        """
+        cfg = self._training_data()
+        if cfg is not None and same_source(data, cfg):
+            samples, note = held_out(cfg, self.classes)
+            result = self.evaluate_samples(samples, confusion_png, tta, where=str(data))
+            result.notes.append(note)
+            return result
+        result = self._evaluate_folder(data, confusion_png, tta)
+        warning = overlap_note(result.paths, cfg) if cfg is not None else None
+        if warning:
+            result.notes.append(f"warning: {warning}")
+        return result
+
+    def _training_data(self) -> DataConfig | None:
+        try:
+            return DataConfig.model_validate(self.recipe["data"]) if self.recipe else None
+        except (ValueError, KeyError, TypeError):  # a checkpoint from an older recipe format: score as given
+            return None
+
+    def _evaluate_folder(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None) -> Evaluation:
         root = user_path(data)
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)

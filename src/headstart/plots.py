@@ -22,6 +22,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     for axis, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
         axis.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label=f"train {label}")
         axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-", label=f"val {label}")
+        if metric == "acc" and all("val_balanced_acc" in row for row in history):
+            # Plain accuracy hides a neglected minority class; these two do not.
+            axis.plot(epochs, [row["val_balanced_acc"] for row in history], "^--", label="val balanced accuracy")
+            axis.plot(epochs, [row["val_f1"] for row in history], "v:", label="val macro-F1")
         axis.set_xlabel("epoch (all stages)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from headstart.errors import HeadstartError
 from headstart.paths import user_path
-from headstart.runs import SWEEP_FILE, atomic_write, read_history
+from headstart.runs import SWEEP_FILE, atomic_write, read_history, read_test
 
 log = logging.getLogger("headstart")
 
@@ -146,6 +146,8 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
             f"{r['train_acc']:.4f}",
             f"{r['val_loss']:.4f}",
             f"{r['val_acc']:.4f}",
+            f"{r.get('val_balanced_acc', float('nan')):.4f}",
+            f"{r.get('val_f1', float('nan')):.4f}",
             f"{r['lr']:.3g}",
             f"{r['seconds']:.1f}",
             r.get("path", ""),
@@ -154,8 +156,15 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     ]
     sections.append(
         f"<h2>{prefix}History</h2>"
-        + _table(["stage", "epoch", "loss", "acc", "val loss", "val acc", "lr", "s", "path"], rows)
+        + _table(
+            ["stage", "epoch", "loss", "acc", "val loss", "val acc", "val bal. acc", "val F1", "lr", "s", "path"], rows
+        )
     )
+    test = read_test(run_dir)
+    if test:
+        cells = [[test["images"], test["model"]] + [f"{test[k]:.4f}" for k in ("loss", "acc", "balanced_acc", "f1")]]
+        heads = ["images", "model", "loss", "acc", "balanced acc", "macro-F1"]
+        sections.append(f"<h2>{prefix}Test split (scored once, after training)</h2>" + _table(heads, cells))
     if not heading:
         checkpoint = load_checkpoint(run_dir)
         # One model, rebuilt from the best checkpoint on the CPU, for both the layer table and the validation figures.
