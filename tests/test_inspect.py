@@ -238,3 +238,14 @@ def test_train_check_counts_byte_copies(tmp_path):
     train = [(tmp_path / "a", 0), (tmp_path / "b", 0), (tmp_path / "c", 1)]
     val = [(tmp_path / "d", 1), (tmp_path / "e", 0)]
     assert train_check(train, val) == (2, 1)
+
+
+def test_too_many_near_pairs_warn(caplog):
+    from headstart.duplicates import Thresholds
+    from headstart.inspection import warn_if_inseparable
+
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        warn_if_inseparable(10, 10, Thresholds(0.5, 0.9, 2.0))
+        assert not caplog.records
+        warn_if_inseparable(11, 10, Thresholds(0.33, 0.9, 2.0))
+    assert "11 near-duplicate pairs among 10 images" in caplog.records[0].getMessage()
