@@ -213,13 +213,15 @@ def command_lines(draw, name: str, parser: argparse.ArgumentParser, world: dict)
     for action in parser._actions:
         if action.option_strings or isinstance(action, argparse._HelpAction):
             continue
-        # sweep and lr-find with no TARGET fall back to the embedded digits (1,797 images): always given here.
-        if action.nargs in ("?", "*") and name not in ("sweep", "lr-find") and draw(st.booleans()):
+        # sweep, lr-find and inspect with no TARGET fall back to the embedded digits (1,797 images): always given here.
+        if action.nargs in ("?", "*") and name not in ("sweep", "lr-find", "inspect") and draw(st.booleans()):
             continue
         pool = world[EXPECTS.get(action.dest, "anything")]
         argv.append(draw(mostly(st.sampled_from(pool))))
         if action.nargs == "+" and draw(st.booleans()):
             argv.append(draw(st.sampled_from(pool)))
+    if name == "inspect":  # a tiny backbone: embedding with EfficientNet-Lite0 at 224 px costs seconds per call
+        argv += ["--backbone", "headstart_cnn", "--image-size", "16"]
     if name in ("train", "sweep", "lr-find"):
         # A tiny base: without it the default trains EfficientNet-Lite0 (on the digits, with no DATA) for minutes.
         argv += (

@@ -77,7 +77,8 @@ def test_a_full_cache_is_named_and_left_empty(colour_folder, tmp_path, capsys, m
 def test_evaluate_prints_its_accuracy_before_failing_to_write_the_picture(trained, tmp_path, capsys, mounts):
     run = mounts.read_only(tmp_path / "ro", contents=trained[0])
     code, out, err = cli(["evaluate", run, trained[1]], capsys)
-    assert code == 2 and out.startswith("accuracy ") and f"cannot write {run / 'confusion.png'}" in err
+    # The figures come first (after the line saying which split was scored), then the one-line error.
+    assert code == 2 and "\naccuracy " in f"\n{out}" and f"cannot write {run / 'confusion.png'}" in err
 
 
 @pytest.mark.parametrize("command", ["predict --csv", "export", "report", "compare", "sweep", "lr-find"])

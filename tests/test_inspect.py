@@ -240,3 +240,14 @@ def test_train_check_counts_byte_copies(tmp_path):
     assert train_check({"train": train, "val": val}) == (2, 1)
     test = [(tmp_path / "f", 0), (tmp_path / "g", 0)]  # g copies val's e: a leak between held-out splits too
     assert train_check({"train": train, "val": val, "test": test}) == (3, 2)
+
+
+def test_too_many_near_pairs_warn(caplog):
+    from headstart.duplicates import Thresholds
+    from headstart.inspection import warn_if_inseparable
+
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        warn_if_inseparable(10, 10, Thresholds(0.5, 0.9, 2.0))
+        assert not caplog.records
+        warn_if_inseparable(11, 10, Thresholds(0.33, 0.9, 2.0))
+    assert "11 near-duplicate pairs among 10 images" in caplog.records[0].getMessage()

@@ -119,6 +119,20 @@ def calibrate(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
     )
 
 
+def warn_if_inseparable(pairs: int, images: int, thresholds: Thresholds) -> None:
+    # More near-duplicate pairs than images: generated copies differ from their originals as much
+    # as different pictures differ from each other (tiny or look-alike images), so the pairs say little.
+    if pairs > images:
+        log.warning(
+            "%d near-duplicate pairs among %d images: copies of these pictures are no closer than different "
+            "pictures (calibrated embedding cosine %.3f), so near_duplicate rows are unreliable here; "
+            "exact duplicates and leaks by digest are not affected",
+            pairs,
+            images,
+            thresholds.embedding,
+        )
+
+
 def label_findings(items: list[Item], embeddings: np.ndarray, seed: int) -> list[Finding]:
     """label_issue rows (most suspicious first) and outlier rows."""
     classes = sorted({item.label for item in items})
@@ -213,7 +227,9 @@ def inspect(
         thresholds.embedding = near_threshold
     picked = [items[i] for i in rows]
     looks = Looks(np.stack([facts[i].signature for i in rows]), np.stack([facts[i].colour for i in rows]))
-    findings += near_findings(picked, vectors, [facts[i].digest for i in rows], looks, thresholds)
+    near = near_findings(picked, vectors, [facts[i].digest for i in rows], looks, thresholds)
+    warn_if_inseparable(sum(f.kind == "near_duplicate" for f in near), len(picked), thresholds)
+    findings += near
     findings += label_findings(picked, vectors, seed)
     result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
     write_outputs(result, items, root, label_margin)
