@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,16 @@ def split_folder(tmp_path: Path) -> Path:
     write_images(tmp_path / "split" / "train", two, per_class=10, seed=1)
     write_images(tmp_path / "split" / "val", two, per_class=4, seed=2)
     return tmp_path / "split"
+
+
+def browser() -> str:
+    """Debian's headless chromium for the page tests: a failure under CI (which installs it), a skip elsewhere."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; the test set-up in README.md installs it")
+        pytest.skip("chromium not installed")
+    return found
 
 
 def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:

@@ -1,9 +1,7 @@
 """HTML reports: self-contained pages, checked in a real headless browser (Debian's chromium)."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 
 import headstart
 from headstart.cli import main
-from tests.conftest import tiny_recipe
+from tests.conftest import browser, tiny_recipe
 
 # Injected into a copy of the page under test (the report itself carries no script): records script
 # and console errors and failed resources, then, once loaded, whether every image decoded.
@@ -31,15 +29,6 @@ window.addEventListener('load', () => {
   document.body.appendChild(out);
 });
 </script>"""
-
-
-def browser() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; the test set-up in README.md installs it")
-        pytest.skip("chromium not installed")
-    return found
 
 
 def load_in_browser(page: Path, tmp_path: Path) -> dict:

@@ -2,9 +2,7 @@
 
 import io
 import json
-import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from PIL import Image
 import headstart
 from headstart.cli import main
 from headstart.server import create_app, listening_socket
-from tests.conftest import tiny_recipe
+from tests.conftest import browser, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +136,6 @@ def test_real_socket_batches_concurrent_requests_and_survives_bad_ones(run, caps
         refused = client.post("/predict", content=BAD_UPLOADS["truncated"][0])
         assert refused.status_code == 422
         assert one(paths[0]) == expected[str(paths[0])]
-
-
-def browser() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; the test set-up in README.md installs it")
-        pytest.skip("chromium not installed")
-    return found
 
 
 # Injected into a copy of the real page: drops the test image on the drop zone, as a person would.
