@@ -9,11 +9,11 @@ matched by path or, where paths differ (a copy), by content digest.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
+from headstart.duplicates import file_digest
 from headstart.errors import HeadstartError
 from headstart.layouts import data_root, list_images
 from headstart.recipe import DataConfig
@@ -47,14 +47,6 @@ def held_out(cfg: DataConfig, classes: list[str]) -> tuple[list[tuple[Path, int]
     return samples, note
 
 
-def _digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def training_overlap(paths: list[Path], cfg: DataConfig) -> int:
     """How many of `paths` are the run's training files, by path or by content (sizes compared first)."""
     if cfg.path is None or not data_root(cfg).exists():
@@ -66,8 +58,10 @@ def training_overlap(paths: list[Path], cfg: DataConfig) -> int:
     for path in training:
         by_size.setdefault(os.path.getsize(path), []).append(path)
     candidates = [p for p in rest if os.path.getsize(p) in by_size]
-    digests = {_digest(t) for p in candidates for t in by_size[os.path.getsize(p)]}
-    return len(paths) - len(rest) + sum(_digest(p) in digests for p in candidates)
+    # Each training file of a size some candidate has is read once, however many candidates share it.
+    sizes = {os.path.getsize(p) for p in candidates}
+    digests = {file_digest(t) for size in sizes for t in by_size[size]} - {None}
+    return len(paths) - len(rest) + sum(file_digest(p) in digests for p in candidates)
 
 
 def overlap_note(paths: list[Path], cfg: DataConfig) -> str | None:
