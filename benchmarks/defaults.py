@@ -49,7 +49,38 @@ HEAD_ALONE = {
         }
     ],
 }
-VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}}
+HEAD_AUTO = {
+    "name": "head",
+    "epochs": "auto",
+    "max_epochs": 60,
+    "freeze": "backbone",
+    "lr": 2e-3,
+    "schedule": "constant",
+    "early_stop": {"patience": 5},
+    "augment": "none",
+}
+FINETUNE_CACHED = {
+    "name": "finetune",
+    "epochs": "auto",
+    "max_epochs": 20,
+    "freeze": "top:3",
+    "bn": "frozen",
+    "lr": 5e-4,
+    "body_lr_mult": 0.3,
+    "schedule": "constant",
+    "early_stop": {"patience": 3},
+    "augment": "none",
+}
+# Candidates for the new default: the fine-tuning stage on cached outputs of the frozen lower blocks,
+# on the plain images or on K cached augmented views of them.
+CANDIDATES = {
+    "cached-ft": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, FINETUNE_CACHED]},
+    "views-ft": {
+        "data": {"augment": "light", "feature_views": 4},
+        "stages": [HEAD_AUTO, {**FINETUNE_CACHED, "augment": "light"}],
+    },
+}
+VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES}
 
 
 def data_path(data: str, work: Path) -> tuple[str, float]:

@@ -261,7 +261,8 @@ def test_damaged_exported_model_is_a_one_line_error(exported, tmp_path, capsys):
 
 
 def feature_cache_for(folder):
-    from headstart.features import FeatureCache, find_cut
+    from headstart.cut import find_cut
+    from headstart.features import FeatureCache
     from headstart.freeze import plan_freeze
     from headstart.hardware import pick_hardware
     from headstart.model import build_model
@@ -276,7 +277,7 @@ def feature_cache_for(folder):
     hw = pick_hardware("cpu", "fp32", channels_last=False)
 
     def fresh():
-        cache = FeatureCache(model, data, hw, recipe)
+        cache = FeatureCache.for_recipe(model, data, hw, recipe)
         cache.use(cut)
         return cache
 
@@ -574,9 +575,9 @@ def test_a_failure_in_epoch_one_does_not_claim_files_that_do_not_exist(colour_fo
 
 @pytest.mark.parametrize("after_epochs", [0, 1])
 def test_ctrl_c_names_the_run_folder(colour_folder, tmp_path, capsys, monkeypatch, after_epochs):
-    train_module = sys.modules["headstart.train"]  # headstart.train is also the function's name
+    from headstart.loop import Loop
 
-    real, calls = train_module.train_one_epoch, []
+    real, calls = Loop.epoch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -584,7 +585,7 @@ def test_ctrl_c_names_the_run_folder(colour_folder, tmp_path, capsys, monkeypatc
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    monkeypatch.setattr(Loop, "epoch", interrupted)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
     with within(120):
         code = main(["train", "--recipe", str(tmp_path / "r.yaml"), "--quiet"])

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import headstart
+from headstart.cut import find_cut, head_split
 from headstart.data import prepare_data
-from headstart.features import FeatureCache, find_cut, head_split
+from headstart.features import FeatureCache
 from headstart.freeze import plan_freeze
 from headstart.hardware import pick_hardware
 from headstart.model import build_model
@@ -57,7 +58,7 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     data = prepare_data(recipe.data, prep)
     model = build_model(recipe.model, len(data.split.classes), 16).eval()
     head_only = find_cut(model, plan_freeze(model, "backbone", "frozen"), 16)
-    cache = FeatureCache(model, data, hw, recipe)
+    cache = FeatureCache.for_recipe(model, data, hw, recipe)
     cache.use(head_only)
     cached = torch.cat([x for x, _ in cache.val_batches()])
     with torch.no_grad():
@@ -67,7 +68,7 @@ def test_cached_features_equal_the_uncached_forward(colour_folder):
     assert torch.allclose(cached, direct, atol=1e-6)
     assert cache.reused is False
     # A second cache for the same recipe and weights finds the stored entry.
-    again = FeatureCache(model, data, hw, recipe)
+    again = FeatureCache.for_recipe(model, data, hw, recipe)
     again.use(head_only)
     assert torch.equal(torch.cat([x for x, _ in again.val_batches()]), cached) and again.reused
     # Training the prefix invalidates the cache: the next read recomputes from the new weights.
@@ -116,8 +117,8 @@ def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
 
 
 def test_layer_decay_and_body_lr_groups(colour_folder):
+    from headstart.optim import param_groups
     from headstart.recipe import Stage
-    from headstart.train import param_groups
 
     recipe = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
     model = build_model(recipe.model, 3, 16)
@@ -171,8 +172,8 @@ def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "adamw"])
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_schedules_shape_the_learning_rate(optimizer, schedule):
+    from headstart.optim import Schedule, build_optimizer
     from headstart.recipe import ModelConfig, Stage
-    from headstart.train import Schedule, build_optimizer
 
     model = build_model(ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4]}), 2, 8)
     stage = Stage(freeze="none", optimizer=optimizer, lr=0.1, schedule=schedule, epochs=2)
@@ -218,7 +219,7 @@ def test_feature_cache_key_changes_with_every_field(colour_folder):
         model = build_model(recipe.model, 3, preprocessing["image_size"])
         if mutate:
             mutate(model)
-        cache = FeatureCache(model, data, pick_hardware("cpu", precision, False), recipe)
+        cache = FeatureCache.for_recipe(model, data, pick_hardware("cpu", precision, False), recipe)
         cache.use(find_cut(model, plan_freeze(model, point, "frozen"), preprocessing["image_size"]))
         return cache.key()
 

@@ -223,7 +223,18 @@ def short_side_for(preprocessing: dict) -> int:
 # ----------------------------------------------------------------------------- datasets
 
 
-def build_transforms(preprocessing: dict, augment: str):
+# Train-time presets on top of timm's random resized crop + flip. trivialaugment is timm's RandAugment
+# drawing one op per image at a uniformly random magnitude (TrivialAugment's rule; 'inc' ops keep
+# posterize valid at every magnitude).
+AUGMENT_PRESETS = {
+    "light": dict(scale=(0.5, 1.0), hflip=0.5, color_jitter=None),
+    "standard": dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4),
+    "randaugment": dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1"),
+    "trivialaugment": dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-n1-m10-mstd101-inc1"),
+}
+
+
+def build_transforms(preprocessing: dict, augment: str, random_erasing: float = 0.0):
     """(train, eval) transforms from timm's factory for the resolved preprocessing and augmentation preset."""
     common = dict(
         input_size=(3, preprocessing["image_size"], preprocessing["image_size"]),
@@ -235,12 +246,15 @@ def build_transforms(preprocessing: dict, augment: str):
     eval_tf = create_transform(is_training=False, **common)
     if augment == "none":
         return eval_tf, eval_tf
-    presets = {
-        "light": dict(scale=(0.5, 1.0), hflip=0.5, color_jitter=None),
-        "standard": dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4),
-    }
     train_common = {k: v for k, v in common.items() if k != "crop_pct"}
-    return create_transform(is_training=True, **train_common, **presets[augment]), eval_tf
+    erasing = dict(re_prob=random_erasing, re_mode="pixel") if random_erasing else {}
+    return create_transform(is_training=True, **train_common, **AUGMENT_PRESETS[augment], **erasing), eval_tf
+
+
+def train_view(data: PreparedData, augment: str, random_erasing: float = 0.0) -> ImageDataset:
+    """The training images under another augmentation preset (a stage's own), sharing the decoded arrays."""
+    transform = build_transforms(data.preprocessing, augment, random_erasing)[0]
+    return ImageDataset(data.train.samples, transform, data.train.arrays)
 
 
 class ImageDataset(Dataset):
@@ -317,7 +331,7 @@ def prepare_data(
         raise HeadstartError(f"class '{empty}' has no readable training images")
     if not split.val:
         raise HeadstartError("no readable validation images")
-    train_tf, eval_tf = build_transforms(preprocessing, cfg.augment)
+    train_tf, eval_tf = build_transforms(preprocessing, cfg.augment, cfg.random_erasing)
     return PreparedData(
         split,
         ImageDataset(split.train, train_tf, arrays["train"]),

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.cut import find_cut
 from headstart.data import ImageDataset, build_transforms, decode_all, files_digest, make_loader, short_side_for
 from headstart.datasets import cache_root
-from headstart.features import find_cut, prefix_fingerprint
+from headstart.features import prefix_fingerprint
 from headstart.freeze import plan_freeze
 from headstart.hardware import Hardware
 from headstart.model import build_model

@@ -24,162 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart import cache
-from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader
+from headstart.cut import Cut, head_split
+from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader, train_view
 from headstart.datasets import cache_root
 from headstart.distributed import SOLO, Group
-from headstart.freeze import FreezePlan
 from headstart.hardware import Hardware
-from headstart.model import Classifier, GaussianNoise, GlobalAvgPool
+from headstart.model import Classifier
 from headstart.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Cut:
-    """The model split at a stage's cut point: `prefix` is fixed and cached, `suffix` trains on its outputs."""
-
-    name: str
-    prefix: nn.Module
-    suffix: nn.Module
-
-
-class _Chain(nn.Module):
-    """Modules applied one after another (a view over the model's own modules, not a copy)."""
-
-    def __init__(self, modules: list[nn.Module], to_nchw: bool = False):
-        super().__init__()
-        self.parts = nn.ModuleList(modules)
-        self.to_nchw = to_nchw
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.parts:
-            x = module(x)
-        return x.permute(0, 3, 1, 2) if self.to_nchw and x.ndim == 4 else x
-
-
-class _Features(nn.Module):
-    """Adapters + backbone features of a Classifier, holding only those two parts (not the head)."""
-
-    def __init__(self, model: Classifier):
-        super().__init__()
-        self.adapter, self.backbone = model.adapter, model.backbone
-        self.nhwc = model.nhwc_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.forward_features(self.adapter(x))
-        return x.permute(0, 3, 1, 2) if self.nhwc and x.ndim == 4 else x
-
-
-def head_split(model: Classifier) -> int:
-    """How many leading head modules are parameter-free and deterministic (pooling, flatten): they join the cached prefix."""
-    count = 0
-    for module in model.head:
-        if not isinstance(module, (GlobalAvgPool, nn.Flatten)):
-            break
-        count += 1
-    return count
-
-
-@torch.no_grad()
-def backbone_chain(model: Classifier, image_size: int) -> list[tuple[str, nn.Module]] | None:
-    """The backbone's forward_features as a chain of its own top-level children, or None where it is more than that.
-
-    The children forward_features calls are recorded with hooks, then chaining them is checked to
-    give exactly forward_features' output (a ViT adds position embeddings between them: no chain).
-    """
-    backbone = model.backbone
-    children = dict(backbone.named_children())
-    called: list[str] = []
-    hooks = [
-        child.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name))
-        for name, child in children.items()
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        x = model.adapter(torch.randn(1, 3, image_size, image_size, device=next(model.parameters()).device))
-        expected = backbone.forward_features(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    if not called or len(called) != len(set(called)):
-        return None
-    model.eval()
-    chained = x
-    try:
-        for name in called:
-            chained = children[name](chained)
-    except (RuntimeError, ValueError, TypeError, IndexError):
-        return None  # the children need more between them than each other's output
-    finally:
-        model.train(was_training)
-    if chained.shape != expected.shape or not torch.allclose(chained, expected, atol=1e-5):
-        return None
-    return [(f"backbone.{name}", children[name]) for name in called]
-
-
-def find_cut(model: Classifier, plan: FreezePlan, image_size: int) -> Cut | None:
-    """Where a stage's fixed prefix ends: after the head's pooling when only the head trains, else at the
-    first trainable module of the backbone's chain (None when the backbone is no plain chain there)."""
-    if plan.start == "head":
-        split = head_split(model)
-        return Cut("head", nn.Sequential(_Features(model), *model.head[:split]), model.head[split:])
-    if plan.start is None or not plan.start.startswith("backbone."):
-        return None
-    chain = backbone_chain(model, image_size)
-    if chain is None:
-        return None
-    # Open nn.Sequential elements until the freeze point is an element boundary.
-    while True:
-        holder = next(
-            (i for i, (name, _) in enumerate(chain) if plan.start == name or plan.start.startswith(name + ".")), None
-        )
-        if holder is None:
-            return None
-        name, module = chain[holder]
-        if name == plan.start or not isinstance(module, nn.Sequential):
-            break
-        chain[holder : holder + 1] = [(f"{name}.{child}", sub) for child, sub in module.named_children()]
-    frozen = plan.frozen_params
-    before = {f"{n}.{p}" for n, m in chain[:holder] for p, _ in m.named_parameters()}
-    after = {f"{n}.{p}" for n, m in chain[holder:] for p, _ in m.named_parameters()}
-    if not before <= frozen or after & frozen:
-        return None  # the freeze point falls inside an element that cannot be opened
-    to_nchw = model.nhwc_features
-    prefix = _Chain([model.adapter, *(m for _, m in chain[:holder])])
-    suffix = nn.Sequential(_Chain([m for _, m in chain[holder:]], to_nchw), model.head)
-    return Cut(chain[holder][0], prefix, suffix)
-
-
-def cache_decision(
-    model: Classifier, plan: FreezePlan, augment: str, image_size: int, views: int = 0, enabled: bool = True
-) -> tuple[Cut | None, str]:
-    """(the cut to cache at, or None; why) for a stage whose freeze plan is `plan`; the reason is logged for the user."""
-    if not enabled:
-        return None, "feature cache switched off"
-    if plan.start is None:
-        return None, "nothing is frozen in this stage"
-    cut = find_cut(model, plan, image_size)
-    if cut is None:
-        return None, f"the backbone's forward is not a plain chain of modules at '{plan.start}'"
-    prefix_modules = list(cut.prefix.modules())
-    if any(p.requires_grad for p in cut.prefix.parameters()):
-        return None, f"BatchNorm gamma/beta in the frozen part train (bn={plan.bn_mode})"
-    if plan.bn_mode == "train" and any(isinstance(m, _BatchNorm) for m in prefix_modules):
-        return None, "frozen BatchNorm updates its running statistics (bn=train)"
-    if any(isinstance(m, GaussianNoise) and m.sigma > 0 for m in prefix_modules):
-        return None, "the noise adapter draws new noise every step"
-    if augment != "none" and views < 1:
-        return None, "train augmentation is on; set data.feature_views to cache augmented views"
-    where = f"cut before {cut.name.removeprefix('backbone.')}"
-    if augment != "none":
-        return cut, f"frozen prefix is deterministic, {where}: {views} augmented view(s) per image cached"
-    return cut, f"frozen prefix is deterministic, {where}: outputs computed once"
 
 
 def prefix_fingerprint(prefix: nn.Module) -> str:
@@ -212,6 +67,43 @@ def _digest(fields: dict) -> str:
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """What the cache takes from a recipe: batching, seed, memory budget and the model's identity for the key."""
+
+    batch_size: int
+    seed: int
+    memory_mb: int
+    identity: dict
+    # The data's augmentation and cached views, for stages that set no augmentation of their own.
+    augment: str = "none"
+    views: int = 0
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> CacheSettings:
+        model = recipe.model
+        identity = {
+            "backbone": model.backbone,
+            "weights": model.weights,
+            "backbone_args": model.backbone_args,
+            "adapters": [adapter.model_dump() for adapter in model.adapters],
+        }
+        data = recipe.data
+        return cls(
+            data.batch_size,
+            recipe.run.seed,
+            recipe.run.feature_cache_memory_mb,
+            identity,
+            data.augment,
+            data.feature_views,
+        )
+
+
+def tensor_versions(module: nn.Module) -> tuple[int, ...]:
+    """Torch's in-place write counters of every weight and buffer: a cheap test that none changed since."""
+    return tuple(t._version for t in module.state_dict(keep_vars=True).values())
+
+
 class FeatureCache:
     """Backbone outputs for the train views and the val set, keyed by everything that changes them.
 
@@ -219,57 +111,63 @@ class FeatureCache:
     with another head) reuses them; an entry is written to a staging folder and renamed into place
     once complete, and verified before every reuse (row counts, checksums of its files and of the
     sample list its rows follow: headstart.cache), so a short or reordered file is rebuilt, never
-    used. Below `run.feature_cache_memory_mb` the arrays are held in RAM, above it they are read
-    through memory maps, so memory stays within the budget.
+    used. Below `settings.memory_mb` the arrays are held in RAM, above it they are read through
+    memory maps, so memory stays within the budget. The key (a checksum of every prefix weight)
+    is computed when a stage starts using a cut; before each pass the prefix's in-place write
+    counters are compared, so a prefix that changed is re-keyed and never served stale.
     """
 
-    def __init__(self, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe, group: Group = SOLO):
-        self.model, self.data, self.hw, self.recipe, self.group = model, data, hw, recipe, group
-        self.batch_size = recipe.data.batch_size
-        self.seed = recipe.run.seed
-        self.views = max(1, recipe.data.feature_views) if recipe.data.augment != "none" else 1
+    def __init__(
+        self, model: Classifier, data: PreparedData, hw: Hardware, settings: CacheSettings, group: Group = SOLO
+    ):
+        self.model, self.data, self.hw, self.settings, self.group = model, data, hw, settings, group
         self.dtype = (
             torch.float32 if hw.precision == "fp32" else (torch.bfloat16 if hw.precision == "bf16" else torch.float16)
         )
-        self.budget = recipe.run.feature_cache_memory_mb << 20
         self.cut: Cut | None = None
+        self.augment, self.views = "none", 1
         self._key: str | None = None
+        self._versions: tuple[int, ...] = ()
         self._train: list[np.ndarray] = []
         self._val: np.ndarray | None = None
         self._train_labels = torch.tensor(data.train.labels)
         self._val_labels = torch.tensor(data.val.labels)
-        # The images were decoded once when the run started; their identity is taken then, once,
+        # The images were decoded once when the run started; their identity is taken once per cache,
         # not re-read from the file system (one stat per file) every time a batch is served.
         self._images = {"train_images": files_digest(data.train.samples), "val_images": files_digest(data.val.samples)}
         self.reused = False
         # data.balance: sampler sets per-image drawing weights (headstart.balance.sample_weights).
         self.sample_weights: torch.Tensor | None = None
 
-    def use(self, cut: Cut) -> None:
+    @classmethod
+    def for_recipe(cls, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe, group: Group = SOLO):
+        return cls(model, data, hw, CacheSettings.of(recipe), group)
+
+    def use(self, cut: Cut, augment: str | None = None, views: int | None = None) -> None:
         """Serve batches of `cut.prefix`'s outputs from now on (one stage's cut point), computing them if not stored.
 
+        With `augment` on, `views` augmented views of each training image are cached (at least one).
         Data-parallel processes: rank 0 computes and stores; the others then find the entry.
         """
-        self.cut = cut
+        self.cut, self.augment = cut, augment or self.settings.augment
+        views = self.settings.views if views is None else views
+        self.views = max(1, views) if self.augment != "none" else 1
+        self._key = None
         with self.group.main_first():
             self._ensure()
 
     def key_fields(self) -> dict:
         """Everything that changes the cached outputs (the prefix checksum covers backbone and weights)."""
-        model = self.recipe.model
         return {
-            "backbone": model.backbone,
-            "weights": model.weights,
-            "backbone_args": model.backbone_args,
-            "adapters": [adapter.model_dump() for adapter in model.adapters],
+            **self.settings.identity,
             "cut": self.cut.name,
             "head_pooling": [type(m).__name__ for m in self.model.head[: head_split(self.model)]]
             if self.cut.name == "head"
             else [],
             "preprocessing": self.data.preprocessing,
-            "augment": self.recipe.data.augment,
+            "augment": self.augment,
             "views": self.views,
-            "seed": self.seed,
+            "seed": self.settings.seed,
             "dtype": str(self.dtype),
             **self._images,
             "prefix": prefix_fingerprint(self.cut.prefix),
@@ -282,7 +180,7 @@ class FeatureCache:
     def _extract(self, dataset, seed: int, target: Path) -> np.ndarray:
         # A fixed generator per view: the same recipe caches the same augmented views.
         torch.manual_seed(seed)
-        loader = make_loader(dataset, self.batch_size, False, 0, seed)
+        loader = make_loader(dataset, self.settings.batch_size, False, 0, seed)
         self.cut.prefix.eval()
         output = None
         row = 0
@@ -304,10 +202,11 @@ class FeatureCache:
     def _load(self, folder: Path) -> None:
         files = [folder / f"train{view}.npy" for view in range(self.views)] + [folder / "val.npy"]
         size = sum(f.stat().st_size for f in files)
-        in_memory = size <= self.budget
+        budget = self.settings.memory_mb << 20
+        in_memory = size <= budget
         arrays = [np.load(f, mmap_mode=None if in_memory else "r") for f in files]
         self._train, self._val = arrays[:-1], arrays[-1]
-        where = "in memory" if in_memory else f"memory-mapped (over the {self.budget >> 20} MB budget)"
+        where = "in memory" if in_memory else f"memory-mapped (over the {budget >> 20} MB budget)"
         log.info(
             "feature cache %s: %d train view(s) + val, %s per image, %.1f MB %s",
             "reused" if self.reused else "built",
@@ -318,6 +217,9 @@ class FeatureCache:
         )
 
     def _ensure(self) -> None:
+        if self._key is not None and tensor_versions(self.cut.prefix) == self._versions:
+            return  # no weight or buffer of the prefix was written since the key was taken
+        self._versions = tensor_versions(self.cut.prefix)
         fields = self.key_fields()
         key = _digest(fields)
         if key == self._key:
@@ -332,8 +234,10 @@ class FeatureCache:
             built.append(staging)
             generator_state = torch.get_rng_state()
             for view in range(self.views):
-                self._extract(self.data.train, self.seed + 1000 + view, staging / f"train{view}.npy")
-            self._extract(self.data.val, self.seed, staging / "val.npy")
+                self._extract(
+                    train_view(self.data, self.augment), self.settings.seed + 1000 + view, staging / f"train{view}.npy"
+                )
+            self._extract(self.data.val, self.settings.seed, staging / "val.npy")
             torch.set_rng_state(generator_state)
             (staging / "key.json").write_text(json.dumps(fields, indent=1, sort_keys=True, default=str))
 
@@ -358,7 +262,13 @@ class FeatureCache:
         self._ensure()
         features = self._train[(epoch - 1) % self.views]
         batches = GlobalBatches(
-            len(features), self.batch_size, self.seed, True, self.group.rank, self.group.world, self.sample_weights
+            len(features),
+            self.settings.batch_size,
+            self.settings.seed,
+            True,
+            self.group.rank,
+            self.group.world,
+            self.sample_weights,
         )
         batches.set_epoch(epoch)
         for index in batches:
@@ -367,6 +277,6 @@ class FeatureCache:
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
         for index in GlobalBatches(
-            len(self._val), self.batch_size, self.seed, False, self.group.rank, self.group.world
+            len(self._val), self.settings.batch_size, self.settings.seed, False, self.group.rank, self.group.world
         ):
             yield self._tensor(self._val[index]), self._val_labels[index]

@@ -27,11 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.fileio import atomic_write
+from headstart.optim import Ramp, build_optimizer
+from headstart.plots import plot_lr_find
 from headstart.recipe import Recipe
+from headstart.runs import RunFolder, load_checkpoint
+from headstart.session import Session, ensure_console, prepare, resolve
+from headstart.stages import Trainer
+from headstart.train import as_recipe
 
 log = logging.getLogger("headstart")
 
@@ -66,14 +71,6 @@ def lr_find(
     out: str | Path | None = None,
     quiet: bool = False,
 ) -> LRFindResult:
-    from headstart.data import prepare_data
-    from headstart.freeze import plan_freeze
-    from headstart.hardware import pick_hardware
-    from headstart.model import build_model, resolve_preprocessing
-    from headstart.plots import plot_lr_find
-    from headstart.runs import RunFolder, atomic_write, load_checkpoint
-    from headstart.train import _Trainer, as_recipe, build_optimizer, ensure_console, resolve, seed_everything
-
     ensure_console(quiet)
     if not 0 < start_lr < end_lr:
         raise HeadstartError(f"the LR range {start_lr:g}..{end_lr:g} must rise from a positive start")
@@ -81,62 +78,16 @@ def lr_find(
         raise HeadstartError(f"--steps {steps}: the range test needs at least 5 steps")
     recipe = resolve(as_recipe(recipe))
     names = [s.name for s in recipe.stages]
-    chosen = recipe.stages[0] if stage is None else next((s for s in recipe.stages if s.name == stage), None)
-    if chosen is None:
+    if stage is not None and stage not in names:
         raise HeadstartError(f"no stage named '{stage}'; stages: {', '.join(names)}")
-    index = names.index(chosen.name)
-    seed_everything(recipe.run.seed)
-    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
-    preprocessing = resolve_preprocessing(recipe.data, recipe.model)
-    data = prepare_data(recipe.data, preprocessing)
-    model = build_model(recipe.model, len(data.split.classes), preprocessing["image_size"])
+    index = names.index(stage) if stage is not None else 0
+    chosen = recipe.stages[index]
+    session = prepare(recipe)
     if weights_from is not None:
-        checkpoint = load_checkpoint(weights_from)
-        if checkpoint["classes"] != data.split.classes:
-            raise HeadstartError(
-                f"--from {weights_from}: its classes {checkpoint['classes']} differ from the data's {data.split.classes}"
-            )
-        model.load_state_dict(checkpoint["model"])
-    plan = plan_freeze(model, chosen.freeze, chosen.bn)
-    model.to(hw.device)
-    if hw.channels_last:
-        model.to(memory_format=torch.channels_last)
-    folder = RunFolder.create(
-        out or recipe.run.out_dir, f"lr-find-{recipe.run.name or data.split.name}-{chosen.name}"
-    ).path
-
-    plan.apply(model)
-    # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
-    path = _Trainer(recipe, model, data, hw, RunFolder(folder, writes=False), quiet).stage_path(index, plan)
-    optimizer = build_optimizer(model, chosen)
-    ratios = [group["lr"] / chosen.lr for group in optimizer.param_groups]
-    criterion = nn.CrossEntropyLoss(label_smoothing=chosen.label_smoothing)
-    log.info("lr-find: stage '%s', path %s, %d steps from %g to %g", chosen.name, path.name, steps, start_lr, end_lr)
-
-    batches = itertools.chain.from_iterable(path.train_batches(epoch) for epoch in itertools.count(1))
-    lrs, losses, smoothed, average = [], [], [], 0.0
-    # fastai's fixed 0.98 lags about 50 steps behind, half of a 100-step test; this keeps the lag near a tenth.
-    beta = min(0.98, max(0.8, 1 - 10 / steps))
-    path.set_train_mode()
-    for step, (inputs, labels) in zip(range(steps), batches):
-        lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
-        for group, ratio in zip(optimizer.param_groups, ratios):
-            group["lr"] = lr * ratio
-        inputs, labels = hw.to_input(inputs), labels.to(hw.device)
-        with hw.autocast():
-            loss = criterion(path.module(inputs).float(), labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        average = beta * average + (1 - beta) * value
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(average / (1 - beta ** (step + 1)))  # bias-corrected, as fastai does
-        if step > 5 and smoothed[-1] > 4 * min(smoothed):
-            break
+        load_weights(session, weights_from)
+    name = f"lr-find-{recipe.run.name or session.data.split.name}-{chosen.name}"
+    folder = RunFolder.create(out or recipe.run.out_dir, name).path
+    lrs, losses, smoothed, path_name = ramp(session, index, start_lr, end_lr, steps, quiet)
     if len(lrs) < 3:
         raise HeadstartError(f"the loss diverged within {len(lrs)} steps from {start_lr:g}: start lower (--start-lr)")
     minimum_tenth, steepest = suggest(lrs, smoothed)
@@ -149,7 +100,7 @@ def lr_find(
         steepest,
         minimum_tenth,
         folder / "lr_find.png",
-        title=f"stage '{chosen.name}' ({path.name})",
+        title=f"stage '{chosen.name}' ({path_name})",
     )
     log.info(
         "lr-find: suggested lr %.3g for stage '%s' (steepest descent; minimum/10 is %.3g); try --lr %s=%.3g; plot in %s",
@@ -161,3 +112,48 @@ def lr_find(
         folder / "lr_find.png",
     )
     return LRFindResult(lrs, losses, smoothed, steepest, minimum_tenth, folder)
+
+
+def load_weights(session: Session, weights_from: str | Path) -> None:
+    checkpoint = load_checkpoint(weights_from)
+    if checkpoint["classes"] != session.classes:
+        raise HeadstartError(
+            f"--from {weights_from}: its classes {checkpoint['classes']} differ from the data's {session.classes}"
+        )
+    session.model.load_state_dict(checkpoint["model"])
+
+
+def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: int, quiet: bool):
+    """Train stage `index` on the one loop with the LR rising exponentially; (lrs, losses, smoothed, path name)."""
+    stage, plan = session.recipe.stages[index], session.plans[index]
+    plan.apply(session.model)
+    # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
+    trainer = Trainer(session, RunFolder(Path("."), writes=False), quiet)
+    path = trainer.stage_path(index, plan)
+    optimizer = build_optimizer(session.model, stage)
+    schedule = Ramp(optimizer, stage.lr, start_lr, end_lr, steps)
+    log.info("lr-find: stage '%s', path %s, %d steps from %g to %g", stage.name, path.name, steps, start_lr, end_lr)
+    lrs, losses, smoothed = [], [], []
+    # fastai's fixed 0.98 lags about 50 steps behind, half of a 100-step test; this keeps the lag near a tenth.
+    beta = min(0.98, max(0.8, 1 - 10 / steps))
+    average = [0.0]
+
+    def record(_index: int, loss: float) -> bool:
+        """Keep this step's loss; end the test at a non-finite loss, after the last step, or at divergence."""
+        if not math.isfinite(loss) or len(lrs) == steps:
+            return True
+        average[0] = beta * average[0] + (1 - beta) * loss
+        lrs.append(schedule.lr_at(len(lrs)))
+        losses.append(loss)
+        smoothed.append(average[0] / (1 - beta ** len(lrs)))  # bias-corrected, as fastai does
+        return len(lrs) > 6 and smoothed[-1] > 4 * min(smoothed)
+
+    loop = trainer.make_loop(stage, path, optimizer, schedule)
+    loop.accumulate = 1  # one LR per batch: the test reads each batch's loss at its own LR
+    loop.on_step = record
+    for epoch in itertools.count(1):
+        path.set_train_mode()
+        loop.epoch(path.train_batches(epoch), path.batches_per_epoch, len(lrs), f"lr-find, stage '{stage.name}'")
+        if loop.stopped:
+            break
+    return lrs, losses, smoothed, path.name

@@ -90,6 +90,8 @@ class ConvAdapter(_Strict):
         return value
 
 
+AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
+
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
 
 
@@ -143,13 +145,24 @@ class DataConfig(_Strict):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
-    augment: Literal["none", "light", "standard"] = "light"
+    # light: random resized crop (0.5-1) + flip; standard: crop (0.08-1) + flip + colour jitter;
+    # randaugment / trivialaugment: timm's RandAugment (rand-m9-mstd0.5) / TrivialAugment + flip.
+    augment: AugmentName = "light"
+    # Probability of timm's random erasing on each training image (after normalisation); 0 is off.
+    random_erasing: float = Field(0.0, ge=0, le=1)
     # With augmentation on, a head-only stage over a frozen backbone may cache K augmented views of
     # each training image (see headstart.features); 0 keeps such stages exact and uncached.
     feature_views: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
     # DataLoader worker processes; empty picks one from the CPU count.
     workers: int | None = Field(None, ge=0, le=256)
+
+
+class EarlyStop(_Strict):
+    """End a stage when run.monitor has not improved by more than min_delta for `patience` epochs."""
+
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
 
 
 class Stage(_Strict):
@@ -168,7 +181,17 @@ class Stage(_Strict):
     """
 
     name: str = "stage"
-    epochs: int = Field(1, ge=1)
+    # A count, or 'auto': run until early stopping ends the stage, at most max_epochs.
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    max_epochs: int = Field(50, ge=1)
+    # Stop when run.monitor stalls; the stage then ends at the best weights so far (restored).
+    early_stop: EarlyStop | None = None
+    # This stage's augmentation preset; empty uses data.augment (a head stage with 'none' can be cached).
+    augment: AugmentName | None = None
+    # Mixup / CutMix alphas (timm.data.Mixup) with soft-target loss; 0 is off. Mixup of cached
+    # features is sound in a head stage, CutMix mixes image regions and needs the full path.
+    mixup: float = Field(0.0, ge=0)
+    cutmix: float = Field(0.0, ge=0)
     freeze: str | int = "backbone"
     bn: Literal["frozen", "affine", "train"] = "frozen"
     # sgd is SGD with plain momentum (Keras' SGD); nesterov adds Nesterov momentum.
@@ -197,7 +220,15 @@ class Stage(_Strict):
     def _one_lr_rule(self) -> Stage:
         if self.body_lr_mult is not None and self.layer_decay is not None:
             raise ValueError("use either body_lr_mult or layer_decay, not both")
+        if self.epochs == "auto" and self.early_stop is None:
+            # 'auto' means "until it stops improving": without a rule it would always run the cap.
+            self.__dict__["early_stop"] = EarlyStop()
         return self
+
+    @property
+    def epoch_budget(self) -> int:
+        """The most epochs this stage can run (what the schedule spans)."""
+        return self.max_epochs if self.epochs == "auto" else self.epochs
 
 
 class RunConfig(_Strict):
@@ -224,6 +255,12 @@ class RunConfig(_Strict):
     # What "best" means for best.pt: the lowest val loss, or the highest val accuracy,
     # balanced accuracy (mean per-class recall) or macro-F1.
     monitor: Literal["val_loss", "val_acc", "val_balanced_acc", "val_f1"] = "val_loss"
+    # Optimizer steps accumulate gradients over this many batches: an effective batch of
+    # accumulate x data.batch_size on a device that holds only data.batch_size.
+    accumulate: int = Field(1, ge=1)
+    # Decay of an exponential moving average of the weights (timm's ModelEmaV3), e.g. 0.999; empty is
+    # off. With it on, validation, best.pt and exports use the averaged weights.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     # Experiment trackers fed every epoch, through their own writers (headstart.tracking).
     log: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
 

@@ -41,6 +41,7 @@ HISTORY_FIELDS = [
     "seconds",
     "path",
     "trainable_params",
+    "stop",  # on a stage's last row: why it ended (its epochs ran, or early stopping and what was restored)
 ]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
 SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps

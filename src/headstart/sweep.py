@@ -125,7 +125,9 @@ def set_field(values: dict[str, Any], key: str, value: Any) -> None:
     stage_names = [stage["name"] for stage in stages]
     if parts[0] == "stages" and len(parts) == 3:
         parts = parts[1:]
-    if len(parts) == 1 and parts[0] in Stage.model_fields:
+    # A name both a stage and a section hold (augment) means the section's; a stage's own is STAGE.augment.
+    in_section = any(parts[0] in section.model_fields for section in SECTIONS.values())
+    if len(parts) == 1 and parts[0] in Stage.model_fields and not in_section:
         for stage in stages:
             stage[parts[0]] = value
         return
