@@ -140,3 +140,47 @@ def test_a_head_stage_without_augmentation_is_cached_when_the_data_augments(colo
     recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, data={"augment": "trivialaugment"})
     result = headstart.train(recipe, quiet=True)
     assert [row["path"] for row in result.history] == ["cached-features", "full-model"]
+
+
+@pytest.mark.parametrize("stopped", ["between stages", "inside a stage"])
+def test_resume_continues_early_stopping_ema_and_accumulation_exactly(colour_folder, tmp_path, monkeypatch, stopped):
+    stages = [
+        {
+            "name": "head",
+            "epochs": "auto",
+            "max_epochs": 30,
+            "freeze": "backbone",
+            "lr": 0.05,
+            "early_stop": {"patience": 2},
+        },
+        {"name": "all", "epochs": 6, "freeze": "none", "lr": 0.01, "early_stop": {"patience": 2}},
+    ]
+    run = {"monitor": "val_acc", "ema_decay": 0.5, "accumulate": 2, "deterministic": True}
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={**run, "name": "reference"})
+    reference = headstart.train(recipe, quiet=True)
+    head_epochs = sum(row["stage"] == "head" for row in reference.history)
+    # Inside: after two epochs of the second stage, so its patience count is under way.
+    finished = head_epochs if stopped == "between stages" else head_epochs + 2
+
+    real, calls = Loop.epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > finished:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Loop, "epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        headstart.train({**recipe, "run": {**recipe["run"], "name": "killed"}}, quiet=True)
+    monkeypatch.setattr(Loop, "epoch", real)
+    resumed = headstart.train(resume=tmp_path / "runs" / "killed", quiet=True)
+    assert len(resumed.history) == len(reference.history)
+    for got, want in zip(resumed.history, reference.history):
+        for key, value in want.items():
+            if key == "seconds":
+                continue
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (got["stage"], got["epoch"], key)
+            else:
+                assert got[key] == value, key
