@@ -71,14 +71,29 @@ FINETUNE_CACHED = {
     "early_stop": {"patience": 3},
     "augment": "none",
 }
+
+
 # Candidates for the new default: the fine-tuning stage on cached outputs of the frozen lower blocks,
-# on the plain images or on K cached augmented views of them.
+# on the plain images or on K cached augmented views of them, training the top 1 or 2 backbone stages.
+def finetune(top: int, augment: str) -> dict:
+    return {
+        **FINETUNE_CACHED,
+        "freeze": f"top:{top}",
+        "augment": augment,
+        "max_epochs": 10,
+        "early_stop": {"patience": 2},
+    }
+
+
 CANDIDATES = {
     "cached-ft": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, FINETUNE_CACHED]},
     "views-ft": {
         "data": {"augment": "light", "feature_views": 4},
         "stages": [HEAD_AUTO, {**FINETUNE_CACHED, "augment": "light"}],
     },
+    "t2-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(2, "none")]},
+    "t2-views": {"data": {"augment": "light", "feature_views": 2}, "stages": [HEAD_AUTO, finetune(2, "light")]},
+    "t1-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(1, "none")]},
 }
 VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES}
 
