@@ -94,6 +94,16 @@ CANDIDATES = {
     "t2-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(2, "none")]},
     "t2-views": {"data": {"augment": "light", "feature_views": 2}, "stages": [HEAD_AUTO, finetune(2, "light")]},
     "t1-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(1, "none")]},
+    "t3-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(3, "none")]},
+    "t2-plain-lr1e-3": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, {**finetune(2, "none"), "lr": 1e-3}]},
+    # The old default's fine-tuning (top:3, light augmentation, uncached) after a converged cached head.
+    "t3-full": {
+        "data": {"augment": "light"},
+        "stages": [
+            HEAD_AUTO,
+            {**finetune(3, "light"), "lr": 1e-3, "max_epochs": 5, "schedule": "cosine"},
+        ],
+    },
 }
 VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES}
 

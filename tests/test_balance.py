@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 import headstart
 from headstart.balance import choose_balance, class_weights, sample_weights
-from headstart.data import GlobalBatches
+from headstart.batches import GlobalBatches
 from headstart.metrics import confusion, scores
 from headstart.runs import load_checkpoint, read_history, read_test
 from tests.conftest import tiny_recipe, write_images

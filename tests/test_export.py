@@ -101,6 +101,6 @@ def test_tta_crops_average_ten_views(colour_folder, tmp_path):
     assert views.shape == (10, 3, 16, 16)
     # The second five are crops of the mirror image: its top-left corner is the top-right one mirrored.
     assert torch.equal(views[5], views[1].flip(2)) and torch.equal(views[6], views[0].flip(2))
-    expected = predictor.forward(views).softmax(1).mean(0)
+    expected = predictor.softmax(predictor.forward(views)).mean(0)  # with the run's fitted temperature
     assert torch.allclose(predictor.probabilities([image], tta="crops")[0], expected, atol=1e-6)
     assert headstart.load(result.run_dir).evaluate(colour_folder, tta="crops").tta == "crops"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from headstart.cli import build_parser, main
 from headstart.errors import HeadstartError
-from headstart.recipe import Recipe, set_stage_field
+from headstart.flags import set_stage_field
+from headstart.recipe import Recipe
 
 # Real field names, near-misses and junk, so the fuzzer reaches deep into the sections.
 FIELD_NAMES = sorted(
@@ -119,7 +120,8 @@ HOSTILE = st.one_of(
     ),
 )
 COSTLY = {
-    "epochs": ["-1", "0", "1", "2", "x", "head=1", "nope=1", "1.5", "head=0,all=1"],
+    "epochs": ["-1", "0", "1", "2", "x", "head=1", "nope=1", "1.5", "head=0,all=1", "auto"],
+    "max_epochs": ["-1", "0", "1", "2", "x", "head=1"],
     "image_size": ["-3", "0", "8", "16", "100000", "x"],
     "steps": ["-1", "0", "4", "5", "6", "x"],
     "seeds": ["0", "-1", "1", "2", "x", "0,1", "1001", "a,b", "1,,2"],

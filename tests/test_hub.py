@@ -55,7 +55,8 @@ def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     assert config["label_names"] == ["blue", "green", "red"]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     card = (folder / "README.md").read_text()
-    assert "timm alone rebuilds it" in card and "| red | 5 | 1 |" in card and "Calibration" not in card
+    # Training fitted a temperature: the card says to divide by it (timm alone gives the raw logits).
+    assert "timm alone rebuilds it" in card and "| red | 5 | 1 |" in card and "Calibration" in card
 
     images = [str(p) for name in CLASS_COLOURS for p in sorted((data / name).iterdir())[:2]]
     result = subprocess.run(
@@ -70,8 +71,11 @@ def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     mine = headstart.load(run, device="cpu")
     assert rebuilt["labels"] == mine.classes
     expected = mine.probabilities([_image(p) for p in images])
-    assert (torch.tensor(rebuilt["probabilities"]) - expected).abs().max().item() < 1e-4
-    # headstart reads the same folder too
+    temperature, mine.temperature = mine.temperature, None
+    raw = mine.probabilities([_image(p) for p in images])
+    assert temperature is not None
+    assert (torch.tensor(rebuilt["probabilities"]) - raw).abs().max().item() < 1e-4
+    # headstart reads the same folder too, and applies the temperature from config.json
     assert torch.allclose(headstart.load(folder).probabilities([_image(images[0])]), expected[:1], atol=1e-5)
 
 

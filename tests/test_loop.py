@@ -184,3 +184,14 @@ def test_resume_continues_early_stopping_ema_and_accumulation_exactly(colour_fol
                 assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (got["stage"], got["epoch"], key)
             else:
                 assert got[key] == value, key
+
+
+def test_every_recipe_optimizer_name_maps_to_a_timm_optimizer():
+    from typing import get_args
+
+    from timm.optim import list_optimizers
+
+    from headstart.optim import OPTIMIZERS
+
+    assert set(OPTIMIZERS) == set(get_args(Stage.model_fields["optimizer"].annotation))
+    assert set(OPTIMIZERS.values()) <= set(list_optimizers())

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import HeadstartError
-from headstart.recipe import Recipe, set_stage_field
+from headstart.flags import set_stage_field
+from headstart.recipe import Recipe
 from headstart.sweep import is_sweep_file
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -14,7 +15,9 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 def test_default_recipe_is_head_then_finetune():
     recipe = Recipe()
     assert [s.name for s in recipe.stages] == ["head", "finetune"]
-    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "top:3"
+    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "top:1"
+    # Both stages see the plain images (so both run on cached features) and end by early stopping.
+    assert all(s.augment == "none" and s.epochs == "auto" and s.early_stop for s in recipe.stages)
     assert recipe.model.backbone == "tf_efficientnet_lite0"
 
 

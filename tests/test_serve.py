@@ -19,6 +19,7 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
+from headstart.runs import load_checkpoint
 from headstart.server import create_app, listening_socket
 from tests.conftest import browser, tiny_recipe
 
@@ -104,7 +105,8 @@ def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsy
         assert client.get("/health").json()["status"] == "ok"
         metadata = client.get("/metadata").json()
         assert metadata["classes"] == ["blue", "green", "red"] and metadata["preprocessing"]["image_size"] == 16
-        assert "calibration" not in metadata  # no temperature: simply absent
+        # Training fitted a temperature; /metadata reports the one the predictions use.
+        assert metadata["calibration"]["temperature"] == load_checkpoint(run_dir / "best.pt")["temperature"]
 
 
 def test_oversized_upload_is_413_and_pixel_limit_holds(run):

@@ -13,6 +13,7 @@ from headstart.export import export
 from headstart.inspection import inspect
 from headstart.layouts import DataSplit, list_images
 from headstart.lr_find import lr_find
+from headstart.probe import probe
 from headstart.push import push
 from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.report import report
@@ -58,6 +59,7 @@ __all__ = [
     "list_images",
     "load",
     "lr_find",
+    "probe",
     "push",
     "report",
     "serve",

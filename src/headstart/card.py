@@ -85,6 +85,35 @@ def loading_section(layout: str, backbone: str) -> list[str]:
     ]
 
 
+def scores_section(checkpoint: dict[str, Any], checkpoint_path: Path) -> list[str]:
+    """The test split's score (when the run had one) and the calibration (when the checkpoint has a temperature)."""
+    lines = []
+    test = read_test(checkpoint_path.parent)
+    if test:  # scored once by train with the chosen model; nothing was chosen by it
+        lines += [
+            "## Test",
+            "",
+            f"On the held-out test split ({test['images']} images, scored once after training): accuracy "
+            f"**{test['acc']:.4f}**, balanced accuracy {test['balanced_acc']:.4f}, macro-F1 {test['f1']:.4f}, "
+            f"loss {test['loss']:.4f}.",
+            "",
+        ]
+    if checkpoint.get("temperature") is not None:
+        found = checkpoint.get("calibration") or {}
+        ece = (
+            f" Expected calibration error on the val split: {found['ece_before']:.3f} before, {found['ece_after']:.3f} after."
+            if "ece_after" in found
+            else ""
+        )
+        lines += [
+            "## Calibration",
+            "",
+            f"Temperature scaling: divide the logits by {checkpoint['temperature']:.4f}.{ece}",
+            "",
+        ]
+    return lines
+
+
 def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, layout: str, model: nn.Module) -> Path:
     """Write folder/README.md (and folder/confusion.png when the validation data is at hand)."""
     recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
@@ -109,23 +138,7 @@ def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, 
         "",
         *data_section(recipe, classes, model, checkpoint, folder),
     ]
-    test = read_test(checkpoint_path.parent)
-    if test:  # scored once by train with the chosen model; nothing was chosen by it
-        lines += [
-            "## Test",
-            "",
-            f"On the held-out test split ({test['images']} images, scored once after training): accuracy "
-            f"**{test['acc']:.4f}**, balanced accuracy {test['balanced_acc']:.4f}, macro-F1 {test['f1']:.4f}, "
-            f"loss {test['loss']:.4f}.",
-            "",
-        ]
-    if checkpoint.get("temperature") is not None:
-        lines += [
-            "## Calibration",
-            "",
-            f"Temperature scaling: divide the logits by {checkpoint['temperature']:.4f}.",
-            "",
-        ]
+    lines += scores_section(checkpoint, checkpoint_path)
     lines += [
         "## Preprocessing",
         "",

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.batches import make_loader
 from headstart.cut import find_cut
-from headstart.data import ImageDataset, build_transforms, decode_all, files_digest, make_loader, short_side_for
+from headstart.data import ImageDataset, build_transforms, decode_all, files_digest, short_side_for
 from headstart.datasets import cache_root
 from headstart.features import prefix_fingerprint
 from headstart.freeze import plan_freeze

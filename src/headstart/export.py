@@ -104,6 +104,8 @@ def export(
         "checkpoint": str(checkpoint_path),
         "val_acc": checkpoint["val_acc"],
     }
+    if checkpoint.get("temperature") is not None:  # predictions divide the logits by it (headstart.calibration)
+        sidecar["temperature"] = checkpoint["temperature"]
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
     if quantize is not None:
@@ -165,6 +167,7 @@ class _Description(BaseModel):
     runtime: Literal["onnx", "export", "torchscript"]
     classes: list[str] = Field(min_length=2, max_length=1_000_000)
     preprocessing: _Preprocessing
+    temperature: float | None = Field(None, ge=0.01, le=100)
 
     @field_validator("classes")
     @classmethod

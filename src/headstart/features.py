@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from headstart import cache
+from headstart.batches import GlobalBatches, make_loader
 from headstart.cut import Cut, head_split
-from headstart.data import GlobalBatches, PreparedData, files_digest, make_loader, train_view
+from headstart.data import PreparedData, files_digest, train_view
 from headstart.datasets import cache_root
 from headstart.distributed import SOLO, Group
 from headstart.hardware import Hardware

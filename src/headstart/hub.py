@@ -173,6 +173,13 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def hub_temperature(folder: Path) -> float | None:
+    """The fitted temperature a headstart Hub folder carries (None for other timm folders or uncalibrated runs)."""
+    block = read_config(folder).get("headstart")
+    value = block.get("temperature") if isinstance(block, dict) else None
+    return float(value) if isinstance(value, (int, float)) and 0.01 <= value <= 100 else None
+
+
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one."""
     config = read_config(folder)

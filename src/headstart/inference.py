@@ -125,6 +125,8 @@ class Predictor:
         self.classes = list(classes)
         self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
         self.to_input = to_input or (lambda batch: batch)
+        # Fitted on the val split after training (headstart.calibration); None: probabilities as the logits give them.
+        self.temperature: float | None = None
         _, self.transform = build_transforms(self.preprocessing, "none")
         # The training recipe (checkpoints only): evaluate keeps the run's training images out of its score.
         self.recipe: dict[str, Any] | None = None
@@ -137,6 +139,7 @@ class Predictor:
             model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
         )
         predictor.recipe = checkpoint.get("recipe")
+        predictor.temperature = checkpoint.get("temperature")
         return predictor
 
     @classmethod
@@ -147,10 +150,15 @@ class Predictor:
         model.to(hw.device)
         return cls(model, classes, preprocessing, hw.to_input)
 
+    def softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities from logits, divided by the fitted temperature first when the model has one."""
+        logits = logits.float()
+        return (logits / self.temperature if self.temperature else logits).softmax(1)
+
     @torch.no_grad()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities for images already transformed with `self.transform` and stacked [N, 3, S, S]."""
-        return self.forward(self.to_input(batch)).float().softmax(1).cpu()
+        return self.softmax(self.forward(self.to_input(batch))).cpu()
 
     def probabilities(
         self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
@@ -169,13 +177,13 @@ class Predictor:
             chunk = [to_rgb(image) for image in images[start : start + batch_size]]
             if mode != "crops" or plain_too:
                 batch = self.to_input(torch.stack([self.transform(image) for image in chunk]))
-                plain.append(self.forward(batch).float().softmax(1).cpu())
+                plain.append(self.softmax(self.forward(batch)).cpu())
             if mode == "flip":
-                augmented.append((plain[-1] + self.forward(batch.flip(3)).float().softmax(1).cpu()) / 2)
+                augmented.append((plain[-1] + self.softmax(self.forward(batch.flip(3))).cpu()) / 2)
             elif crops is not None:
                 views = torch.stack([crops(image) for image in chunk])  # [images, 10, 3, S, S]
                 logits = self.forward(self.to_input(views.flatten(0, 1))).float()
-                augmented.append(logits.softmax(1).unflatten(0, views.shape[:2]).mean(1).cpu())
+                augmented.append(self.softmax(logits).unflatten(0, views.shape[:2]).mean(1).cpu())
         empty = torch.empty(0, len(self.classes))
         plain_all = torch.cat(plain) if plain else empty
         if mode is None:
@@ -308,12 +316,16 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
 def load(source: str | Path, device: str = "auto") -> Predictor:
     """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
     from headstart.export import load_exported, sidecar_path
-    from headstart.hub import is_hub_folder, load_hub
+    from headstart.hub import hub_temperature, is_hub_folder, load_hub
 
     path = user_path(source)
     if is_hub_folder(path) and not (path / "best.pt").is_file():
-        return Predictor.from_module(*load_hub(path), device=device)
+        predictor = Predictor.from_module(*load_hub(path), device=device)
+        predictor.temperature = hub_temperature(path)
+        return predictor
     if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
-        return Predictor(forward, info["classes"], info["preprocessing"])
+        predictor = Predictor(forward, info["classes"], info["preprocessing"])
+        predictor.temperature = info.get("temperature")
+        return predictor
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

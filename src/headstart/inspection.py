@@ -159,7 +159,7 @@ def label_findings(items: list[Item], embeddings: np.ndarray, seed: int) -> list
 
 def embedding_recipe(data, backbone: str, weights: str | None, image_size: int | None, batch_size: int, device: str):
     """The recipe whose head-only stage's cached features are the embeddings: linear head, no augmentation."""
-    from headstart.train import resolve
+    from headstart.session import resolve
 
     return resolve(
         Recipe.from_dict(
@@ -204,7 +204,7 @@ def inspect(
         )
     if not 0 <= label_margin <= 1:
         raise HeadstartError(f"label margin {label_margin}: give a probability margin in [0, 1]")
-    from headstart.train import ensure_console
+    from headstart.session import ensure_console
 
     ensure_console(quiet)
     recipe = embedding_recipe(data, backbone, weights, image_size, batch_size, device)

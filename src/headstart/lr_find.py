@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.defaults import as_recipe
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write
 from headstart.optim import Ramp, build_optimizer
@@ -36,7 +37,6 @@ from headstart.recipe import Recipe
 from headstart.runs import RunFolder, load_checkpoint
 from headstart.session import Session, ensure_console, prepare, resolve
 from headstart.stages import Trainer
-from headstart.train import as_recipe
 
 log = logging.getLogger("headstart")
 

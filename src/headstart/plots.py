@@ -118,6 +118,27 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
     return _save(figure, path)
 
 
+def plot_reliability(calibration, path: Path) -> Path:
+    """Accuracy against confidence per bin, before and after temperature scaling, with the diagonal."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for bins, ece, label in (
+        (calibration.bins_before, calibration.ece_before, "before"),
+        (calibration.bins_after, calibration.ece_after, f"after (T = {calibration.temperature:.2f})"),
+    ):
+        used = [i for i, count in enumerate(bins["count"]) if count]
+        axis.plot(
+            [bins["confidence"][i] for i in used],
+            [bins["accuracy"][i] for i in used],
+            marker="o",
+            label=f"{label}, ECE {ece:.3f}",
+        )
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    axis.set_title(f"reliability on {calibration.images} val images")
+    axis.legend(loc="upper left")
+    return _save(figure, path)
+
+
 def _save(figure, path: Path) -> Path:
     try:
         figure.tight_layout()

@@ -355,46 +355,6 @@ def describe_validation_error(err: ValidationError) -> str:
     return f"field '{location}': {message}{more}" if location else f"{message}{more}"
 
 
-STAGE_FLAGS = (
-    "epochs",
-    "lr",
-    "freeze",
-    "bn",
-    "optimizer",
-    "schedule",
-    "weight_decay",
-    "body_lr_mult",
-    "label_smoothing",
-)
-
-
-def set_stage_field(recipe: Recipe, field: str, spec: str) -> Recipe:
-    """Apply a CLI stage flag: 'VALUE' sets every stage, 'NAME=VALUE,NAME=VALUE' sets stages by name.
-
-    Example: set_stage_field(recipe, "epochs", "head=2,finetune=5").
-    """
-    names = [stage.name for stage in recipe.stages]
-    if "=" in spec:
-        parts = [part for part in spec.split(",") if part]
-        if not all("=" in part and part.split("=", 1)[0] for part in parts):
-            raise HeadstartError(
-                f"--{field.replace('_', '-')} '{spec}': give one VALUE for every stage, or NAME=VALUE,NAME=VALUE"
-            )
-        assignments = dict(part.split("=", 1) for part in parts)
-        unknown = [name for name in assignments if name not in names]
-        if unknown:
-            raise HeadstartError(
-                f"--{field.replace('_', '-')}: no stage named '{unknown[0]}'; stages: {', '.join(names)}"
-            )
-    else:
-        assignments = {name: spec for name in names}
-    values = recipe.to_dict()
-    for stage in values["stages"]:
-        if stage["name"] in assignments:
-            stage[field] = assignments[stage["name"]]
-    return Recipe.from_dict(values, source=f"--{field.replace('_', '-')}")
-
-
 def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     """A recipe dict as dotted keys; stages keyed by their names ('finetune.bn'), lists of values as JSON text.
 

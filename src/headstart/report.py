@@ -122,6 +122,23 @@ def validation_section(checkpoint: dict, model, recipe) -> str:
     )
 
 
+def calibration_section(run_dir: Path, prefix: str) -> list[str]:
+    """ECE before/after the fitted temperature and the reliability plot, when the run was calibrated."""
+    from headstart.runs import load_checkpoint
+
+    if not (run_dir / "best.pt").is_file():
+        return []
+    values = load_checkpoint(run_dir / "best.pt").get("calibration")
+    if not isinstance(values, dict):
+        return []
+    from headstart.calibration import Calibration
+
+    line = html.escape(Calibration.from_dict(values).summary_line())
+    plot = run_dir / "reliability.png"
+    image = f'<img class="plot" src="{_png(plot)}" alt="reliability diagram">' if plot.is_file() else ""
+    return [f"<h2>{prefix}Calibration</h2><p>{line}</p>{image}"]
+
+
 def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     from headstart.export import model_from_checkpoint
     from headstart.recipe import Recipe
@@ -138,6 +155,7 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
         sections.append(
             f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">'
         )
+    sections += calibration_section(run_dir, prefix)
     rows = [
         [
             r["stage"],

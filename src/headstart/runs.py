@@ -9,6 +9,8 @@
     runs/<name>/last.pt          checkpoint after the last finished epoch, with what `--resume` needs:
                                  optimizer state by parameter name, schedule, RNG states
     runs/<name>/summary.txt      what ran, where the time went, the best and final figures
+    runs/<name>/reliability.png  accuracy vs confidence on the val split, before and after the fitted temperature
+                                 (best.pt holds the temperature and its figures: headstart.calibration)
 
 Every file is written to a temporary name and renamed into place, so an interrupted run never
 leaves a half-written file, and history is rewritten after every epoch so nothing finished is lost.
@@ -48,7 +50,17 @@ SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
 ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
 RUN_FILES = frozenset(
-    {"recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt", "error.txt"}
+    {
+        "recipe.yaml",
+        "history.csv",
+        "history.json",
+        "curves.png",
+        "reliability.png",
+        "best.pt",
+        "last.pt",
+        "summary.txt",
+        "error.txt",
+    }
 )
 
 

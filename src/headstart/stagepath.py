@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from headstart.batches import GlobalBatches, make_loader
 from headstart.cut import Cut, cache_decision
-from headstart.data import GlobalBatches, make_loader, train_view
+from headstart.data import train_view
 from headstart.freeze import FreezePlan
 from headstart.loop import Batches
 from headstart.recipe import Stage

@@ -22,13 +22,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from headstart.balance import class_weights, sample_weights
-from headstart.data import make_loader
+from headstart.batches import make_loader
+from headstart.calibration import Calibration, calibrate
 from headstart.errors import HeadstartError
 from headstart.features import FeatureCache
 from headstart.freeze import FreezePlan, count_parameters
 from headstart.loop import Loop, SoftTargets, divergence, with_progress
 from headstart.metrics import best_index, improved, score_batches
 from headstart.optim import Schedule, build_optimizer
+from headstart.plots import plot_reliability
 from headstart.recipe import Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.runs import RunFolder, load_checkpoint
@@ -353,6 +355,35 @@ class Trainer:
             test["balanced_acc"],
             test["f1"],
         )
+
+
+def val_logits(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current model's logits and the labels over the whole val split (one process: calibration is rank 0's)."""
+    data, hw = trainer.recipe.data, trainer.hw
+    loader = make_loader(trainer.data.val, data.batch_size, False, data.workers, trainer.recipe.run.seed)
+    trainer.model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for inputs, targets in loader:
+            with hw.autocast():
+                logits.append(trainer.model(hw.to_input(inputs)).float().cpu())
+            labels.append(targets)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def calibrate_best(trainer: Trainer) -> Calibration | None:
+    """Fit the temperature of best.pt's weights on the val split; best.pt, reliability.png and the notes get it."""
+    if trainer.best_state is None or not trainer.group.is_main or not (trainer.run.path / "best.pt").is_file():
+        return None
+    trainer.model.load_state_dict(trainer.best_state)
+    calibration = calibrate(*val_logits(trainer))
+    checkpoint = load_checkpoint(trainer.run.path / "best.pt")
+    checkpoint.update(temperature=calibration.temperature, calibration=calibration.to_dict())
+    trainer.run.save_checkpoint("best.pt", checkpoint)
+    plot_reliability(calibration, trainer.run.path / "reliability.png")
+    trainer.stage_notes.append(calibration.summary_line())
+    log.info("%s", calibration.summary_line())
+    return calibration
 
 
 def check_stage_names(session: Session, name: str | None) -> int:

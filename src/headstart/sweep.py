@@ -29,12 +29,14 @@ from typing import Any
 import yaml
 
 from headstart.compare import compare
+from headstart.defaults import as_recipe
 from headstart.errors import HeadstartError, close_matches
 from headstart.fileio import atomic_write
 from headstart.paths import safe_component, user_path
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.runs import ERROR_FILE, RUN_FILES, SWEEP_FILE
-from headstart.train import ResumePoint, as_recipe, ensure_console, train
+from headstart.session import ensure_console
+from headstart.train import ResumePoint, train
 
 log = logging.getLogger("headstart")
 
@@ -280,6 +282,32 @@ def clear_unfinished(run_dir: Path) -> None:
     run_dir.rmdir()
 
 
+def run_one(run_dir: Path, recipe: Recipe, where: str, result: SweepResult, quiet: bool) -> None:
+    """Train, resume or skip one run of a sweep by its folder's state; a failure is recorded, not raised."""
+    status = run_status(run_dir, recipe)
+    log.info("sweep %s: %s: %s", result.path.name, where, RUN_STATUS_TEXT[status])
+    if status == "done":
+        return
+    if status == "broken":
+        reason = f"{run_dir / 'last.pt'} cannot be read; left as it is (remove that run folder to run it again)"
+        log.warning("sweep: %s: %s", where, reason)
+        result.failed[str(run_dir)] = reason
+        return
+    # A failure recorded by an earlier attempt no longer stands once the run is tried again.
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        if status == "partial":
+            train(resume=run_dir, quiet=quiet)
+        else:
+            clear_unfinished(run_dir)  # started but no epoch finished
+            train(recipe, quiet=quiet)
+    except HeadstartError as err:
+        # One variant failing (a learning rate that diverges) is a result, not the end of the sweep.
+        log.warning("sweep: %s failed: %s", where, err)
+        result.failed[str(run_dir)] = str(err)
+        atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())
+
+
 def sweep(
     recipe: Recipe | str | Path | dict | None = None,
     *,
@@ -306,39 +334,10 @@ def sweep(
     atomic_write(spec_file, written.encode())
 
     result = SweepResult(sweep_dir)
-    total = len(recipes)
     for number, ((variant, seed), run_recipe) in enumerate(recipes.items(), start=1):
         run_dir = sweep_dir / variant / f"seed{seed}"
         result.runs.setdefault(variant, []).append(run_dir)
-        status = run_status(run_dir, run_recipe)
-        log.info(
-            "sweep %s: run %d/%d, %s seed %d: %s",
-            sweep_dir.name,
-            number,
-            total,
-            variant,
-            seed,
-            RUN_STATUS_TEXT[status],
-        )
-        if status == "done":
-            continue
-        if status == "broken":
-            reason = f"{run_dir / 'last.pt'} cannot be read; left as it is (remove that run folder to run it again)"
-            log.warning("sweep: %s seed %d: %s", variant, seed, reason)
-            result.failed[str(run_dir)] = reason
-            continue
-        # A failure recorded by an earlier attempt no longer stands once the run is tried again.
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        try:
-            if status == "partial":
-                train(resume=run_dir, quiet=quiet)
-            else:
-                clear_unfinished(run_dir)  # started but no epoch finished
-                train(run_recipe, quiet=quiet)
-        except HeadstartError as err:
-            # One variant failing (a learning rate that diverges) is a result, not the end of the sweep.
-            log.warning("sweep: %s seed %d failed: %s", variant, seed, err)
-            result.failed[str(run_dir)] = str(err)
-            atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())
+        where = f"run {number}/{len(recipes)}, {variant} seed {seed}"
+        run_one(run_dir, run_recipe, where, result, quiet)
     result.comparison = compare([sweep_dir])
     return result

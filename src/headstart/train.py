@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from headstart.defaults import as_recipe
 from headstart.distributed import Group, leave
 from headstart.errors import HeadstartError, Interrupted
 from headstart.freeze import count_parameters
@@ -27,7 +28,7 @@ from headstart.recipe import Recipe
 from headstart.resume import set_rng_state
 from headstart.runs import RUN_FILES, RunFolder, load_checkpoint, read_history, read_test
 from headstart.session import Session, ensure_console, open_hardware, prepare, resolve
-from headstart.stages import Trainer
+from headstart.stages import Trainer, calibrate_best
 from headstart.tracking import open_trackers
 
 log = logging.getLogger("headstart")
@@ -50,16 +51,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.history[-1]
-
-
-def as_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
-    if recipe is None:
-        return Recipe()
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, dict):
-        return Recipe.from_dict(recipe)
-    return Recipe.from_yaml(recipe)
 
 
 def default_run_name(recipe: Recipe, data_name: str) -> str:
@@ -204,6 +195,7 @@ def run_stages(trainer: Trainer, first: int, inside: ResumePoint | None, started
             trainer.run_stage(index, started, inside if index == first else None)
         if trainer.data.test is not None and len(trainer.data.test):
             trainer.score_test()  # once, with the chosen weights; nothing is chosen by it
+        calibrate_best(trainer)
     finally:
         if run.history and trainer.group.is_main:
             plot_curves(run.history, run.path / "curves.png", title=run.path.name)
