@@ -10,8 +10,8 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.export import model_from_checkpoint
-from headstart.inference import load
+from headstart.loading import load
+from headstart.model import model_from_checkpoint
 from headstart.runs import load_checkpoint
 from tests.conftest import tiny_recipe
 

@@ -23,7 +23,7 @@ from headstart.train import TrainResult, train
 
 def load(source, device: str = "auto"):
     """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder)."""
-    from headstart.inference import load as load_predictor  # sklearn's metrics load only when needed
+    from headstart.loading import load as load_predictor  # sklearn's metrics load only when needed
 
     return load_predictor(source, device=device)
 

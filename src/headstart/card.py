@@ -16,7 +16,7 @@ from torch import nn
 
 from headstart.errors import HeadstartError
 from headstart.recipe import Recipe
-from headstart.runs import read_test
+from headstart.runs import CONFUSION_FILE, read_test
 
 
 def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: dict, folder: Path) -> list[str]:
@@ -38,7 +38,7 @@ def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoin
     lines = ["| class | " + " | ".join(f"{name} images" for name, _ in splits) + " |", "|---" * (len(splits) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in counts.items()]
     evaluation = Predictor(model, classes, checkpoint["preprocessing"]).evaluate_samples(
-        split.val, confusion_png=folder / "confusion.png", where="the run's validation split"
+        split.val, confusion_png=folder / CONFUSION_FILE, where="the run's validation split"
     )
     lines += [
         "",

@@ -12,6 +12,7 @@ from headstart.errors import HeadstartError
 from headstart.flags import recipe_from_args
 from headstart.paths import user_path
 from headstart.recipe import Recipe
+from headstart.runs import BEST_FILE, CONFUSION_FILE
 
 
 def without_devices(argv: list[str]) -> list[str]:
@@ -123,17 +124,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.hub import is_hub_folder
-    from headstart.inference import load
+    from headstart.loading import load
     from headstart.runs import resolve_checkpoint
 
     source = user_path(args.run)
-    hub = is_hub_folder(source) and not (source / "best.pt").is_file()
+    hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
     # A Hub folder's own confusion.png belongs to its model card: a new evaluation goes to the working directory.
-    png = (
-        Path(args.confusion) if args.confusion else (Path("confusion.png") if hub else source.parent / "confusion.png")
-    )
+    png = Path(args.confusion) if args.confusion else (Path(CONFUSION_FILE) if hub else source.parent / CONFUSION_FILE)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     if args.json:
@@ -174,7 +173,8 @@ def _expand_images(items: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from headstart.inference import load, prediction_entry
+    from headstart.inference import prediction_entry
+    from headstart.loading import load
 
     predictor = load(args.run, device=args.device)
     paths = _expand_images(args.images)
@@ -255,7 +255,7 @@ MAX_CLASSES = 100_000  # a head this wide on a 1280-channel backbone already hol
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from headstart.data import list_images
-    from headstart.freeze import plan_freeze
+    from headstart.freeze import plan_stages
     from headstart.model import build_model, resolve_preprocessing
     from headstart.runs import load_checkpoint
     from headstart.sweep import is_sweep_file, read_sweep_file
@@ -279,7 +279,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
             raise HeadstartError(f"{err}; give --classes N to summarise without the data") from None
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     model = build_model(recipe.model.model_copy(update={"weights": "none"}), classes, preprocessing["image_size"])
-    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+    plans = plan_stages(model, recipe.stages)
     from headstart.summary import summarize
 
     print(

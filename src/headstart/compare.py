@@ -29,7 +29,16 @@ import yaml
 from headstart.errors import HeadstartError
 from headstart.paths import safe_component, user_path
 from headstart.recipe import Recipe, flatten
-from headstart.runs import ERROR_FILE, SWEEP_FILE, atomic_write, epoch_rows, find_test_record, read_records
+from headstart.runs import (
+    ERROR_FILE,
+    HISTORY_JSON,
+    RECIPE_FILE,
+    SWEEP_FILE,
+    atomic_write,
+    epoch_rows,
+    find_test_record,
+    read_records,
+)
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -146,7 +155,7 @@ def _number(value: float | None) -> str:
 
 
 def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | None:
-    history_file, recipe_file = path / "history.json", path / "recipe.yaml"
+    history_file, recipe_file = path / HISTORY_JSON, path / RECIPE_FILE
     if not history_file.is_file() or not recipe_file.is_file():
         return None
     records = read_records(history_file)

@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from headstart.errors import HeadstartError
 from headstart.fileio import writing
-from headstart.model import build_model
+from headstart.model import model_from_checkpoint
 from headstart.paths import user_path
-from headstart.recipe import MAX_IMAGE_SIZE, Recipe, describe_validation_error
+from headstart.recipe import MAX_IMAGE_SIZE, describe_validation_error
 from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,6 @@ SIDECAR_FORMAT = "headstart-export-1"
 
 def sidecar_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
-    model = build_model(
-        recipe.model.model_copy(update={"weights": "none"}),
-        len(checkpoint["classes"]),
-        checkpoint["preprocessing"]["image_size"],
-    )
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
 
 
 def export(

@@ -157,6 +157,11 @@ def plan_freeze(model: nn.Module, point: str | int, bn_mode: str) -> FreezePlan:
     return FreezePlan(start, bn_mode, frozen_modules, frozen_params, bn_names)
 
 
+def plan_stages(model: nn.Module, stages) -> list[FreezePlan]:
+    """One freeze plan per recipe stage, each point checked against the model (a bad one is a one-line error)."""
+    return [plan_freeze(model, stage.freeze, stage.bn) for stage in stages]
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, frozen) parameter counts under the current requires_grad flags."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

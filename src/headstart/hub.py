@@ -118,7 +118,7 @@ def write_headstart_layout(model: Classifier, checkpoint: dict[str, Any], folder
 
 def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Write the Hub folder (weights, config, model card); returns the folder."""
-    from headstart.export import model_from_checkpoint
+    from headstart.model import model_from_checkpoint
 
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)

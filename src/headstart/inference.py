@@ -27,7 +27,6 @@ from headstart.holdout import held_out, overlap_note, same_source
 from headstart.paths import user_path
 from headstart.plots import plot_confusion
 from headstart.recipe import DataConfig
-from headstart.runs import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
-        from headstart.export import model_from_checkpoint
+        from headstart.model import model_from_checkpoint
 
         predictor = cls.from_module(
             model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
@@ -311,21 +310,3 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
             return opened.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise HeadstartError(f"cannot read image {path}: {str(err) or type(err).__name__}"[:300]) from None
-
-
-def load(source: str | Path, device: str = "auto") -> Predictor:
-    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
-    from headstart.export import load_exported, sidecar_path
-    from headstart.hub import hub_temperature, is_hub_folder, load_hub
-
-    path = user_path(source)
-    if is_hub_folder(path) and not (path / "best.pt").is_file():
-        predictor = Predictor.from_module(*load_hub(path), device=device)
-        predictor.temperature = hub_temperature(path)
-        return predictor
-    if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
-        forward, info = load_exported(path)
-        predictor = Predictor(forward, info["classes"], info["preprocessing"])
-        predictor.temperature = info.get("temperature")
-        return predictor
-    return Predictor.from_checkpoint(load_checkpoint(path), device=device)

@@ -211,3 +211,17 @@ def resolve_preprocessing(data: DataConfig, model: ModelConfig) -> dict[str, Any
         "interpolation": data.interpolation or base.get("interpolation", "bilinear"),
         "crop_pct": data.crop_pct or base.get("crop_pct", 0.875),
     }
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> Classifier:
+    """The trained model a checkpoint holds, rebuilt from its recipe without loading pretrained weights, in eval mode."""
+    from headstart.recipe import Recipe
+
+    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    model = build_model(
+        recipe.model.model_copy(update={"weights": "none"}),
+        len(checkpoint["classes"]),
+        checkpoint["preprocessing"]["image_size"],
+    )
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

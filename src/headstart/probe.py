@@ -34,7 +34,7 @@ from headstart.hardware import pick_hardware
 from headstart.metrics import best_index
 from headstart.model import build_model, resolve_preprocessing
 from headstart.recipe import Recipe
-from headstart.runs import load_checkpoint, read_history, read_test
+from headstart.runs import LAST_FILE, load_checkpoint, read_history, read_test
 from headstart.sweep import sweep
 from headstart.weights import installed_packaged_backbones
 
@@ -81,11 +81,11 @@ def throughput(recipe: Recipe, classes: int, batch: int = 32, batches: int = 5) 
 
 def run_scores(run_dir: Path) -> dict[str, float]:
     history = read_history(run_dir)
-    recipe = Recipe.from_dict(load_checkpoint(run_dir / "last.pt")["recipe"])
+    recipe = Recipe.from_dict(load_checkpoint(run_dir / LAST_FILE)["recipe"])
     best = history[best_index(history, recipe.run.monitor)]
     test = read_test(run_dir) or {}
     # The stages' wall time as the run measured it (feature extraction included, decoding not).
-    seconds = load_checkpoint(run_dir / "last.pt")["resume"]["elapsed"]
+    seconds = load_checkpoint(run_dir / LAST_FILE)["resume"]["elapsed"]
     return {
         "val acc": best["val_acc"],
         "val balanced acc": best.get("val_balanced_acc", float("nan")),
@@ -117,12 +117,12 @@ def probe(
     result = sweep(base, vary={"model.backbone": candidates}, seeds=seeds, out=out, name=name, quiet=quiet)
     rows = []
     for variant, run_dirs in result.runs.items():
-        finished = [d for d in run_dirs if str(d) not in result.failed and (d / "last.pt").is_file()]
+        finished = [d for d in run_dirs if str(d) not in result.failed and (d / LAST_FILE).is_file()]
         if not finished:
             continue
         scores = [run_scores(d) for d in finished]
-        backbone_recipe = Recipe.from_dict(load_checkpoint(finished[0] / "last.pt")["recipe"])
-        classes = len(load_checkpoint(finished[0] / "last.pt")["classes"])
+        backbone_recipe = Recipe.from_dict(load_checkpoint(finished[0] / LAST_FILE)["recipe"])
+        classes = len(load_checkpoint(finished[0] / LAST_FILE)["classes"])
         speed, params, size = throughput(backbone_recipe, classes)
         row = {"backbone": backbone_recipe.model.backbone, "params": params, "input px": size}
         row.update({key: [s[key] for s in scores] for key in ("val acc", "val balanced acc", "test acc", "train s")})

@@ -24,7 +24,17 @@ from PIL import Image
 
 from headstart.errors import HeadstartError
 from headstart.paths import user_path
-from headstart.runs import SWEEP_FILE, atomic_write, read_history, read_test
+from headstart.runs import (
+    BEST_FILE,
+    CURVES_FILE,
+    HISTORY_JSON,
+    RELIABILITY_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    atomic_write,
+    read_history,
+    read_test,
+)
 
 log = logging.getLogger("headstart")
 
@@ -77,10 +87,10 @@ def _page(title: str, sections: list[str]) -> str:
 
 
 def model_summary(model, recipe, image_size: int) -> str:
-    from headstart.freeze import plan_freeze
+    from headstart.freeze import plan_stages
     from headstart.summary import summarize
 
-    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+    plans = plan_stages(model, recipe.stages)
     return summarize(model, recipe.stages, plans, image_size)
 
 
@@ -126,34 +136,34 @@ def calibration_section(run_dir: Path, prefix: str) -> list[str]:
     """ECE before/after the fitted temperature and the reliability plot, when the run was calibrated."""
     from headstart.runs import load_checkpoint
 
-    if not (run_dir / "best.pt").is_file():
+    if not (run_dir / BEST_FILE).is_file():
         return []
-    values = load_checkpoint(run_dir / "best.pt").get("calibration")
+    values = load_checkpoint(run_dir / BEST_FILE).get("calibration")
     if not isinstance(values, dict):
         return []
     from headstart.calibration import Calibration
 
     line = html.escape(Calibration.from_dict(values).summary_line())
-    plot = run_dir / "reliability.png"
+    plot = run_dir / RELIABILITY_FILE
     image = f'<img class="plot" src="{_png(plot)}" alt="reliability diagram">' if plot.is_file() else ""
     return [f"<h2>{prefix}Calibration</h2><p>{line}</p>{image}"]
 
 
 def run_sections(run_dir: Path, heading: str = "") -> list[str]:
-    from headstart.export import model_from_checkpoint
+    from headstart.model import model_from_checkpoint
     from headstart.recipe import Recipe
     from headstart.runs import load_checkpoint
 
     history = read_history(run_dir)
     prefix = f"{html.escape(heading)}: " if heading else ""
     sections = []
-    if (run_dir / "summary.txt").is_file():
+    if (run_dir / SUMMARY_FILE).is_file():
         sections.append(
             f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text(errors='replace'))}</pre>"
         )
-    if (run_dir / "curves.png").is_file():
+    if (run_dir / CURVES_FILE).is_file():
         sections.append(
-            f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / "curves.png")}" alt="learning curves">'
+            f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / CURVES_FILE)}" alt="learning curves">'
         )
     sections += calibration_section(run_dir, prefix)
     rows = [
@@ -227,7 +237,7 @@ def report(target: str | Path, out: str | Path | None = None) -> Path:
     folder = user_path(target)
     if (folder / SWEEP_FILE).is_file():
         sections, title = sweep_sections(folder), f"headstart sweep: {folder.name}"
-    elif (folder / "history.json").is_file():
+    elif (folder / HISTORY_JSON).is_file():
         sections, title = run_sections(folder), f"headstart run: {folder.name}"
     else:
         raise HeadstartError(f"{folder} is neither a run folder (history.json) nor a sweep folder ({SWEEP_FILE})")

@@ -46,20 +46,30 @@ HISTORY_FIELDS = [
     "stop",  # on a stage's last row: why it ended (its epochs ran, or early stopping and what was restored)
 ]
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
+# The run folder's files by name: every other module asks for them here.
+RECIPE_FILE = "recipe.yaml"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+CURVES_FILE = "curves.png"
+RELIABILITY_FILE = "reliability.png"
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+SUMMARY_FILE = "summary.txt"
+CONFUSION_FILE = "confusion.png"
 SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
 ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
 RUN_FILES = frozenset(
     {
-        "recipe.yaml",
-        "history.csv",
-        "history.json",
-        "curves.png",
-        "reliability.png",
-        "best.pt",
-        "last.pt",
-        "summary.txt",
-        "error.txt",
+        RECIPE_FILE,
+        HISTORY_CSV,
+        HISTORY_JSON,
+        CURVES_FILE,
+        RELIABILITY_FILE,
+        BEST_FILE,
+        LAST_FILE,
+        SUMMARY_FILE,
+        ERROR_FILE,
     }
 )
 
@@ -113,11 +123,11 @@ class RunFolder:
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        self.write_text("history.csv", buffer.getvalue())
+        self.write_text(HISTORY_CSV, buffer.getvalue())
         self.write_history_json()
 
     def write_history_json(self) -> None:
-        self.write_text("history.json", json.dumps(self.history + ([self.test] if self.test else []), indent=1))
+        self.write_text(HISTORY_JSON, json.dumps(self.history + ([self.test] if self.test else []), indent=1))
 
     def set_test(self, record: dict[str, Any]) -> None:
         """Store the test-split score after the epochs: a record the epoch readers skip."""
@@ -135,7 +145,7 @@ NUMERIC_HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_a
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """A run's history.json, checked row by row: a damaged file is a one-line error naming it, not a traceback."""
-    path = Path(run_dir) / "history.json"
+    path = Path(run_dir) / HISTORY_JSON
     if not path.is_file():
         raise HeadstartError(f"{run_dir} is not a run folder: no history.json")
     return epoch_rows(read_records(path))
@@ -173,7 +183,7 @@ def find_test_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def read_test(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "history.json"
+    path = Path(run_dir) / HISTORY_JSON
     return find_test_record(read_records(path)) if path.is_file() else None
 
 
@@ -181,7 +191,7 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """A run folder means its best.pt; a file is taken as given."""
     path = user_path(run_or_checkpoint)
     if path.is_dir():
-        path = path / "best.pt"
+        path = path / BEST_FILE
     if not path.is_file():
         raise HeadstartError(f"no checkpoint at {path} (give a run folder with best.pt, or a .pt file)")
     return path

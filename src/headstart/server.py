@@ -298,7 +298,7 @@ def serve(
         raise HeadstartError(
             f"serving needs fastapi, uvicorn and python-multipart ({err}); pip install 'headstart[serve]'"
         ) from None
-    from headstart.inference import load
+    from headstart.loading import load
 
     predictor = load(source, device=device)
     app = create_app(predictor, max_batch, window_ms, int(max_bytes), title=Path(source).name)

@@ -28,7 +28,7 @@ from headstart.data import PreparedData, prepare_data
 from headstart.distributed import SOLO, Group, join, leave
 from headstart.duplicates import warn_duplicates
 from headstart.errors import HeadstartError
-from headstart.freeze import FreezePlan, plan_freeze
+from headstart.freeze import FreezePlan, plan_stages
 from headstart.hardware import Hardware, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.recipe import Recipe
@@ -113,7 +113,7 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, data.split.classes)
     model = build_model(recipe.model, len(data.split.classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
-    plans = [plan_freeze(model, stage.freeze, stage.bn) for stage in recipe.stages]
+    plans = plan_stages(model, recipe.stages)
     model.to(hw.device)
     if hw.channels_last:
         model.to(memory_format=torch.channels_last)

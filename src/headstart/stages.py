@@ -33,7 +33,7 @@ from headstart.optim import Schedule, build_optimizer
 from headstart.plots import plot_reliability
 from headstart.recipe import Stage
 from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
-from headstart.runs import RunFolder, load_checkpoint
+from headstart.runs import BEST_FILE, LAST_FILE, RELIABILITY_FILE, RunFolder, load_checkpoint
 from headstart.session import Session
 from headstart.stagepath import StagePath, choose_path, compiled, should_compile
 from headstart.tracking import Tracker
@@ -117,8 +117,8 @@ class Trainer:
         if self.run.history:
             self.best_epoch = best_index(self.run.history, self.recipe.run.monitor) + 1
             self.best_row = self.run.history[self.best_epoch - 1]
-            if (self.run.path / "best.pt").is_file():
-                self.best_state = load_checkpoint(self.run.path / "best.pt")["model"]
+            if (self.run.path / BEST_FILE).is_file():
+                self.best_state = load_checkpoint(self.run.path / BEST_FILE)["model"]
         if self.ema is not None:
             self.ema.module.load_state_dict(point.checkpoint["model"])
         self.stage_notes = list(point.state.get("stage_notes", []))
@@ -292,7 +292,7 @@ class Trainer:
         if improved(row, self.best_row, self.recipe.run.monitor):
             self.best_row, self.best_epoch = row, len(self.run.history)
             self.best_state = payload["model"]
-            self.run.save_checkpoint("best.pt", payload)
+            self.run.save_checkpoint(BEST_FILE, payload)
         ends = "stop" in row
         if ends and stage.early_stop and self.best_epoch != len(self.run.history):
             self.restore_best()
@@ -312,7 +312,7 @@ class Trainer:
             "elapsed": time.perf_counter() - started,
             "stage_notes": self.stage_notes,
         }
-        self.run.save_checkpoint("last.pt", payload)
+        self.run.save_checkpoint(LAST_FILE, payload)
 
     def check_divergence(self, stage: Stage, epoch: int, loss: float, lr: float) -> None:
         """Warn (once per stage: later epochs would say the same) when the loss shows the stage diverged."""
@@ -373,14 +373,14 @@ def val_logits(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
 
 def calibrate_best(trainer: Trainer) -> Calibration | None:
     """Fit the temperature of best.pt's weights on the val split; best.pt, reliability.png and the notes get it."""
-    if trainer.best_state is None or not trainer.group.is_main or not (trainer.run.path / "best.pt").is_file():
+    if trainer.best_state is None or not trainer.group.is_main or not (trainer.run.path / BEST_FILE).is_file():
         return None
     trainer.model.load_state_dict(trainer.best_state)
     calibration = calibrate(*val_logits(trainer))
-    checkpoint = load_checkpoint(trainer.run.path / "best.pt")
+    checkpoint = load_checkpoint(trainer.run.path / BEST_FILE)
     checkpoint.update(temperature=calibration.temperature, calibration=calibration.to_dict())
-    trainer.run.save_checkpoint("best.pt", checkpoint)
-    plot_reliability(calibration, trainer.run.path / "reliability.png")
+    trainer.run.save_checkpoint(BEST_FILE, checkpoint)
+    plot_reliability(calibration, trainer.run.path / RELIABILITY_FILE)
     trainer.stage_notes.append(calibration.summary_line())
     log.info("%s", calibration.summary_line())
     return calibration

@@ -34,7 +34,7 @@ from headstart.errors import HeadstartError, close_matches
 from headstart.fileio import atomic_write
 from headstart.paths import safe_component, user_path
 from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
-from headstart.runs import ERROR_FILE, RUN_FILES, SWEEP_FILE
+from headstart.runs import ERROR_FILE, LAST_FILE, RUN_FILES, SWEEP_FILE
 from headstart.session import ensure_console
 from headstart.train import ResumePoint, train
 
@@ -256,7 +256,7 @@ RUN_STATUS_TEXT = {
 
 def run_status(run_dir: Path, recipe: Recipe) -> str:
     """'done', 'partial' (resumable), 'new', or 'broken' (a last.pt that cannot be read: left for the user)."""
-    if not (run_dir / "last.pt").is_file():
+    if not (run_dir / LAST_FILE).is_file():
         return "new"
     try:
         return "done" if ResumePoint.read(run_dir).finished(recipe) else "partial"

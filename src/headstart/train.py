@@ -26,7 +26,18 @@ from headstart.paths import user_path
 from headstart.plots import plot_curves
 from headstart.recipe import Recipe
 from headstart.resume import set_rng_state
-from headstart.runs import RUN_FILES, RunFolder, load_checkpoint, read_history, read_test
+from headstart.runs import (
+    BEST_FILE,
+    CURVES_FILE,
+    LAST_FILE,
+    RECIPE_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    RunFolder,
+    load_checkpoint,
+    read_history,
+    read_test,
+)
 from headstart.session import Session, ensure_console, open_hardware, prepare, resolve
 from headstart.stages import Trainer, calibrate_best
 from headstart.tracking import open_trackers
@@ -72,18 +83,18 @@ class ResumePoint:
     @classmethod
     def read(cls, run_dir: str | Path) -> ResumePoint:
         path = user_path(run_dir)
-        if not (path / "recipe.yaml").is_file():
+        if not (path / RECIPE_FILE).is_file():
             raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
-        if not (path / "last.pt").is_file():
+        if not (path / LAST_FILE).is_file():
             raise HeadstartError(
                 f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again"
             )
-        checkpoint = load_checkpoint(path / "last.pt")
+        checkpoint = load_checkpoint(path / LAST_FILE)
         if "resume" not in checkpoint:
             raise HeadstartError(
                 f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)"
             )
-        return cls(path, Recipe.from_yaml(path / "recipe.yaml"), checkpoint)
+        return cls(path, Recipe.from_yaml(path / RECIPE_FILE), checkpoint)
 
     def stage_done(self, recipe: Recipe) -> bool:
         """Whether the stage it stopped in had ended: its epochs ran, or (with early_stop) it stopped early."""
@@ -150,7 +161,7 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
     except HeadstartError as err:
         raise HeadstartError(f"{err}; {kept_files(run.path)}") from None
     except KeyboardInterrupt:
-        raise Interrupted(run.path, (run.path / "last.pt").is_file()) from None
+        raise Interrupted(run.path, (run.path / LAST_FILE).is_file()) from None
     best = trainer.best_row
     log.info(
         "best (%s): epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
@@ -198,8 +209,8 @@ def run_stages(trainer: Trainer, first: int, inside: ResumePoint | None, started
         calibrate_best(trainer)
     finally:
         if run.history and trainer.group.is_main:
-            plot_curves(run.history, run.path / "curves.png", title=run.path.name)
-            run.write_text("summary.txt", run_summary(trainer, time.perf_counter() - started))
+            plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name)
+            run.write_text(SUMMARY_FILE, run_summary(trainer, time.perf_counter() - started))
         for tracker in trainer.trackers:
             tracker.close()
 
@@ -208,14 +219,14 @@ def kept_files(run_dir: Path) -> str:
     """What a stopped run's folder holds, said as it is (after a failure in epoch 1 that is recipe.yaml alone)."""
     names = sorted(p.name for p in run_dir.glob("*") if p.name in RUN_FILES) if run_dir.is_dir() else []
     held = f"{run_dir} keeps {', '.join(names)}" if names else f"{run_dir} holds no run files"
-    return held if "best.pt" in names else f"{held} (no epoch finished)"
+    return held if BEST_FILE in names else f"{held} (no epoch finished)"
 
 
 def _new_run_folder(recipe: Recipe, data_name: str, group: Group) -> RunFolder:
     """Rank 0 makes the folder and tells the other processes its name; they write nothing."""
     path = RunFolder.create(recipe.run.out_dir, default_run_name(recipe, data_name)).path if group.is_main else None
     run = RunFolder(Path(group.share(str(path) if path else None)), writes=group.is_main)
-    run.write_text("recipe.yaml", recipe.to_yaml())
+    run.write_text(RECIPE_FILE, recipe.to_yaml())
     return run
 
 
