@@ -15,7 +15,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 def test_default_recipe_is_head_then_finetune():
     recipe = Recipe()
     assert [s.name for s in recipe.stages] == ["head", "finetune"]
-    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "top:2"
+    assert recipe.stages[0].freeze == "backbone" and recipe.stages[1].freeze == "top:1"
     # Both stages see the plain images (so both run on cached features) and end by early stopping.
     assert all(s.augment == "none" and s.epochs == "auto" and s.early_stop for s in recipe.stages)
     assert recipe.model.backbone == "tf_efficientnet_lite0"
