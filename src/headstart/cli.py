@@ -82,42 +82,32 @@ def add_report(sub) -> None:
     report.set_defaults(func=commands.cmd_report)
 
 
-def add_evaluate(sub) -> None:
-    evaluate = sub.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
-    evaluate.add_argument(
+def add_model_source(parser: argparse.ArgumentParser, tta_help: str) -> None:
+    """The trained model to run (evaluate, predict), where, and test-time augmentation."""
+    parser.add_argument(
         "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
     )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"], help=tta_help)
+
+
+def add_evaluate(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="accuracy, per-class precision/recall, confusion matrix PNG")
+    add_model_source(evaluate, "test-time augmentation (flip, or ten crops); reports the accuracy with and without")
     evaluate.add_argument("data", help="labelled folder (its val/ if present)")
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument(
-        "--tta",
-        nargs="?",
-        const="flip",
-        choices=["flip", "crops"],
-        help="test-time augmentation (flip, or ten crops); reports the accuracy with and without",
-    )
     evaluate.set_defaults(func=commands.cmd_evaluate)
 
 
 def add_predict(sub) -> None:
     predict = sub.add_parser("predict", help="top-k labels for images or folders of images")
-    predict.add_argument(
-        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+    add_model_source(
+        predict, "test-time augmentation: flip (default) averages with the mirror image, crops over ten crops"
     )
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--json", action="store_true")
     predict.add_argument("--csv", help="write image,label,probability,... rows to this file instead of printing")
-    predict.add_argument(
-        "--tta",
-        nargs="?",
-        const="flip",
-        choices=["flip", "crops"],
-        help="test-time augmentation: flip (default) averages with the mirror image, crops over ten crops",
-    )
     predict.set_defaults(func=commands.cmd_predict)
 
 
