@@ -99,16 +99,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     target_as_recipe_or_data(args)
     recipe = recipe_from_args(args)
-    found = lr_find(
-        recipe,
-        stage=args.stage,
-        start_lr=args.start_lr,
-        end_lr=args.end_lr,
-        steps=args.steps,
-        weights_from=args.weights_from,
-        out=args.out,
-        quiet=args.quiet,
-    )
+    options = ("stage", "start_lr", "end_lr", "steps", "weights_from", "out", "quiet")
+    found = lr_find(recipe, **{name: getattr(args, name) for name in options})
     print(
         f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}"
     )
@@ -317,18 +309,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from headstart.inspection import inspect
 
-    inspect(
-        args.data,
-        args.out,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        device=args.device,
-        near_threshold=args.near_threshold,
-        label_margin=args.label_margin,
-        quiet=args.quiet,
-    )
+    options = ("backbone", "weights", "image_size", "batch_size", "device", "near_threshold", "label_margin", "quiet")
+    inspect(args.data, args.out, **{name: getattr(args, name) for name in options})
     return 0
 
 
