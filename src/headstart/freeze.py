@@ -20,12 +20,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
 from timm.models import group_modules
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.errors import HeadstartError, close_matches
+from headstart.recipe import Stage
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
@@ -134,8 +136,9 @@ class FreezePlan:
 
 def plan_freeze(model: nn.Module, point: str | int, bn_mode: str) -> FreezePlan:
     """Work out the frozen modules and parameters for `point` (see the module docstring)."""
-    if bn_mode not in ("frozen", "affine", "train"):
-        raise HeadstartError(f"unknown BatchNorm mode '{bn_mode}'; valid: frozen, affine, train")
+    modes = get_args(Stage.model_fields["bn"].annotation)  # the recipe's Literal is the one list
+    if bn_mode not in modes:
+        raise HeadstartError(f"unknown BatchNorm mode '{bn_mode}'; valid: {', '.join(modes)}")
     start = resolve_point(model, point)
     if start is None:
         return FreezePlan(start=None, bn_mode=bn_mode)

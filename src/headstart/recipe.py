@@ -90,6 +90,7 @@ class ConvAdapter(_Strict):
         return value
 
 
+PositiveStd = Annotated[float, Field(gt=0)]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
@@ -141,9 +142,11 @@ class DataConfig(_Strict):
     balance: Literal["none", "weights", "sampler"] | None = None
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
     image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
-    crop_pct: float | None = Field(None, gt=0, le=1)
+    # Bounded below: a crop of 1e-9 would ask PIL to resize to an overflowing size.
+    crop_pct: float | None = Field(None, ge=0.05, le=1)
     mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    # Normalisation divides by these: zero or negative is never meant.
+    std: tuple[PositiveStd, PositiveStd, PositiveStd] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
     # light: random resized crop (0.5-1) + flip; standard: crop (0.08-1) + flip + colour jitter;
     # randaugment / trivialaugment: timm's RandAugment (rand-m9-mstd0.5) / TrivialAugment + flip.
