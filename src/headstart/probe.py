@@ -79,13 +79,13 @@ def throughput(recipe: Recipe, classes: int, batch: int = 16, batches: int = 3) 
     return batch * batches / (time.perf_counter() - tic), sum(p.numel() for p in model.parameters()), size
 
 
-def run_scores(run_dir: Path) -> dict[str, float]:
+def run_scores(run_dir: Path, last: dict[str, Any]) -> dict[str, float]:
+    """A finished probe run's best val scores, test accuracy and stage seconds; `last` is its last.pt."""
     history = read_history(run_dir)
-    recipe = Recipe.from_dict(load_checkpoint(run_dir / LAST_FILE)["recipe"])
-    best = history[best_index(history, recipe.run.monitor)]
+    best = history[best_index(history, last["recipe"]["run"]["monitor"])]
     test = read_test(run_dir) or {}
     # The stages' wall time as the run measured it (feature extraction included, decoding not).
-    seconds = load_checkpoint(run_dir / LAST_FILE)["resume"]["elapsed"]
+    seconds = last["resume"]["elapsed"]
     return {
         "val acc": best["val_acc"],
         "val balanced acc": best.get("val_balanced_acc", float("nan")),
@@ -120,10 +120,10 @@ def probe(
         finished = [d for d in run_dirs if str(d) not in result.failed and (d / LAST_FILE).is_file()]
         if not finished:
             continue
-        scores = [run_scores(d) for d in finished]
-        backbone_recipe = Recipe.from_dict(load_checkpoint(finished[0] / LAST_FILE)["recipe"])
-        classes = len(load_checkpoint(finished[0] / LAST_FILE)["classes"])
-        speed, params, size = throughput(backbone_recipe, classes)
+        lasts = [load_checkpoint(d / LAST_FILE) for d in finished]  # read once each: they hold optimizer state
+        scores = [run_scores(d, last) for d, last in zip(finished, lasts)]
+        backbone_recipe = Recipe.from_dict(lasts[0]["recipe"])
+        speed, params, size = throughput(backbone_recipe, len(lasts[0]["classes"]))
         row = {"backbone": backbone_recipe.model.backbone, "params": params, "input px": size}
         row.update({key: [s[key] for s in scores] for key in ("val acc", "val balanced acc", "test acc", "train s")})
         row["inference img/s"] = speed

@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from headstart.balance import class_weights, sample_weights
 from headstart.batches import make_loader
 from headstart.calibration import Calibration, calibrate
-from headstart.errors import HeadstartError
 from headstart.features import FeatureCache
 from headstart.freeze import FreezePlan, count_parameters
 from headstart.loop import Loop, SoftTargets, divergence, with_progress
@@ -228,7 +227,7 @@ class Trainer:
         return stage.early_stop.min_delta if stage.early_stop else 0.0
 
     def stop_reason(self, stage: Stage, epoch: int, stop: EarlyStopState) -> str | None:
-        """Why the stage ends after this epoch ('' when it goes on)."""
+        """Why the stage ends after this epoch (None when it goes on)."""
         monitor = self.recipe.run.monitor
         if stage.early_stop and stop.stale >= stage.early_stop.patience:
             return f"early stop: {monitor} did not improve for {stop.stale} epochs"
@@ -384,13 +383,3 @@ def calibrate_best(trainer: Trainer) -> Calibration | None:
     trainer.stage_notes.append(calibration.summary_line())
     log.info("%s", calibration.summary_line())
     return calibration
-
-
-def check_stage_names(session: Session, name: str | None) -> int:
-    """Index of the stage called `name` (the first when None); a one-line error listing the stages otherwise."""
-    names = [s.name for s in session.recipe.stages]
-    if name is None:
-        return 0
-    if name not in names:
-        raise HeadstartError(f"no stage named '{name}'; stages: {', '.join(names)}")
-    return names.index(name)
