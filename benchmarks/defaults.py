@@ -9,6 +9,8 @@ goes to --out; `--table` prints mean +- std per data set and variant from that f
              augmentation (so uncached), then 3 epochs of top:3 at 0.3x LR
     head     the cached head stage alone (no augmentation), early-stopped
     default  whatever `headstart train DATA` does in the code at hand
+    ema, mixup, randaugment, randaugment-acc4
+             the default with one of timm's pieces switched on (see knobs())
 
 Usage:
     python benchmarks/defaults.py --variants old,default --seeds 0,1,2 --out defaults.jsonl DATA [DATA ...]
@@ -96,6 +98,9 @@ CANDIDATES = {
     "t1-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(1, "none")]},
     "t3-plain": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, finetune(3, "none")]},
     "t2-plain-lr1e-3": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, {**finetune(2, "none"), "lr": 1e-3}]},
+    # The top stage at the head's own rate, or at twice the default's: does satellite want it moved more?
+    "t1-body1": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, {**finetune(1, "none"), "body_lr_mult": 1.0}]},
+    "t1-lr1e-3": {"data": {"augment": "none"}, "stages": [HEAD_AUTO, {**finetune(1, "none"), "lr": 1e-3}]},
     # The old default's fine-tuning (top:3, light augmentation, uncached) after a converged cached head.
     "t3-full": {
         "data": {"augment": "light"},
@@ -105,7 +110,28 @@ CANDIDATES = {
         ],
     },
 }
-VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES}
+
+
+# timm's pieces as recipe switches, each on top of the shipped default (issue 10: "with measured effect").
+def default_with(head: dict | None = None, finetune_stage: dict | None = None, **sections: dict) -> dict:
+    from headstart.recipe import default_stages
+
+    head_stage, ft_stage = (s.model_dump(mode="json") for s in default_stages())
+    return {"stages": [{**head_stage, **(head or {})}, {**ft_stage, **(finetune_stage or {})}], **sections}
+
+
+def knobs() -> dict[str, dict]:
+    randaugment = {"augment": "randaugment"}  # an image augmentation: the fine-tuning stage leaves the cache
+    return {
+        "ema": default_with(run={"ema_decay": 0.998}),
+        "mixup": default_with(head={"mixup": 0.2}, finetune_stage={"mixup": 0.2}),  # cached features, both stages
+        "randaugment": default_with(finetune_stage=randaugment),
+        # The same effective batch (32) from batches of 8: what accumulation buys is memory.
+        "randaugment-acc4": default_with(finetune_stage=randaugment, data={"batch_size": 8}, run={"accumulate": 4}),
+    }
+
+
+VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES, **knobs()}
 
 
 def data_path(data: str, work: Path) -> tuple[str, float]:
@@ -137,7 +163,9 @@ tic = time.perf_counter()
 result = headstart.train(recipe, quiet=True)
 wall = time.perf_counter() - tic
 test = result.test or {}
-print(json.dumps({"test_acc": test.get("acc"), "test_balanced_acc": test.get("balanced_acc"),
+import resource
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"test_acc": test.get("acc"), "test_balanced_acc": test.get("balanced_acc"), "peak_mb": peak_mb,
                   "best_val_acc": result.best["val_acc"], "epochs": len(result.history), "wall_s": wall,
                   "stops": [r.get("stop") for r in result.history if r.get("stop")]}))
 """
@@ -183,18 +211,22 @@ def table(path: Path) -> None:
     for row in rows:
         groups.setdefault((row["data"], row["variant"]), []).append(row)
 
+    def peak(group: list[dict]) -> str:  # older result files did not record it
+        values = [r["peak_mb"] for r in group if "peak_mb" in r]
+        return spread(values, ".0f") if values else "-"
+
     def spread(values: list[float], fmt: str) -> str:
         if len(values) < 2:
             return format(values[0], fmt)
         return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
-    print("| data | variant | seeds | test acc | test balanced acc | wall s (process) | CPU s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| data | variant | seeds | test acc | test balanced acc | wall s (process) | CPU s | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for (data, variant), group in sorted(groups.items()):
         print(
             f"| {data} | {variant} | {len(group)} | {spread([r['test_acc'] for r in group], '.3f')} | "
             f"{spread([r['test_balanced_acc'] for r in group], '.3f')} | {spread([r['process_s'] for r in group], '.0f')} | "
-            f"{spread([r['cpu_s'] for r in group], '.0f')} |"
+            f"{spread([r['cpu_s'] for r in group], '.0f')} | {peak(group)} |"
         )
 
 

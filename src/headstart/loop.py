@@ -113,7 +113,16 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.after_step(step)
         if self.ema is not None:
-            self.ema.update(self.ema_of)
+            self.ema.update(self.ema_of, step=step)  # step numbers the stage's warm-up
+
+
+def weight_average(model: nn.Module, decay: float | None) -> ModelEmaV3 | None:
+    """timm's weight EMA with warm-up (decay 1 - (1 + step)^-2/3 until it reaches `decay`); None when off.
+
+    Fine-tuning runs here take hundreds of optimizer steps, not timm's hundreds of thousands: a fixed
+    0.999 would still be mostly the initial (random) head at the end of a short stage.
+    """
+    return ModelEmaV3(model, decay=decay, use_warmup=True) if decay else None
 
 
 def likely_cause(optimizer: torch.optim.Optimizer) -> str:

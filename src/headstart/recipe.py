@@ -262,7 +262,9 @@ class RunConfig(_Strict):
     # accumulate x data.batch_size on a device that holds only data.batch_size.
     accumulate: int = Field(1, ge=1)
     # Decay of an exponential moving average of the weights (timm's ModelEmaV3), e.g. 0.999; empty is
-    # off. With it on, validation, best.pt and exports use the averaged weights.
+    # off. It warms up each stage (decay 1 - (1 + step)^-2/3 until that reaches this value), so short
+    # runs average recent weights, not the initial ones. With it on, validation, best.pt and exports
+    # use the averaged weights.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     # Experiment trackers fed every epoch, through their own writers (headstart.tracking).
     log: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,7 +25,7 @@ from headstart.batches import make_loader
 from headstart.calibration import Calibration, calibrate
 from headstart.features import FeatureCache
 from headstart.freeze import FreezePlan, count_parameters
-from headstart.loop import Loop, SoftTargets, divergence, with_progress
+from headstart.loop import Loop, SoftTargets, divergence, weight_average, with_progress
 from headstart.metrics import best_index, improved, score_batches
 from headstart.optim import Schedule, build_optimizer
 from headstart.plots import plot_reliability
@@ -78,7 +77,7 @@ class Trainer:
         self.trackers: list[Tracker] = []
         self.diverged: set[str] = set()  # stages already warned about
         self._feature_cache: FeatureCache | None = None  # built when a stage first takes the cached path
-        self.ema = ModelEmaV3(self.model, decay=self.recipe.run.ema_decay) if self.recipe.run.ema_decay else None
+        self.ema = weight_average(self.model, self.recipe.run.ema_decay)
         stages = self.recipe.stages
         full_images = sum(s.epoch_budget for s in stages if s.freeze != "backbone") * len(self.data.train)
         self.compile = should_compile(self.recipe.run.compile, self.hw, full_images)
