@@ -6,7 +6,9 @@ its workers) and the step (forward, backward, optimizer), split into the first 5
 rest, so one-time costs (worker start-up, oneDNN kernel creation for the new backward shapes,
 allocator growth) show apart from the steady state.
 
-Usage: python benchmarks/first_epoch.py DATA [--epochs 3] [--workers N]
+DATA `digits` runs the embedded job's own recipe instead (3 head epochs, then 4 of everything).
+
+Usage: python benchmarks/first_epoch.py DATA|digits [--epochs 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import time
 
 import headstart
+from headstart.defaults import builtin_recipe
 from headstart.loop import Loop
 
 TIMES: list[dict] = []
@@ -63,10 +66,14 @@ def main() -> None:
         {"name": "finetune", "epochs": args.epochs, "freeze": "top:3", "lr": 1e-3, "body_lr_mult": 0.3},
     ]
     with tempfile.TemporaryDirectory() as out:
-        data = {"path": args.data, "augment": "light"}
+        if args.data == "digits":  # the embedded job, with its own recipe (it fine-tunes everything)
+            recipe = builtin_recipe("digits").to_dict()
+            recipe["run"]["out_dir"] = out
+        else:
+            recipe = {"data": {"path": args.data, "augment": "light"}, "stages": stages, "run": {"out_dir": out}}
         if args.workers is not None:
-            data["workers"] = args.workers
-        result = headstart.train({"data": data, "stages": stages, "run": {"out_dir": out}}, quiet=True)
+            recipe["data"]["workers"] = args.workers
+        result = headstart.train(recipe, quiet=True)
     print("| epoch | train s | batches | wait first 5 | step first 5 | wait rest | step rest | epoch s (history) |")
     print("|---|---|---|---|---|---|---|---|")
     for record, row in zip(TIMES, result.history):

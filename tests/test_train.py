@@ -348,3 +348,22 @@ def test_feature_cache_over_its_budget_is_read_from_disk_with_the_same_result(co
     assert [(r["train_loss"], r["val_loss"]) for r in mapped.history] == [
         (r["train_loss"], r["val_loss"]) for r in in_memory.history
     ]
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, monkeypatch, caplog):
+    import os
+
+    from headstart import session
+    from headstart.recipe import Recipe
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(session, "load_average", lambda: cores * (3.0 if busy else 0.2))
+    with caplog.at_level("WARNING", logger="headstart"):
+        hw, group = session.open_hardware(Recipe.from_dict({"run": {"device": "cpu"}}))
+        session.warn_if_cpu_busy(hw, group)
+    warned = [r.getMessage() for r in caplog.records if "already busy" in r.getMessage()]
+    assert hw.device.type == "cpu"
+    assert len(warned) == (1 if busy else 0)
+    if busy:
+        assert f"on {cores} cores" in warned[0] and "OMP_WAIT_POLICY=PASSIVE" in warned[0]

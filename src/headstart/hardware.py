@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -65,3 +66,28 @@ def pick_hardware(device: str = "auto", precision: str = "auto", channels_last: 
     if precision == "fp16" and chosen.type == "cpu":
         raise HeadstartError("fp16 autocast is for GPUs; on a CPU use bf16 or fp32")
     return Hardware(chosen, precision, channels_last)
+
+
+def busy_cpu_note(load: float | None, cores: int | None, threads: int) -> str | None:
+    """A warning when other processes already keep every core busy as a CPU run starts; None otherwise.
+
+    torch's OpenMP threads spin while they wait for each other, so on a shared CPU they burn the
+    time slices the other processes' threads need: three runs at once on 2 cores made each epoch
+    9-30x slower, not 3x (BENCHMARKS.md, "Where a slow epoch's time goes").
+    """
+    if load is None or not cores or load < cores:
+        return None
+    return (
+        f"the CPU is already busy (load average {load:.1f} on {cores} cores) and this run adds {threads} "
+        "threads: on a shared CPU torch's spinning threads slow each other several-fold, so epoch times "
+        "will not be comparable; run one job at a time, or set OMP_WAIT_POLICY=PASSIVE before starting "
+        "(proportional sharing, but slower alone)"
+    )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, where the system reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None

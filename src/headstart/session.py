@@ -29,7 +29,7 @@ from headstart.distributed import SOLO, Group, join, leave
 from headstart.duplicates import warn_duplicates
 from headstart.errors import HeadstartError
 from headstart.freeze import FreezePlan, plan_stages
-from headstart.hardware import Hardware, pick_hardware
+from headstart.hardware import Hardware, busy_cpu_note, load_average, pick_hardware
 from headstart.model import Classifier, build_model, resolve_preprocessing
 from headstart.recipe import Recipe
 from headstart.weights import default_source
@@ -95,6 +95,13 @@ def open_hardware(recipe: Recipe) -> tuple[Hardware, Group]:
         hw = replace(hw, device=torch.device("cuda", group.local_rank))
         torch.cuda.set_device(hw.device)
     return hw, group
+
+
+def warn_if_cpu_busy(hw: Hardware, group: Group) -> None:
+    """Say so when a CPU run starts on cores other processes already keep busy (its timings will not compare)."""
+    note = busy_cpu_note(load_average(), os.cpu_count(), torch.get_num_threads() * group.world)
+    if hw.device.type == "cpu" and group.is_main and note:
+        log.warning(note)
 
 
 def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, check_data: bool = True) -> Session:

@@ -38,7 +38,7 @@ from headstart.runs import (
     read_history,
     read_test,
 )
-from headstart.session import Session, ensure_console, open_hardware, prepare, resolve
+from headstart.session import Session, ensure_console, open_hardware, prepare, resolve, warn_if_cpu_busy
 from headstart.stages import Trainer, calibrate_best
 from headstart.tracking import open_trackers
 
@@ -126,6 +126,7 @@ def train(
     hw, group = open_hardware(recipe)
     quiet = quiet or not group.is_main
     ensure_console(quiet)
+    warn_if_cpu_busy(hw, group)
     try:
         session = prepare(recipe, hw, group, check_data=point is None)
         return _train(session, quiet, point)
