@@ -3,9 +3,11 @@
 import logging
 from collections import Counter
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from headstart.data import list_images, prepare_data, stratified_split
+from headstart.data import build_transforms, list_images, prepare_data, stratified_split
 from headstart.errors import HeadstartError
 from headstart.recipe import DataConfig
 
@@ -164,3 +166,16 @@ def test_hostile_folder_is_listed_converted_or_skipped_by_name(tmp_path, monkeyp
     )
     height, width, channels = arrays["rotated.jpg"].shape
     assert channels == 3 and height > width  # upright after the EXIF rotation
+
+
+@pytest.mark.parametrize("preset", ["randaugment", "trivialaugment"])
+def test_randaugment_posterize_at_the_top_magnitude_keeps_one_bit_instead_of_raising(preset):
+    # timm asks Pillow to keep 0 bits at magnitude 10; Pillow 13 raises there, mid-epoch.
+    train_tf, _ = build_transforms(PREP, preset)
+    ops = [op for step in train_tf.transforms for op in getattr(step, "ops", []) if op.name.startswith("Posterize")]
+    assert ops, "the preset should draw from timm's posterize ops"
+    image = Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))
+    for op in ops:
+        op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+        out = np.asarray(op(image))
+        assert set(np.unique(out)) <= {0, 128} and out.max() == 128  # one bit kept: the image is not blanked

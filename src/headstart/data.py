@@ -222,8 +222,7 @@ def short_side_for(preprocessing: dict) -> int:
 
 
 # Train-time presets on top of timm's random resized crop + flip. trivialaugment is timm's RandAugment
-# drawing one op per image at a uniformly random magnitude (TrivialAugment's rule; 'inc' ops keep
-# posterize valid at every magnitude).
+# drawing one op per image at a uniformly random magnitude (TrivialAugment's rule).
 AUGMENT_PRESETS = {
     "light": dict(scale=(0.5, 1.0), hflip=0.5, color_jitter=None),
     "standard": dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4),
@@ -246,7 +245,26 @@ def build_transforms(preprocessing: dict, augment: str, random_erasing: float = 
         return eval_tf, eval_tf
     train_common = {k: v for k, v in common.items() if k != "crop_pct"}
     erasing = dict(re_prob=random_erasing, re_mode="pixel") if random_erasing else {}
-    return create_transform(is_training=True, **train_common, **AUGMENT_PRESETS[augment], **erasing), eval_tf
+    train_tf = create_transform(is_training=True, **train_common, **AUGMENT_PRESETS[augment], **erasing)
+    return keep_posterize_valid(train_tf), eval_tf
+
+
+def keep_posterize_valid(transform):
+    """RandAugment's posterize keeps at least 1 bit: at the top magnitude timm asks for 0, which Pillow 13 refuses.
+
+    timm's PosterizeIncreasing maps magnitude 10 to "keep 0 bits" (an all-black image); Pillow
+    before 13 did that, Pillow 13 raises ValueError, which ended a RandAugment run at a random
+    batch (m9 with mstd 0.5 reaches 10 on about 2 % of posterize draws).
+    """
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):  # timm's RandAugment holds its AugmentOps here
+            if op.name.startswith("Posterize"):
+                op.aug_fn = posterize_at_least_one_bit
+    return transform
+
+
+def posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, bits_to_keep))
 
 
 def train_view(data: PreparedData, augment: str, random_erasing: float = 0.0) -> ImageDataset:
