@@ -6,6 +6,7 @@ run or cache folder is touched. Probes that could hang run in a subprocess under
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,9 @@ import headstart
 from headstart.cli import main
 from headstart.data import list_images, prepare_data
 from headstart.errors import HeadstartError
+from headstart.export import sidecar_path
 from headstart.paths import safe_component
+from headstart.pt2_safety import check_pt2_archive
 from headstart.recipe import DataConfig
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 from tests.probes import cli, train_tiny_run, within
@@ -703,6 +707,83 @@ PAYLOAD_PLACES = [
     "resume recipe.yaml",
     "sweep.yaml",
 ]
+
+
+def rewrite_pt2(source: Path, target: Path, change) -> None:
+    """A copy of a .pt2 archive with `change(name, data) -> [(name, data), ...]` applied to every entry."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            for name, data in change(info.filename, old.read(info)):
+                new.writestr(name, data)
+    shutil.copy(sidecar_path(source), sidecar_path(target))
+
+
+def pickled_weight(marker: Path):
+    """Mark the first weight `use_pickle` and store the payload in its place, as torch's loader would read it."""
+
+    def change(name: str, data: bytes):
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return [(name, json.dumps(config))]
+        if name.endswith("/data/weights/weight_0"):
+            buffer = io.BytesIO()
+            torch.save(Payload(marker), buffer)
+            return [(name, buffer.getvalue())]
+        return [(name, data)]
+
+    return change
+
+
+def unsafe_sample_inputs(marker: Path):
+    def change(name: str, data: bytes):
+        if "/data/sample_inputs/" in name:
+            buffer = io.BytesIO()
+            torch.save(Payload(marker), buffer)
+            return [(name, buffer.getvalue())]
+        return [(name, data)]
+
+    return change
+
+
+def extra_entry(entry: str):
+    def change(name: str, data: bytes):
+        root = name.split("/")[0]
+        return [(name, data)] + ([(f"{root}/{entry}", b"\0" * 16)] if name.endswith("archive_format") else [])
+
+    return change
+
+
+PT2_PAYLOADS = {
+    "pickled weight": pickled_weight,
+    "sample inputs needing the unsafe unpickler": unsafe_sample_inputs,
+    "opaque object constant": lambda marker: extra_entry("data/constants/opaque_obj_0"),
+    "compiled library": lambda marker: extra_entry("data/aotinductor/model/model.so"),
+    "legacy pickled weights": lambda marker: extra_entry("data/weights/model.pt"),
+}
+
+
+@pytest.mark.parametrize("payload", PT2_PAYLOADS)
+@pytest.mark.parametrize("command", ["predict", "evaluate", "serve"])
+def test_pt2_archives_that_would_unpickle_are_refused(exported, trained, tmp_path, capsys, payload, command):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil" / "model.pt2"
+    evil.parent.mkdir()
+    rewrite_pt2(exported, evil, PT2_PAYLOADS[payload](marker))
+    args = {
+        "predict": ["predict", evil, trained[1] / "red" / "000.png"],
+        "evaluate": ["evaluate", evil, trained[1]],
+        "serve": ["serve", evil, "--port", "0"],
+    }[command]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and not marker.exists()
+    assert "refusing to load" in err and "could run code" in err
+
+
+def test_a_headstart_pt2_export_passes_the_archive_check(exported):
+    check_pt2_archive(exported)
+    assert headstart.load(exported).predict([Image.new("RGB", (8, 8))])
 
 
 @pytest.mark.parametrize("where", PAYLOAD_PLACES)

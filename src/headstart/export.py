@@ -30,6 +30,7 @@ from headstart.errors import HeadstartError
 from headstart.fileio import writing
 from headstart.model import model_from_checkpoint
 from headstart.paths import user_path
+from headstart.pt2_safety import check_pt2_archive
 from headstart.recipe import MAX_IMAGE_SIZE, describe_validation_error
 from headstart.runs import atomic_write, load_checkpoint, resolve_checkpoint
 
@@ -208,6 +209,7 @@ def load_program(model_file: Path) -> torch.nn.Module:
 
     if not zipfile.is_zipfile(model_file):
         raise HeadstartError(f"cannot load {model_file} with torch.export: not a .pt2 archive (damaged or truncated?)")
+    check_pt2_archive(model_file)
     quiet = logging.getLogger("torch.export")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
