@@ -23,6 +23,8 @@ from headstart.runs import load_checkpoint
 from headstart.server import create_app, listening_socket
 from tests.conftest import browser, tiny_recipe
 
+LOCAL = "http://127.0.0.1"  # the server answers loopback Host names only (DNS rebinding)
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -86,7 +88,7 @@ def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsy
     paths = sorted((folder / "red").iterdir())[:2] + sorted((folder / "blue").iterdir())[:1]
     expected = predict_json(run_dir, paths, capsys)
     app = create_app(headstart.load(run_dir, device="cpu"), max_batch=4, window_ms=2)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         answer = client.post("/predict", files={"file": (str(paths[0]), paths[0].read_bytes(), "image/png")})
         assert answer.status_code == 200 and answer.json() == expected[0]
         raw = client.post("/predict", content=paths[1].read_bytes(), params={"name": str(paths[1])})
@@ -112,7 +114,7 @@ def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsy
 def test_oversized_upload_is_413_and_pixel_limit_holds(run):
     run_dir, folder = run
     app = create_app(headstart.load(run_dir, device="cpu"), max_bytes=2000, max_pixels=50 * 50)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         noisy = io.BytesIO()
         Image.effect_noise((100, 100), 80).convert("RGB").save(noisy, "PNG")
         assert client.post("/predict", content=noisy.getvalue()).status_code == 413
@@ -159,7 +161,7 @@ def test_page_shows_a_prediction_for_a_dropped_image_in_chromium(run):
     predictor = headstart.load(run_dir, device="cpu")
     expected = predictor.predict([image], top_k=1)[0][0][0]
     app = create_app(predictor)
-    page = TestClient(app).get("/").text
+    page = TestClient(app, base_url=LOCAL).get("/").text
     assert 'id="drop"' in page
     app.get("/test-page", response_class=HTMLResponse)(lambda: page.replace("</body>", DROP + "</body>"))
     app.get("/test-image.png")(lambda: Response(image.read_bytes(), media_type="image/png"))
@@ -200,3 +202,77 @@ def test_serve_command_answers_and_a_taken_port_is_one_line(run, capsys):
     finally:
         process.terminate()
         process.wait(30)
+
+
+# ----------------------------------------------------------------------------- budgets, hosts, a bounded soak
+
+
+def test_batch_over_its_file_or_pixel_budget_is_413_before_decoding(run):
+    from headstart.server_limits import ServerLimits
+
+    run_dir, _ = run
+    limits = ServerLimits(max_files=3, max_request_pixels=3 * 20 * 20)
+    app = create_app(headstart.load(run_dir, device="cpu"), limits=limits)
+    with TestClient(app, base_url=LOCAL) as client:
+
+        def batch(count, size=(20, 20)):
+            files = [("files", (f"{i}.png", png_bytes(size=size), "image/png")) for i in range(count)]
+            return client.post("/predict/batch", files=files)
+
+        assert batch(3).status_code == 200
+        too_many = batch(4)
+        assert too_many.status_code == 413 and "file" in too_many.json()["detail"]
+        too_big = batch(2, size=(30, 30))
+        assert too_big.status_code == 413 and "request limit" in too_big.json()["detail"]
+        assert client.get("/metadata").json()["limits"]["max_files"] == 3
+
+
+def test_only_allowed_host_names_are_answered_and_nothing_loads_from_a_cdn(run):
+    run_dir, _ = run
+    app = create_app(headstart.load(run_dir, device="cpu"))
+    with TestClient(app, base_url=LOCAL) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        assert client.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+        assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+        assert "cdn" not in client.get("/").text.lower()
+    anyone = create_app(headstart.load(run_dir, device="cpu"), allowed_hosts=("*",))
+    with TestClient(anyone, base_url="http://attacker.example") as client:
+        assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--max-mb", "nan"], ["--max-mb", "inf"], ["--max-mb", "-1"], ["--window-ms", "inf"], ["--window-ms", "-1"],
+     ["--port", "99999"], ["--port", "-1"], ["--timeout", "0"], ["--max-batch", "0"]],
+)  # fmt: skip
+def test_bad_serve_flags_are_one_line_errors(run, capsys, flags):
+    assert main(["serve", str(run[0]), *flags, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headstart: error:") and err.count("\n") == 1
+
+
+def test_soak_memory_stays_bounded_slow_clients_are_cut_off_and_sigterm_stops_it(run, tmp_path):
+    from tests import soak
+
+    log = tmp_path / "serve.log"
+    process, url = soak.start(run[0], log, "--timeout", "2")
+    try:
+        codes = soak.mixed_requests(url, count=200, clients=16)
+        assert set(codes) <= {200, 422} and codes[422] == 40, codes
+        # 9000 x 9000 1-bit PNGs: 10 KB each, 243 MB each once decoded; eight at once took 4.1 GB before.
+        assert soak.heavy_uploads(url, count=8, side=9000) == [200] * 8
+        assert soak.peak_rss_mb(process) < SOAK_MEMORY_BOUND_MB
+        assert soak.slow_clients(url, count=20, wait=8) == 20
+        soak.vanishing_uploads(url, count=10)
+        assert soak.mixed_requests(url, count=20, clients=4, bad_every=1000) == {200: 20}  # still serving
+        assert soak.seconds_to_stop_during_an_upload(process, url) < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("closed its connection during its upload") == 10
+
+
+SOAK_MEMORY_BOUND_MB = 1500  # the model, two images decoding at a time (about 250 MB each) and Python

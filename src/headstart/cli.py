@@ -143,7 +143,16 @@ def add_serve(sub) -> None:
     serve.add_argument("--max-batch", type=int, default=16, help="largest batch of requests run together (1: off)")
     serve.add_argument("--window-ms", type=float, default=5.0, help="how long a batch waits to fill")
     serve.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MiB")
+    serve.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds a client may take to send a request (slower: cut off)"
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name to answer (repeat; default: loopback names on a loopback address, else any)",
+    )
     serve.add_argument("--device", default="auto")
+    serve.add_argument("--dry-run", action="store_true", help="check the settings, load the model, then exit")
     serve.set_defaults(func=commands.cmd_serve)
 
 

@@ -236,8 +236,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_batch=args.max_batch,
         window_ms=args.window_ms,
-        max_bytes=int(args.max_mb * (1 << 20)),
+        max_bytes=args.max_mb * (1 << 20),
         device=args.device,
+        allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
+        read_seconds=args.timeout,
+        dry_run=args.dry_run,
     )
     return 0
 

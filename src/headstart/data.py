@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import stat
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,13 @@ DECODED_CACHE_BUDGET = int(os.environ.get("HEADSTART_DECODED_CACHE_BYTES", 4 << 
 # ----------------------------------------------------------------------------- decoding
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image as 8-bit RGB: EXIF rotation applied, 16-bit scaled down, alpha composited on white."""
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -65,9 +70,35 @@ class RefusedImage(ValueError):
     """A file that is not decoded at all, with the reason."""
 
 
+class TooManyPixels(RefusedImage):
+    """An image over the pixel limit given, refused before its pixels are decoded."""
+
+
 # Wider than this (either way) is skipped: resizing the short side of a 40000x1 strip to 224 would
 # allocate gigabytes from a 200-byte file, which Pillow's decompression-bomb limit does not catch.
 MAX_ASPECT_RATIO = 25
+
+
+def check_size(width: int, height: int, max_pixels: int | None = None) -> None:
+    """RefusedImage for an extreme aspect ratio, TooManyPixels past `max_pixels`: both known from the header."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise TooManyPixels(f"{width}x{height} pixels is over the {max_pixels:,}-pixel limit (decompression bomb?)")
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise RefusedImage(f"extreme aspect ratio {width}x{height}")
+
+
+def open_image(file, max_pixels: int | None = None) -> Image.Image:
+    """The one decode for prediction (predict, the Python API, evaluate of files, serve): 8-bit RGB as to_rgb gives.
+
+    `file` is a path or a binary file object. Size checks run on the header, before any pixel is
+    decoded; Pillow's decompression-bomb warning is an error here too.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(file) as opened:
+            check_size(*opened.size, max_pixels)
+            opened.load()
+            return to_rgb(opened)
 
 
 def decode(path: Path, short_side: int, interpolation: str) -> np.ndarray:
@@ -79,8 +110,7 @@ def decode(path: Path, short_side: int, interpolation: str) -> np.ndarray:
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise RefusedImage("not a regular file")
     with Image.open(path) as image:
-        if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
-            raise RefusedImage(f"extreme aspect ratio {image.size[0]}x{image.size[1]}")
+        check_size(*image.size)
         # JPEG can decode straight to a reduced size (DCT scaling): much faster for big photos.
         image.draft("RGB", (short_side * 2, short_side * 2))
         image = to_rgb(image)

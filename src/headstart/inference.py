@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from headstart.data import MAX_ASPECT_RATIO, build_transforms, decode_all, list_class_folders, short_side_for, to_rgb
+from headstart.data import build_transforms, decode_all, list_class_folders, open_image, short_side_for, to_rgb
 from headstart.errors import HeadstartError
 from headstart.hardware import pick_hardware
 from headstart.holdout import held_out, overlap_note, same_source
@@ -303,10 +303,6 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
     if not path.is_file():  # a FIFO or device would block or never end
         raise HeadstartError(f"{path} is not a regular file; give image files or folders of them")
     try:
-        with Image.open(path) as opened:
-            if max(opened.size) > MAX_ASPECT_RATIO * max(1, min(opened.size)):
-                raise ValueError(f"extreme aspect ratio {opened.size[0]}x{opened.size[1]}")
-            opened.load()
-            return opened.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return open_image(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise HeadstartError(f"cannot read image {path}: {str(err) or type(err).__name__}"[:300]) from None

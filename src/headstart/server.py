@@ -7,9 +7,12 @@
     GET  /health, GET /metadata (classes, preprocessing, batching; calibration when the model has one), GET / (a page)
 
 Concurrent requests wait up to `window_ms` for each other and run as one batch of at most
-`max_batch` images (`max_batch=1` runs them one by one). Uploads are decoded in worker threads
-under a byte limit, Pillow's decompression-bomb pixel limit and the aspect-ratio limit training
-uses; a bad upload is a 4xx with a one-line `detail`, and the server goes on serving.
+`max_batch` images (`max_batch=1` runs them one by one). Every upload is decoded as `headstart
+predict` decodes a file (EXIF rotation, alpha on white, 16-bit scaled), in a small pool of decode
+threads, after the request's budgets are checked on the image headers (server_limits.py); a bad
+upload is a 4xx with a one-line `detail`, and the server goes on serving. Only the Host names in
+`allowed_hosts` are answered (a web page elsewhere cannot reach a local server through DNS
+rebinding), and the page loads nothing from other sites (no /docs, which would fetch from a CDN).
 
 Example:
     >>> app = headstart.server.create_app(headstart.load("runs/hymenoptera-tf_efficientnet_lite0"))
@@ -18,78 +21,50 @@ Example:
 
 import asyncio
 import html
-import io
 import logging
-import warnings
+import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from headstart.data import MAX_ASPECT_RATIO
 from headstart.errors import HeadstartError
 from headstart.inference import Predictor, prediction_entry
+from headstart.server_limits import (
+    DEFAULT_MAX_BYTES,
+    BadUpload,
+    PixelGate,
+    ServerLimits,
+    check_request,
+    decode_upload,
+)
 from headstart.server_page import PAGE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 20 << 20
-
-
-class BadUpload(Exception):
-    """An upload the server refuses: HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """A decoded RGB image, or BadUpload saying why not (checked before any pixel is decoded where it can be)."""
-    if not data:
-        raise BadUpload(400, "empty upload: send an image file")
-    if len(data) > max_bytes:
-        raise BadUpload(413, f"upload of {len(data):,} bytes is over the {max_bytes:,}-byte limit")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                width, height = opened.size
-                if width * height > max_pixels:
-                    raise BadUpload(
-                        413, f"{width}x{height} pixels is over the {max_pixels:,}-pixel limit (decompression bomb?)"
-                    )
-                if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-                    raise BadUpload(422, f"extreme aspect ratio {width}x{height}")
-                opened.load()
-                return opened.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadUpload(413, f"decompression bomb refused: {str(err)[:150]}") from None
-    except UnidentifiedImageError:
-        raise BadUpload(415, "not an image Pillow can read (JPEG, PNG, WebP, ...)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise BadUpload(422, f"cannot decode the image: {str(err)[:150] or type(err).__name__}") from None
-
-
-def prepare(data: bytes, max_bytes: int, max_pixels: int, transform) -> torch.Tensor:
-    return transform(decode_upload(data, max_bytes, max_pixels))
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_WINDOW_MS = 1000.0  # a batch that waits longer than a second to fill is a mistake, not a setting
 
 
 class Batcher:
     """Collects concurrent requests into batches: a short window, a maximum size, one model call per batch."""
 
     def __init__(self, predictor: Predictor, max_batch: int, window_ms: float):
-        if max_batch < 1 or window_ms < 0:
-            raise HeadstartError(
-                f"max_batch {max_batch} / window_ms {window_ms}: give max_batch >= 1 and window_ms >= 0"
-            )
+        self.check(max_batch, window_ms)
         self.predictor, self.max_batch, self.window = predictor, max_batch, window_ms / 1000
         self.queue: asyncio.Queue | None = None
         # One model thread: batches run one after another while the event loop keeps accepting requests.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="headstart-model")
         self.batches = 0
+
+    @staticmethod
+    def check(max_batch: int, window_ms: float) -> None:
+        """A one-line error for a batch size or window the server cannot run with."""
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise HeadstartError(f"max_batch {max_batch!r}: give a whole number of 1 or more")
+        if not math.isfinite(window_ms) or not 0 <= window_ms <= MAX_WINDOW_MS:
+            raise HeadstartError(f"window_ms {window_ms!r}: give a number from 0 to {MAX_WINDOW_MS:g}")
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -143,26 +118,38 @@ class Batcher:
                     future.set_result(row)
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes before it is all read."""
+class ClientGone(Exception):
+    """The client closed the connection before its upload was all read."""
+
+
+async def read_body(request, limit: int, seconds: float) -> bytes:
+    """The request body, refused past `limit` bytes before it is all read, or when it is slower than `seconds`."""
+    from starlette.requests import ClientDisconnect
+
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise BadUpload(413, f"request of {int(length):,} bytes is over the {limit:,}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadUpload(413, f"request is over the {limit:,}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadUpload(413, f"request is over the {limit:,}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadUpload(408, f"the upload did not arrive within {seconds:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
     return b"".join(chunks)
 
 
-async def read_uploads(request, limit: int, fields: tuple[str, ...]) -> list[tuple[str, bytes]]:
+async def read_uploads(request, limits: ServerLimits, fields: tuple[str, ...]) -> list[tuple[str, bytes]]:
     """(name, bytes) of each uploaded file: multipart fields `fields`, or the whole body as one image."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    body = await read_body(request, limit + MULTIPART_OVERHEAD)
+    body = await read_body(request, limits.max_bytes + MULTIPART_OVERHEAD, limits.read_seconds)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return [(request.query_params.get("name", "body"), body)]
 
@@ -170,9 +157,10 @@ async def read_uploads(request, limit: int, fields: tuple[str, ...]) -> list[tup
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, once()).parse()
+        form = await MultiPartParser(request.headers, once(), max_files=limits.max_files + 1).parse()
     except MultiPartException as err:
-        raise BadUpload(400, f"malformed multipart upload: {err.message}") from None
+        status = 413 if "Too many files" in err.message else 400
+        raise BadUpload(status, f"malformed multipart upload: {err.message}") from None
     items = [item for field in fields for item in form.getlist(field)]
     if not items:
         raise BadUpload(400, f"no image: send multipart field '{fields[0]}' or the image itself as the body")
@@ -187,12 +175,17 @@ async def read_uploads(request, limit: int, fields: tuple[str, ...]) -> list[tup
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers on top of the image bytes
 
 
-def metadata_of(predictor: Predictor, batcher: Batcher, max_bytes: int, max_pixels: int) -> dict:
+def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) -> dict:
     info = {
         "classes": predictor.classes,
         "preprocessing": predictor.preprocessing,
         "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window * 1000},
-        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+        "limits": {
+            "max_bytes": limits.max_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_request_pixels": limits.max_request_pixels,
+            "max_files": limits.max_files,
+        },
     }
     temperature = getattr(predictor, "temperature", None)
     if temperature is not None:  # calibration is reported only when the model has one
@@ -201,9 +194,10 @@ def metadata_of(predictor: Predictor, batcher: Batcher, max_bytes: int, max_pixe
 
 
 def page_for(predictor: Predictor, title: str) -> str:
-    classes = ", ".join(predictor.classes[:20]) + (" …" if len(predictor.classes) > 20 else "")
+    count = len(predictor.classes)
+    classes = ", ".join(predictor.classes[:20]) + (" …" if count > 20 else "")
     return PAGE.replace("__TITLE__", html.escape(title)).replace(
-        "__CLASSES__", f"{len(predictor.classes)}: {html.escape(classes)}"
+        "__CLASSES__", f"{count} {'class' if count == 1 else 'classes'}: {html.escape(classes)}"
     )
 
 
@@ -214,30 +208,47 @@ def create_app(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int | None = None,
     title: str = "headstart classifier",
+    limits: ServerLimits | None = None,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
 ):
-    """The FastAPI application serving `predictor` (see the module docstring for the routes)."""
+    """The FastAPI application serving `predictor` (see the module docstring for the routes).
+
+    `limits` sets every budget (server_limits.ServerLimits); `max_bytes` and `max_pixels` are the
+    two most asked-for, kept as arguments of their own. `allowed_hosts=("*",)` answers any Host.
+    """
     from fastapi import FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+    limits = limits or ServerLimits(max_bytes=max_bytes, max_pixels=max_pixels or ServerLimits.max_pixels)
     batcher = Batcher(predictor, max_batch, window_ms)
-    pixels = max_pixels or Image.MAX_IMAGE_PIXELS or 89_478_485
+    decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="headstart-decode")
+    gate = PixelGate(limits.decoding_pixels)
 
-    app = FastAPI(title=title, lifespan=batcher.lifespan)
+    def prepare(data: bytes) -> torch.Tensor:
+        return predictor.transform(decode_upload(data, limits))
+
+    app = FastAPI(title=title, lifespan=batcher.lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.batcher = batcher
 
     async def answer(request: Request, top_k: int, fields: tuple[str, ...], single: bool):
+        loop = asyncio.get_running_loop()
         try:
-            uploads = await read_uploads(request, max_bytes, fields)
+            uploads = await read_uploads(request, limits, fields)
             if single and len(uploads) > 1:
                 raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
-            # Decoding and the eval transform run in worker threads, so the model thread only runs the model.
-            inputs = [
-                await run_in_threadpool(prepare, data, max_bytes, pixels, predictor.transform) for _, data in uploads
-            ]
+            pixels = check_request([data for _, data in uploads], limits)
+            inputs = []
+            for (_, data), count in zip(uploads, pixels):
+                async with gate.holding(count):
+                    inputs.append(await loop.run_in_executor(decoder, prepare, data))
         except BadUpload as err:
             log.info("refused an upload (%d): %s", err.status, err.reason)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
+        except ClientGone:
+            log.info("a client closed its connection during its upload")
+            return Response(status_code=400)  # nobody is left to read it
         probabilities = await batcher.probabilities(inputs)
         top = predictor.top_labels(probabilities, top_k)
         entries = [prediction_entry(name, labels) for (name, _), labels in zip(uploads, top)]
@@ -257,7 +268,7 @@ def create_app(
 
     @app.get("/metadata")
     async def metadata():
-        return metadata_of(predictor, batcher, max_bytes, pixels)
+        return metadata_of(predictor, batcher, limits)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -288,8 +299,16 @@ def serve(
     window_ms: float = 5.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
     device: str = "auto",
+    allowed_hosts: tuple[str, ...] | None = None,
+    read_seconds: float = ServerLimits.read_seconds,
+    dry_run: bool = False,
 ) -> None:
-    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP until interrupted."""
+    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP until interrupted (or SIGTERM).
+
+    `allowed_hosts` defaults to the loopback names when `host` is a loopback address, else to any.
+    A client slower than `read_seconds` to send its request is cut off. `dry_run` checks every
+    setting, loads the model and takes the port, then returns without serving.
+    """
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401 - for uploads
@@ -299,11 +318,35 @@ def serve(
             f"serving needs fastapi, uvicorn and python-multipart ({err}); pip install 'headstart[serve]'"
         ) from None
     from headstart.loading import load
+    from headstart.server_protocol import deadline_protocol
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise HeadstartError(f"port {port!r}: give a number from 1 to 65535 (0 picks a free one)")
+    ServerLimits(max_bytes=max_bytes)  # a one-line error for nan, inf or a negative size, before int() sees it
+    limits = ServerLimits(max_bytes=int(max_bytes), read_seconds=read_seconds)
+    Batcher.check(max_batch, window_ms)
+    if allowed_hosts is None:
+        allowed_hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else ("*",)
     predictor = load(source, device=device)
-    app = create_app(predictor, max_batch, window_ms, int(max_bytes), title=Path(source).name)
+    app = create_app(
+        predictor, max_batch, window_ms, title=Path(source).name, limits=limits, allowed_hosts=allowed_hosts
+    )
     sock = listening_socket(host, port)
     log.info(
-        "serving %s on http://%s:%d (batches of up to %d, %.0f ms window)", source, host, port, max_batch, window_ms
+        "%s %s on http://%s:%d (batches of up to %d, %g ms window)",
+        "would serve" if dry_run else "serving", source, host, sock.getsockname()[1], max_batch, window_ms,
+    )  # fmt: skip
+    if dry_run:
+        sock.close()
+        return
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        http=deadline_protocol(limits.read_seconds),
+        limit_concurrency=limits.max_connections,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+SHUTDOWN_SECONDS = 3  # after SIGTERM, requests still running (a slow upload) are cancelled after this

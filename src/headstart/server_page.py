@@ -17,7 +17,7 @@ body { font-family: system-ui, sans-serif; max-width: 40em; margin: 2em auto; co
 </head>
 <body>
 <h1>__TITLE__</h1>
-<p>__CLASSES__ classes. Drop an image below, or click to choose one.</p>
+<p>__CLASSES__. Drop an image below, or click to choose one.</p>
 <div id="drop">drop an image here<input id="file" type="file" accept="image/*" hidden></div>
 <img id="preview" alt="the image sent">
 <p id="error"></p>
