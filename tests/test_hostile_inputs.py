@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.conftest import tiny_recipe
+from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 from tests.probes import cli
 
 # ----------------------------------------------------------------------------- 4: YAML aliases and size
@@ -54,3 +54,50 @@ def test_an_oversized_recipe_is_refused_before_it_is_parsed(tmp_path, capsys):
     recipe.write_text("data:\n  path: x\n" + "# padding\n" * 200_000)  # 2 MB of comments: parsed, ~4 s
     code, _, err = cli(["train", "--recipe", recipe, "--dry-run"], capsys, seconds=5)
     assert code == 2 and "big.yaml" in err and "too large" in err
+
+
+# ----------------------------------------------------------------------------- 5: a class of one image
+
+
+def one_image_class(tmp_path, csv: bool):
+    """red and blue with 6 images each, green with one: as class folders, or as a CSV listing them."""
+    data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
+    write_images(data, {"green": CLASS_COLOURS["green"]}, per_class=1)
+    if not csv:
+        return data
+    rows = [f"{p.relative_to(data)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    (data / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return data / "list.csv"
+
+
+SMALL = ["--backbone", "headstart_cnn", "--weights", "none", "--image-size", "16"]
+ONE_IMAGE_COMMANDS = {
+    "train": lambda data, out: ["train", data, *SMALL, "--epochs", "1", "--out", out],
+    "inspect": lambda data, out: ["inspect", data, *SMALL, "--out", out],
+    "lr-find": lambda data, out: ["lr-find", data, *SMALL, "--steps", "5", "--out", out],
+    "probe": lambda data, out: ["probe", data, "--backbones", "headstart_cnn", "--out", out],
+}
+
+
+@pytest.mark.parametrize("csv", [False, True], ids=["folders", "csv"])
+@pytest.mark.parametrize("command", ONE_IMAGE_COMMANDS)
+def test_a_class_of_one_image_runs_with_a_warning(tmp_path, capsys, command, csv):
+    # Before the fix: KeyError 'val' in merge_splits, from every command that lists the data.
+    data = one_image_class(tmp_path, csv)
+    code, out, err = cli(ONE_IMAGE_COMMANDS[command](data, tmp_path / "out"), capsys)
+    assert code == 0, err
+    assert "lacks class(es) green" in out and "too few images: 2 per class" in out  # the CLI logs to stdout
+
+
+def test_when_no_class_can_give_val_an_image_it_is_one_line_error(tmp_path, capsys):
+    data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=1)
+    code, _, err = cli(["train", data, *SMALL, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "val split" in err and "2 images" in err and "red 1" in err
+
+
+def test_a_val_fraction_near_one_keeps_an_image_of_every_class_in_train(tmp_path):
+    from headstart.layouts import stratified_split
+
+    by_class = {"a": [tmp_path / "1", tmp_path / "2"], "b": [tmp_path / f"{i}" for i in range(3, 9)]}
+    train, val = stratified_split(by_class, 0.9, 0)
+    assert {label for _, label in train} == {0, 1} and len(train) == 2 and len(val) == 6
