@@ -5,11 +5,14 @@ Each probe asserts a one-line error (exit 2) or correct handling, under a timeou
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
+import headstart
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
-from tests.probes import cli
+from tests.probes import cli, run_cli
 
 # ----------------------------------------------------------------------------- 4: YAML aliases and size
 
@@ -101,3 +104,27 @@ def test_a_val_fraction_near_one_keeps_an_image_of_every_class_in_train(tmp_path
     by_class = {"a": [tmp_path / "1", tmp_path / "2"], "b": [tmp_path / f"{i}" for i in range(3, 9)]}
     train, val = stratified_split(by_class, 0.9, 0)
     assert {label for _, label in train} == {0, 1} and len(train) == 2 and len(val) == 6
+
+
+# ----------------------------------------------------------------------------- 6: inspect on special and unreadable files
+
+
+def test_inspect_skips_a_fifo_listed_in_a_csv_as_train_does(tmp_path):
+    data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
+    os.mkfifo(data / "red" / "pipe.png")
+    rows = [f"{p.relative_to(data)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    (data / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    done = run_cli(["inspect", data / "list.csv", *SMALL, "--out", tmp_path / "out"])  # a hang fails by timeout
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "skipped 1 unreadable or non-image file(s): pipe.png (not a regular file)" in done.stdout
+    done = run_cli(["train", data / "list.csv", *SMALL, "--epochs", "1", "--out", tmp_path / "runs"])
+    assert "skipped 1 unreadable or non-image file(s): pipe.png (not a regular file)" in done.stdout
+
+
+def test_inspect_imbalance_counts_readable_images_only(tmp_path):
+    # Before the fix, 20,000 zero-byte files in one class gave "imbalance 834:1".
+    data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
+    for index in range(30):
+        (data / "blue" / f"empty{index}.png").write_bytes(b"")
+    result = headstart.inspect(data, tmp_path / "out", backbone="headstart_cnn", weights="none", image_size=16)
+    assert result.inventory["unreadable"] == 30 and result.inventory["imbalance"] == 1.0
