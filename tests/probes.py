@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def cli(args, capsys, seconds: float = 120) -> tuple[int, str, str]:
     if code == 2:
         assert captured.err.startswith("headstart: error:") and captured.err.count("\n") == 1, captured.err
     return code, captured.out, captured.err
+
+
+HANG_PROBE = """
+import sys
+from headstart.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_cli(args, timeout=120) -> subprocess.CompletedProcess:
+    """The command line in a child process, for probes that could hang where SIGALRM cannot reach (worker threads)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-c", HANG_PROBE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def train_tiny_run(root: Path) -> tuple[Path, Path]:

@@ -32,7 +32,7 @@ from headstart.paths import safe_component
 from headstart.pt2_safety import check_pt2_archive
 from headstart.recipe import DataConfig
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
-from tests.probes import cli, train_tiny_run, within
+from tests.probes import HANG_PROBE, cli, run_cli, train_tiny_run, within
 
 CLIMBING = ["../victim", "../../victim", "/tmp/victim", "a/b", "..", ".", "", "~root", "x\\y", "bad\x00name"]
 
@@ -141,20 +141,6 @@ def test_run_name_cannot_escape_out(colour_folder, tmp_path, capsys, name):
 
 
 # ----------------------------------------------------------------------------- 3: FIFOs and special files
-
-
-HANG_PROBE = """
-import sys
-from headstart.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def run_cli(args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run(
-        [sys.executable, "-c", HANG_PROBE, *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
 
 
 def test_fifo_in_a_class_folder_is_skipped_not_read(tmp_path):

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from headstart.errors import HeadstartError
 from headstart.paths import safe_component, user_path
 from headstart.recipe import Recipe, flatten
@@ -39,6 +37,7 @@ from headstart.runs import (
     find_test_record,
     read_records,
 )
+from headstart.yamlfile import read_yaml
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -166,10 +165,10 @@ def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
 def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
     """(variant names, seeds) of a sweep folder's sweep file; a damaged one is a one-line error."""
     spec_file = path / SWEEP_FILE
+    spec = read_yaml(spec_file, "sweep file")
     try:
-        spec = yaml.safe_load(spec_file.read_bytes())
         variants, seeds = [str(v) for v in spec["variants"]], [int(s) for s in spec["seeds"]]
-    except (yaml.YAMLError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise HeadstartError(
             f"{spec_file} is damaged ({type(err).__name__}); it lists a sweep's variants and seeds"
         ) from None

@@ -335,6 +335,13 @@ class PreparedData:
     test: ImageDataset | None = None
 
 
+def warn_skipped(bad: list[str]) -> None:
+    """The one warning for skipped files (train's and inspect's): how many, and the first ten with why."""
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), shown)
+
+
 def prepare_data(
     cfg: DataConfig, preprocessing: dict, threads: int | None = None, on_disk: bool = False
 ) -> PreparedData:
@@ -367,9 +374,7 @@ def prepare_data(
         arrays[name], kept, bad_here = build(samples, short_side, interpolation, threads)
         setattr(split, name, kept)
         bad += bad_here
-    if bad:
-        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
-        log.warning("skipped %d unreadable or non-image file(s): %s", len(bad), shown)
+    warn_skipped(bad)
     split.skipped = bad
     counts = np.bincount([label for _, label in split.train], minlength=len(split.classes))
     if (counts == 0).any():

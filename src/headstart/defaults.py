@@ -14,14 +14,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from headstart.recipe import Recipe
+from headstart.yamlfile import parse
 
 
 def builtin_recipe(name: str) -> Recipe:
     text = resources.files("headstart").joinpath(f"builtin/{name}.yaml").read_text()
-    return Recipe.from_dict(yaml.safe_load(text), source=f"built-in recipe '{name}'")
+    return Recipe.from_dict(parse(text), source=f"built-in recipe '{name}'")
 
 
 def is_data(target: str | Path) -> bool:

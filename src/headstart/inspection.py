@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.data import DataSplit, decode_all, list_images
+from headstart.data import DataSplit, decode_all, list_images, warn_skipped
 from headstart.duplicates import (
     CALIBRATION_QUANTILE,
     Finding,
@@ -69,6 +69,19 @@ def split_items(split: DataSplit, root: Path) -> list[Item]:
         for path, label in samples:
             items.append(Item(name if given else "all", path, relative_to(path, root), split.classes[label]))
     return sorted(items, key=lambda item: item.relative)
+
+
+def regular_only(items: list[Item]) -> list[Item]:
+    """The items that are regular files, the others skipped with train's warning: opening a FIFO blocks forever.
+
+    A missing file is kept: it is an `unreadable` finding, as a damaged one is.
+    """
+    kept, skipped = [], []
+    for item in items:
+        special = item.path.exists() and not item.path.is_file()  # both follow symlinks
+        (skipped if special else kept).append(item)
+    warn_skipped([f"{item.path.name} (not a regular file)" for item in skipped])
+    return kept
 
 
 def relative_to(path: Path, root: Path) -> str:
@@ -210,7 +223,7 @@ def inspect(
     recipe = embedding_recipe(data, backbone, weights, image_size, batch_size, device)
     split = list_images(recipe.data)
     root = data_root(None if data is None else str(data), split)
-    items = split_items(split, root)
+    items = regular_only(split_items(split, root))
     out = Path(out) if out is not None else Path("runs") / f"{split.name}-inspect"
     log.info("inspect: %s, %d images in %d classes -> %s", root, len(items), len(split.classes), out)
 

@@ -105,15 +105,16 @@ def file_findings(items: list[Item], facts: list[Facts]) -> list[Finding]:
 
 
 def inventory(items: list[Item], facts: list[Facts]) -> dict:
-    """Counts per split and class, imbalance ratio (largest class / smallest), unreadable and colour-mode counts."""
+    """Counts per split and class, imbalance (largest / smallest class, readable images), unreadable and mode counts."""
     per_split: dict[str, Counter] = {}
     for item in items:
         per_split.setdefault(item.split, Counter())[item.label] += 1
-    per_class = Counter(item.label for item in items)
+    # Imbalance is what training will see: a class padded with unreadable files is not a big class.
+    per_class = Counter(item.label for item, fact in zip(items, facts) if not fact.error)
     modes = Counter(fact.mode for fact in facts if not fact.error)
     return {
         "images": len(items),
-        "classes": len(per_class),
+        "classes": len({item.label for item in items}),
         "per_split": {split: dict(sorted(counts.items())) for split, counts in sorted(per_split.items())},
         "imbalance": round(max(per_class.values()) / max(1, min(per_class.values())), 2) if per_class else 0.0,
         "unreadable": sum(1 for fact in facts if fact.error),

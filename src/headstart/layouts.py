@@ -129,15 +129,16 @@ def check_classes(found: dict[str, list[Path]], where: str) -> None:
 
 
 def carve(by_class: dict[str, list[Path]], fraction: float, rng: np.random.Generator):
-    """Per class (sorted), a shuffle puts round(n * fraction) files (at least 1 where n >= 2) aside.
+    """Per class (sorted), a shuffle puts round(n * fraction) files (at least 1, at most n - 1, where n >= 2) aside.
 
+    A class of one file keeps it: train needs every class, the split it would go to can do without.
     Returns (kept, carved), both class -> files.
     """
     kept, carved = {}, {}
     for name in sorted(by_class):
         files = sorted(by_class[name])
         order = rng.permutation(len(files))
-        n = max(1, round(len(files) * fraction)) if len(files) >= 2 else 0
+        n = min(len(files) - 1, max(1, round(len(files) * fraction))) if len(files) >= 2 else 0
         carved[name] = [files[i] for i in order[:n]]
         kept[name] = [files[i] for i in order[n:]]
     return kept, carved
@@ -151,7 +152,7 @@ def labelled(by_class: dict[str, list[Path]], classes: list[str]) -> list[Sample
 def stratified_split(
     by_class: dict[str, list[Path]], val_fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
-    """Per class, a seeded shuffle puts round(n * val_fraction) images (at least 1 where n >= 2) in val."""
+    """Per class, a seeded shuffle puts round(n * val_fraction) images (at least 1, at most n - 1) in val."""
     classes = sorted(by_class)
     kept, carved = carve(by_class, val_fraction, np.random.default_rng(seed))
     return labelled(kept, classes), labelled(carved, classes)
@@ -173,8 +174,16 @@ def split_here(by_class: dict[str, list[Path]], cfg: DataConfig) -> dict[str, di
 def merge_splits(
     splits: dict[str, dict[str, list[Path]]], where: dict[str, str], name: str, layout: str, root: Path
 ) -> DataSplit:
-    """Check every split's classes against train's and label them: a class train lacks is an error."""
+    """Check every split's classes against train's and label them; splits not in `where` were carved here."""
     classes = sorted(c for c, files in splits["train"].items() if files)
+    carved = {s: f"the {s} split carved from {root}" for s in ("val", "test") if s not in where}
+    where = {**carved, **where}
+    if not any(splits["val"].values()):
+        sizes = ", ".join(f"{c} {len(splits['train'][c])}" for c in classes[:5])
+        raise HeadstartError(
+            f"{where['val']} is empty: no class has the 2 images it takes to give val one ({sizes}); "
+            "add images or give a val/ folder"
+        )
     for split in ("val", "test"):
         present = {c for c, files in splits.get(split, {}).items() if files}
         if not splits.get(split):
@@ -186,10 +195,13 @@ def merge_splits(
             )
         missing = sorted(set(classes) - present)
         if missing:
+            # Carving leaves a class of one image (two, with a test split too) wholly in train.
+            few = f" (too few images: {2 if split == 'val' else 3} per class to reach it)" if split in carved else ""
             log.warning(
-                "%s lacks class(es) %s that train has: their %s metrics are undefined",
+                "%s lacks class(es) %s that train has%s: their %s metrics are undefined",
                 where[split],
                 ", ".join(missing),
+                few,
                 split,
             )
     samples = {split: labelled(splits.get(split, {}), classes) for split in SPLITS}
@@ -255,7 +267,6 @@ def list_folder(root: Path, cfg: DataConfig) -> DataSplit:
     if "val" not in found:
         train, val = carve(splits["train"], cfg.val_fraction, np.random.default_rng(cfg.split_seed))
         splits["train"], splits["val"] = train, val
-        where["val"] = f"val split from {where['train']}"
         layout += f" (val {cfg.val_fraction:g} of {found['train']}/)"
     elif cfg.test_fraction and "test" not in found:
         raise HeadstartError(
@@ -353,12 +364,12 @@ def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
         raise HeadstartError(f"{path}: no row has split 'train'; a split column needs train rows")
     check_classes(by_split["train"], f"{path} (train rows)")
     layout = "CSV path,label,split"
+    where = {split: f"{path} ({split} rows)" for split in by_split}
     if "val" not in by_split:
         by_split["train"], by_split["val"] = carve(
             by_split["train"], cfg.val_fraction, np.random.default_rng(cfg.split_seed)
         )
         layout += f" (val {cfg.val_fraction:g} of train rows)"
-    where = {split: f"{path} ({split} rows)" for split in SPLITS}
     return merge_splits(by_split, where, path.stem, layout, path)
 
 

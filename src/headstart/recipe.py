@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from headstart.errors import HeadstartError, close_matches
+from headstart.yamlfile import read_yaml
 
 BN_MODES = ("frozen", "affine", "train")
 HEAD_KINDS = ("linear", "gap-dense", "flatten-dense")
@@ -328,10 +329,7 @@ class Recipe(_Strict):
         path = Path(path)
         if not path.is_file():
             raise HeadstartError(f"recipe file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_bytes()) or {}
-        except yaml.YAMLError as err:  # PyYAML reads bytes as UTF-8/16 itself; other encodings land here
-            raise HeadstartError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise HeadstartError(f"{path}: a recipe is a mapping with sections data, model, stages, run")
         return cls.from_dict(values, source=str(path))

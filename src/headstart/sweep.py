@@ -37,6 +37,7 @@ from headstart.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.runs import ERROR_FILE, LAST_FILE, RUN_FILES, SWEEP_FILE
 from headstart.session import ensure_console
 from headstart.train import ResumePoint, train
+from headstart.yamlfile import parse, read_yaml
 
 log = logging.getLogger("headstart")
 
@@ -85,7 +86,7 @@ class SweepResult:
 
 def parse_value(text: str) -> Any:
     try:
-        value = yaml.safe_load(text)
+        value = parse(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -216,10 +217,7 @@ def seed_list(seeds: int | list[int] | str, base_seed: int) -> list[int]:
 def read_sweep_file(path: str | Path) -> tuple[Recipe, dict, dict, Any, str | None]:
     """A sweep file: recipe (a path relative to the file, or inline), vary, variants, seeds."""
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_bytes()) or {}
-    except yaml.YAMLError as err:
-        raise HeadstartError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    values = read_yaml(path, "sweep file") or {}
     if not isinstance(values, dict):
         raise HeadstartError(f"{path}: a sweep file is a mapping with recipe, vary or variants, seeds, name")
     allowed = {"recipe", "vary", "variants", "seeds", "name"}
@@ -237,8 +235,8 @@ def read_sweep_file(path: str | Path) -> tuple[Recipe, dict, dict, Any, str | No
 
 def is_sweep_file(path: str | Path) -> bool:
     try:
-        values = yaml.safe_load(Path(path).read_bytes())
-    except (OSError, yaml.YAMLError):
+        values = read_yaml(path, "sweep file")
+    except HeadstartError:  # read again as a recipe, whose reader names the problem
         return False
     return isinstance(values, dict) and ("vary" in values or "variants" in values)
 
