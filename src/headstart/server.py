@@ -201,6 +201,44 @@ def page_for(predictor: Predictor, title: str) -> str:
     )
 
 
+class Answers:
+    """One request's way through the server: read, check the budgets, decode within the pixel gate, batch."""
+
+    def __init__(self, predictor: Predictor, batcher: Batcher, limits: ServerLimits):
+        self.predictor, self.batcher, self.limits = predictor, batcher, limits
+        self.decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="headstart-decode")
+        self.gate = PixelGate(limits.decoding_pixels)
+
+    def prepare(self, data: bytes) -> torch.Tensor:
+        return self.predictor.transform(decode_upload(data, self.limits))
+
+    async def inputs(self, request, fields: tuple[str, ...], single: bool) -> tuple[list[str], list[torch.Tensor]]:
+        uploads = await read_uploads(request, self.limits, fields)
+        if single and len(uploads) > 1:
+            raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
+        pixels = check_request([data for _, data in uploads], self.limits)
+        loop, tensors = asyncio.get_running_loop(), []
+        for (_, data), count in zip(uploads, pixels):
+            async with self.gate.holding(count):
+                tensors.append(await loop.run_in_executor(self.decoder, self.prepare, data))
+        return [name for name, _ in uploads], tensors
+
+    async def answer(self, request, top_k: int, fields: tuple[str, ...], single: bool):
+        from fastapi.responses import JSONResponse, Response
+
+        try:
+            names, tensors = await self.inputs(request, fields, single)
+        except BadUpload as err:
+            log.info("refused an upload (%d): %s", err.status, err.reason)
+            return JSONResponse({"detail": err.reason}, status_code=err.status)
+        except ClientGone:
+            log.info("a client closed its connection during its upload")
+            return Response(status_code=400)  # nobody is left to read it
+        top = self.predictor.top_labels(await self.batcher.probabilities(tensors), top_k)
+        entries = [prediction_entry(name, labels) for name, labels in zip(names, top)]
+        return entries[0] if single else entries
+
+
 def create_app(
     predictor: Predictor,
     max_batch: int = 16,
@@ -217,50 +255,23 @@ def create_app(
     two most asked-for, kept as arguments of their own. `allowed_hosts=("*",)` answers any Host.
     """
     from fastapi import FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     limits = limits or ServerLimits(max_bytes=max_bytes, max_pixels=max_pixels or ServerLimits.max_pixels)
     batcher = Batcher(predictor, max_batch, window_ms)
-    decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="headstart-decode")
-    gate = PixelGate(limits.decoding_pixels)
-
-    def prepare(data: bytes) -> torch.Tensor:
-        return predictor.transform(decode_upload(data, limits))
-
+    answers = Answers(predictor, batcher, limits)
     app = FastAPI(title=title, lifespan=batcher.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.batcher = batcher
 
-    async def answer(request: Request, top_k: int, fields: tuple[str, ...], single: bool):
-        loop = asyncio.get_running_loop()
-        try:
-            uploads = await read_uploads(request, limits, fields)
-            if single and len(uploads) > 1:
-                raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
-            pixels = check_request([data for _, data in uploads], limits)
-            inputs = []
-            for (_, data), count in zip(uploads, pixels):
-                async with gate.holding(count):
-                    inputs.append(await loop.run_in_executor(decoder, prepare, data))
-        except BadUpload as err:
-            log.info("refused an upload (%d): %s", err.status, err.reason)
-            return JSONResponse({"detail": err.reason}, status_code=err.status)
-        except ClientGone:
-            log.info("a client closed its connection during its upload")
-            return Response(status_code=400)  # nobody is left to read it
-        probabilities = await batcher.probabilities(inputs)
-        top = predictor.top_labels(probabilities, top_k)
-        entries = [prediction_entry(name, labels) for (name, _), labels in zip(uploads, top)]
-        return entries[0] if single else entries
-
     @app.post("/predict")
     async def predict(request: Request, top_k: int = Query(3, ge=1)):
-        return await answer(request, top_k, ("file",), single=True)
+        return await answers.answer(request, top_k, ("file",), single=True)
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request, top_k: int = Query(3, ge=1)):
-        return await answer(request, top_k, ("files", "file"), single=False)
+        return await answers.answer(request, top_k, ("files", "file"), single=False)
 
     @app.get("/health")
     async def health():
