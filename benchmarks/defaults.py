@@ -114,7 +114,7 @@ CANDIDATES = {
 
 # timm's pieces as recipe switches, each on top of the shipped default (issue 10: "with measured effect").
 def default_with(head: dict | None = None, finetune_stage: dict | None = None, **sections: dict) -> dict:
-    from headstart.recipe import default_stages
+    from headstart.config.recipe import default_stages
 
     head_stage, ft_stage = (s.model_dump(mode="json") for s in default_stages())
     return {"stages": [{**head_stage, **(head or {})}, {**ft_stage, **(finetune_stage or {})}], **sections}

@@ -18,8 +18,8 @@ import tempfile
 import time
 
 import headstart
-from headstart.defaults import builtin_recipe
-from headstart.loop import Loop
+from headstart.config.defaults import builtin_recipe
+from headstart.training.loop import Loop
 
 TIMES: list[dict] = []
 

@@ -14,8 +14,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from headstart.data import files_digest, list_images
-from headstart.recipe import DataConfig
+from headstart.config.recipe import DataConfig
+from headstart.data.images import files_digest, list_images
 
 
 def main() -> None:

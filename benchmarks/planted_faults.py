@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.duplicates import Finding
+from headstart.data.duplicates import Finding
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RATES = {"flip": 0.05, "exact": 0.03, "near": 0.03, "leak": 0.02}
@@ -39,8 +39,8 @@ RATES = {"flip": 0.05, "exact": 0.03, "near": 0.03, "leak": 0.02}
 
 def source_items(source: Path, rng: np.random.Generator) -> list[tuple[str, str, Path]]:
     """(split, class, file) of the source set: its own train/val, else a seeded 80/20 split per class."""
-    from headstart.data import regular_files
-    from headstart.inventory import pixel_digest
+    from headstart.data.images import regular_files
+    from headstart.inspection.inventory import pixel_digest
 
     items = []
     if (source / "train").is_dir() and (source / "val").is_dir():
@@ -104,7 +104,7 @@ def plant(name: str, work: Path, seed: int) -> dict:
             extra = None
             if index in chosen["exact"]:
                 if len(truth["exact"]) % 2:
-                    from headstart.data import to_rgb
+                    from headstart.data.images import to_rgb
 
                     extra = ("exact", f"{stem}_dup.png", to_rgb(image))
                 else:

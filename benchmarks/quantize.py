@@ -16,9 +16,9 @@ import time
 import torch
 
 import headstart
-from headstart.data import list_images
-from headstart.recipe import Recipe
-from headstart.runs import load_checkpoint
+from headstart.config.recipe import Recipe
+from headstart.core.runs import load_checkpoint
+from headstart.data.images import list_images
 
 
 def throughput(forward, batches: list[torch.Tensor], repeats: int) -> float:

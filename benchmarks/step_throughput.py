@@ -19,11 +19,11 @@ import time
 import torch
 from torch import nn
 
-from headstart.freeze import plan_freeze
-from headstart.hardware import pick_hardware
-from headstart.model import build_model
-from headstart.recipe import ModelConfig, Stage
-from headstart.train import Schedule, build_optimizer, train_one_epoch
+from headstart.config.recipe import ModelConfig, Stage
+from headstart.core.hardware import pick_hardware
+from headstart.model.build import build_model
+from headstart.model.freeze import plan_freeze
+from headstart.training.train import Schedule, build_optimizer, train_one_epoch
 
 
 def build(size: int) -> nn.Module:

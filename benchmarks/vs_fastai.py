@@ -39,8 +39,8 @@ BATCH = 32
 
 
 def split_lists(data: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
-    from headstart.data import list_images
-    from headstart.recipe import DataConfig
+    from headstart.config.recipe import DataConfig
+    from headstart.data.images import list_images
 
     split = list_images(DataConfig(path=data))
     return [(str(p), y) for p, y in split.train], [(str(p), y) for p, y in split.val], split.classes
@@ -49,7 +49,7 @@ def split_lists(data: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]
 def packaged_lite0(num_classes: int | None = None):
     import timm
 
-    from headstart.weights import load_backbone_weights
+    from headstart.model.weights import load_backbone_weights
 
     model = timm.create_model("tf_efficientnet_lite0")
     load_backbone_weights(model, "tf_efficientnet_lite0", "package")
@@ -62,7 +62,7 @@ def run_headstart(data: str, clock: list) -> dict:
     import os
 
     import headstart
-    from headstart.stages import Trainer
+    from headstart.training.stages import Trainer
 
     real = Trainer.record_epoch
 

@@ -12,10 +12,10 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 import headstart
-from headstart.balance import choose_balance, class_weights, sample_weights
-from headstart.batches import GlobalBatches
-from headstart.metrics import confusion, scores
-from headstart.runs import load_checkpoint, read_history, read_test
+from headstart.core.runs import load_checkpoint, read_history, read_test
+from headstart.data.balance import choose_balance, class_weights, sample_weights
+from headstart.data.batches import GlobalBatches
+from headstart.tasks.metrics import confusion, scores
 from tests.conftest import tiny_recipe, write_images
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import headstart
-from headstart.calibration import calibrate, expected_calibration_error, fit_temperature
 from headstart.cli import main
-from headstart.runs import load_checkpoint
+from headstart.core.runs import load_checkpoint
+from headstart.tasks.calibration import calibrate, expected_calibration_error, fit_temperature
 from tests.conftest import tiny_recipe
 
 
@@ -65,9 +65,9 @@ def test_predict_divides_by_the_temperature_and_keeps_the_argmax(calibrated_run)
     temperature = load_checkpoint(run_dir / "best.pt")["temperature"]
     assert predictor.temperature == temperature
     images = sorted((folder / "red").iterdir())[:4]
-    calibrated = predictor.probabilities([headstart.inference._open(p) for p in images])
+    calibrated = predictor.probabilities([headstart.deploy.predictor._open(p) for p in images])
     predictor.temperature = None
-    raw = predictor.probabilities([headstart.inference._open(p) for p in images])
+    raw = predictor.probabilities([headstart.deploy.predictor._open(p) for p in images])
     assert torch.equal(calibrated.argmax(1), raw.argmax(1))
     assert not torch.allclose(calibrated, raw)
     assert torch.allclose(calibrated, F.softmax(torch.log(raw) / temperature, 1), atol=1e-4)
@@ -82,5 +82,5 @@ def test_an_onnx_export_carries_and_applies_the_temperature(calibrated_run, tmp_
     assert json.loads((tmp_path / "m.onnx.json").read_text())["temperature"] == temperature
     exported = headstart.load(target)
     assert exported.temperature == temperature
-    image = [headstart.inference._open(sorted((folder / "blue").iterdir())[0])]
+    image = [headstart.deploy.predictor._open(sorted((folder / "blue").iterdir())[0])]
     assert torch.allclose(exported.probabilities(image), headstart.load(run_dir).probabilities(image), atol=1e-3)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from headstart.cli import main
-from headstart.sweep import is_sweep_file
+from headstart.experiments.sweep import is_sweep_file
 from tests.conftest import tiny_recipe
 
 RECIPES = Path(__file__).parent.parent / "recipes"

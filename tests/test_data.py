@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.data import build_transforms, list_images, prepare_data, stratified_split
-from headstart.errors import HeadstartError
-from headstart.recipe import DataConfig
+from headstart.config.recipe import DataConfig
+from headstart.core.errors import HeadstartError
+from headstart.data.images import build_transforms, list_images, prepare_data, stratified_split
 
 PREP = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 
@@ -103,7 +103,7 @@ def test_embedded_digits_written_once(tmp_path, monkeypatch):
 def test_over_budget_images_go_to_a_reused_memory_map(colour_folder, monkeypatch, caplog):
     import numpy as np
 
-    from headstart import data as data_module
+    from headstart.data import images as data_module
 
     (colour_folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     in_memory = prepare_data(DataConfig(path=str(colour_folder)), PREP)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import headstart
-from headstart.data import list_images
-from headstart.errors import HeadstartError
-from headstart.recipe import DataConfig
+from headstart.config.recipe import DataConfig
+from headstart.core.errors import HeadstartError
+from headstart.data.images import list_images
 from tests.conftest import CLASS_COLOURS, tiny_recipe
 
 NAMES = list(CLASS_COLOURS)  # red, green, blue

@@ -18,7 +18,7 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.server import create_app
+from headstart.deploy.server import create_app
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 
 

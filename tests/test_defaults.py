@@ -3,8 +3,8 @@
 import yaml
 
 from headstart.cli import main
-from headstart.defaults import as_recipe, default_recipe
-from headstart.recipe import Recipe
+from headstart.config.defaults import as_recipe, default_recipe
+from headstart.config.recipe import Recipe
 from tests.conftest import tiny_recipe
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 import headstart
-from headstart.batches import GlobalBatches
 from headstart.cli import main
+from headstart.data.batches import GlobalBatches
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.loading import load
-from headstart.model import model_from_checkpoint
-from headstart.runs import load_checkpoint
+from headstart.core.runs import load_checkpoint
+from headstart.deploy.loading import load
+from headstart.model.build import model_from_checkpoint
 from tests.conftest import tiny_recipe
 
 
@@ -92,7 +92,7 @@ def test_tta_averages_the_image_and_its_mirror(colour_folder, tmp_path, capsys):
 
 
 def test_tta_crops_average_ten_views(colour_folder, tmp_path):
-    from headstart.inference import ten_crops
+    from headstart.deploy.predictor import ten_crops
 
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", data={"crop_pct": 0.75}), quiet=True)
     predictor = headstart.load(result.run_dir)
@@ -101,6 +101,6 @@ def test_tta_crops_average_ten_views(colour_folder, tmp_path):
     assert views.shape == (10, 3, 16, 16)
     # The second five are crops of the mirror image: its top-left corner is the top-right one mirrored.
     assert torch.equal(views[5], views[1].flip(2)) and torch.equal(views[6], views[0].flip(2))
-    expected = predictor.softmax(predictor.forward(views)).mean(0)  # with the run's fitted temperature
+    expected = predictor.to_probabilities(predictor.forward(views)).mean(0)  # with the run's fitted temperature
     assert torch.allclose(predictor.probabilities([image], tta="crops")[0], expected, atol=1e-6)
     assert headstart.load(result.run_dir).evaluate(colour_folder, tta="crops").tta == "crops"

@@ -6,9 +6,8 @@ import pytest
 import yaml
 from pydantic import Field
 
-from headstart import flags
-from headstart.cli import build_parser, main
-from headstart.recipe import DataConfig, HeadConfig, ModelConfig, RunConfig, Stage
+from headstart.cli import build_parser, flags, main
+from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, RunConfig, Stage
 
 
 def train_options() -> set[str]:

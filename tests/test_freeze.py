@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from headstart.errors import HeadstartError
-from headstart.freeze import parameter_layers, plan_freeze
-from headstart.model import build_model
-from headstart.recipe import ModelConfig
+from headstart.config.recipe import ModelConfig
+from headstart.core.errors import HeadstartError
+from headstart.model.build import build_model
+from headstart.model.freeze import parameter_layers, plan_freeze
 
 CNN = ModelConfig(
     backbone="headstart_cnn", weights="none", backbone_args={"widths": [4, 8], "convs_per_block": 1, "dropout": 0.0}

@@ -13,16 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headstart.cli import build_parser, main
-from headstart.errors import HeadstartError
-from headstart.flags import set_stage_field
-from headstart.recipe import Recipe
+from headstart.cli.flags import set_stage_field
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
 
 # Real field names, near-misses and junk, so the fuzzer reaches deep into the sections.
 FIELD_NAMES = sorted(
     {
         name
         for model in ("DataConfig", "ModelConfig", "Stage", "RunConfig", "HeadConfig")
-        for name in getattr(__import__("headstart.recipe", fromlist=[model]), model).model_fields
+        for name in getattr(__import__("headstart.config.recipe", fromlist=[model]), model).model_fields
     }
     | set(Recipe.model_fields)
     | {"kind", "sigma", "factor", "size", "kernel_size", "epoch", "Freeze", "", "lr "}
@@ -141,7 +141,7 @@ NOT_FUZZED: dict[str, str] = {}  # serve is fuzzed with --dry-run: every check, 
 
 def fuzz_world(root: Path) -> dict[str, list[str]]:
     """Files the fuzzed command lines point at: data, a recipe, a run, an export, a sweep file (all tiny)."""
-    from headstart.export import export
+    from headstart.deploy.export import export
     from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
     from tests.probes import train_tiny_run
 
@@ -267,7 +267,9 @@ def test_every_subcommand_and_flag_exits_0_or_2_never_a_traceback(world, tmp_pat
     monkeypatch.chdir(tmp_path)  # relative --out, --csv, mlruns/ land in the sandbox
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub backbone fails at once instead of waiting on the network
     # probe's default candidates are the packaged backbones installed: lite0 alone, as in CI, on any machine.
-    probe_module = importlib.import_module("headstart.probe")  # headstart.probe is also the function's name
+    probe_module = importlib.import_module(
+        "headstart.experiments.probe"
+    )  # headstart.experiments.probe is also the function's name
     monkeypatch.setattr(probe_module, "installed_packaged_backbones", lambda: ["tf_efficientnet_lite0"])
     parser = subcommands()[name]
 

@@ -25,12 +25,12 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.data import list_images, prepare_data
-from headstart.errors import HeadstartError
-from headstart.export import sidecar_path
-from headstart.paths import safe_component
-from headstart.pt2_safety import check_pt2_archive
-from headstart.recipe import DataConfig
+from headstart.config.recipe import DataConfig
+from headstart.core.errors import HeadstartError
+from headstart.core.paths import safe_component
+from headstart.data.images import list_images, prepare_data
+from headstart.deploy.export import sidecar_path
+from headstart.deploy.pt2_safety import check_pt2_archive
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 from tests.probes import HANG_PROBE, cli, run_cli, train_tiny_run, within
 
@@ -163,7 +163,7 @@ def test_fifo_in_a_class_folder_is_skipped_not_read(tmp_path):
 
 
 def test_extreme_aspect_image_is_skipped_not_upscaled(tmp_path, caplog):
-    from headstart.data import prepare_data
+    from headstart.data.images import prepare_data
 
     data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=4)
     Image.fromarray(np.zeros((1, 40000, 3), np.uint8)).save(data / "red" / "strip.png")
@@ -251,12 +251,12 @@ def test_damaged_exported_model_is_a_one_line_error(exported, tmp_path, capsys):
 
 
 def feature_cache_for(folder):
-    from headstart.cut import find_cut
-    from headstart.features import FeatureCache
-    from headstart.freeze import plan_freeze
-    from headstart.hardware import pick_hardware
-    from headstart.model import build_model
-    from headstart.recipe import Recipe
+    from headstart.config.recipe import Recipe
+    from headstart.core.hardware import pick_hardware
+    from headstart.model.build import build_model
+    from headstart.model.cut import find_cut
+    from headstart.model.freeze import plan_freeze
+    from headstart.training.features import FeatureCache
 
     recipe = Recipe.from_dict(tiny_recipe(folder, "/tmp/unused"))
     prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
@@ -311,7 +311,7 @@ def test_a_damaged_feature_cache_entry_is_rebuilt_never_reused(colour_folder, ca
 
 
 def disk_prepared(folder, monkeypatch):
-    from headstart import data as data_module
+    from headstart.data import images as data_module
 
     monkeypatch.setattr(data_module, "DECODED_CACHE_BUDGET", 0)
     prep = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
@@ -356,7 +356,7 @@ def test_a_damaged_decoded_image_entry_is_rebuilt_with_one_warning(colour_folder
 
 
 def test_a_digits_folder_missing_a_file_is_rebuilt(caplog):
-    from headstart.datasets import digits_folder
+    from headstart.data.datasets import digits_folder
 
     folder = digits_folder()
     victim = next((folder / "3").iterdir())
@@ -381,7 +381,7 @@ def test_staging_folders_of_killed_builds_are_removed(colour_folder, monkeypatch
 
 
 def test_a_failed_build_leaves_no_staging_folder(colour_folder, monkeypatch):
-    from headstart import data as data_module
+    from headstart.data import images as data_module
 
     def fail(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
@@ -565,7 +565,7 @@ def test_a_failure_in_epoch_one_does_not_claim_files_that_do_not_exist(colour_fo
 
 @pytest.mark.parametrize("after_epochs", [0, 1])
 def test_ctrl_c_names_the_run_folder(colour_folder, tmp_path, capsys, monkeypatch, after_epochs):
-    from headstart.loop import Loop
+    from headstart.training.loop import Loop
 
     real, calls = Loop.epoch, []
 

@@ -62,7 +62,7 @@ def test_a_read_only_cache_is_named(colour_folder, tmp_path, capsys, mounts, mon
 
 
 def test_a_full_cache_is_named_and_left_empty(colour_folder, tmp_path, capsys, mounts, monkeypatch):
-    from headstart import data as data_module
+    from headstart.data import images as data_module
 
     cache = mounts.full(tmp_path / "cache", "256k")
     monkeypatch.setenv("HEADSTART_CACHE", str(cache))

@@ -99,7 +99,7 @@ def test_adapter_and_gap_dense_model_loads_through_headstart(data, tmp_path):
     assert config["headstart"]["layout"] == "headstart"
     card = (folder / "README.md").read_text()
     assert "headstart.load" in card and "| train images | val images | test images |" in card
-    test = headstart.runs.read_test(run)
+    test = headstart.core.runs.read_test(run)
     assert f"On the held-out test split ({test['images']} images" in card and f"**{test['acc']:.4f}**" in card
     images = [_image(p) for p in sorted((data / "green").iterdir())]
     expected = headstart.load(run, device="cpu").probabilities(images)

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 import headstart
 from headstart.cli import main
-from headstart.duplicates import Item, exact_findings, similar_pairs, train_check
-from headstart.label_issues import confident_suspects
+from headstart.data.duplicates import Item, exact_findings, similar_pairs, train_check
+from headstart.inspection.label_issues import confident_suspects
 from tests.conftest import tiny_recipe
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
@@ -191,7 +191,7 @@ def test_bad_threshold_is_a_one_line_error(colour_folder, capsys):
 
 
 def test_blocked_search_equals_all_pairs(monkeypatch):
-    import headstart.duplicates as duplicates
+    import headstart.data.duplicates as duplicates
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(50, 8)).astype(np.float32)
@@ -243,8 +243,8 @@ def test_train_check_counts_byte_copies(tmp_path):
 
 
 def test_too_many_near_pairs_warn(caplog):
-    from headstart.duplicates import Thresholds
-    from headstart.inspection import warn_if_inseparable
+    from headstart.data.duplicates import Thresholds
+    from headstart.inspection.inspect_data import warn_if_inseparable
 
     with caplog.at_level(logging.WARNING, logger="headstart"):
         warn_if_inseparable(10, 10, Thresholds(0.5, 0.9, 2.0))

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from headstart.errors import HeadstartError
-from headstart.layouts import list_images
-from headstart.recipe import DataConfig
+from headstart.config.recipe import DataConfig
+from headstart.core.errors import HeadstartError
+from headstart.data.layouts import list_images
 from tests.conftest import CLASS_COLOURS, write_images
 
 TWO = {k: CLASS_COLOURS[k] for k in ("red", "blue")}

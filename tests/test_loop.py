@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import headstart
-from headstart.hardware import pick_hardware
-from headstart.loop import Loop, SoftTargets, weight_average
-from headstart.optim import Schedule
-from headstart.recipe import Recipe, Stage
-from headstart.runs import load_checkpoint
+from headstart.config.recipe import Recipe, Stage
+from headstart.core.hardware import pick_hardware
+from headstart.core.runs import load_checkpoint
+from headstart.training.loop import Loop, SoftTargets, weight_average
+from headstart.training.optim import Schedule
 from tests.conftest import tiny_recipe
 
 
@@ -205,7 +205,7 @@ def test_every_recipe_optimizer_name_maps_to_a_timm_optimizer():
 
     from timm.optim import list_optimizers
 
-    from headstart.optim import OPTIMIZERS
+    from headstart.training.optim import OPTIMIZERS
 
     assert set(OPTIMIZERS) == set(get_args(Stage.model_fields["optimizer"].annotation))
     assert set(OPTIMIZERS.values()) <= set(list_optimizers())

@@ -7,7 +7,7 @@ import pytest
 
 import headstart
 from headstart.cli import main
-from headstart.lr_find import lr_find, suggest
+from headstart.training.lr_find import lr_find, suggest
 from tests.conftest import tiny_recipe
 
 

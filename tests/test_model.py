@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from headstart.errors import HeadstartError
-from headstart.model import GaussianNoise, Resize, build_model, identity_conv, resolve_preprocessing
-from headstart.recipe import DataConfig, HeadConfig, ModelConfig
+from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig
+from headstart.core.errors import HeadstartError
+from headstart.model.build import GaussianNoise, Resize, build_model, identity_conv, resolve_preprocessing
 
 
 def test_noise_only_in_training():

@@ -2,7 +2,7 @@
 
 import headstart
 from headstart.cli import main
-from headstart.recipe import Recipe
+from headstart.config.recipe import Recipe
 from tests.conftest import tiny_recipe
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart.errors import HeadstartError
-from headstart.flags import set_stage_field
-from headstart.recipe import Recipe
-from headstart.sweep import is_sweep_file
+from headstart.cli.flags import set_stage_field
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.experiments.sweep import is_sweep_file
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 

@@ -13,10 +13,10 @@ import yaml
 
 import headstart
 from headstart.cli import main
-from headstart.model import build_model
-from headstart.recipe import ModelConfig
-from headstart.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
-from headstart.runs import load_checkpoint
+from headstart.config.recipe import ModelConfig
+from headstart.core.runs import load_checkpoint
+from headstart.model.build import build_model
+from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 
 

@@ -19,8 +19,8 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.runs import load_checkpoint
-from headstart.server import create_app, listening_socket
+from headstart.core.runs import load_checkpoint
+from headstart.deploy.server import create_app, listening_socket
 from tests.conftest import browser, tiny_recipe
 
 LOCAL = "http://127.0.0.1"  # the server answers loopback Host names only (DNS rebinding)
@@ -208,7 +208,7 @@ def test_serve_command_answers_and_a_taken_port_is_one_line(run, capsys):
 
 
 def test_batch_over_its_file_or_pixel_budget_is_413_before_decoding(run):
-    from headstart.server_limits import ServerLimits
+    from headstart.deploy.server_limits import ServerLimits
 
     run_dir, _ = run
     limits = ServerLimits(max_files=3, max_request_pixels=3 * 20 * 20)

@@ -12,10 +12,10 @@ import yaml
 
 import headstart
 from headstart.cli import main
-from headstart.compare import compare
-from headstart.errors import HeadstartError
-from headstart.recipe import Recipe
-from headstart.sweep import expand, parse_vary, set_field
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.experiments.compare import compare
+from headstart.experiments.sweep import expand, parse_vary, set_field
 from tests.conftest import tiny_recipe
 
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import headstart
-from headstart.cut import find_cut, head_split
-from headstart.data import prepare_data
-from headstart.features import FeatureCache
-from headstart.freeze import plan_freeze
-from headstart.hardware import pick_hardware
-from headstart.model import build_model
-from headstart.recipe import ModelConfig, Recipe
-from headstart.sweep import SweepSpec, expand, is_sweep_file, read_sweep_file, seed_list
+from headstart.config.recipe import ModelConfig, Recipe
+from headstart.core.hardware import pick_hardware
+from headstart.data.images import prepare_data
+from headstart.experiments.sweep import SweepSpec, expand, is_sweep_file, read_sweep_file, seed_list
+from headstart.model.build import build_model
+from headstart.model.cut import find_cut, head_split
+from headstart.model.freeze import plan_freeze
+from headstart.training.features import FeatureCache
 from tests.conftest import tiny_recipe
 
 RUN_FILES = ["recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt"]
@@ -117,8 +117,8 @@ def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
 
 
 def test_layer_decay_and_body_lr_groups(colour_folder):
-    from headstart.optim import param_groups
-    from headstart.recipe import Stage
+    from headstart.config.recipe import Stage
+    from headstart.training.optim import param_groups
 
     recipe = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
     model = build_model(recipe.model, 3, 16)
@@ -172,8 +172,8 @@ def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "adamw"])
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_schedules_shape_the_learning_rate(optimizer, schedule):
-    from headstart.optim import Schedule, build_optimizer
-    from headstart.recipe import ModelConfig, Stage
+    from headstart.config.recipe import ModelConfig, Stage
+    from headstart.training.optim import Schedule, build_optimizer
 
     model = build_model(ModelConfig(backbone="headstart_cnn", weights="none", backbone_args={"widths": [4]}), 2, 8)
     stage = Stage(freeze="none", optimizer=optimizer, lr=0.1, schedule=schedule, epochs=2)
@@ -354,8 +354,8 @@ def test_feature_cache_over_its_budget_is_read_from_disk_with_the_same_result(co
 def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, monkeypatch, caplog):
     import os
 
-    from headstart import session
-    from headstart.recipe import Recipe
+    from headstart.config.recipe import Recipe
+    from headstart.training import session
 
     cores = os.cpu_count() or 1
     monkeypatch.setattr(session, "load_average", lambda: cores * (3.0 if busy else 0.2))

@@ -8,10 +8,10 @@ import timm
 import torch
 from PIL import Image
 
-from headstart.errors import HeadstartError
-from headstart.model import build_model
-from headstart.recipe import ModelConfig
-from headstart.weights import load_backbone_weights, read_state_dict
+from headstart.config.recipe import ModelConfig
+from headstart.core.errors import HeadstartError
+from headstart.model.build import build_model
+from headstart.model.weights import load_backbone_weights, read_state_dict
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -77,13 +77,13 @@ def test_hub_failure_is_one_clear_error(monkeypatch):
             raise OSError("We couldn't connect to the hub")
         return timm.create_model(*args, **kwargs)
 
-    monkeypatch.setattr("headstart.model.timm.create_model", offline)
+    monkeypatch.setattr("headstart.model.build.timm.create_model", offline)
     with pytest.raises(HeadstartError, match="offline, use --weights package"):
         build_model(ModelConfig(backbone="resnet18", weights="hub"), num_classes=2)
 
 
 def test_default_source_is_package_for_lite_and_hub_otherwise():
-    from headstart.weights import default_source
+    from headstart.model.weights import default_source
 
     assert default_source("tf_efficientnet_lite0") == "package"
     assert default_source("resnet50") == "hub"

@@ -7,23 +7,23 @@
 >>> headstart.export(result.run_dir, format="onnx")
 """
 
-from headstart.compare import compare
-from headstart.errors import HeadstartError
-from headstart.export import export
-from headstart.inspection import inspect
-from headstart.layouts import DataSplit, list_images
-from headstart.lr_find import lr_find
-from headstart.probe import probe
-from headstart.push import push
-from headstart.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
-from headstart.report import report
-from headstart.sweep import sweep
-from headstart.train import TrainResult, train
+from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
+from headstart.core.errors import HeadstartError
+from headstart.data.layouts import DataSplit, list_images
+from headstart.deploy.export import export
+from headstart.deploy.push import push
+from headstart.experiments.compare import compare
+from headstart.experiments.probe import probe
+from headstart.experiments.report import report
+from headstart.experiments.sweep import sweep
+from headstart.inspection.inspect_data import inspect
+from headstart.training.lr_find import lr_find
+from headstart.training.train import TrainResult, train
 
 
 def load(source, device: str = "auto"):
     """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder)."""
-    from headstart.loading import load as load_predictor  # sklearn's metrics load only when needed
+    from headstart.deploy.loading import load as load_predictor  # sklearn's metrics load only when needed
 
     return load_predictor(source, device=device)
 
@@ -38,7 +38,7 @@ def serve(
     device: str = "auto",
 ) -> None:
     """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted."""
-    from headstart.server import serve as run_server  # FastAPI is an optional extra
+    from headstart.deploy.server import serve as run_server  # FastAPI is an optional extra
 
     run_server(source, host, port, max_batch, window_ms, max_bytes, device)
 

@@ -1,0 +1,5 @@
+import sys
+
+from headstart.cli.parser import main
+
+sys.exit(main())

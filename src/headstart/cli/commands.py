@@ -1,0 +1,327 @@
+"""What each subcommand does with its parsed arguments: call the same function as the Python API, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from pathlib import Path
+
+from headstart.cli.flags import recipe_from_args
+from headstart.config.defaults import default_recipe, is_data
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.core.paths import user_path
+from headstart.core.runs import BEST_FILE, CONFUSION_FILE
+
+
+def without_devices(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--devices":
+            skip = True
+        elif not item.startswith("--devices="):
+            kept.append(item)
+    return kept
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from headstart.training.train import train
+
+    if args.devices is not None and args.devices < 1:
+        raise HeadstartError(f"--devices {args.devices}: give 1 or more processes")
+    if args.devices and args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        from headstart.core.distributed import launch
+
+        return launch(without_devices(args.argv), args.devices)
+    if args.resume:
+        if args.recipe or args.data:
+            raise HeadstartError(
+                "--resume continues a run with the recipe saved in its folder; give no DATA or --recipe with it"
+            )
+        train(resume=args.resume, quiet=args.quiet)
+        return 0
+    recipe = recipe_from_args(args)
+    if args.dry_run:
+        print(recipe.to_yaml(), end="")
+        return 0
+    train(recipe, quiet=args.quiet)
+    return 0
+
+
+def target_as_recipe_or_data(args: argparse.Namespace) -> None:
+    """A command's positional TARGET is the data (a folder or CSV) or a recipe file; none means the built-in recipe."""
+    args.recipe = args.data = None
+    if args.target and is_data(args.target):
+        args.data = args.target
+    else:
+        args.recipe = args.target
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from headstart.experiments.sweep import is_sweep_file, parse_vary, read_sweep_file, sweep
+
+    vary, variants, seeds, name, base = {}, {}, args.seeds, args.name, None
+    if args.target and not is_data(args.target) and is_sweep_file(args.target):
+        args.recipe = args.data = None
+        base, vary, variants, file_seeds, file_name = read_sweep_file(args.target)
+        seeds, name = seeds or file_seeds, name or file_name
+    else:
+        target_as_recipe_or_data(args)
+    args.name = None  # --name names the sweep folder here, not each run
+    recipe = recipe_from_args(args, base)
+    for spec in args.vary:
+        key, values = parse_vary(spec)
+        vary[key] = values
+    if not vary and not variants:
+        raise HeadstartError("nothing to sweep: give --vary KEY=V1,V2 (or a sweep file with vary: or variants:)")
+    result = sweep(recipe, vary=vary, variants=variants, seeds=seeds or 1, out=args.out, name=name, quiet=args.quiet)
+    print(result.comparison.markdown, end="")
+    print(f"comparison: {result.comparison.files['md']}, {result.comparison.files['png']}")
+    return 1 if result.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from headstart.experiments.compare import compare
+
+    comparison = compare(args.runs, out=args.out)
+    print(comparison.markdown, end="")
+    print(f"comparison: {comparison.files['md']}, {comparison.files['csv']}, {comparison.files['png']}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from headstart.training.lr_find import lr_find
+
+    target_as_recipe_or_data(args)
+    recipe = recipe_from_args(args)
+    options = ("stage", "start_lr", "end_lr", "steps", "weights_from", "out", "quiet")
+    found = lr_find(recipe, **{name: getattr(args, name) for name in options})
+    print(
+        f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from headstart.experiments.report import report
+
+    print(report(args.target, out=args.out))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from headstart.core.runs import resolve_checkpoint
+    from headstart.deploy.hub import is_hub_folder
+    from headstart.deploy.loading import load
+
+    source = user_path(args.run)
+    hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
+    source = source if source.is_file() or hub else resolve_checkpoint(source)
+    predictor = load(source, device=args.device)
+    # A Hub folder's own confusion.png belongs to its model card: a new evaluation goes to the working directory.
+    png = Path(args.confusion) if args.confusion else (Path(CONFUSION_FILE) if hub else source.parent / CONFUSION_FILE)
+    # The figures are printed before the picture is written: a read-only run folder loses only the picture.
+    result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "accuracy": result.accuracy,
+                    "accuracy_without_tta": result.plain_accuracy,
+                    "count": result.count,
+                    "per_class": result.per_class,
+                    "confusion": result.confusion.tolist(),
+                    "classes": result.classes,
+                    "notes": result.notes,
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
+    else:
+        print(result.table(), flush=True)
+    from headstart.core.plots import plot_confusion
+
+    plot_confusion(result.confusion, result.classes, png, title=f"accuracy {result.accuracy:.3f}")
+    if not args.json:
+        print(f"confusion matrix: {png}")
+    return 0
+
+
+def _expand_images(items: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        path = user_path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        else:
+            paths.append(path)
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from headstart.deploy.loading import load
+    from headstart.deploy.predictor import prediction_entry
+
+    predictor = load(args.run, device=args.device)
+    paths = _expand_images(args.images)
+    predictions = predictor.predict(paths, top_k=args.top_k, tta=args.tta)
+    if args.csv:
+        write_predictions_csv(Path(args.csv), paths, predictions)
+        print(f"{len(paths)} predictions written to {args.csv}")
+    elif args.json:
+        print(
+            json.dumps(
+                [prediction_entry(str(p), top) for p, top in zip(paths, predictions)],
+                indent=1,
+            )
+        )
+    else:
+        for path, top in zip(paths, predictions):
+            print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
+    return 0
+
+
+def write_predictions_csv(target: Path, paths: list[Path], predictions: list[list[tuple[str, float]]]) -> None:
+    """image,label,probability then label_2,probability_2 ... for the rest of the top k."""
+    import csv
+    import io
+
+    from headstart.core.runs import atomic_write
+
+    k = max((len(top) for top in predictions), default=1)
+    header = ["image", "label", "probability"] + [
+        f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for path, top in zip(paths, predictions):
+        writer.writerow([str(path)] + [value for label, prob in top for value in (label, f"{prob:.6f}")])
+    atomic_write(target, buffer.getvalue().encode())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from headstart.deploy.export import export
+
+    path = export(args.run, format=args.format, out=args.out, quantize=args.quantize)
+    if args.format == "hub":
+        print(f"{path} (model.safetensors, config.json, README.md)")
+    else:
+        print(f"{path} (preprocessing in {path.name}.json)")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from headstart.deploy.push import push
+
+    result = push(args.run, args.repo_id, private=args.private, dry_run=args.dry_run)
+    for name, size in result.files:
+        print(f"{size:>12,}  {name}")
+    print(f"would upload to {result.url}" if args.dry_run else f"uploaded to {result.url}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from headstart.deploy.server import serve
+
+    serve(
+        args.source,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        window_ms=args.window_ms,
+        max_bytes=args.max_mb * (1 << 20),
+        device=args.device,
+        allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
+        read_seconds=args.timeout,
+        dry_run=args.dry_run,
+    )
+    return 0
+
+
+MAX_CLASSES = 100_000  # a head this wide on a 1280-channel backbone already holds 128 M parameters
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from headstart.core.runs import load_checkpoint
+    from headstart.data.images import list_images
+    from headstart.experiments.sweep import is_sweep_file, read_sweep_file
+    from headstart.model.build import build_model, resolve_preprocessing
+    from headstart.model.freeze import plan_stages
+
+    target = args.target
+    if args.classes is not None and not 2 <= args.classes <= MAX_CLASSES:
+        raise HeadstartError(f"--classes {args.classes}: give a count from 2 to {MAX_CLASSES:,}")
+    if target is None or target == "default":
+        recipe, classes = default_recipe(), args.classes
+    elif is_sweep_file(target):  # a sweep's variants change fields of one base recipe: summarise that
+        recipe, classes = read_sweep_file(target)[0], args.classes
+    elif Path(target).suffix in (".yaml", ".yml"):
+        recipe, classes = Recipe.from_yaml(target), args.classes
+    else:
+        checkpoint = load_checkpoint(target)
+        recipe, classes = Recipe.from_dict(checkpoint["recipe"]), len(checkpoint["classes"])
+    if classes is None:
+        try:
+            classes = len(list_images(recipe.data).classes)
+        except HeadstartError as err:
+            raise HeadstartError(f"{err}; give --classes N to summarise without the data") from None
+    preprocessing = resolve_preprocessing(recipe.data, recipe.model)
+    model = build_model(recipe.model.model_copy(update={"weights": "none"}), classes, preprocessing["image_size"])
+    plans = plan_stages(model, recipe.stages)
+    from headstart.model.layer_table import summarize
+
+    print(
+        f"{recipe.model.backbone}, {classes} classes, weights {recipe.model.weights or 'default'} (summary built without loading them)"
+    )
+    summarize(model, recipe.stages, plans, preprocessing["image_size"], print_fn=print)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    import timm
+
+    from headstart.model.weights import installed_packaged_backbones
+
+    pattern = args.pattern or "*"
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    packaged = set(installed_packaged_backbones())
+    hub = {name.split(".")[0] for name in timm.list_models(pattern, pretrained=True)}
+    names = [n for n in timm.list_models(pattern) if fnmatch.fnmatch(n, pattern)]
+    if args.offline:
+        names = [n for n in names if n in packaged or n == "headstart_cnn"]
+    for name in names:
+        marks = ["package (offline)"] if name in packaged else []
+        if name in hub:
+            marks.append("hub")
+        if name == "headstart_cnn":
+            marks.append("scratch")
+        print(f"{name:<48}{', '.join(marks)}")
+    if not names:
+        raise HeadstartError(f"no backbone matches '{args.pattern}'")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from headstart.inspection.inspect_data import inspect
+
+    options = ("backbone", "weights", "image_size", "batch_size", "device", "near_threshold", "label_margin", "quiet")
+    inspect(args.data, args.out, **{name: getattr(args, name) for name in options})
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from headstart.experiments.probe import probe
+
+    backbones = [name.strip() for name in args.backbones.split(",") if name.strip()] if args.backbones else None
+    found = probe(args.data, backbones, seeds=args.seeds or 1, out=args.out, quiet=args.quiet)
+    print(found.markdown, end="")
+    print(f"probe: {found.folder / 'probe.md'}, {found.folder / 'probe.csv'}")
+    return 0

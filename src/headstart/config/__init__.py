@@ -1,0 +1,1 @@
+"""The typed recipe and the one default recipe."""

@@ -1,0 +1,1 @@
+"""Errors, paths, file writing, cache entries, hardware, the process group, run folders, figures: imports no other headstart package."""

@@ -1,0 +1,93 @@
+"""Device, precision and memory format: the fast path chosen from what the machine has."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from headstart.core.errors import HeadstartError
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> str:
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{self.device} {self.precision} {layout}{threads}"
+
+
+def pick_hardware(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Hardware:
+    """'auto' picks CUDA, then Apple MPS, then CPU; bf16 autocast where the device does bf16 fast."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise HeadstartError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise HeadstartError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    if precision == "auto":
+        if chosen.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif chosen.type == "cpu":
+            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        else:
+            precision = "fp32"
+    if precision == "fp16" and chosen.type == "cpu":
+        raise HeadstartError("fp16 autocast is for GPUs; on a CPU use bf16 or fp32")
+    return Hardware(chosen, precision, channels_last)
+
+
+def busy_cpu_note(load: float | None, cores: int | None, threads: int) -> str | None:
+    """A warning when other processes already keep every core busy as a CPU run starts; None otherwise.
+
+    torch's OpenMP threads spin while they wait for each other, so on a shared CPU they burn the
+    time slices the other processes' threads need: three runs at once on 2 cores made each epoch
+    9-30x slower, not 3x (BENCHMARKS.md, "Where a slow epoch's time goes").
+    """
+    if load is None or not cores or load < cores:
+        return None
+    return (
+        f"the CPU is already busy (load average {load:.1f} on {cores} cores) and this run adds {threads} "
+        "threads: on a shared CPU torch's spinning threads slow each other several-fold, so epoch times "
+        "will not be comparable; run one job at a time, or set OMP_WAIT_POLICY=PASSIVE before starting "
+        "(proportional sharing, but slower alone)"
+    )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, where the system reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None

@@ -1,0 +1,152 @@
+"""Pictures: a run's learning curves with stage boundaries, its confusion matrix, and runs overlaid for comparison."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from headstart.core.fileio import atomic_write  # noqa: E402
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train vs val, a dashed line where each stage starts."""
+    epochs = np.arange(1, len(history) + 1)
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        axis.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label=f"train {label}")
+        axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-", label=f"val {label}")
+        if metric == "acc" and all("val_balanced_acc" in row for row in history):
+            # Plain accuracy hides a neglected minority class; these two do not.
+            axis.plot(epochs, [row["val_balanced_acc"] for row in history], "^--", label="val balanced accuracy")
+            axis.plot(epochs, [row["val_f1"] for row in history], "v:", label="val macro-F1")
+        axis.set_xlabel("epoch (all stages)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        _mark_stages(axis, history)
+        axis.legend(loc="center right")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _mark_stages(axis, history: list[dict[str, Any]]) -> None:
+    previous = None
+    for x, row in enumerate(history, start=1):
+        if row["stage"] != previous:
+            axis.axvline(x - 0.5, color="grey", linestyle="--", linewidth=1)
+            axis.text(
+                x - 0.45, 1.0, row["stage"], transform=axis.get_xaxis_transform(), va="top", fontsize=8, color="grey"
+            )
+            previous = row["stage"]
+
+
+def plot_overlay(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Val loss and val accuracy of many runs: one colour per variant, each seed thin, the seeds' mean thick."""
+    variants = list(dict.fromkeys(name for name, _ in runs))
+    colours = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, metric, label in ((axes[0], "val_loss", "val loss"), (axes[1], "val_acc", "val accuracy")):
+        for index, variant in enumerate(variants):
+            curves = [[row[metric] for row in history] for name, history in runs if name == variant]
+            colour = colours(index % colours.N)
+            for curve in curves:
+                axis.plot(range(1, len(curve) + 1), curve, color=colour, linewidth=0.8, alpha=0.45)
+            length = min(len(curve) for curve in curves)
+            mean = np.mean([curve[:length] for curve in curves], axis=0)
+            axis.plot(range(1, length + 1), mean, color=colour, linewidth=2.4, label=f"{variant} (n={len(curves)})")
+        stage_sequences = {tuple(row["stage"] for row in history) for _, history in runs}
+        if len(stage_sequences) == 1:
+            _mark_stages(axis, runs[0][1])
+        axis.set_xlabel("epoch (all stages)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[1].legend(loc="lower right", fontsize=8)
+    figure.suptitle("thin: one seed; thick: mean over seeds")
+    return _save(figure, path)
+
+
+def plot_lr_find(
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    suggestion: float,
+    minimum_tenth: float,
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
+    axis.plot(lrs, smoothed, linewidth=2, label="smoothed")
+    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (steepest descent): {suggestion:.2g}")
+    axis.axvline(minimum_tenth, color="tab:red", linestyle=":", label=f"minimum/10: {minimum_tenth:.2g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    top = max(smoothed[0] * 1.5, min(smoothed) * 4)
+    axis.set_ylim(min(min(losses), min(smoothed)) * 0.9, top)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    if title:
+        axis.set_title(title)
+    return _save(figure, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+    """Counts with true classes as rows and predictions as columns."""
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    limit = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        axis.text(
+            col, row, str(count), ha="center", va="center", color="white" if count > limit else "black", fontsize=8
+        )
+    if title:
+        axis.set_title(title)
+    return _save(figure, path)
+
+
+def plot_reliability(calibration, path: Path) -> Path:
+    """Accuracy against confidence per bin, before and after temperature scaling, with the diagonal."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for bins, ece, label in (
+        (calibration.bins_before, calibration.ece_before, "before"),
+        (calibration.bins_after, calibration.ece_after, f"after (T = {calibration.temperature:.2f})"),
+    ):
+        used = [i for i, count in enumerate(bins["count"]) if count]
+        axis.plot(
+            [bins["confidence"][i] for i in used],
+            [bins["accuracy"][i] for i in used],
+            marker="o",
+            label=f"{label}, ECE {ece:.3f}",
+        )
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    axis.set_title(f"reliability on {calibration.images} val images")
+    axis.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    try:
+        figure.tight_layout()
+        # Rendered in memory, then written atomically: a full disk leaves no half-written picture.
+        buffer = path if hasattr(path, "write") else io.BytesIO()  # the HTML report renders into memory
+        figure.savefig(buffer, format="png", dpi=110)
+        if buffer is not path:
+            atomic_write(Path(path), buffer.getvalue())
+    finally:
+        plt.close(figure)  # pyplot keeps every open figure alive otherwise
+    return path

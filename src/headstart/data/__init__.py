@@ -1,0 +1,1 @@
+"""Listing layouts, splitting, decoding, batches, balancing, held-out and overlap checks."""

@@ -1,0 +1,63 @@
+"""Class imbalance: the warning, and the two remedies `data.balance` offers.
+
+weights   cross-entropy weighted by inverse class frequency (n / (k * n_c)), so every class
+          carries the same total weight in an epoch
+sampler   class-balanced batches: each epoch draws len(train) indices with probability 1/(k * n_c)
+          each, with replacement, from a generator seeded by (seed, epoch) alone, so the order is
+          the same on resume and the same global batches are cut for any number of processes
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger("headstart")
+
+# The largest class this many times the smallest is imbalanced enough to warn and to rebalance by default.
+IMBALANCE_RATIO = 3.0
+# The measured winner on ../shared/data/tiles (BENCHMARKS.md, imbalance), used when the warning fires.
+DEFAULT_REMEDY = "sampler"
+
+
+def class_counts(labels: list[int], n_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+
+
+def choose_balance(setting: str | None, labels: list[int], classes: list[str]) -> str:
+    """The remedy a run uses: the recipe's, else DEFAULT_REMEDY when the train split is imbalanced, else none.
+
+    Logs the warning with the counts whenever the largest class is >= IMBALANCE_RATIO x the smallest.
+    """
+    counts = class_counts(labels, len(classes))
+    big, small = int(np.flatnonzero(counts == counts.max())[0]), int(np.flatnonzero(counts == counts.min())[0])
+    imbalanced = counts[small] > 0 and counts[big] >= IMBALANCE_RATIO * counts[small]
+    chosen = setting or (DEFAULT_REMEDY if imbalanced else "none")
+    if imbalanced:
+        log.warning(
+            "imbalanced classes: '%s' has %d training images, '%s' %d (%.1fx); balance: %s%s",
+            classes[big],
+            counts[big],
+            classes[small],
+            counts[small],
+            counts[big] / counts[small],
+            chosen,
+            "" if setting else " (the default for imbalanced data; set data.balance to choose)",
+        )
+    return chosen
+
+
+def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights, n / (k * n_c): 1 for every class of a balanced set."""
+    counts = class_counts(labels, n_classes).astype(np.float64)
+    weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def sample_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    """Drawing weights for GlobalBatches: 1/(k * n_c) per image, so each class fills 1/k of every epoch on average."""
+    counts = class_counts(labels, n_classes).astype(np.float64)
+    per_image = 1.0 / (n_classes * counts[np.asarray(labels, dtype=np.int64)])
+    return torch.tensor(per_image, dtype=torch.float64)

@@ -1,0 +1,1 @@
+"""Predictor, loading, export formats, the Hub folder, model card, push, the server: never imports training."""

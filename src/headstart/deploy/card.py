@@ -1,0 +1,164 @@
+"""The model card (`README.md`) of a Hub folder, made from the run: data, recipe, validation figures, how to load it.
+
+Figures that need the data (class counts, per-class metrics, the confusion matrix) are measured
+on the run's own split when its data is still at hand, and left out with a note when it is not.
+Calibration appears only when the checkpoint carries a temperature.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.core.runs import CONFUSION_FILE, read_test
+
+
+def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: dict, folder: Path) -> list[str]:
+    """Class counts per split and, on the validation split, per-class metrics and confusion.png."""
+    from headstart.data.images import list_images
+    from headstart.deploy.predictor import Predictor
+
+    try:
+        split = list_images(recipe.data)
+    except HeadstartError as err:
+        return [f"The training data was not at hand at export time ({err}): counts and per-class figures omitted.", ""]
+    if split.classes != classes:
+        return ["The data folder's classes changed since training: counts and per-class figures omitted.", ""]
+    splits = [("train", split.train), ("val", split.val)] + ([("test", split.test)] if split.test else [])
+    counts = {name: [0] * len(splits) for name in classes}
+    for column, (_, samples) in enumerate(splits):
+        for _, label in samples:
+            counts[classes[label]][column] += 1
+    lines = ["| class | " + " | ".join(f"{name} images" for name, _ in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in counts.items()]
+    evaluation = Predictor(model, classes, checkpoint["preprocessing"]).evaluate_samples(
+        split.val, confusion_png=folder / CONFUSION_FILE, where="the run's validation split"
+    )
+    lines += [
+        "",
+        "## Validation",
+        "",
+        f"Accuracy **{evaluation.accuracy:.4f}** on the {evaluation.count} validation images "
+        f"(best checkpoint: stage `{checkpoint['stage']}`, epoch {checkpoint['epoch']}, val loss {checkpoint['val_loss']:.4f}).",
+        "",
+        "| class | precision | recall | f1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+        for r in evaluation.per_class
+    ]
+    return lines + ["", "![confusion matrix on the validation split](confusion.png)", ""]
+
+
+def loading_section(layout: str, backbone: str) -> list[str]:
+    if layout == "timm":
+        return [
+            "This is a plain timm classifier: timm alone rebuilds it (headstart is not needed).",
+            "",
+            "```python",
+            "import timm",
+            'model = timm.create_model("hf-hub:OWNER/REPO", pretrained=True).eval()  # or "local-dir:PATH"',
+            "config = timm.data.resolve_data_config(model=model)",
+            "transform = timm.data.create_transform(**config)",
+            "labels = model.pretrained_cfg['label_names']",
+            "```",
+            "",
+        ]
+    return [
+        f"This model is not a plain timm classifier: headstart's adapters or head around `{backbone}` compute something"
+        f" timm's own `{backbone}` classifier does not (checked numerically at export), so `headstart.load` rebuilds it"
+        " from the `headstart` block of `config.json`:",
+        "",
+        "```python",
+        "import headstart",
+        'predictor = headstart.load("PATH")  # the downloaded folder',
+        'predictor.predict(["image.jpg"], top_k=3)',
+        "```",
+        "",
+    ]
+
+
+def scores_section(checkpoint: dict[str, Any], checkpoint_path: Path) -> list[str]:
+    """The test split's score (when the run had one) and the calibration (when the checkpoint has a temperature)."""
+    lines = []
+    test = read_test(checkpoint_path.parent)
+    if test:  # scored once by train with the chosen model; nothing was chosen by it
+        lines += [
+            "## Test",
+            "",
+            f"On the held-out test split ({test['images']} images, scored once after training): accuracy "
+            f"**{test['acc']:.4f}**, balanced accuracy {test['balanced_acc']:.4f}, macro-F1 {test['f1']:.4f}, "
+            f"loss {test['loss']:.4f}.",
+            "",
+        ]
+    if checkpoint.get("temperature") is not None:
+        found = checkpoint.get("calibration") or {}
+        ece = (
+            f" Expected calibration error on the val split: {found['ece_before']:.3f} before, {found['ece_after']:.3f} after."
+            if "ece_after" in found
+            else ""
+        )
+        lines += [
+            "## Calibration",
+            "",
+            f"Temperature scaling: divide the logits by {checkpoint['temperature']:.4f}.{ece}",
+            "",
+        ]
+    return lines
+
+
+def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, layout: str, model: nn.Module) -> Path:
+    """Write folder/README.md (and folder/confusion.png when the validation data is at hand)."""
+    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    classes = checkpoint["classes"]
+    pre = checkpoint["preprocessing"]
+    name = checkpoint_path.parent.name
+    front = {
+        "library_name": "timm" if layout == "timm" else "headstart",
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "timm", "headstart"],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        f"# {name}",
+        "",
+        f"`{recipe.model.backbone}` fine-tuned with headstart on `{recipe.data.path or 'digits'}`:"
+        f" {len(classes)} classes ({', '.join(classes)}).",
+        "",
+        "## Data",
+        "",
+        *data_section(recipe, classes, model, checkpoint, folder),
+    ]
+    lines += scores_section(checkpoint, checkpoint_path)
+    lines += [
+        "## Preprocessing",
+        "",
+        f"Resize the short side to `image_size / crop_pct`, centre-crop {pre['image_size']}×{pre['image_size']}, "
+        f"normalise with the mean and std below ({pre['interpolation']} interpolation):",
+        "",
+        "```json",
+        json.dumps(pre),
+        "```",
+        "",
+        "## How to load it",
+        "",
+        *loading_section(layout, recipe.model.backbone),
+        "## Training recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(json.loads(json.dumps(checkpoint["recipe"])), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    target = folder / "README.md"
+    target.write_text("\n".join(lines))
+    return target

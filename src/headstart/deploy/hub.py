@@ -1,0 +1,210 @@
+"""Hub folders: `model.safetensors` + `config.json` in timm's own Hub format + a `README.md` model card.
+
+    headstart export RUN --format hub --out DIR
+
+A plain timm classifier (no adapter that acts at inference, a linear head over the backbone's
+average-pooled features) is written by timm's own `save_for_hf`, so
+`timm.create_model("local-dir:DIR", pretrained=True)` rebuilds it with timm alone. Whether timm's
+model computes the same function is checked numerically, not assumed from names: some families
+(ConvNeXt, MobileNetV3, ViT) do more in timm's head than headstart's linear head does. Any other
+model is written as headstart's own state dict with the same `config.json` fields, plus a
+`headstart` block with the model recipe that `headstart.load(DIR)` rebuilds it from.
+
+Example:
+    >>> folder = headstart.export("runs/hymenoptera-tf_efficientnet_lite0", format="hub", out="hub/")
+    >>> timm.create_model(f"local-dir:{folder}", pretrained=True)  # when the card says timm loads it
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from headstart.config.recipe import ModelConfig, NoiseAdapter, Recipe
+from headstart.core.errors import HeadstartError
+from headstart.core.fileio import writing
+from headstart.core.runs import load_checkpoint, resolve_checkpoint
+from headstart.model.build import Classifier, build_model
+
+log = logging.getLogger(__name__)
+
+HUB_FORMAT = "headstart-hub-1"
+LAYOUTS = ("timm", "headstart")
+
+
+def is_hub_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def timm_equivalent(model: Classifier, cfg: ModelConfig, num_classes: int, size: int) -> nn.Module | None:
+    """The same classifier as a stock timm model with its own classifier, or None when timm's differs."""
+    # The noise adapter is the identity at inference; any other adapter is computation timm does not have.
+    if cfg.backbone == "headstart_cnn" or cfg.head.kind != "linear":
+        return None
+    if not all(isinstance(spec, NoiseAdapter) for spec in cfg.adapters):
+        return None
+    try:
+        net = timm.create_model(
+            cfg.backbone, pretrained=False, num_classes=num_classes, global_pool="avg", **cfg.backbone_args
+        )
+    except (TypeError, ValueError, RuntimeError, AssertionError):
+        return None
+    classifier = net.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        return None
+    name = next(n for n, m in net.named_modules() if m is classifier)
+    head = model.head[-1]
+    state = {**model.backbone.state_dict(), f"{name}.weight": head.weight, f"{name}.bias": head.bias}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        return None
+    net.eval()
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.allclose(net(probe), model(probe), atol=1e-5, rtol=1e-4)
+    return net if same else None
+
+
+def timm_data_config(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """headstart's preprocessing as timm's data config (what `resolve_data_config` gives back)."""
+    size = preprocessing["image_size"]
+    return {
+        "input_size": (3, size, size),
+        "mean": tuple(preprocessing["mean"]),
+        "std": tuple(preprocessing["std"]),
+        "interpolation": preprocessing["interpolation"],
+        "crop_pct": preprocessing["crop_pct"],
+        "crop_mode": "center",
+    }
+
+
+def headstart_block(checkpoint: dict[str, Any], layout: str) -> dict[str, Any]:
+    block = {
+        "format": HUB_FORMAT,
+        "layout": layout,
+        "model": checkpoint["recipe"]["model"],
+        "classes": checkpoint["classes"],
+        "preprocessing": checkpoint["preprocessing"],
+    }
+    if checkpoint.get("temperature") is not None:  # calibration, when the run has one
+        block["temperature"] = checkpoint["temperature"]
+    return block
+
+
+def write_headstart_layout(model: Classifier, checkpoint: dict[str, Any], folder: Path) -> None:
+    """headstart's state dict, and a config.json with timm's fields so Hub pages and tools still read it."""
+    classes = checkpoint["classes"]
+    data = timm_data_config(checkpoint["preprocessing"])
+    config = {
+        "architecture": checkpoint["recipe"]["model"]["backbone"],
+        "num_classes": len(classes),
+        "label_names": classes,
+        "pretrained_cfg": {**data, "num_classes": len(classes)},
+        "headstart": headstart_block(checkpoint, "headstart"),
+    }
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Write the Hub folder (weights, config, model card); returns the folder."""
+    from headstart.model.build import model_from_checkpoint
+
+    checkpoint_path = resolve_checkpoint(run_or_checkpoint)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint)
+    cfg = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe").model
+    classes = checkpoint["classes"]
+    target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / "hub"
+    if target.exists() and not (target.is_dir() and (is_hub_folder(target) or not any(target.iterdir()))):
+        raise HeadstartError(f"{target} exists and is not an empty folder or a hub export; give another --out")
+    with writing(target):
+        net = timm_equivalent(model, cfg, len(classes), checkpoint["preprocessing"]["image_size"])
+        write_folder(target, net, model, checkpoint, checkpoint_path)
+    log.info("exported %s for the Hub (%s loads it)", target, "timm" if net is not None else "headstart")
+    return target
+
+
+def write_folder(
+    target: Path, net: nn.Module | None, model: Classifier, checkpoint: dict, checkpoint_path: Path
+) -> None:
+    """Built in a temporary sibling and swapped in, so a failed export never leaves half a folder."""
+    from headstart.deploy.card import write_card
+
+    classes = checkpoint["classes"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        if net is not None:
+            timm.models.save_for_hf(
+                net,
+                str(staging),
+                model_config={"label_names": classes, "headstart": headstart_block(checkpoint, "timm")},
+                safe_serialization=True,
+                data_config=timm_data_config(checkpoint["preprocessing"]),
+            )
+        else:
+            write_headstart_layout(model, checkpoint, staging)
+        write_card(staging, checkpoint, checkpoint_path, "timm" if net is not None else "headstart", model)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise HeadstartError(f"cannot read {folder / 'config.json'}: {err}") from None
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise HeadstartError(f"{folder / 'config.json'} is not a timm Hub config (no 'architecture')")
+    return config
+
+
+def hub_temperature(folder: Path) -> float | None:
+    """The fitted temperature a headstart Hub folder carries (None for other timm folders or uncalibrated runs)."""
+    block = read_config(folder).get("headstart")
+    value = block.get("temperature") if isinstance(block, dict) else None
+    return float(value) if isinstance(value, (int, float)) and 0.01 <= value <= 100 else None
+
+
+def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one."""
+    config = read_config(folder)
+    block = config.get("headstart")
+    if isinstance(block, dict) and block.get("layout") == "headstart":
+        cfg = ModelConfig.model_validate({**block["model"], "weights": "none"})
+        model = build_model(cfg, len(block["classes"]), block["preprocessing"]["image_size"])
+        try:
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        except (RuntimeError, OSError) as err:
+            raise HeadstartError(f"{folder}: weights do not fit the model in config.json ({str(err)[:200]})") from None
+        return model.eval(), list(block["classes"]), block["preprocessing"]
+    try:
+        net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    except (RuntimeError, ValueError, OSError) as err:
+        raise HeadstartError(f"timm cannot load {folder}: {str(err).splitlines()[0][:200]}") from None
+    if isinstance(block, dict):
+        return net, list(block["classes"]), block["preprocessing"]
+    data = timm.data.resolve_data_config(model=net)
+    labels = config.get("label_names") or [str(i) for i in range(config.get("num_classes", net.num_classes))]
+    preprocessing = {
+        "image_size": data["input_size"][-1],
+        "mean": data["mean"],
+        "std": data["std"],
+        "interpolation": data["interpolation"],
+        "crop_pct": data["crop_pct"],
+    }
+    return net, list(labels), preprocessing

@@ -1,0 +1,67 @@
+"""Refuse a .pt2 archive that would make `torch.export.load` run code.
+
+torch.export.load unpickles with `weights_only=False` in several places: weights and constants
+marked `use_pickle`, opaque and custom objects, the legacy `.pt` state-dict files, and sample
+inputs that the safe unpickler refuses (it falls back to the unsafe one); an `aotinductor` folder
+is a compiled library it loads. A pickle can run any command, so a model file from elsewhere
+could. headstart's own exports hold none of these, so an archive is checked entry by entry
+against what a plain `torch.export.save` writes, before torch reads any of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from headstart.core.errors import HeadstartError
+
+# Entries below the archive's root folder that torch.export.save writes and that hold no pickle.
+_PLAIN_ENTRIES = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[^/]+\.json|extra/[^/]+"
+    r"|data/weights/[^/]+_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/[^/]+_constants_config\.json|data/constants/tensor_\d+)"
+)
+_SAMPLE_INPUTS = re.compile(r"data/sample_inputs/[^/]+\.pt")
+_PAYLOAD_CONFIGS = re.compile(r"data/(weights|constants)/[^/]+_config\.json")
+
+
+def check_pt2_archive(model_file: Path) -> None:
+    """Raise HeadstartError unless every entry of the archive is one torch reads without unpickling code."""
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            for info in archive.infolist():
+                _check_entry(archive, info, model_file)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err)[:160]}") from None
+
+
+def _check_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, model_file: Path) -> None:
+    _, _, name = info.filename.partition("/")  # every entry sits in one root folder named after the file
+    if info.is_dir():
+        return
+    if _PAYLOAD_CONFIGS.fullmatch(name):
+        pickled = [key for key, meta in json.loads(archive.read(info))["config"].items() if meta.get("use_pickle")]
+        if pickled:
+            _refuse(model_file, f"'{pickled[0]}' is stored as a pickle")
+        return
+    if _SAMPLE_INPUTS.fullmatch(name):
+        try:  # torch tries this same safe load first; only its failure makes torch unpickle freely
+            torch.load(io.BytesIO(archive.read(info)), weights_only=True)
+        except Exception:  # noqa: BLE001 - the safe unpickler's refusal, whatever it names
+            _refuse(model_file, f"{name} needs an unrestricted unpickler")
+        return
+    if not _PLAIN_ENTRIES.fullmatch(name):
+        _refuse(model_file, f"it holds {name[:80]!r}, which torch would unpickle or load as native code")
+
+
+def _refuse(model_file: Path, why: str) -> None:
+    raise HeadstartError(
+        f"refusing to load {model_file}: {why}, and loading it could run code; "
+        "export the model again with headstart export"
+    )

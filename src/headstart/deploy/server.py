@@ -1,0 +1,363 @@
+"""A prediction server: FastAPI + uvicorn around a Predictor, with requests batched on the server.
+
+    headstart serve RUN_OR_EXPORT [--host 127.0.0.1] [--port 8000]
+
+    POST /predict        one image (multipart field `file`, or the raw body) -> {"image", "top": [{"label", "probability"}]}
+    POST /predict/batch  several (multipart fields `files`) -> a list of the same entries
+    GET  /health, GET /metadata (classes, preprocessing, batching; calibration when the model has one), GET / (a page)
+
+Concurrent requests wait up to `window_ms` for each other and run as one batch of at most
+`max_batch` images (`max_batch=1` runs them one by one). Every upload is decoded as `headstart
+predict` decodes a file (EXIF rotation, alpha on white, 16-bit scaled), in a small pool of decode
+threads, after the request's budgets are checked on the image headers (server_limits.py); a bad
+upload is a 4xx with a one-line `detail`, and the server goes on serving. Only the Host names in
+`allowed_hosts` are answered (a web page elsewhere cannot reach a local server through DNS
+rebinding), and the page loads nothing from other sites (no /docs, which would fetch from a CDN).
+
+Example:
+    >>> app = headstart.deploy.server.create_app(headstart.load("runs/hymenoptera-tf_efficientnet_lite0"))
+    >>> # uvicorn.run(app) — or: headstart serve runs/hymenoptera-tf_efficientnet_lite0
+"""
+
+import asyncio
+import html
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+
+from headstart.core.errors import HeadstartError
+from headstart.deploy.predictor import Predictor, prediction_entry
+from headstart.deploy.server_limits import (
+    DEFAULT_MAX_BYTES,
+    BadUpload,
+    PixelGate,
+    ServerLimits,
+    check_request,
+    decode_upload,
+)
+from headstart.deploy.server_page import PAGE
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_WINDOW_MS = 1000.0  # a batch that waits longer than a second to fill is a mistake, not a setting
+
+
+class Batcher:
+    """Collects concurrent requests into batches: a short window, a maximum size, one model call per batch."""
+
+    def __init__(self, predictor: Predictor, max_batch: int, window_ms: float):
+        self.check(max_batch, window_ms)
+        self.predictor, self.max_batch, self.window = predictor, max_batch, window_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        # One model thread: batches run one after another while the event loop keeps accepting requests.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="headstart-model")
+        self.batches = 0
+
+    @staticmethod
+    def check(max_batch: int, window_ms: float) -> None:
+        """A one-line error for a batch size or window the server cannot run with."""
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise HeadstartError(f"max_batch {max_batch!r}: give a whole number of 1 or more")
+        if not math.isfinite(window_ms) or not 0 <= window_ms <= MAX_WINDOW_MS:
+            raise HeadstartError(f"window_ms {window_ms!r}: give a number from 0 to {MAX_WINDOW_MS:g}")
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        """The batching loop runs as long as the application does."""
+        self.queue = asyncio.Queue()
+        task = asyncio.create_task(self.run())
+        yield
+        task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def probabilities(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Probabilities for transformed images [3, S, S], computed in whichever batches they land in."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in inputs]
+        for tensor, future in zip(inputs, futures):
+            self.queue.put_nowait((tensor, future))
+        return torch.stack(await asyncio.gather(*futures))
+
+    async def collect(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
+        items = [await self.queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window
+        while len(items) < self.max_batch:
+            if not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return items
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self.collect()
+            batch = torch.stack([tensor for tensor, _ in items])
+            try:
+                rows = await loop.run_in_executor(self.executor, self.predictor.batch_probabilities, batch)
+            except Exception as err:  # noqa: BLE001 - the waiting requests get the error, the loop goes on
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            self.batches += 1
+            for (_, future), row in zip(items, rows):
+                if not future.done():
+                    future.set_result(row)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its upload was all read."""
+
+
+async def read_body(request, limit: int, seconds: float) -> bytes:
+    """The request body, refused past `limit` bytes before it is all read, or when it is slower than `seconds`."""
+    from starlette.requests import ClientDisconnect
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise BadUpload(413, f"request of {int(length):,} bytes is over the {limit:,}-byte limit")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadUpload(413, f"request is over the {limit:,}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadUpload(408, f"the upload did not arrive within {seconds:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return b"".join(chunks)
+
+
+async def read_uploads(request, limits: ServerLimits, fields: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each uploaded file: multipart fields `fields`, or the whole body as one image."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    body = await read_body(request, limits.max_bytes + MULTIPART_OVERHEAD, limits.read_seconds)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return [(request.query_params.get("name", "body"), body)]
+
+    async def once():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, once(), max_files=limits.max_files + 1).parse()
+    except MultiPartException as err:
+        status = 413 if "Too many files" in err.message else 400
+        raise BadUpload(status, f"malformed multipart upload: {err.message}") from None
+    items = [item for field in fields for item in form.getlist(field)]
+    if not items:
+        raise BadUpload(400, f"no image: send multipart field '{fields[0]}' or the image itself as the body")
+    uploads = []
+    for item in items:
+        if not isinstance(item, UploadFile):
+            raise BadUpload(400, f"field '{fields[0]}' must be a file upload, not text")
+        uploads.append((item.filename or "upload", await item.read()))
+    return uploads
+
+
+MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers on top of the image bytes
+
+
+def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) -> dict:
+    info = {
+        "classes": predictor.classes,
+        "preprocessing": predictor.preprocessing,
+        "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window * 1000},
+        "limits": {
+            "max_bytes": limits.max_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_request_pixels": limits.max_request_pixels,
+            "max_files": limits.max_files,
+        },
+    }
+    temperature = getattr(predictor, "temperature", None)
+    if temperature is not None:  # calibration is reported only when the model has one
+        info["calibration"] = {"temperature": temperature}
+    return info
+
+
+def page_for(predictor: Predictor, title: str) -> str:
+    count = len(predictor.classes)
+    classes = ", ".join(predictor.classes[:20]) + (" …" if count > 20 else "")
+    return PAGE.replace("__TITLE__", html.escape(title)).replace(
+        "__CLASSES__", f"{count} {'class' if count == 1 else 'classes'}: {html.escape(classes)}"
+    )
+
+
+class Answers:
+    """One request's way through the server: read, check the budgets, decode within the pixel gate, batch."""
+
+    def __init__(self, predictor: Predictor, batcher: Batcher, limits: ServerLimits):
+        self.predictor, self.batcher, self.limits = predictor, batcher, limits
+        self.decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="headstart-decode")
+        self.gate = PixelGate(limits.decoding_pixels)
+
+    def prepare(self, data: bytes) -> torch.Tensor:
+        return self.predictor.transform(decode_upload(data, self.limits))
+
+    async def inputs(self, request, fields: tuple[str, ...], single: bool) -> tuple[list[str], list[torch.Tensor]]:
+        uploads = await read_uploads(request, self.limits, fields)
+        if single and len(uploads) > 1:
+            raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
+        pixels = check_request([data for _, data in uploads], self.limits)
+        loop, tensors = asyncio.get_running_loop(), []
+        for (_, data), count in zip(uploads, pixels):
+            async with self.gate.holding(count):
+                tensors.append(await loop.run_in_executor(self.decoder, self.prepare, data))
+        return [name for name, _ in uploads], tensors
+
+    async def answer(self, request, top_k: int, fields: tuple[str, ...], single: bool):
+        from fastapi.responses import JSONResponse, Response
+
+        try:
+            names, tensors = await self.inputs(request, fields, single)
+        except BadUpload as err:
+            log.info("refused an upload (%d): %s", err.status, err.reason)
+            return JSONResponse({"detail": err.reason}, status_code=err.status)
+        except ClientGone:
+            log.info("a client closed its connection during its upload")
+            return Response(status_code=400)  # nobody is left to read it
+        top = self.predictor.top_labels(await self.batcher.probabilities(tensors), top_k)
+        entries = [prediction_entry(name, labels) for name, labels in zip(names, top)]
+        return entries[0] if single else entries
+
+
+def create_app(
+    predictor: Predictor,
+    max_batch: int = 16,
+    window_ms: float = 5.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = None,
+    title: str = "headstart classifier",
+    limits: ServerLimits | None = None,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+):
+    """The FastAPI application serving `predictor` (see the module docstring for the routes).
+
+    `limits` sets every budget (server_limits.ServerLimits); `max_bytes` and `max_pixels` are the
+    two most asked-for, kept as arguments of their own. `allowed_hosts=("*",)` answers any Host.
+    """
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import HTMLResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    limits = limits or ServerLimits(max_bytes=max_bytes, max_pixels=max_pixels or ServerLimits.max_pixels)
+    batcher = Batcher(predictor, max_batch, window_ms)
+    answers = Answers(predictor, batcher, limits)
+    app = FastAPI(title=title, lifespan=batcher.lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.state.batcher = batcher
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = Query(3, ge=1)):
+        return await answers.answer(request, top_k, ("file",), single=True)
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request, top_k: int = Query(3, ge=1)):
+        return await answers.answer(request, top_k, ("files", "file"), single=False)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "batches": batcher.batches}
+
+    @app.get("/metadata")
+    async def metadata():
+        return metadata_of(predictor, batcher, limits)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return page_for(predictor, title)
+
+    return app
+
+
+def listening_socket(host: str, port: int):
+    """Bound here so a taken port or bad host is the one-line error, not uvicorn's exit."""
+    import socket
+
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as err:
+        raise HeadstartError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+    return sock
+
+
+def serve(
+    source: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 16,
+    window_ms: float = 5.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    device: str = "auto",
+    allowed_hosts: tuple[str, ...] | None = None,
+    read_seconds: float = ServerLimits.read_seconds,
+    dry_run: bool = False,
+) -> None:
+    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP until interrupted (or SIGTERM).
+
+    `allowed_hosts` defaults to the loopback names when `host` is a loopback address, else to any.
+    A client slower than `read_seconds` to send its request is cut off. `dry_run` checks every
+    setting, loads the model and takes the port, then returns without serving.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401 - for uploads
+        import uvicorn
+    except ImportError as err:
+        raise HeadstartError(
+            f"serving needs fastapi, uvicorn and python-multipart ({err}); pip install 'headstart[serve]'"
+        ) from None
+    from headstart.deploy.loading import load
+    from headstart.deploy.server_protocol import deadline_protocol
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise HeadstartError(f"port {port!r}: give a number from 1 to 65535 (0 picks a free one)")
+    ServerLimits(max_bytes=max_bytes)  # a one-line error for nan, inf or a negative size, before int() sees it
+    limits = ServerLimits(max_bytes=int(max_bytes), read_seconds=read_seconds)
+    Batcher.check(max_batch, window_ms)
+    if allowed_hosts is None:
+        allowed_hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else ("*",)
+    predictor = load(source, device=device)
+    app = create_app(
+        predictor, max_batch, window_ms, title=Path(source).name, limits=limits, allowed_hosts=allowed_hosts
+    )
+    sock = listening_socket(host, port)
+    log.info(
+        "%s %s on http://%s:%d (batches of up to %d, %g ms window)",
+        "would serve" if dry_run else "serving", source, host, sock.getsockname()[1], max_batch, window_ms,
+    )  # fmt: skip
+    if dry_run:
+        sock.close()
+        return
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        http=deadline_protocol(limits.read_seconds),
+        limit_concurrency=limits.max_connections,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+SHUTDOWN_SECONDS = 3  # after SIGTERM, requests still running (a slow upload) are cancelled after this

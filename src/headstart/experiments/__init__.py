@@ -1,0 +1,1 @@
+"""Sweeps, compare, report, probe."""

@@ -1,0 +1,297 @@
+"""Runs side by side: a table (Markdown and CSV) and overlaid curves, with seeds as repeats.
+
+    headstart compare SWEEP_DIR            # variants as the sweep named them
+    headstart compare RUN_DIR RUN_DIR ...  # runs with the same recipe but the seed are one variant,
+                                           # labelled by the recipe fields that differ
+
+A variant's figures are means over its seeds with the sample standard deviation. Every variant is
+set against the best one (lowest mean best val loss): a difference smaller than the seed-to-seed
+spread is said to be so, with Welch's t-test p-value where both have two or more seeds.
+
+Example:
+    >>> comparison = headstart.compare(["runs/sweep-hymenoptera"])
+    >>> print(comparison.markdown)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headstart.config.recipe import Recipe, flatten
+from headstart.core.errors import HeadstartError
+from headstart.core.paths import safe_component, user_path
+from headstart.core.runs import (
+    ERROR_FILE,
+    HISTORY_JSON,
+    RECIPE_FILE,
+    SWEEP_FILE,
+    atomic_write,
+    epoch_rows,
+    find_test_record,
+    read_records,
+)
+from headstart.core.yamlfile import read_yaml
+
+# Fields that differ between repeats of one experiment, not between experiments.
+NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
+METRICS = [
+    "best_val_loss",
+    "best_val_acc",
+    "best_val_balanced_acc",
+    "best_val_f1",
+    "final_val_loss",
+    "final_val_acc",
+    "test_loss",
+    "test_acc",
+    "test_balanced_acc",
+    "test_f1",
+    "epochs",
+    "seconds",
+    "trainable_params",
+]
+HEADERS = {
+    "best_val_loss": "best val loss",
+    "best_val_acc": "best val acc",
+    "best_val_balanced_acc": "best val balanced acc",
+    "best_val_f1": "best val macro-F1",
+    "test_loss": "test loss",
+    "test_acc": "test acc",
+    "test_balanced_acc": "test balanced acc",
+    "test_f1": "test macro-F1",
+    "final_val_loss": "final val loss",
+    "final_val_acc": "final val acc",
+    "epochs": "epochs",
+    "seconds": "wall time (s)",
+    "trainable_params": "trainable params (last stage)",
+}
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    variant: str
+    seed: int
+    recipe: dict[str, Any]
+    history: list[dict[str, Any]]
+    # The chosen model's test-split score (history.json's test record); None without a test split.
+    test: dict[str, Any] | None = None
+
+    def metrics(self) -> dict[str, float]:
+        best = min(self.history, key=lambda row: row["val_loss"])
+        test = self.test or {}
+        nan = float("nan")  # a run from before a metric existed, or without a test split
+        return {
+            "best_val_loss": best["val_loss"],
+            "best_val_acc": max(row["val_acc"] for row in self.history),
+            "best_val_balanced_acc": max(row.get("val_balanced_acc", nan) for row in self.history),
+            "best_val_f1": max(row.get("val_f1", nan) for row in self.history),
+            **{f"test_{key}": test.get(key, nan) for key in ("loss", "acc", "balanced_acc", "f1")},
+            "final_val_loss": self.history[-1]["val_loss"],
+            "final_val_acc": self.history[-1]["val_acc"],
+            "epochs": len(self.history),
+            "seconds": sum(row["seconds"] for row in self.history),
+            "trainable_params": self.history[-1].get("trainable_params") or 0,
+        }
+
+
+@dataclass
+class Comparison:
+    records: list[RunRecord]
+    rows: list[dict[str, Any]]  # one per variant: name, runs, seeds, metric -> (mean, std)
+    notes: list[str]
+    failed: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def markdown(self) -> str:
+        header = ["variant", "runs"] + [HEADERS[m] for m in METRICS]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in self.rows:
+            cells = [row["variant"], str(row["runs"])] + [cell(metric, *row[metric]) for metric in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"- {note}" for note in self.notes] + [f"- failed: {item}" for item in self.failed]
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+    @property
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["variant", "runs", "seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+        for row in self.rows:
+            writer.writerow(
+                [row["variant"], row["runs"], " ".join(map(str, row["seeds"]))]
+                + [_number(v) for m in METRICS for v in row[m]]
+            )
+        return buffer.getvalue()
+
+
+def cell(metric: str, mean: float, std: float | None) -> str:
+    if math.isnan(mean):
+        return "-"
+    if metric in ("epochs", "trainable_params"):
+        text = f"{mean:,.0f}"
+    elif metric == "seconds":
+        text = f"{mean:.1f}"
+    else:
+        text = f"{mean:.4f}"
+    if std is not None and metric not in ("epochs", "trainable_params"):
+        text += f" ± {std:.1f}" if metric == "seconds" else f" ± {std:.4f}"
+    return text
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# ----------------------------------------------------------------------------- collecting runs
+
+
+def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | None:
+    history_file, recipe_file = path / HISTORY_JSON, path / RECIPE_FILE
+    if not history_file.is_file() or not recipe_file.is_file():
+        return None
+    records = read_records(history_file)
+    history = epoch_rows(records)
+    return (Recipe.from_yaml(recipe_file).to_dict(), history, find_test_record(records)) if history else None
+
+
+def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
+    """(variant names, seeds) of a sweep folder's sweep file; a damaged one is a one-line error."""
+    spec_file = path / SWEEP_FILE
+    spec = read_yaml(spec_file, "sweep file")
+    try:
+        variants, seeds = [str(v) for v in spec["variants"]], [int(s) for s in spec["seeds"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise HeadstartError(
+            f"{spec_file} is damaged ({type(err).__name__}); it lists a sweep's variants and seeds"
+        ) from None
+    return [safe_component(v, f"{spec_file}: variant") for v in variants], seeds
+
+
+def _label_by_difference(groups: dict[str, list[tuple[Path, dict, list]]]) -> dict[str, str]:
+    """Name each group of identical recipes by the fields in which the groups differ."""
+    flat = {key: flatten(runs[0][1]) for key, runs in groups.items()}
+    keys = sorted({k for f in flat.values() for k in f} - NOT_A_SWITCH)
+    differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1]
+    labels = {}
+    for key, fields in flat.items():
+        shown = [f"{k.removeprefix('stages.')}={fields.get(k)}" for k in differing[:4]]
+        labels[key] = ", ".join(shown) if shown else groups[key][0][0].name
+    return labels
+
+
+def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
+    """Runs from sweep folders and run folders; returns the records and the runs that failed or never finished an epoch."""
+    records: list[RunRecord] = []
+    failed: list[str] = []
+    loose: dict[str, list[tuple[Path, dict, list]]] = {}
+    for given in paths:
+        path = user_path(given)
+        if not path.is_dir():
+            raise HeadstartError(f"not a folder: {path} (give run folders or a sweep folder)")
+        if (path / SWEEP_FILE).is_file():
+            variants, seeds = _read_sweep_spec(path)
+            for variant in variants:
+                for seed in seeds:
+                    run_dir = path / variant / f"seed{seed}"
+                    found, error = _read_run(run_dir), run_dir / ERROR_FILE
+                    if found is None or error.is_file():
+                        reason = error.read_text().strip() if error.is_file() else "not run yet"
+                        failed.append(f"{variant} seed {seed}: {reason}")
+                        continue
+                    records.append(RunRecord(run_dir, variant, seed, *found))
+        else:
+            found = _read_run(path)
+            if found is None:
+                raise HeadstartError(
+                    f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})"
+                )
+            recipe = found[0]
+            key = json.dumps(
+                {k: v for k, v in flatten(recipe).items() if k not in NOT_A_SWITCH}, sort_keys=True, default=str
+            )
+            loose.setdefault(key, []).append((path, *found))
+    labels = _label_by_difference(loose) if loose else {}
+    for key, runs in loose.items():
+        for path, recipe, history, test in runs:
+            records.append(RunRecord(path, labels[key], recipe["run"]["seed"], recipe, history, test))
+    if not records:
+        raise HeadstartError("no finished epochs to compare in " + ", ".join(map(str, paths)))
+    return records, failed
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def _stats(values: list[float]) -> tuple[float, float | None]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
+    by_variant: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_variant.setdefault(record.variant, []).append(record)
+    rows = []
+    for variant, runs in by_variant.items():
+        metrics = [run.metrics() for run in runs]
+        row = {"variant": variant, "runs": len(runs), "seeds": [run.seed for run in runs]}
+        row.update({m: _stats([values[m] for values in metrics]) for m in METRICS})
+        row["samples"] = {m: [values[m] for values in metrics] for m in ("best_val_loss", "final_val_loss")}
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["best_val_loss"][0])
+
+
+def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """For each variant against the best: are its differences in best and final val loss bigger than the seed spread?"""
+    if len(rows) < 2:
+        return []
+    from scipy.stats import ttest_ind
+
+    best = rows[0]
+    notes = [f"reference: {best['variant']} (lowest mean best val loss)"]
+    for row in rows[1:]:
+        parts = []
+        for metric in ("best_val_loss", "final_val_loss"):
+            difference = row[metric][0] - best[metric][0]
+            spreads = [s for s in (row[metric][1], best[metric][1]) if s is not None]
+            text = f"{HEADERS[metric]} {difference:+.4f}"
+            if len(spreads) < 2:
+                text += " (one seed on a side: no spread to judge it by; use --seeds 3)"
+            else:
+                spread = max(spreads)
+                p_value = ttest_ind(row["samples"][metric], best["samples"][metric], equal_var=False).pvalue
+                verdict = (
+                    "smaller than the seed-to-seed spread, not a real difference at these seeds"
+                    if abs(difference) < spread
+                    else "larger than the seed-to-seed spread"
+                )
+                text += f" (spread {spread:.4f}: {verdict}; Welch p = {p_value:.2g})"
+            parts.append(text)
+        notes.append(f"{row['variant']} vs {best['variant']}: " + "; ".join(parts))
+    return notes
+
+
+def compare(paths: list[str | Path], out: str | Path | None = None) -> Comparison:
+    """Compare runs and sweeps; writes comparison.md, .csv and .png to `out` (default: the sweep folder, or runs/)."""
+    from headstart.core.plots import plot_overlay
+
+    records, failed = collect(paths)
+    rows = summarize(records)
+    comparison = Comparison(records, rows, spread_notes(rows), failed)
+    first = user_path(paths[0])
+    folder = user_path(out) if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
+    atomic_write(folder / "comparison.md", comparison.markdown.encode())
+    atomic_write(folder / "comparison.csv", comparison.csv.encode())
+    plot_overlay([(r.variant, r.history) for r in records], folder / "comparison.png")
+    comparison.files = {name: folder / f"comparison.{name}" for name in ("md", "csv", "png")}
+    return comparison

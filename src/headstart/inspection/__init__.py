@@ -1,0 +1,1 @@
+"""headstart inspect: inventory, duplicates, embeddings, label issues, the report page."""

@@ -1,0 +1,250 @@
+"""`headstart inspect`: what is wrong with a data set, found before any training, without changing a file.
+
+    headstart inspect DATA [--out DIR] [--backbone NAME]  ->  DIR/findings.csv, clean.csv, inspect.html
+
+Findings (one row each in findings.csv: kind, path, other, score, then extra columns):
+    unreadable, odd_image      files Pillow cannot read; tiny, huge or extreme-aspect pictures
+    exact_duplicate            the same decoded pixels (`path` is the copy, `other` the one kept)
+    near_duplicate             cosine similarity of embeddings at or above a threshold calibrated
+                               on generated copies (JPEG re-encode, 0.8x resize, 3 % crop)
+    leak                       a duplicate across user-given splits; `path` is the held-out copy
+    conflicting_label          a duplicate filed under another class
+    label_issue                confident learning on out-of-fold probabilities (headstart.inspection.label_issues)
+    outlier                    far from every class in embedding space
+
+Example:
+    >>> result = headstart.inspect("photos/")
+    >>> result.count("leak"), result.out
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.core.hardware import pick_hardware
+from headstart.data.duplicates import (
+    CALIBRATION_QUANTILE,
+    Finding,
+    Item,
+    Looks,
+    Thresholds,
+    calibrated_threshold,
+    degraded_copies,
+    exact_findings,
+    mean_colour,
+    near_findings,
+    signature,
+)
+from headstart.data.images import DataSplit, decode_all, list_images, warn_skipped
+from headstart.inspection.embeddings import Embedder
+from headstart.inspection.inventory import examine_all, file_findings, inventory
+from headstart.inspection.label_issues import out_of_fold_probabilities, outliers, ranked_suspects
+from headstart.inspection.report import InspectResult, sorted_findings, summary, write_outputs
+from headstart.model.build import resolve_preprocessing
+
+log = logging.getLogger(__name__)
+
+# Label suspects whose margin p(suggested) - p(given) reaches this are left out of clean.csv.
+LABEL_MARGIN = 0.5
+CALIBRATION_IMAGES = 64
+
+
+def split_items(split: DataSplit, root: Path) -> list[Item]:
+    """(split, path, label) of every listed image: train, val and, where the listing has one, test.
+
+    A split the user gave (DATA/train + DATA/val, ...) keeps its name; where `list_images` split a
+    plain folder itself, every image is in the one split 'all', so no leak is reported inside it.
+    """
+    parts = {"train": split.train, "val": split.val, "test": list(getattr(split, "test", None) or [])}
+    given = splits_given(parts, root)
+    items = []
+    for name, samples in parts.items():
+        for path, label in samples:
+            items.append(Item(name if given else "all", path, relative_to(path, root), split.classes[label]))
+    return sorted(items, key=lambda item: item.relative)
+
+
+def regular_only(items: list[Item]) -> list[Item]:
+    """The items that are regular files, the others skipped with train's warning: opening a FIFO blocks forever.
+
+    A missing file is kept: it is an `unreadable` finding, as a damaged one is.
+    """
+    kept, skipped = [], []
+    for item in items:
+        special = item.path.exists() and not item.path.is_file()  # both follow symlinks
+        (skipped if special else kept).append(item)
+    warn_skipped([f"{item.path.name} (not a regular file)" for item in skipped])
+    return kept
+
+
+def relative_to(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return os.path.relpath(path, root) if path.is_absolute() == root.is_absolute() else str(path)
+
+
+def splits_given(parts: dict[str, list], root: Path) -> bool:
+    """True when each split lives in its own top folder (train/, val/, test/): the user made it, not a seeded split."""
+    if parts["test"]:
+        return True
+    tops = [{relative_to(path, root).split("/")[0] for path, _ in samples} for samples in parts.values() if samples]
+    return len(tops) > 1 and all(len(t) == 1 for t in tops) and len(set().union(*tops)) == len(tops)
+
+
+def data_root(data: str | None, split: DataSplit) -> Path:
+    if data is not None and Path(data).expanduser().is_dir():
+        return Path(data).expanduser()
+    if data is not None and Path(data).expanduser().is_file():
+        return Path(data).expanduser().parent
+    return Path(os.path.commonpath([str(p) for p, _ in split.train + split.val]))
+
+
+def calibrate(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
+    """The near-duplicate thresholds: 99 % of generated copies of sampled images reach each of them."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(items), size=min(CALIBRATION_IMAGES, len(items)), replace=False)
+    samples = [(items[i].path, 0) for i in sorted(chosen)]
+    pictures, _, _ = decode_all(samples, embedder.short_side, embedder.preprocessing["interpolation"], 2)
+    if not pictures:
+        raise HeadstartError("no readable image to calibrate the near-duplicate threshold on")
+    copies = []
+    for number, picture in enumerate(pictures):
+        copies += degraded_copies(Image.fromarray(picture), seed + number)
+    originals = [signature(Image.fromarray(p)) for p in pictures]
+    per = len(copies) // len(pictures)
+    colour_apart = [
+        np.abs(mean_colour(Image.fromarray(pictures[n // per])) - mean_colour(copy)).max()
+        for n, copy in enumerate(copies)
+    ]
+    return Thresholds(
+        calibrated_threshold(embedder.arrays(pictures), embedder.arrays([np.asarray(c) for c in copies])),
+        calibrated_threshold(np.stack(originals), np.stack([signature(c) for c in copies])),
+        # At least 2 levels: the calibration copies come from already-resized pictures.
+        max(2.0, float(np.quantile(colour_apart, 1 - CALIBRATION_QUANTILE))),
+    )
+
+
+def warn_if_inseparable(pairs: int, images: int, thresholds: Thresholds) -> None:
+    # More near-duplicate pairs than images: generated copies differ from their originals as much
+    # as different pictures differ from each other (tiny or look-alike images), so the pairs say little.
+    if pairs > images:
+        log.warning(
+            "%d near-duplicate pairs among %d images: copies of these pictures are no closer than different "
+            "pictures (calibrated embedding cosine %.3f), so near_duplicate rows are unreliable here; "
+            "exact duplicates and leaks by digest are not affected",
+            pairs,
+            images,
+            thresholds.embedding,
+        )
+
+
+def label_findings(items: list[Item], embeddings: np.ndarray, seed: int) -> list[Finding]:
+    """label_issue rows (most suspicious first) and outlier rows."""
+    classes = sorted({item.label for item in items})
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.array([index[item.label] for item in items])
+    found = []
+    if len(classes) >= 2 and np.bincount(labels).min() >= 2:
+        probabilities = out_of_fold_probabilities(embeddings, labels, seed=seed)
+        for row, suggested, confident in ranked_suspects(probabilities, labels):
+            given, other = float(probabilities[row, labels[row]]), float(probabilities[row, suggested])
+            extra = {
+                "label": items[row].label,
+                "suggested": classes[suggested],
+                "p_given": round(given, 4),
+                "p_suggested": round(other, 4),
+                "margin": round(other - given, 4),
+                "confident": confident,
+            }
+            found.append(Finding("label_issue", items[row].relative, "", round(1 - given, 4), extra))
+    for row, z in outliers(embeddings, labels):
+        found.append(Finding("outlier", items[row].relative, "", round(z, 2), {"label": items[row].label}))
+    return found
+
+
+def embedding_recipe(data, backbone: str, weights: str | None, image_size: int | None, batch_size: int, device: str):
+    """The recipe whose head-only stage's cached features are the embeddings: linear head, no augmentation."""
+    from headstart.training.session import resolve
+
+    return resolve(
+        Recipe.from_dict(
+            {
+                "data": {
+                    "path": None if data is None else str(data),
+                    "image_size": image_size,
+                    "augment": "none",
+                    "batch_size": batch_size,
+                },
+                "model": {"backbone": backbone, "weights": weights, "head": {"kind": "linear"}},
+                "run": {"device": device},
+            }
+        )
+    )
+
+
+def inspect(
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    near_threshold: float | None = None,
+    label_margin: float = LABEL_MARGIN,
+    seed: int = 0,
+    quiet: bool = False,
+) -> InspectResult:
+    """Inspect DATA (any layout `train` accepts) and write findings.csv, clean.csv and inspect.html to `out`.
+
+    Args:
+        out: output folder (default runs/<data name>-inspect).
+        near_threshold: cosine similarity for near duplicates; None calibrates it on generated copies.
+        label_margin: label suspects with p(suggested) - p(given) at or above it are left out of clean.csv.
+    """
+    if near_threshold is not None and not 0 < near_threshold <= 1:
+        raise HeadstartError(
+            f"near threshold {near_threshold}: give a cosine similarity in (0, 1], or none to calibrate"
+        )
+    if not 0 <= label_margin <= 1:
+        raise HeadstartError(f"label margin {label_margin}: give a probability margin in [0, 1]")
+    from headstart.training.session import ensure_console
+
+    ensure_console(quiet)
+    recipe = embedding_recipe(data, backbone, weights, image_size, batch_size, device)
+    split = list_images(recipe.data)
+    root = data_root(None if data is None else str(data), split)
+    items = regular_only(split_items(split, root))
+    out = Path(out) if out is not None else Path("runs") / f"{split.name}-inspect"
+    log.info("inspect: %s, %d images in %d classes -> %s", root, len(items), len(split.classes), out)
+
+    facts = examine_all(items)
+    findings = file_findings(items, facts) + exact_findings(items, [f.digest for f in facts])
+    readable = [i for i, f in enumerate(facts) if not f.error]
+    preprocessing = resolve_preprocessing(recipe.data, recipe.model)
+    embedder = Embedder(recipe, preprocessing, pick_hardware(device, "auto", True))
+    embedded, ok = embedder.files([items[i].path for i in readable], quiet=quiet)
+    rows = [readable[k] for k in np.nonzero(ok)[0]]
+    vectors = np.asarray(embedded[np.nonzero(ok)[0]], dtype=np.float32)
+    thresholds = calibrate(embedder, [items[i] for i in rows], seed)
+    if near_threshold is not None:
+        thresholds.embedding = near_threshold
+    picked = [items[i] for i in rows]
+    looks = Looks(np.stack([facts[i].signature for i in rows]), np.stack([facts[i].colour for i in rows]))
+    near = near_findings(picked, vectors, [facts[i].digest for i in rows], looks, thresholds)
+    warn_if_inseparable(sum(f.kind == "near_duplicate" for f in near), len(picked), thresholds)
+    findings += near
+    findings += label_findings(picked, vectors, seed)
+    result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
+    write_outputs(result, items, root, label_margin)
+    log.info("%s", summary(result))
+    return result

@@ -1,0 +1,1 @@
+"""What a task is: its loss, activation, metrics, decisions and calibration."""

@@ -1,0 +1,39 @@
+"""The single-label task: each image is one of N classes.
+
+The only place where the task's rules live: the loss (cross-entropy, optionally class-weighted
+and label-smoothed), the output activation (softmax, after dividing by a fitted temperature) and
+the decision (the class of the highest score). Training, scoring, calibration, prediction and
+inspection ask this object rather than calling torch's functions themselves, so another task
+(several labels per image, say) is another object with the same methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SingleLabel:
+    name = "single-label"
+
+    def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> nn.Module:
+        """The training criterion; it also takes soft targets (Mixup/CutMix) as rows of probabilities."""
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+    def nll(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the true labels: what calibration minimises."""
+        return F.cross_entropy(logits, labels)
+
+    def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Class probabilities per row, the logits divided by `temperature` first when one was fitted."""
+        logits = logits.float()
+        return (logits / temperature if temperature else logits).softmax(1)
+
+    def decide(self, scores: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """The predicted class of each row of logits or probabilities (a tensor or an array)."""
+        return scores.argmax(1) if isinstance(scores, torch.Tensor) else np.asarray(scores).argmax(axis=1)
+
+
+SINGLE_LABEL = SingleLabel()

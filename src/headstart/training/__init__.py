@@ -1,0 +1,1 @@
+"""prepare() -> Session, the trainer over stages, the loop, the feature cache, optimizers, resume, lr_find."""
