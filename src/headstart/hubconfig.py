@@ -67,6 +67,8 @@ class HeadstartBlock(BaseModel):
 
 
 class HubConfig(BaseModel):
+    """config.json: timm's fields (architecture, num_classes, label_names, pretrained_cfg, model_args) + headstart's."""
+
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     architecture: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
     num_classes: Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)]
