@@ -206,3 +206,30 @@ def test_the_unharmed_folders_still_load(hub_folders):
     for folder in hub_folders.values():
         predictor = headstart.load(folder, device="cpu")
         assert predictor.classes == ["blue", "green", "red"] and predictor.temperature is not None
+
+
+# ----------------------------------------------------------------------------- 9: what a Hub folder tells others
+
+
+def test_a_hub_folder_names_no_local_path(tmp_path, capsys):
+    import timm
+    from safetensors.torch import save_file
+
+    home = tmp_path / "home" / "alice"
+    data = write_images(home / "photos", CLASS_COLOURS, per_class=4, size=32)
+    weights = home / "weights.safetensors"
+    save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(weights))
+    model = {"backbone": "test_resnet", "weights": f"file:{weights}", "backbone_args": {}}
+    recipe = tiny_recipe(data, home / "runs", data={"image_size": 32}, model=model)
+    recipe["stages"] = [{"name": "all", "epochs": 1, "freeze": "none", "lr": 0.01}]
+    run = headstart.train(recipe, quiet=True).run_dir
+    assert headstart.push(run, "me/colours", dry_run=True).folder == run / "export" / "hub"
+    shutil.move(data, tmp_path / "moved")  # the card's note that the data is gone names no path either
+    absent = headstart.export(run, format="hub", out=tmp_path / "hub-absent")
+    for folder in (run / "export" / "hub", absent):
+        for name in ("README.md", "config.json"):
+            text = (folder / name).read_text()
+            assert str(tmp_path) not in text and str(Path.home()) not in text, (name, text)
+        assert "photos" in (folder / "README.md").read_text()  # the data folder's name is kept
+        assert headstart.load(folder, device="cpu").classes == ["blue", "green", "red"]
+    assert "file:weights.safetensors" in (absent / "config.json").read_text()

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from headstart.card import shareable_recipe
 from headstart.errors import HeadstartError
 from headstart.fileio import writing
 from headstart.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
@@ -91,7 +92,7 @@ def headstart_block(checkpoint: dict[str, Any], layout: str) -> dict[str, Any]:
     block = {
         "format": HUB_FORMAT,
         "layout": layout,
-        "model": checkpoint["recipe"]["model"],
+        "model": shareable_recipe(checkpoint["recipe"])["model"],  # a `file:` weights path by its name only
         "classes": checkpoint["classes"],
         "preprocessing": checkpoint["preprocessing"],
     }
