@@ -97,6 +97,17 @@ AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugmen
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
 
 
+class Preprocessing(BaseModel):
+    """The eval transform an exported model or Hub folder expects; bounded, so a doctored file cannot ask for 100000 px."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    image_size: int = Field(ge=1, le=MAX_IMAGE_SIZE)
+    crop_pct: float = Field(gt=0, le=1)
+    mean: tuple[float, float, float]
+    std: tuple[PositiveStd, PositiveStd, PositiveStd]
+    interpolation: Literal["bilinear", "bicubic", "nearest"]
+
+
 class HeadConfig(_Strict):
     """The new classifier on top of the backbone's feature map.
 

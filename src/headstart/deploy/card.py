@@ -19,6 +19,27 @@ from headstart.core.errors import HeadstartError
 from headstart.core.runs import CONFUSION_FILE, read_test
 
 
+def local_name(value: str) -> str:
+    """A local path as files meant for others write it: the last name only (`/home/alice/photos` -> `photos`)."""
+    return Path(value.rstrip("/\\")).name or value
+
+
+def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as the model card and config.json carry it: the data folder, run folder and `file:` weights by name.
+
+    An absolute path tells whoever downloads the model the trainer's user name and folder layout.
+    """
+    shared = json.loads(json.dumps(recipe))  # a deep copy, plain JSON types
+    data, model, run = shared.get("data") or {}, shared.get("model") or {}, shared.get("run") or {}
+    if data.get("path"):
+        data["path"] = local_name(data["path"])
+    if run.get("out_dir"):
+        run["out_dir"] = local_name(run["out_dir"])
+    if str(model.get("weights") or "").startswith("file:"):
+        model["weights"] = "file:" + local_name(model["weights"].removeprefix("file:"))
+    return shared
+
+
 def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: dict, folder: Path) -> list[str]:
     """Class counts per split and, on the validation split, per-class metrics and confusion.png."""
     from headstart.data.images import list_images
@@ -26,8 +47,8 @@ def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoin
 
     try:
         split = list_images(recipe.data)
-    except HeadstartError as err:
-        return [f"The training data was not at hand at export time ({err}): counts and per-class figures omitted.", ""]
+    except HeadstartError:  # its message names the local path
+        return ["The training data was not at hand at export time: counts and per-class figures omitted.", ""]
     if split.classes != classes:
         return ["The data folder's classes changed since training: counts and per-class figures omitted.", ""]
     splits = [("train", split.train), ("val", split.val)] + ([("test", split.test)] if split.test else [])
@@ -131,7 +152,7 @@ def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, 
         "---",
         f"# {name}",
         "",
-        f"`{recipe.model.backbone}` fine-tuned with headstart on `{recipe.data.path or 'digits'}`:"
+        f"`{recipe.model.backbone}` fine-tuned with headstart on `{local_name(recipe.data.path or 'digits')}`:"
         f" {len(classes)} classes ({', '.join(classes)}).",
         "",
         "## Data",
@@ -155,7 +176,7 @@ def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, 
         "## Training recipe",
         "",
         "```yaml",
-        yaml.safe_dump(json.loads(json.dumps(checkpoint["recipe"])), sort_keys=False).strip(),
+        yaml.safe_dump(shareable_recipe(checkpoint["recipe"]), sort_keys=False).strip(),
         "```",
         "",
     ]

@@ -21,12 +21,12 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from headstart.config.recipe import MAX_IMAGE_SIZE, describe_validation_error
+from headstart.config.recipe import Preprocessing, describe_validation_error
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import writing
 from headstart.core.paths import user_path
@@ -138,17 +138,6 @@ def _torchscript(model: torch.nn.Module, example: torch.Tensor, target: Path) ->
     torch.jit.save(traced, str(target))
 
 
-class _Preprocessing(BaseModel):
-    """The eval transform an exported model expects; bounded, so a doctored file cannot ask for 100000 px images."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    image_size: int = Field(ge=1, le=MAX_IMAGE_SIZE)
-    crop_pct: float = Field(gt=0, le=1)
-    mean: tuple[float, float, float]
-    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
-    interpolation: Literal["bilinear", "bicubic", "nearest"]
-
-
 class _Description(BaseModel):
     """The fields of model.onnx.json that prediction relies on (the others are for people and are kept as they are)."""
 
@@ -156,7 +145,7 @@ class _Description(BaseModel):
     format: Literal["headstart-export-1"]
     runtime: Literal["onnx", "export", "torchscript"]
     classes: list[str] = Field(min_length=2, max_length=1_000_000)
-    preprocessing: _Preprocessing
+    preprocessing: Preprocessing
     temperature: float | None = Field(None, ge=0.01, le=100)
 
     @field_validator("classes")

@@ -33,11 +33,12 @@ from headstart.config.recipe import ModelConfig, NoiseAdapter, Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import writing
 from headstart.core.runs import load_checkpoint, resolve_checkpoint
+from headstart.deploy.card import shareable_recipe
+from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
 from headstart.model.build import Classifier, build_model
 
 log = logging.getLogger(__name__)
 
-HUB_FORMAT = "headstart-hub-1"
 LAYOUTS = ("timm", "headstart")
 
 
@@ -91,7 +92,7 @@ def headstart_block(checkpoint: dict[str, Any], layout: str) -> dict[str, Any]:
     block = {
         "format": HUB_FORMAT,
         "layout": layout,
-        "model": checkpoint["recipe"]["model"],
+        "model": shareable_recipe(checkpoint["recipe"])["model"],  # a `file:` weights path by its name only
         "classes": checkpoint["classes"],
         "preprocessing": checkpoint["preprocessing"],
     }
@@ -163,48 +164,33 @@ def write_folder(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise HeadstartError(f"cannot read {folder / 'config.json'}: {err}") from None
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise HeadstartError(f"{folder / 'config.json'} is not a timm Hub config (no 'architecture')")
-    return config
-
-
 def hub_temperature(folder: Path) -> float | None:
     """The fitted temperature a headstart Hub folder carries (None for other timm folders or uncalibrated runs)."""
-    block = read_config(folder).get("headstart")
-    value = block.get("temperature") if isinstance(block, dict) else None
-    return float(value) if isinstance(value, (int, float)) and 0.01 <= value <= 100 else None
+    config = read_hub_config(folder)
+    return None if config.headstart is None else config.headstart.temperature
 
 
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
-    """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one."""
-    config = read_config(folder)
-    block = config.get("headstart")
-    if isinstance(block, dict) and block.get("layout") == "headstart":
-        cfg = ModelConfig.model_validate({**block["model"], "weights": "none"})
-        model = build_model(cfg, len(block["classes"]), block["preprocessing"]["image_size"])
-        try:
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        except (RuntimeError, OSError) as err:
-            raise HeadstartError(f"{folder}: weights do not fit the model in config.json ({str(err)[:200]})") from None
-        return model.eval(), list(block["classes"]), block["preprocessing"]
+    """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one.
+
+    config.json and the weights' header are checked before anything is built (headstart.hubconfig).
+    """
+    config = read_hub_config(folder)
+    check_classifier(folder, config, weight_shapes(folder))
+    layout = config.headstart.layout if config.headstart is not None else "timm"
+    cfg = headstart_model(folder, config) if layout == "headstart" else None
+    # One place for whatever building and loading raise: the checks above leave only a damaged or odd file.
     try:
-        net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    except (RuntimeError, ValueError, OSError) as err:
-        raise HeadstartError(f"timm cannot load {folder}: {str(err).splitlines()[0][:200]}") from None
-    if isinstance(block, dict):
-        return net, list(block["classes"]), block["preprocessing"]
-    data = timm.data.resolve_data_config(model=net)
-    labels = config.get("label_names") or [str(i) for i in range(config.get("num_classes", net.num_classes))]
-    preprocessing = {
-        "image_size": data["input_size"][-1],
-        "mean": data["mean"],
-        "std": data["std"],
-        "interpolation": data["interpolation"],
-        "crop_pct": data["crop_pct"],
-    }
-    return net, list(labels), preprocessing
+        if cfg is not None:
+            model = build_model(cfg, config.num_classes, config.preprocessing["image_size"])
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        else:
+            model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except HeadstartError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever timm or torch raise on weights that passed the checks
+        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise HeadstartError(
+            f"cannot load the Hub folder {folder}: the weights do not fit config.json ({why})"
+        ) from None
+    return model.eval(), config.labels, config.preprocessing
