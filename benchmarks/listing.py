@@ -15,7 +15,8 @@ import tracemalloc
 from pathlib import Path
 
 from headstart.config.recipe import DataConfig
-from headstart.data.images import files_digest, list_images
+from headstart.data.images import files_digest
+from headstart.data.layouts import list_images
 
 
 def main() -> None:

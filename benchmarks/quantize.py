@@ -17,8 +17,8 @@ import torch
 
 import headstart
 from headstart.config.recipe import Recipe
-from headstart.core.runs import load_checkpoint
-from headstart.data.images import list_images
+from headstart.core.checkpoint import load_checkpoint
+from headstart.data.layouts import list_images
 
 
 def throughput(forward, batches: list[torch.Tensor], repeats: int) -> float:
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.run)
-    split = list_images(Recipe.from_dict(checkpoint["recipe"]).data)
+    split = list_images(Recipe.from_dict(checkpoint.recipe).data)
     int8 = headstart.export(args.run, format="onnx", quantize="int8")
     fp32 = int8.with_name("model.onnx")
     runtimes = {

@@ -40,7 +40,7 @@ BATCH = 32
 
 def split_lists(data: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
     from headstart.config.recipe import DataConfig
-    from headstart.data.images import list_images
+    from headstart.data.layouts import list_images
 
     split = list_images(DataConfig(path=data))
     return [(str(p), y) for p, y in split.train], [(str(p), y) for p, y in split.val], split.classes
@@ -66,9 +66,9 @@ def run_headstart(data: str, clock: list) -> dict:
 
     real = Trainer.record_epoch
 
-    def timed(self, index, stage, epoch, row, *args):
+    def timed(self, index, row, *args):
         clock.append((time.perf_counter() - START[0], row["val_acc"]))
-        return real(self, index, stage, epoch, row, *args)
+        return real(self, index, row, *args)
 
     Trainer.record_epoch = timed
     with tempfile.TemporaryDirectory() as out:

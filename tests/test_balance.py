@@ -12,7 +12,8 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 import headstart
-from headstart.core.runs import load_checkpoint, read_history, read_test
+from headstart.core.checkpoint import load_checkpoint
+from headstart.core.runs import read_history, read_test
 from headstart.data.balance import choose_balance, class_weights, sample_weights
 from headstart.data.batches import GlobalBatches
 from headstart.tasks.metrics import confusion, scores
@@ -98,8 +99,8 @@ def test_test_split_never_changes_best_pt(tmp_path, split_folder):
     write_images(split_folder / "test", {"red": (200, 40, 40), "blue": (40, 60, 200)}, per_class=5, seed=9)
     with_test = headstart.train(tiny_recipe(split_folder, tmp_path / "runs", run={"name": "with"}), quiet=True)
     a, b = (load_checkpoint(r.run_dir) for r in (without, with_test))
-    assert (a["stage"], a["epoch"]) == (b["stage"], b["epoch"])
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (a.stage, a.epoch) == (b.stage, b.epoch)
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     untimed = [
         [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(r.run_dir)]
         for r in (without, with_test)
@@ -107,7 +108,7 @@ def test_test_split_never_changes_best_pt(tmp_path, split_folder):
     assert untimed[0] == untimed[1] and read_history(with_test.run_dir) == with_test.history
     test = read_test(with_test.run_dir)
     assert test == with_test.test and test["images"] == 10 and read_test(without.run_dir) is None
-    assert test["model"] == f"{b['stage']} epoch {b['epoch']}"
+    assert test["model"] == f"{b.stage} epoch {b.epoch}"
     records = json.loads((with_test.run_dir / "history.json").read_text())
     assert records[-1]["record"] == "test" and len(records) == len(with_test.history) + 1
     assert "test (10 images" in (with_test.run_dir / "summary.txt").read_text()
@@ -119,6 +120,6 @@ def test_monitor_chooses_best_pt(tmp_path, colour_folder):
     history = result.history
     expected = max(range(len(history)), key=lambda i: (history[i]["val_f1"], -i))
     saved = load_checkpoint(result.run_dir)
-    assert (saved["stage"], saved["epoch"]) == (history[expected]["stage"], history[expected]["epoch"])
+    assert (saved.stage, saved.epoch) == (history[expected]["stage"], history[expected]["epoch"])
     assert result.best is history[expected]
     assert all({"val_balanced_acc", "val_f1"} <= set(row) for row in history)

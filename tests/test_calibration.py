@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import headstart
 from headstart.cli import main
-from headstart.core.runs import load_checkpoint
+from headstart.core.checkpoint import load_checkpoint
 from headstart.tasks.calibration import calibrate, expected_calibration_error, fit_temperature
 from tests.conftest import tiny_recipe
 
@@ -51,8 +51,8 @@ def calibrated_run(tmp_path_factory):
 def test_training_stores_the_temperature_plot_and_summary_line(calibrated_run):
     run_dir, _ = calibrated_run
     best = load_checkpoint(run_dir / "best.pt")
-    assert best["temperature"] > 0 and best["calibration"]["images"] > 0
-    assert best["calibration"]["nll_after"] <= best["calibration"]["nll_before"] + 1e-9
+    assert best.temperature > 0 and best.calibration["images"] > 0
+    assert best.calibration["nll_after"] <= best.calibration["nll_before"] + 1e-9
     assert (run_dir / "reliability.png").stat().st_size > 1000
     assert "calibration: temperature" in (run_dir / "summary.txt").read_text()
     page = headstart.report(run_dir).read_text()
@@ -62,7 +62,7 @@ def test_training_stores_the_temperature_plot_and_summary_line(calibrated_run):
 def test_predict_divides_by_the_temperature_and_keeps_the_argmax(calibrated_run):
     run_dir, folder = calibrated_run
     predictor = headstart.load(run_dir)
-    temperature = load_checkpoint(run_dir / "best.pt")["temperature"]
+    temperature = load_checkpoint(run_dir / "best.pt").temperature
     assert predictor.temperature == temperature
     images = sorted((folder / "red").iterdir())[:4]
     calibrated = predictor.probabilities([headstart.deploy.predictor._open(p) for p in images])
@@ -78,7 +78,7 @@ def test_an_onnx_export_carries_and_applies_the_temperature(calibrated_run, tmp_
     run_dir, folder = calibrated_run
     target = tmp_path / "m.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(target)]) == 0
-    temperature = load_checkpoint(run_dir / "best.pt")["temperature"]
+    temperature = load_checkpoint(run_dir / "best.pt").temperature
     assert json.loads((tmp_path / "m.onnx.json").read_text())["temperature"] == temperature
     exported = headstart.load(target)
     assert exported.temperature == temperature

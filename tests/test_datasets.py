@@ -8,7 +8,7 @@ import pytest
 import headstart
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
-from headstart.data.images import list_images
+from headstart.data.layouts import list_images
 from tests.conftest import CLASS_COLOURS, tiny_recipe
 
 NAMES = list(CLASS_COLOURS)  # red, green, blue

@@ -10,7 +10,7 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.core.runs import load_checkpoint
+from headstart.core.checkpoint import load_checkpoint
 from headstart.deploy.loading import load
 from headstart.model.build import model_from_checkpoint
 from tests.conftest import tiny_recipe

@@ -28,7 +28,8 @@ from headstart.cli import main
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
-from headstart.data.images import list_images, prepare_data
+from headstart.data.images import prepare_data
+from headstart.data.layouts import list_images
 from headstart.deploy.export import sidecar_path
 from headstart.deploy.pt2_safety import check_pt2_archive
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images

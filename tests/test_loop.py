@@ -8,8 +8,8 @@ from torch import nn
 
 import headstart
 from headstart.config.recipe import Recipe, Stage
+from headstart.core.checkpoint import load_checkpoint
 from headstart.core.hardware import pick_hardware
-from headstart.core.runs import load_checkpoint
 from headstart.training.loop import Loop, SoftTargets, weight_average
 from headstart.training.optim import Schedule
 from tests.conftest import tiny_recipe
@@ -41,7 +41,7 @@ def test_epochs_auto_stops_at_the_patience_restores_the_best_and_the_next_stage_
     assert still["val_loss"] == pytest.approx(head[first_best]["val_loss"], rel=1e-5)
     assert still["val_loss"] != pytest.approx(head[-1]["val_loss"], rel=1e-5)
     best = load_checkpoint(result.run_dir / "best.pt")
-    assert (best["stage"], best["epoch"]) == ("head", first_best + 1)
+    assert (best.stage, best.epoch) == ("head", first_best + 1)
 
 
 def test_a_stage_without_early_stop_keeps_its_last_weights(colour_folder, tmp_path):
@@ -63,7 +63,7 @@ def test_ema_weights_are_scored_saved_and_differ_from_the_raw_ones(colour_folder
     result = headstart.train(recipe, quiet=True)
     for name in ("best.pt", "last.pt"):
         checkpoint = load_checkpoint(result.run_dir / name)
-        ema, raw = checkpoint["model"], checkpoint["raw_model"]
+        ema, raw = checkpoint.model, checkpoint.raw_model
         assert ema.keys() == raw.keys()
         assert any(not torch.equal(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
 

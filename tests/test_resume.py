@@ -14,7 +14,7 @@ import yaml
 import headstart
 from headstart.cli import main
 from headstart.config.recipe import ModelConfig
-from headstart.core.runs import load_checkpoint
+from headstart.core.checkpoint import load_checkpoint
 from headstart.model.build import build_model
 from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
@@ -129,8 +129,8 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
                 assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
             else:
                 assert got[key] == value, key
-    assert load_checkpoint(run_dir / "last.pt")["resume"]["epochs_done"] == len(reference.history)
-    assert load_checkpoint(run_dir)["val_loss"] == pytest.approx(reference.best["val_loss"], rel=1e-6)
+    assert load_checkpoint(run_dir / "last.pt").resume.epochs_done == len(reference.history)
+    assert load_checkpoint(run_dir).val_loss == pytest.approx(reference.best["val_loss"], rel=1e-6)
     assert len((run_dir / "history.csv").read_text().splitlines()) == len(reference.history) + 1
 
     # Resuming a finished run changes nothing.

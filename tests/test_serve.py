@@ -19,7 +19,7 @@ from PIL import Image
 
 import headstart
 from headstart.cli import main
-from headstart.core.runs import load_checkpoint
+from headstart.core.checkpoint import load_checkpoint
 from headstart.deploy.server import create_app, listening_socket
 from tests.conftest import browser, tiny_recipe
 
@@ -108,7 +108,7 @@ def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsy
         metadata = client.get("/metadata").json()
         assert metadata["classes"] == ["blue", "green", "red"] and metadata["preprocessing"]["image_size"] == 16
         # Training fitted a temperature; /metadata reports the one the predictions use.
-        assert metadata["calibration"]["temperature"] == load_checkpoint(run_dir / "best.pt")["temperature"]
+        assert metadata["calibration"]["temperature"] == load_checkpoint(run_dir / "best.pt").temperature
 
 
 def test_oversized_upload_is_413_and_pixel_limit_holds(run):

@@ -111,13 +111,12 @@ def test_a_run_that_failed_before_and_succeeds_now_is_compared(colour_folder, tm
     first = headstart.sweep(recipe, vary={"all.lr": [0.01, 0.02]}, name="retry", quiet=True)
     run_dir = first.runs["all.lr-0.02"][0]
     # As if it had failed in its last epoch: a resumable last.pt one epoch short, and the error recorded.
-    import torch
+    from headstart.core.checkpoint import load_checkpoint
 
-    checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    checkpoint["resume"].update(
-        epoch=checkpoint["resume"]["epoch"] - 1, epochs_done=checkpoint["resume"]["epochs_done"] - 1
-    )
-    torch.save(checkpoint, run_dir / "last.pt")
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    checkpoint.resume.epoch -= 1
+    checkpoint.resume.epochs_done -= 1
+    checkpoint.save(run_dir / "last.pt")
     (run_dir / "error.txt").write_text("loss became nan\n")
     assert [row["runs"] for row in compare([first.path]).rows] == [1]
     again = headstart.sweep(recipe, vary={"all.lr": [0.01, 0.02]}, name="retry", quiet=True)

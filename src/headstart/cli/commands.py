@@ -192,7 +192,7 @@ def write_predictions_csv(target: Path, paths: list[Path], predictions: list[lis
     import csv
     import io
 
-    from headstart.core.runs import atomic_write
+    from headstart.core.fileio import atomic_write
 
     k = max((len(top) for top in predictions), default=1)
     header = ["image", "label", "probability"] + [
@@ -249,8 +249,8 @@ MAX_CLASSES = 100_000  # a head this wide on a 1280-channel backbone already hol
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from headstart.core.runs import load_checkpoint
-    from headstart.data.images import list_images
+    from headstart.core.checkpoint import load_checkpoint
+    from headstart.data.layouts import list_images
     from headstart.experiments.sweep import is_sweep_file, read_sweep_file
     from headstart.model.build import build_model, resolve_preprocessing
     from headstart.model.freeze import plan_stages
@@ -266,7 +266,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         recipe, classes = Recipe.from_yaml(target), args.classes
     else:
         checkpoint = load_checkpoint(target)
-        recipe, classes = Recipe.from_dict(checkpoint["recipe"]), len(checkpoint["classes"])
+        recipe, classes = Recipe.from_dict(checkpoint.recipe), len(checkpoint.classes)
     if classes is None:
         try:
             classes = len(list_images(recipe.data).classes)

@@ -83,7 +83,7 @@ def unwrap(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def describe(annotation: Any) -> tuple[type | None, tuple | None]:
+def type_and_choices(annotation: Any) -> tuple[type | None, tuple | None]:
     """(argparse type, choices) for a field's annotation; (None, None) for what a flag cannot spell."""
     annotation, _ = unwrap(annotation)
     origin = typing.get_origin(annotation)
@@ -102,7 +102,7 @@ def section_flags() -> list[Flag]:
     flags = []
     for section, model in SECTIONS.items():
         for name, info in model.model_fields.items():
-            kind, choices = describe(info.annotation)
+            kind, choices = type_and_choices(info.annotation)
             if (section, name) in SKIPPED or kind is None:
                 continue
             flag = RENAMED.get((section, name), name.replace("_", "-"))
@@ -118,10 +118,10 @@ def stage_flags() -> list[Flag]:
         inner, _ = unwrap(info.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             for sub, sub_info in inner.model_fields.items():
-                choices = describe(sub_info.annotation)[1]
+                choices = type_and_choices(sub_info.annotation)[1]
                 flags.append(Flag("stage", (name, sub), f"{name}-{sub}".replace("_", "-"), choices, str, None))
             continue
-        choices = describe(info.annotation)[1]
+        choices = type_and_choices(info.annotation)[1]
         flags.append(Flag("stage", (name,), RENAMED.get(("stage", name), name.replace("_", "-")), choices, str, None))
     return flags
 

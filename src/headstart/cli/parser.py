@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         # A write this command has no guard for (a tracker's files, say) on a full or read-only disk.
         if err.errno not in WRITE_ERRNOS:
             raise
-        from headstart.core.fileio import describe
+        from headstart.core.fileio import describe_os_error
 
-        print(f"headstart: error: {one_line(describe(err, err.filename or 'a file'))}", file=sys.stderr)
+        print(f"headstart: error: {one_line(describe_os_error(err, err.filename or 'a file'))}", file=sys.stderr)
         return 2
     finally:
         log.removeHandler(handler)

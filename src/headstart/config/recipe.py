@@ -26,10 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.yamlfile import read_yaml
 
-BN_MODES = ("frozen", "affine", "train")
-HEAD_KINDS = ("linear", "gap-dense", "flatten-dense")
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "onecycle")
 MAX_SEED = 2**32 - 1
 MAX_HIDDEN = 1 << 16
 # Larger inputs only multiply memory (a decoded 100000 px image is 30 GB); no pretrained backbone wants them.

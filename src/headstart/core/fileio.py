@@ -33,7 +33,7 @@ _ADVICE_HINT = {
 }
 
 
-def describe(err: OSError, path: str | Path, what: str = "out") -> str:
+def describe_os_error(err: OSError, path: str | Path, what: str = "out") -> str:
     """One line: which path could not be written, why (the OS's words) and what to do."""
     reason = (err.strerror or type(err).__name__).lower()
     advice = _ADVICE.get(err.errno, "check the folder exists and is writable")
@@ -52,7 +52,7 @@ def writing(path: str | Path, what: str = "out") -> Iterator[None]:
     except HeadstartError:
         raise
     except OSError as err:
-        raise HeadstartError(describe(err, path, what)) from None
+        raise HeadstartError(describe_os_error(err, path, what)) from None
 
 
 def _file_mode() -> int:

@@ -24,8 +24,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write, writing
 from headstart.core.paths import safe_component, user_path
@@ -45,8 +43,7 @@ HISTORY_FIELDS = [
     "trainable_params",
     "stop",  # on a stage's last row: why it ended (its epochs ran, or early stopping and what was restored)
 ]
-CHECKPOINT_FORMAT = "headstart-checkpoint-1"
-# The run folder's files by name: every other module asks for them here.
+# The run folder's files by name: every other module asks for them here (checkpoints: core.checkpoint).
 RECIPE_FILE = "recipe.yaml"
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
@@ -72,12 +69,6 @@ RUN_FILES = frozenset(
         ERROR_FILE,
     }
 )
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
 
 
 class RunFolder:
@@ -134,9 +125,10 @@ class RunFolder:
         self.test = {"record": "test", **record}
         self.write_history_json()
 
-    def save_checkpoint(self, filename: str, payload: dict[str, Any]) -> None:
+    def save_checkpoint(self, filename: str, checkpoint) -> None:
+        """Write a core.checkpoint.Checkpoint into the folder (atomically), on the process that writes."""
         if self.writes:
-            atomic_save(dict(payload, format=CHECKPOINT_FORMAT), self.path / filename)
+            checkpoint.save(self.path / filename)
 
 
 # Fields every history row must hold as numbers for compare, report and resume to read it.
@@ -195,16 +187,3 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     if not path.is_file():
         raise HeadstartError(f"no checkpoint at {path} (give a run folder with best.pt, or a .pt file)")
     return path
-
-
-def load_checkpoint(run_or_checkpoint: str | Path) -> dict[str, Any]:
-    """Read a headstart checkpoint safely (weights_only=True: a pickle that would run code is refused)."""
-    path = resolve_checkpoint(run_or_checkpoint)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable or unsafe files are the same user error
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise HeadstartError(f"cannot load checkpoint {path}: {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise HeadstartError(f"{path} is not a headstart checkpoint")
-    return payload

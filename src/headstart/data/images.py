@@ -26,15 +26,10 @@ from torch.utils.data import Dataset
 
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
-
-# Listing lives in headstart.layouts; list_class_folders, regular_files and stratified_split stay importable from here.
-from headstart.data.layouts import (  # noqa: F401
+from headstart.data.layouts import (
     DataSplit,
     Sample,
-    list_class_folders,
     list_images,
-    regular_files,
-    stratified_split,
 )
 
 log = logging.getLogger(__name__)

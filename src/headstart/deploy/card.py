@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.runs import CONFUSION_FILE, read_test
 
@@ -40,9 +41,11 @@ def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return shared
 
 
-def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: dict, folder: Path) -> list[str]:
+def data_section(
+    recipe: Recipe, classes: list[str], model: nn.Module, checkpoint: Checkpoint, folder: Path
+) -> list[str]:
     """Class counts per split and, on the validation split, per-class metrics and confusion.png."""
-    from headstart.data.images import list_images
+    from headstart.data.layouts import list_images
     from headstart.deploy.predictor import Predictor
 
     try:
@@ -58,7 +61,7 @@ def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoin
             counts[classes[label]][column] += 1
     lines = ["| class | " + " | ".join(f"{name} images" for name, _ in splits) + " |", "|---" * (len(splits) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in counts.items()]
-    evaluation = Predictor(model, classes, checkpoint["preprocessing"]).evaluate_samples(
+    evaluation = Predictor(model, classes, checkpoint.preprocessing).evaluate_samples(
         split.val, confusion_png=folder / CONFUSION_FILE, where="the run's validation split"
     )
     lines += [
@@ -66,7 +69,7 @@ def data_section(recipe: Recipe, classes: list[str], model: nn.Module, checkpoin
         "## Validation",
         "",
         f"Accuracy **{evaluation.accuracy:.4f}** on the {evaluation.count} validation images "
-        f"(best checkpoint: stage `{checkpoint['stage']}`, epoch {checkpoint['epoch']}, val loss {checkpoint['val_loss']:.4f}).",
+        f"(best checkpoint: stage `{checkpoint.stage}`, epoch {checkpoint.epoch}, val loss {checkpoint.val_loss:.4f}).",
         "",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -106,7 +109,7 @@ def loading_section(layout: str, backbone: str) -> list[str]:
     ]
 
 
-def scores_section(checkpoint: dict[str, Any], checkpoint_path: Path) -> list[str]:
+def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
     """The test split's score (when the run had one) and the calibration (when the checkpoint has a temperature)."""
     lines = []
     test = read_test(checkpoint_path.parent)
@@ -119,8 +122,8 @@ def scores_section(checkpoint: dict[str, Any], checkpoint_path: Path) -> list[st
             f"loss {test['loss']:.4f}.",
             "",
         ]
-    if checkpoint.get("temperature") is not None:
-        found = checkpoint.get("calibration") or {}
+    if checkpoint.temperature is not None:
+        found = checkpoint.calibration or {}
         ece = (
             f" Expected calibration error on the val split: {found['ece_before']:.3f} before, {found['ece_after']:.3f} after."
             if "ece_after" in found
@@ -129,17 +132,17 @@ def scores_section(checkpoint: dict[str, Any], checkpoint_path: Path) -> list[st
         lines += [
             "## Calibration",
             "",
-            f"Temperature scaling: divide the logits by {checkpoint['temperature']:.4f}.{ece}",
+            f"Temperature scaling: divide the logits by {checkpoint.temperature:.4f}.{ece}",
             "",
         ]
     return lines
 
 
-def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, layout: str, model: nn.Module) -> Path:
+def write_card(folder: Path, checkpoint: Checkpoint, checkpoint_path: Path, layout: str, model: nn.Module) -> Path:
     """Write folder/README.md (and folder/confusion.png when the validation data is at hand)."""
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
-    classes = checkpoint["classes"]
-    pre = checkpoint["preprocessing"]
+    recipe = Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe")
+    classes = checkpoint.classes
+    pre = checkpoint.preprocessing
     name = checkpoint_path.parent.name
     front = {
         "library_name": "timm" if layout == "timm" else "headstart",
@@ -176,7 +179,7 @@ def write_card(folder: Path, checkpoint: dict[str, Any], checkpoint_path: Path, 
         "## Training recipe",
         "",
         "```yaml",
-        yaml.safe_dump(shareable_recipe(checkpoint["recipe"]), sort_keys=False).strip(),
+        yaml.safe_dump(shareable_recipe(checkpoint.recipe), sort_keys=False).strip(),
         "```",
         "",
     ]

@@ -27,10 +27,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headstart.config.recipe import Preprocessing, describe_validation_error
+from headstart.core.checkpoint import load_checkpoint
 from headstart.core.errors import HeadstartError
-from headstart.core.fileio import writing
+from headstart.core.fileio import atomic_write, writing
 from headstart.core.paths import user_path
-from headstart.core.runs import atomic_write, load_checkpoint, resolve_checkpoint
+from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.pt2_safety import check_pt2_archive
 from headstart.model.build import model_from_checkpoint
 
@@ -64,7 +65,7 @@ def export(
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
-    size = checkpoint["preprocessing"]["image_size"]
+    size = checkpoint.preprocessing["image_size"]
     example = torch.zeros(2, 3, size, size)
     target = user_path(out) if out else checkpoint_path.parent / "export" / FORMATS[format]
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
@@ -86,16 +87,16 @@ def export(
     sidecar = {
         "format": SIDECAR_FORMAT,
         "runtime": format,
-        "classes": checkpoint["classes"],
-        "preprocessing": checkpoint["preprocessing"],
+        "classes": checkpoint.classes,
+        "preprocessing": checkpoint.preprocessing,
         "input": f"image: float32 [N, 3, {size}, {size}], resized, centre-cropped and normalised with mean/std as in preprocessing",
-        "output": f"logits: float32 [N, {len(checkpoint['classes'])}]",
-        "backbone": checkpoint["recipe"]["model"]["backbone"],
+        "output": f"logits: float32 [N, {len(checkpoint.classes)}]",
+        "backbone": checkpoint.recipe["model"]["backbone"],
         "checkpoint": str(checkpoint_path),
-        "val_acc": checkpoint["val_acc"],
+        "val_acc": checkpoint.val_acc,
     }
-    if checkpoint.get("temperature") is not None:  # predictions divide the logits by it (headstart.tasks.calibration)
-        sidecar["temperature"] = checkpoint["temperature"]
+    if checkpoint.temperature is not None:  # predictions divide the logits by it (headstart.tasks.calibration)
+        sidecar["temperature"] = checkpoint.temperature
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
     if quantize is not None:

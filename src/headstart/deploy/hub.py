@@ -30,16 +30,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from headstart.config.recipe import ModelConfig, NoiseAdapter, Recipe
+from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import writing
-from headstart.core.runs import load_checkpoint, resolve_checkpoint
+from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.card import shareable_recipe
 from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
 from headstart.model.build import Classifier, build_model
 
 log = logging.getLogger(__name__)
-
-LAYOUTS = ("timm", "headstart")
 
 
 def is_hub_folder(path: Path) -> bool:
@@ -88,25 +87,25 @@ def timm_data_config(preprocessing: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def headstart_block(checkpoint: dict[str, Any], layout: str) -> dict[str, Any]:
+def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
     block = {
         "format": HUB_FORMAT,
         "layout": layout,
-        "model": shareable_recipe(checkpoint["recipe"])["model"],  # a `file:` weights path by its name only
-        "classes": checkpoint["classes"],
-        "preprocessing": checkpoint["preprocessing"],
+        "model": shareable_recipe(checkpoint.recipe)["model"],  # a `file:` weights path by its name only
+        "classes": checkpoint.classes,
+        "preprocessing": checkpoint.preprocessing,
     }
-    if checkpoint.get("temperature") is not None:  # calibration, when the run has one
-        block["temperature"] = checkpoint["temperature"]
+    if checkpoint.temperature is not None:  # calibration, when the run has one
+        block["temperature"] = checkpoint.temperature
     return block
 
 
-def write_headstart_layout(model: Classifier, checkpoint: dict[str, Any], folder: Path) -> None:
+def write_headstart_layout(model: Classifier, checkpoint: Checkpoint, folder: Path) -> None:
     """headstart's state dict, and a config.json with timm's fields so Hub pages and tools still read it."""
-    classes = checkpoint["classes"]
-    data = timm_data_config(checkpoint["preprocessing"])
+    classes = checkpoint.classes
+    data = timm_data_config(checkpoint.preprocessing)
     config = {
-        "architecture": checkpoint["recipe"]["model"]["backbone"],
+        "architecture": checkpoint.recipe["model"]["backbone"],
         "num_classes": len(classes),
         "label_names": classes,
         "pretrained_cfg": {**data, "num_classes": len(classes)},
@@ -124,25 +123,25 @@ def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> 
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
-    cfg = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe").model
-    classes = checkpoint["classes"]
+    cfg = Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe").model
+    classes = checkpoint.classes
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / "hub"
     if target.exists() and not (target.is_dir() and (is_hub_folder(target) or not any(target.iterdir()))):
         raise HeadstartError(f"{target} exists and is not an empty folder or a hub export; give another --out")
     with writing(target):
-        net = timm_equivalent(model, cfg, len(classes), checkpoint["preprocessing"]["image_size"])
+        net = timm_equivalent(model, cfg, len(classes), checkpoint.preprocessing["image_size"])
         write_folder(target, net, model, checkpoint, checkpoint_path)
     log.info("exported %s for the Hub (%s loads it)", target, "timm" if net is not None else "headstart")
     return target
 
 
 def write_folder(
-    target: Path, net: nn.Module | None, model: Classifier, checkpoint: dict, checkpoint_path: Path
+    target: Path, net: nn.Module | None, model: Classifier, checkpoint: Checkpoint, checkpoint_path: Path
 ) -> None:
     """Built in a temporary sibling and swapped in, so a failed export never leaves half a folder."""
     from headstart.deploy.card import write_card
 
-    classes = checkpoint["classes"]
+    classes = checkpoint.classes
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -152,7 +151,7 @@ def write_folder(
                 str(staging),
                 model_config={"label_names": classes, "headstart": headstart_block(checkpoint, "timm")},
                 safe_serialization=True,
-                data_config=timm_data_config(checkpoint["preprocessing"]),
+                data_config=timm_data_config(checkpoint.preprocessing),
             )
         else:
             write_headstart_layout(model, checkpoint, staging)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from headstart.core.checkpoint import load_checkpoint
 from headstart.core.paths import user_path
-from headstart.core.runs import BEST_FILE, load_checkpoint
+from headstart.core.runs import BEST_FILE
 from headstart.deploy.export import load_exported, sidecar_path
 from headstart.deploy.hub import hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
@@ -15,12 +16,8 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
     """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
     path = user_path(source)
     if is_hub_folder(path) and not (path / BEST_FILE).is_file():
-        predictor = Predictor.from_module(*load_hub(path), device=device)
-        predictor.temperature = hub_temperature(path)
-        return predictor
+        return Predictor.from_module(*load_hub(path), device=device, temperature=hub_temperature(path))
     if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
-        predictor = Predictor(forward, info["classes"], info["preprocessing"])
-        predictor.temperature = info.get("temperature")
-        return predictor
+        return Predictor(forward, info["classes"], info["preprocessing"], temperature=info.get("temperature"))
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

@@ -21,12 +21,14 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from headstart.config.recipe import DataConfig
+from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.core.paths import user_path
 from headstart.core.plots import plot_confusion
 from headstart.data.holdout import held_out, overlap_note, same_source
-from headstart.data.images import build_transforms, decode_all, list_class_folders, open_image, short_side_for, to_rgb
+from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
+from headstart.data.layouts import list_class_folders
 from headstart.tasks.single_label import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -120,35 +122,41 @@ class Predictor:
         classes: list[str],
         preprocessing: dict,
         to_input: Callable | None = None,
+        temperature: float | None = None,
+        recipe: dict[str, Any] | None = None,
     ):
         self.forward = forward
         self.classes = list(classes)
         self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
         self.to_input = to_input or (lambda batch: batch)
         # Fitted on the val split after training (headstart.tasks.calibration); None: probabilities as the logits give them.
-        self.temperature: float | None = None
+        self.temperature = temperature
         _, self.transform = build_transforms(self.preprocessing, "none")
         # The training recipe (checkpoints only): evaluate keeps the run's training images out of its score.
-        self.recipe: dict[str, Any] | None = None
+        self.recipe = recipe
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str = "auto") -> Predictor:
         from headstart.model.build import model_from_checkpoint
 
-        predictor = cls.from_module(
-            model_from_checkpoint(checkpoint), checkpoint["classes"], checkpoint["preprocessing"], device
+        model = model_from_checkpoint(checkpoint)
+        return cls.from_module(
+            model, checkpoint.classes, checkpoint.preprocessing, device, checkpoint.temperature, checkpoint.recipe
         )
-        predictor.recipe = checkpoint.get("recipe")
-        predictor.temperature = checkpoint.get("temperature")
-        return predictor
 
     @classmethod
     def from_module(
-        cls, model: torch.nn.Module, classes: list[str], preprocessing: dict, device: str = "auto"
+        cls,
+        model: torch.nn.Module,
+        classes: list[str],
+        preprocessing: dict,
+        device: str = "auto",
+        temperature: float | None = None,
+        recipe: dict[str, Any] | None = None,
     ) -> Predictor:
         hw = pick_hardware(device, "fp32", channels_last=False)
         model.to(hw.device)
-        return cls(model, classes, preprocessing, hw.to_input)
+        return cls(model, classes, preprocessing, hw.to_input, temperature, recipe)
 
     def to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from logits, divided by the fitted temperature first when the model has one."""

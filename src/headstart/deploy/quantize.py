@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write, writing
 
@@ -30,18 +31,19 @@ CALIBRATION_BATCH = 16
 MAX_CALIBRATION_IMAGES = 512  # ranges settle long before this; more only costs time
 
 
-def calibration_batches(checkpoint: dict[str, Any]) -> list[np.ndarray]:
+def calibration_batches(checkpoint: Checkpoint) -> list[np.ndarray]:
     """The run's validation images, eval-transformed, as float32 batches [B, 3, S, S]."""
-    from headstart.data.images import build_transforms, decode_all, list_images, short_side_for
+    from headstart.data.images import build_transforms, decode_all, short_side_for
+    from headstart.data.layouts import list_images
 
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    recipe = Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe")
     try:
         split = list_images(recipe.data)
     except HeadstartError as err:
         raise HeadstartError(f"int8 calibration needs the run's validation images: {err}") from None
-    if split.classes != checkpoint["classes"]:
+    if split.classes != checkpoint.classes:
         raise HeadstartError("int8 calibration: the data folder's classes changed since training")
-    pre = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["preprocessing"].items()}
+    pre = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint.preprocessing.items()}
     arrays, _, _ = decode_all(
         split.val[:MAX_CALIBRATION_IMAGES], short_side_for(pre), pre["interpolation"], os.cpu_count() or 1
     )
@@ -52,7 +54,7 @@ def calibration_batches(checkpoint: dict[str, Any]) -> list[np.ndarray]:
     return [torch.stack(tensors[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(tensors), CALIBRATION_BATCH)]
 
 
-def quantize_onnx(fp32: Path, checkpoint: dict[str, Any], sidecar: dict[str, Any]) -> Path:
+def quantize_onnx(fp32: Path, checkpoint: Checkpoint, sidecar: dict[str, Any]) -> Path:
     """Write model.int8.onnx beside the fp32 file, with its own description; returns its path."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -29,10 +29,11 @@ import torch
 
 from headstart.config.defaults import default_recipe
 from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.hardware import pick_hardware
-from headstart.core.runs import LAST_FILE, load_checkpoint, read_history, read_test
+from headstart.core.runs import LAST_FILE, read_history, read_test
 from headstart.experiments.sweep import sweep
 from headstart.model.build import build_model, resolve_preprocessing
 from headstart.model.weights import installed_packaged_backbones
@@ -79,13 +80,13 @@ def throughput(recipe: Recipe, classes: int, batch: int = 16, batches: int = 3) 
     return batch * batches / (time.perf_counter() - tic), sum(p.numel() for p in model.parameters()), size
 
 
-def run_scores(run_dir: Path, last: dict[str, Any]) -> dict[str, float]:
+def run_scores(run_dir: Path, last: Checkpoint) -> dict[str, float]:
     """A finished probe run's best val scores, test accuracy and stage seconds; `last` is its last.pt."""
     history = read_history(run_dir)
-    best = history[best_index(history, last["recipe"]["run"]["monitor"])]
+    best = history[best_index(history, last.recipe["run"]["monitor"])]
     test = read_test(run_dir) or {}
     # The stages' wall time as the run measured it (feature extraction included, decoding not).
-    seconds = last["resume"]["elapsed"]
+    seconds = last.resume.elapsed if last.resume else 0.0
     return {
         "val acc": best["val_acc"],
         "val balanced acc": best.get("val_balanced_acc", float("nan")),
@@ -122,8 +123,8 @@ def probe(
             continue
         lasts = [load_checkpoint(d / LAST_FILE) for d in finished]  # read once each: they hold optimizer state
         scores = [run_scores(d, last) for d, last in zip(finished, lasts)]
-        backbone_recipe = Recipe.from_dict(lasts[0]["recipe"])
-        speed, params, size = throughput(backbone_recipe, len(lasts[0]["classes"]))
+        backbone_recipe = Recipe.from_dict(lasts[0].recipe)
+        speed, params, size = throughput(backbone_recipe, len(lasts[0].classes))
         row = {"backbone": backbone_recipe.model.backbone, "params": params, "input px": size}
         row.update({key: [s[key] for s in scores] for key in ("val acc", "val balanced acc", "test acc", "train s")})
         row["inference img/s"] = speed

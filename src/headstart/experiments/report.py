@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
 from headstart.core.runs import (
@@ -94,19 +95,19 @@ def model_summary(model, recipe, image_size: int) -> str:
     return summarize(model, recipe.stages, plans, image_size)
 
 
-def validation_section(checkpoint: dict, model, recipe) -> str:
+def validation_section(checkpoint: Checkpoint, model, recipe) -> str:
     """Per-class metrics, confusion matrix and confident mistakes of `model` on the run's own validation split."""
     from headstart.core.plots import plot_confusion
-    from headstart.data.images import list_images
+    from headstart.data.layouts import list_images
     from headstart.deploy.predictor import Predictor
 
     try:
         split = list_images(recipe.data)
     except HeadstartError as err:
         return f"<h2>Validation</h2><p class=note>validation images not at hand ({html.escape(str(err))}): metrics and mistakes omitted</p>"
-    if split.classes != checkpoint["classes"]:
+    if split.classes != checkpoint.classes:
         return "<h2>Validation</h2><p class=note>the data folder's classes changed since training: metrics omitted</p>"
-    predictor = Predictor(model, checkpoint["classes"], checkpoint["preprocessing"])
+    predictor = Predictor(model, checkpoint.classes, checkpoint.preprocessing)
     evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
     buffer = io.BytesIO()
     plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=f"accuracy {evaluation.accuracy:.3f}")
@@ -125,7 +126,7 @@ def validation_section(checkpoint: dict, model, recipe) -> str:
     )
     grid = f'<div class="grid">{figures}</div>' if mistakes else "<p>no mistakes on the validation split</p>"
     return (
-        f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint['stage']))} epoch {checkpoint['epoch']})</h2>"
+        f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint.stage))} epoch {checkpoint.epoch})</h2>"
         f"<p>accuracy {evaluation.accuracy:.4f} on {evaluation.count} images</p>{metrics}"
         f'<h2>Confusion matrix</h2><img class="plot" src="{_png(buffer.getvalue())}" alt="confusion matrix">'
         f"<h2>Most confident mistakes</h2>{grid}"
@@ -134,11 +135,11 @@ def validation_section(checkpoint: dict, model, recipe) -> str:
 
 def calibration_section(run_dir: Path, prefix: str) -> list[str]:
     """ECE before/after the fitted temperature and the reliability plot, when the run was calibrated."""
-    from headstart.core.runs import load_checkpoint
+    from headstart.core.checkpoint import load_checkpoint
 
     if not (run_dir / BEST_FILE).is_file():
         return []
-    values = load_checkpoint(run_dir / BEST_FILE).get("calibration")
+    values = load_checkpoint(run_dir / BEST_FILE).calibration
     if not isinstance(values, dict):
         return []
     from headstart.tasks.calibration import Calibration
@@ -151,7 +152,7 @@ def calibration_section(run_dir: Path, prefix: str) -> list[str]:
 
 def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     from headstart.config.recipe import Recipe
-    from headstart.core.runs import load_checkpoint
+    from headstart.core.checkpoint import load_checkpoint
     from headstart.model.build import model_from_checkpoint
 
     history = read_history(run_dir)
@@ -198,12 +199,12 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
         # One model, rebuilt from the best checkpoint on the CPU, for both the layer table and the validation figures.
         model, recipe = (
             model_from_checkpoint(checkpoint),
-            Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe"),
+            Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe"),
         )
         sections.append(
             f"<h2>Recipe</h2><pre>{html.escape((run_dir / 'recipe.yaml').read_text(errors='replace'))}</pre>"
         )
-        summary = model_summary(model, recipe, checkpoint["preprocessing"]["image_size"])
+        summary = model_summary(model, recipe, checkpoint.preprocessing["image_size"])
         sections.append(f"<h2>Model: trainable (T) and frozen (-) per stage</h2><pre>{html.escape(summary)}</pre>")
         sections.append(validation_section(checkpoint, model, recipe))
     return sections

@@ -36,8 +36,9 @@ from headstart.core.paths import safe_component, user_path
 from headstart.core.runs import ERROR_FILE, LAST_FILE, RUN_FILES, SWEEP_FILE
 from headstart.core.yamlfile import parse, read_yaml
 from headstart.experiments.compare import compare
+from headstart.training.resume import ResumePoint
 from headstart.training.session import ensure_console
-from headstart.training.train import ResumePoint, train
+from headstart.training.train import train
 
 log = logging.getLogger("headstart")
 

@@ -42,7 +42,8 @@ from headstart.data.duplicates import (
     near_findings,
     signature,
 )
-from headstart.data.images import DataSplit, decode_all, list_images, warn_skipped
+from headstart.data.images import decode_all, warn_skipped
+from headstart.data.layouts import DataSplit, list_images
 from headstart.inspection.embeddings import Embedder
 from headstart.inspection.inventory import examine_all, file_findings, inventory
 from headstart.inspection.label_issues import out_of_fold_probabilities, outliers, ranked_suspects
@@ -107,7 +108,7 @@ def data_root(data: str | None, split: DataSplit) -> Path:
     return Path(os.path.commonpath([str(p) for p, _ in split.train + split.val]))
 
 
-def calibrate(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
+def fit_thresholds(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
     """The near-duplicate thresholds: 99 % of generated copies of sampled images reach each of them."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(items), size=min(CALIBRATION_IMAGES, len(items)), replace=False)
@@ -235,7 +236,7 @@ def inspect(
     embedded, ok = embedder.files([items[i].path for i in readable], quiet=quiet)
     rows = [readable[k] for k in np.nonzero(ok)[0]]
     vectors = np.asarray(embedded[np.nonzero(ok)[0]], dtype=np.float32)
-    thresholds = calibrate(embedder, [items[i] for i in rows], seed)
+    thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed)
     if near_threshold is not None:
         thresholds.embedding = near_threshold
     picked = [items[i] for i in rows]

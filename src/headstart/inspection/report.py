@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from headstart.core.runs import atomic_write
+from headstart.core.fileio import atomic_write
 from headstart.data.duplicates import Finding, Item, Thresholds
 
 KINDS = (

@@ -20,6 +20,7 @@ from torch import nn
 
 import headstart.model.scratch  # noqa: F401 - registers headstart_cnn with timm
 from headstart.config.recipe import ConvAdapter, DataConfig, HeadConfig, ModelConfig, NoiseAdapter, ResizeAdapter
+from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.model.weights import default_source, load_backbone_weights
 
@@ -213,15 +214,15 @@ def resolve_preprocessing(data: DataConfig, model: ModelConfig) -> dict[str, Any
     }
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> Classifier:
+def model_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
     """The trained model a checkpoint holds, rebuilt from its recipe without loading pretrained weights, in eval mode."""
     from headstart.config.recipe import Recipe
 
-    recipe = Recipe.from_dict(checkpoint["recipe"], source="checkpoint recipe")
+    recipe = Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe")
     model = build_model(
         recipe.model.model_copy(update={"weights": "none"}),
-        len(checkpoint["classes"]),
-        checkpoint["preprocessing"]["image_size"],
+        len(checkpoint.classes),
+        checkpoint.preprocessing["image_size"],
     )
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.model)
     return model.eval()

@@ -119,7 +119,13 @@ class FeatureCache:
     """
 
     def __init__(
-        self, model: Classifier, data: PreparedData, hw: Hardware, settings: CacheSettings, group: Group = SOLO
+        self,
+        model: Classifier,
+        data: PreparedData,
+        hw: Hardware,
+        settings: CacheSettings,
+        group: Group = SOLO,
+        sample_weights: torch.Tensor | None = None,
     ):
         self.model, self.data, self.hw, self.settings, self.group = model, data, hw, settings, group
         self.dtype = (
@@ -138,11 +144,19 @@ class FeatureCache:
         self._images = {"train_images": files_digest(data.train.samples), "val_images": files_digest(data.val.samples)}
         self.reused = False
         # data.balance: sampler sets per-image drawing weights (headstart.data.balance.sample_weights).
-        self.sample_weights: torch.Tensor | None = None
+        self.sample_weights = sample_weights
 
     @classmethod
-    def for_recipe(cls, model: Classifier, data: PreparedData, hw: Hardware, recipe: Recipe, group: Group = SOLO):
-        return cls(model, data, hw, CacheSettings.of(recipe), group)
+    def for_recipe(
+        cls,
+        model: Classifier,
+        data: PreparedData,
+        hw: Hardware,
+        recipe: Recipe,
+        group: Group = SOLO,
+        sample_weights: torch.Tensor | None = None,
+    ) -> FeatureCache:
+        return cls(model, data, hw, CacheSettings.of(recipe), group, sample_weights)
 
     def use(self, cut: Cut, augment: str | None = None, views: int | None = None) -> None:
         """Serve batches of `cut.prefix`'s outputs from now on (one stage's cut point), computing them if not stored.

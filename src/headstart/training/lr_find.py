@@ -30,13 +30,14 @@ import numpy as np
 
 from headstart.config.defaults import as_recipe
 from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.plots import plot_lr_find
-from headstart.core.runs import RunFolder, load_checkpoint
+from headstart.core.runs import RunFolder
 from headstart.training.optim import Ramp, build_optimizer
 from headstart.training.session import Session, ensure_console, prepare, resolve
-from headstart.training.stages import Trainer
+from headstart.training.stagepath import StageBuilder
 
 log = logging.getLogger("headstart")
 
@@ -116,11 +117,11 @@ def lr_find(
 
 def load_weights(session: Session, weights_from: str | Path) -> None:
     checkpoint = load_checkpoint(weights_from)
-    if checkpoint["classes"] != session.classes:
+    if checkpoint.classes != session.classes:
         raise HeadstartError(
-            f"--from {weights_from}: its classes {checkpoint['classes']} differ from the data's {session.classes}"
+            f"--from {weights_from}: its classes {checkpoint.classes} differ from the data's {session.classes}"
         )
-    session.model.load_state_dict(checkpoint["model"])
+    session.model.load_state_dict(checkpoint.model)
 
 
 def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: int, quiet: bool):
@@ -128,8 +129,8 @@ def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: in
     stage, plan = session.recipe.stages[index], session.plans[index]
     plan.apply(session.model)
     # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
-    trainer = Trainer(session, RunFolder(Path("."), writes=False), quiet)
-    path = trainer.stage_path(index, plan)
+    build = StageBuilder(session)
+    path = build.path(index, plan)
     optimizer = build_optimizer(session.model, stage)
     schedule = Ramp(optimizer, stage.lr, start_lr, end_lr, steps)
     log.info("lr-find: stage '%s', path %s, %d steps from %g to %g", stage.name, path.name, steps, start_lr, end_lr)
@@ -148,9 +149,8 @@ def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: in
         smoothed.append(average[0] / (1 - beta ** len(lrs)))  # bias-corrected, as fastai does
         return len(lrs) > 6 and smoothed[-1] > 4 * min(smoothed)
 
-    loop = trainer.make_loop(stage, path, optimizer, schedule)
-    loop.accumulate = 1  # one LR per batch: the test reads each batch's loss at its own LR
-    loop.on_step = record
+    # One LR per batch (no accumulation): the test reads each batch's loss at its own LR.
+    loop = build.loop(stage, path, optimizer, schedule, accumulate=1, on_step=record)
     for epoch in itertools.count(1):
         path.set_train_mode()
         loop.epoch(path.train_batches(epoch), path.batches_per_epoch, len(lrs), f"lr-find, stage '{stage.name}'")

@@ -1,4 +1,4 @@
-"""What a checkpoint must hold to continue a run exactly: optimizer state by parameter name, schedule, RNGs.
+"""Continuing a run exactly: where it stopped (ResumePoint), optimizer state by parameter name, RNG states.
 
 Optimizer state is stored by parameter *name*, not by position, so it survives a change of
 param groups (a stage that unfreezes more layers starts fresh for those, keeps the rest).
@@ -7,11 +7,56 @@ param groups (a stage that unfreezes more layers starts fresh for those, keeps t
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import Checkpoint, ResumeState, load_checkpoint
+from headstart.core.errors import HeadstartError
+from headstart.core.paths import user_path
+from headstart.core.runs import LAST_FILE, RECIPE_FILE
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted run stopped: its folder, recipe, and last.pt, written after its last finished epoch."""
+
+    run_dir: Path
+    recipe: Recipe
+    checkpoint: Checkpoint
+    state: ResumeState
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> ResumePoint:
+        path = user_path(run_dir)
+        if not (path / RECIPE_FILE).is_file():
+            raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
+        if not (path / LAST_FILE).is_file():
+            raise HeadstartError(
+                f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again"
+            )
+        checkpoint = load_checkpoint(path / LAST_FILE)
+        if checkpoint.resume is None:
+            raise HeadstartError(
+                f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)"
+            )
+        return cls(path, Recipe.from_yaml(path / RECIPE_FILE), checkpoint, checkpoint.resume)
+
+    def stage_done(self, recipe: Recipe) -> bool:
+        """Whether the stage it stopped in had ended: its epochs ran, or (with early_stop) it stopped early."""
+        stage = recipe.stages[self.state.stage_index]
+        ran_all = self.state.epoch >= stage.epoch_budget
+        # Only an early-stopping stage can end before its budget; older checkpoints carry no stage_finished.
+        finished = self.state.stage_finished
+        return (ran_all if finished is None else finished) if stage.early_stop is not None else ran_all
+
+    def finished(self, recipe: Recipe) -> bool:
+        return self.state.stage_index == len(recipe.stages) - 1 and self.stage_done(recipe)
 
 
 def _names_in_order(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str]:

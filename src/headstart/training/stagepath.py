@@ -1,8 +1,8 @@
 """How a stage's batches reach the part it trains: stored outputs of a fixed prefix, or images through the whole model.
 
-`choose_path` takes the cached path wherever everything before the stage's cut is a fixed
-function of the image (headstart.model.cut), else the full model (compiled where the run decided so).
-Functions take the stages.Trainer whose model, data, feature cache and sampler weights they use.
+`StageBuilder.path` takes the cached path wherever everything before the stage's cut is a fixed
+function of the image (headstart.model.cut), else the full model (compiled where the run decided so);
+`StageBuilder.loop` builds the one training loop over it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from headstart.config.recipe import Stage
+from headstart.data.balance import class_weights, sample_weights
 from headstart.data.batches import GlobalBatches, make_loader
 from headstart.data.images import train_view
 from headstart.model.cut import Cut, cache_decision
 from headstart.model.freeze import FreezePlan
-from headstart.training.loop import Batches
+from headstart.tasks.single_label import SINGLE_LABEL
+from headstart.training.features import FeatureCache
+from headstart.training.loop import Batches, Loop, SoftTargets, StepHook
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -70,67 +75,131 @@ class StagePath:
     compile: bool
 
 
-def cached_path(trainer, cut: Cut, stage: Stage, reason: str) -> StagePath:
-    """Train the part after the cut alone, on stored outputs of the fixed part before it."""
-    cache = trainer.feature_cache
-    cache.use(cut, stage_augment(trainer.session, stage), trainer.recipe.data.feature_views)
-    world = trainer.group.world
-    batch = trainer.recipe.data.batch_size
-    return StagePath(
-        name="cached-features",
-        reason=reason,
-        module=cut.suffix,
-        set_train_mode=cut.suffix.train,
-        train_batches=cache.train_batches,
-        val_batches=cache.val_batches,
-        batches_per_epoch=len(GlobalBatches(len(trainer.data.train), batch, 0, True, 0, world)),
-        compile=False,
-    )
+class StageBuilder:
+    """What each stage trains through: its data path, and the loop over it.
 
+    Owns what the stages share: the balance remedy's weights, whether the full model is compiled,
+    and the feature cache, built when a stage first takes the cached path. `train` and `lr_find`
+    build stages the same way through it.
+    """
 
-def full_path(trainer, index: int, plan: FreezePlan, reason: str) -> StagePath:
-    """Run images through the whole model every step (compiled if the run decided so)."""
-    stage, data = trainer.recipe.stages[index], trainer.recipe.data
-    seed, pin = trainer.recipe.run.seed + index, trainer.hw.device.type == "cuda"  # pinned memory pays only for GPUs
-    rank, world = trainer.group.rank, trainer.group.world
-    train_set = trainer.data.train
-    if stage.augment is not None and stage.augment != data.augment:
-        train_set = train_view(trainer.data, stage.augment, data.random_erasing)
-    train_loader = make_loader(
-        train_set, data.batch_size, True, data.workers, seed, pin, rank, world, trainer.sample_weights
-    )
-    val_loader = make_loader(trainer.data.val, data.batch_size, False, data.workers, seed, pin, rank, world)
+    def __init__(self, session: Session):
+        self.session, recipe = session, session.recipe
+        labels, n_classes = session.data.train.labels, len(session.classes)
+        balance = recipe.data.balance
+        self.loss_weights = class_weights(labels, n_classes).to(session.hw.device) if balance == "weights" else None
+        self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
+        full_images = sum(s.epoch_budget for s in recipe.stages if s.freeze != "backbone") * len(session.data.train)
+        self.compile = should_compile(recipe.run.compile, session.hw, full_images)
+        self._feature_cache: FeatureCache | None = None
 
-    def train_batches(epoch: int) -> Batches:
-        train_loader.batch_sampler.set_epoch(epoch)
-        return train_loader
+    @property
+    def feature_cache(self) -> FeatureCache:
+        if self._feature_cache is None:
+            s = self.session
+            self._feature_cache = FeatureCache.for_recipe(s.model, s.data, s.hw, s.recipe, s.group, self.sample_weights)
+        return self._feature_cache
 
-    return StagePath(
-        name="full-model+compiled" if trainer.compile else "full-model",
-        reason=reason,
-        module=trainer.model,
-        set_train_mode=lambda: plan.set_mode(trainer.model, True),
-        train_batches=train_batches,
-        val_batches=lambda: val_loader,
-        batches_per_epoch=len(train_loader),
-        compile=trainer.compile,
-    )
+    def path(self, index: int, plan: FreezePlan) -> StagePath:
+        """The cached path where everything before the stage's cut is a fixed function, else the full model."""
+        recipe, stage = self.session.recipe, self.session.recipe.stages[index]
+        augment = stage_augment(self.session, stage)
+        cut, reason = cache_decision(
+            self.session.model,
+            plan,
+            augment,
+            self.session.data.preprocessing["image_size"],
+            recipe.data.feature_views,
+            recipe.run.feature_cache,
+        )
+        if cut is not None and stage.cutmix > 0:
+            cut, reason = None, "CutMix mixes image regions, which cached features no longer have"
+        if cut is not None and augment != "none" and recipe.data.random_erasing > 0:
+            cut, reason = None, "random erasing draws new regions every step"
+        return self.cached_path(cut, stage, reason) if cut is not None else self.full_path(index, plan, reason)
 
+    def cached_path(self, cut: Cut, stage: Stage, reason: str) -> StagePath:
+        """Train the part after the cut alone, on stored outputs of the fixed part before it."""
+        s, cache = self.session, self.feature_cache
+        cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views)
+        return StagePath(
+            name="cached-features",
+            reason=reason,
+            module=cut.suffix,
+            set_train_mode=cut.suffix.train,
+            train_batches=cache.train_batches,
+            val_batches=cache.val_batches,
+            batches_per_epoch=len(
+                GlobalBatches(len(s.data.train), s.recipe.data.batch_size, 0, True, 0, s.group.world)
+            ),
+            compile=False,
+        )
 
-def choose_path(trainer, index: int, plan: FreezePlan) -> StagePath:
-    """The cached path where everything before the stage's cut is a fixed function, else the full model."""
-    stage = trainer.recipe.stages[index]
-    augment = stage_augment(trainer.session, stage)
-    cut, reason = cache_decision(
-        trainer.model,
-        plan,
-        augment,
-        trainer.data.preprocessing["image_size"],
-        trainer.recipe.data.feature_views,
-        trainer.recipe.run.feature_cache,
-    )
-    if cut is not None and stage.cutmix > 0:
-        cut, reason = None, "CutMix mixes image regions, which cached features no longer have"
-    if cut is not None and augment != "none" and trainer.recipe.data.random_erasing > 0:
-        cut, reason = None, "random erasing draws new regions every step"
-    return cached_path(trainer, cut, stage, reason) if cut is not None else full_path(trainer, index, plan, reason)
+    def full_path(self, index: int, plan: FreezePlan, reason: str) -> StagePath:
+        """Run images through the whole model every step (compiled if the run decided so)."""
+        s = self.session
+        stage, data = s.recipe.stages[index], s.recipe.data
+        seed, pin = s.recipe.run.seed + index, s.hw.device.type == "cuda"  # pinned memory pays only for GPUs
+        rank, world = s.group.rank, s.group.world
+        train_set = s.data.train
+        if stage.augment is not None and stage.augment != data.augment:
+            train_set = train_view(s.data, stage.augment, data.random_erasing)
+        train_loader = make_loader(
+            train_set, data.batch_size, True, data.workers, seed, pin, rank, world, self.sample_weights
+        )
+        val_loader = make_loader(s.data.val, data.batch_size, False, data.workers, seed, pin, rank, world)
+
+        def train_batches(epoch: int) -> Batches:
+            train_loader.batch_sampler.set_epoch(epoch)
+            return train_loader
+
+        return StagePath(
+            name="full-model+compiled" if self.compile else "full-model",
+            reason=reason,
+            module=s.model,
+            set_train_mode=lambda: plan.set_mode(s.model, True),
+            train_batches=train_batches,
+            val_batches=lambda: val_loader,
+            batches_per_epoch=len(train_loader),
+            compile=self.compile,
+        )
+
+    def loop(
+        self,
+        stage: Stage,
+        path: StagePath,
+        optimizer,
+        schedule,
+        average: ModelEmaV3 | None = None,
+        accumulate: int | None = None,
+        on_step: StepHook | None = None,
+    ) -> Loop:
+        """The one loop for this stage: the task's loss, DDP then torch.compile around the trained module.
+
+        `accumulate` defaults to the recipe's run.accumulate; `on_step` sees every batch's loss.
+        """
+        s = self.session
+        mixing = stage.mixup > 0 or stage.cutmix > 0
+        soft = SoftTargets(stage.mixup, stage.cutmix, stage.label_smoothing, len(s.classes)) if mixing else None
+        # With soft targets the smoothing is already in them; the loss takes them as they are.
+        smoothing = 0.0 if mixing else stage.label_smoothing
+        module = path.module
+        if s.group.active:
+            device_ids = [s.hw.device.index] if s.hw.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=device_ids)
+        return Loop(
+            compiled(module, path.compile),
+            optimizer,
+            schedule,
+            SINGLE_LABEL.loss(weight=self.loss_weights, label_smoothing=smoothing),
+            s.hw,
+            s.group,
+            accumulate=accumulate or s.recipe.run.accumulate,
+            soft_targets=soft,
+            ema=average,
+            ema_of=s.model,
+            on_step=on_step,
+        )
+
+    def steps_per_epoch(self, path: StagePath) -> int:
+        return -(-path.batches_per_epoch // self.session.recipe.run.accumulate)

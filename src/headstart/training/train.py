@@ -19,9 +19,9 @@ import torch
 
 from headstart.config.defaults import as_recipe
 from headstart.config.recipe import Recipe
+from headstart.core.checkpoint import ResumeState
 from headstart.core.distributed import Group, leave
 from headstart.core.errors import HeadstartError, Interrupted
-from headstart.core.paths import user_path
 from headstart.core.plots import plot_curves
 from headstart.core.runs import (
     BEST_FILE,
@@ -31,15 +31,16 @@ from headstart.core.runs import (
     RUN_FILES,
     SUMMARY_FILE,
     RunFolder,
-    load_checkpoint,
     read_history,
     read_test,
 )
 from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import best_index
-from headstart.training.resume import set_rng_state
+from headstart.training.hooks import Notes
+from headstart.training.resume import ResumePoint, set_rng_state
+from headstart.training.scoring import calibrate_best, score_test
 from headstart.training.session import Session, ensure_console, open_hardware, prepare, resolve, warn_if_cpu_busy
-from headstart.training.stages import Trainer, calibrate_best
+from headstart.training.stages import Trainer
 from headstart.training.tracking import open_trackers
 
 log = logging.getLogger("headstart")
@@ -66,45 +67,6 @@ class TrainResult:
 
 def default_run_name(recipe: Recipe, data_name: str) -> str:
     return recipe.run.name or f"{data_name}-{recipe.model.backbone}"
-
-
-@dataclass
-class ResumePoint:
-    """Where an interrupted run stopped: its folder, recipe, and the state saved after its last finished epoch."""
-
-    run_dir: Path
-    recipe: Recipe
-    checkpoint: dict[str, Any]
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return self.checkpoint["resume"]
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> ResumePoint:
-        path = user_path(run_dir)
-        if not (path / RECIPE_FILE).is_file():
-            raise HeadstartError(f"cannot resume {path}: not a run folder (no recipe.yaml)")
-        if not (path / LAST_FILE).is_file():
-            raise HeadstartError(
-                f"cannot resume {path}: no epoch finished before it stopped (no last.pt); start it again"
-            )
-        checkpoint = load_checkpoint(path / LAST_FILE)
-        if "resume" not in checkpoint:
-            raise HeadstartError(
-                f"cannot resume {path}: its last.pt holds no optimizer state (written by an older headstart)"
-            )
-        return cls(path, Recipe.from_yaml(path / RECIPE_FILE), checkpoint)
-
-    def stage_done(self, recipe: Recipe) -> bool:
-        """Whether the stage it stopped in had ended: its epochs ran, or (with early_stop) it stopped early."""
-        stage, state = recipe.stages[self.state["stage_index"]], self.state
-        ran_all = state["epoch"] >= stage.epoch_budget
-        # Only an early-stopping stage can end before its budget; older checkpoints carry no stage_finished.
-        return state.get("stage_finished", ran_all) if stage.early_stop is not None else ran_all
-
-    def finished(self, recipe: Recipe) -> bool:
-        return self.state["stage_index"] == len(recipe.stages) - 1 and self.stage_done(recipe)
 
 
 def train(
@@ -140,45 +102,41 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
         run = _new_run_folder(recipe, session.data.split.name, group)
     else:
         run = _reopen_run_folder(point, classes, group)
-        session.model.load_state_dict(point.checkpoint.get("raw_model", point.checkpoint["model"]))
+        session.model.load_state_dict(point.checkpoint.raw_model or point.checkpoint.model)
         if point.finished(recipe):
             log.info("%s finished all its stages already; nothing to resume", run.path)
             return TrainResult(run.path, run.history, classes, read_test(run.path), recipe.run.monitor)
     log_start(session, run, point)
-    trainer = Trainer(session, run, quiet)
-    trainer.trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
-    started = time.perf_counter() - (point.state["elapsed"] if point else 0.0)
+    trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
+    trainer = Trainer(session, run, quiet, trackers, Notes(point.state.stage_notes if point else None))
+    started = time.perf_counter() - (point.state.elapsed if point else 0.0)
     first_stage, inside = 0, None
     if point is not None:
-        trainer.restore(point)
-        first_stage = point.state["stage_index"]
+        trainer.best.reload(run)
+        trainer.average.load(point.checkpoint.model)
+        first_stage = point.state.stage_index
         if not point.stage_done(recipe):
-            inside = point  # stopped inside a stage: run_stage continues it
+            inside = point.state  # stopped inside a stage: run_stage continues it
         else:
             first_stage += 1  # stopped between stages: the next one starts as it would have
-            set_rng_state(point.state["rng"])
+            set_rng_state(point.state.rng)
     try:
         run_stages(trainer, first_stage, inside, started)
     except HeadstartError as err:
         raise HeadstartError(f"{err}; {kept_files(run.path)}") from None
     except KeyboardInterrupt:
         raise Interrupted(run.path, (run.path / LAST_FILE).is_file()) from None
-    best = trainer.best_row
+    best = trainer.best
     log.info(
         "best (%s): epoch %d (%s) val_loss %.4f val_acc %.4f; files in %s",
-        recipe.run.monitor,
-        trainer.best_epoch,
-        best["stage"],
-        best["val_loss"],
-        best["val_acc"],
-        run.path,
+        *(recipe.run.monitor, best.epoch, best.row["stage"], best.row["val_loss"], best.row["val_acc"], run.path),
     )
     return TrainResult(run.path, run.history, classes, run.test, recipe.run.monitor)
 
 
 def log_start(session: Session, run: RunFolder, point: ResumePoint | None) -> None:
     recipe, data, group = session.recipe, session.data, session.group
-    resuming = f" (resuming after {point.checkpoint['stage']} epoch {point.checkpoint['epoch']})" if point else ""
+    resuming = f" (resuming after {point.checkpoint.stage} epoch {point.checkpoint.epoch})" if point else ""
     log.info(
         "headstart: %s, %d classes, %d train / %d val images -> %s%s",
         data.split.name,
@@ -199,17 +157,17 @@ def log_start(session: Session, run: RunFolder, point: ResumePoint | None) -> No
     )
 
 
-def run_stages(trainer: Trainer, first: int, inside: ResumePoint | None, started: float) -> None:
+def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started: float) -> None:
     """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished."""
-    run = trainer.run
+    run, session = trainer.run, trainer.session
     try:
         for index in range(first, len(trainer.recipe.stages)):
             trainer.run_stage(index, started, inside if index == first else None)
-        if trainer.data.test is not None and len(trainer.data.test):
-            trainer.score_test()  # once, with the chosen weights; nothing is chosen by it
-        calibrate_best(trainer)
+        if session.data.test is not None and len(session.data.test):
+            score_test(session, trainer.best, run)  # once, with the chosen weights; nothing is chosen by it
+        calibrate_best(session, trainer.best, run, trainer.notes)
     finally:
-        if run.history and trainer.group.is_main:
+        if run.history and session.group.is_main:
             plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name)
             run.write_text(SUMMARY_FILE, run_summary(trainer, time.perf_counter() - started))
         for tracker in trainer.trackers:
@@ -233,20 +191,20 @@ def _new_run_folder(recipe: Recipe, data_name: str, group: Group) -> RunFolder:
 
 def _reopen_run_folder(point: ResumePoint, classes: list[str], group: Group) -> RunFolder:
     """The interrupted run's folder with its history up to the last epoch whose checkpoint was written."""
-    if point.checkpoint["classes"] != classes:
+    if point.checkpoint.classes != classes:
         raise HeadstartError(
-            f"cannot resume {point.run_dir}: its classes {point.checkpoint['classes']} differ from the data's now {classes}"
+            f"cannot resume {point.run_dir}: its classes {point.checkpoint.classes} differ from the data's now {classes}"
         )
     run = RunFolder(point.run_dir, writes=group.is_main)
     if removed := run.remove_partial_writes():
         log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
     # history.json is written before last.pt: a kill between the two leaves one row too many.
-    run.history = read_history(point.run_dir)[: point.state["epochs_done"]]
+    run.history = read_history(point.run_dir)[: point.state.epochs_done]
     return run
 
 
 def run_summary(trainer: Trainer, seconds: float) -> str:
-    split, recipe = trainer.data.split, trainer.recipe
+    split, recipe, best = trainer.session.data.split, trainer.recipe, trainer.best.row
     trainable, frozen = count_parameters(trainer.model)
     final = trainer.run.history[-1]
     lines = [
@@ -258,11 +216,11 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
         f"classes: {', '.join(split.classes)}",
         f"model: {' -> '.join([a.kind for a in recipe.model.adapters] + [recipe.model.backbone, recipe.model.head.kind])}, "
         f"weights {recipe.model.weights}, {trainable + frozen:,} parameters",
-        f"preprocessing: {trainer.data.preprocessing}",
-        f"hardware: {trainer.hw.describe()}, torch {torch.__version__}, {platform.processor() or platform.machine()}",
-        *trainer.stage_notes,
-        f"best: epoch {trainer.best_epoch} ({trainer.best_row['stage']} {trainer.best_row['epoch']}) "
-        f"val_loss {trainer.best_row['val_loss']:.4f} val_acc {trainer.best_row['val_acc']:.4f}",
+        f"preprocessing: {trainer.session.data.preprocessing}",
+        f"hardware: {trainer.session.hw.describe()}, torch {torch.__version__}, {platform.processor() or platform.machine()}",
+        *trainer.notes.lines,
+        f"best: epoch {trainer.best.epoch} ({best['stage']} {best['epoch']}) "
+        f"val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}",
         f"final: val_loss {final['val_loss']:.4f} val_acc {final['val_acc']:.4f}",
         *score_lines(trainer),
         f"epochs: {len(trainer.run.history)}, wall time {seconds:.1f}s",
@@ -272,7 +230,7 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
 
 def score_lines(trainer: Trainer) -> list[str]:
     """Balanced accuracy and macro-F1 of the best epoch, and the test split's scores when there is one."""
-    best = trainer.best_row
+    best = trainer.best.row
     lines = [
         f"best balanced: val_balanced_acc {best.get('val_balanced_acc', float('nan')):.4f} "
         f"val_f1 {best.get('val_f1', float('nan')):.4f}"

@@ -1,0 +1,147 @@
+"""The trainer's hooks: small objects that each own one concern's state across epochs and stages.
+
+    EarlyStopping   per stage: epochs without a min_delta improvement of run.monitor, and why a stage ends
+    WeightAverage   the weight EMA (timm's ModelEmaV3) that scoring and best.pt use when it is on
+    BestModel       the best epoch so far by run.monitor: its row, its number and its weights
+    Notes           the lines summary.txt gathers (stage plans, restores, divergence warnings, calibration)
+
+Each one that a resumed run needs back has `state_dict()` / `load_state_dict()`; the trainer puts
+their states into last.pt's ResumeState and hands them back on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from headstart.config.recipe import Stage
+from headstart.core.checkpoint import load_checkpoint
+from headstart.core.runs import BEST_FILE, RunFolder
+from headstart.tasks.metrics import best_index, improved
+from headstart.training.loop import divergence, weight_average
+
+log = logging.getLogger("headstart")
+
+
+class EarlyStopping:
+    """The stage's best monitored value so far and the epochs since it was beaten by min_delta; why the stage ends."""
+
+    def __init__(self, stage: Stage, monitor: str, state: dict[str, Any] | None = None):
+        self.stage, self.monitor = stage, monitor
+        self.best: float | None = None
+        self.stale = 0
+        self.load_state_dict(state or {})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.stale = state.get("best"), state.get("stale", 0)
+
+    def after_epoch(self, row: dict[str, Any], epoch: int) -> str | None:
+        """Count this epoch; the reason the stage ends after it, or None when it goes on."""
+        value, rule = row[self.monitor], self.stage.early_stop
+        min_delta = rule.min_delta if rule else 0.0
+        lower_is_better = self.monitor == "val_loss"
+        better = self.best is None or (
+            value < self.best - min_delta if lower_is_better else value > self.best + min_delta
+        )
+        self.best, self.stale = (value, 0) if better else (self.best, self.stale + 1)
+        if rule and self.stale >= rule.patience:
+            return f"early stop: {self.monitor} did not improve for {self.stale} epochs"
+        if epoch == self.stage.epoch_budget:
+            return "reached the cap of max_epochs" if self.stage.epochs == "auto" else f"ran its {epoch} epochs"
+        return None
+
+
+class WeightAverage:
+    """timm's weight EMA of the model when run.ema_decay is set; the weights scored and saved as best then."""
+
+    def __init__(self, model: nn.Module, decay: float | None):
+        self.model = model
+        self.ema = weight_average(model, decay)
+
+    def scored_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights validation scores and best.pt holds: the EMA's when there is one, else the model's."""
+        source = self.ema.module if self.ema is not None else self.model
+        return {k: v.detach().clone() for k, v in source.state_dict().items()}
+
+    def trained_state(self) -> dict[str, torch.Tensor] | None:
+        """With an EMA, the trained weights (what training continues from); None without one."""
+        return self.model.state_dict() if self.ema is not None else None
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[None]:
+        """The model holds the EMA's weights inside the block (so cached and full paths score them alike)."""
+        if self.ema is None:
+            yield
+            return
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state)
+
+
+class BestModel:
+    """The best epoch so far by run.monitor: its history row, its number (over all stages) and its weights.
+
+    The weights are kept on every process, for restoring at the end of an early-stopped stage and
+    for scoring the test split.
+    """
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.row: dict[str, Any] = {}
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, row: dict[str, Any], epoch: int, state: dict[str, torch.Tensor]) -> bool:
+        """Keep this epoch if it improved on the best; whether it did."""
+        if not improved(row, self.row, self.monitor):
+            return False
+        self.row, self.epoch, self.state = row, epoch, state
+        return True
+
+    def restore(self, model: nn.Module, average: WeightAverage) -> None:
+        """Model (and EMA) back to the best weights so far: what an early-stopped stage ends at."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+            average.load(self.state)
+
+    def reload(self, run: RunFolder) -> None:
+        """The best so far of an interrupted run, from its history and best.pt."""
+        if run.history:
+            self.epoch = best_index(run.history, self.monitor) + 1
+            self.row = run.history[self.epoch - 1]
+            if (run.path / BEST_FILE).is_file():
+                self.state = load_checkpoint(run.path / BEST_FILE).model
+
+
+class Notes:
+    """The lines summary.txt gathers, and the divergence warning (once per stage: later epochs say the same)."""
+
+    def __init__(self, lines: list[str] | None = None):
+        self.lines = list(lines or [])
+        self.diverged: set[str] = set()
+
+    def add(self, line: str, warning: bool = False) -> None:
+        (log.warning if warning else log.info)("%s", line)
+        self.lines.append(line)
+
+    def check_divergence(self, stage: Stage, epoch: int, loss: float, lr: float, n_classes: int) -> None:
+        why = divergence(loss, n_classes)
+        if why is None or stage.name in self.diverged:
+            return
+        self.diverged.add(stage.name)
+        self.add(f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})", True)
