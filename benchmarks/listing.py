@@ -15,7 +15,7 @@ import tracemalloc
 from pathlib import Path
 
 from headstart.config.recipe import DataConfig
-from headstart.data.images import files_digest
+from headstart.core.cache import content_key
 from headstart.data.layouts import list_images
 
 
@@ -38,7 +38,7 @@ def main() -> None:
         split = list_images(DataConfig(path=str(root), val_fraction=0.1))
         listed = time.perf_counter() - tic
         tic = time.perf_counter()
-        files_digest(split.train + split.val)
+        content_key(files=split.train + split.val)
         digested = time.perf_counter() - tic
         print(
             f"run {attempt}: list + stratified split {listed:.2f}s ({len(split.train):,} train / {len(split.val):,} val), "

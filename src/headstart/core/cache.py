@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,28 @@ def checksum(path: Path) -> str:
                 digest.update(block)
                 remaining -= len(block)
     return digest.hexdigest()
+
+
+def content_key(
+    fields: dict[str, Any] | None = None,
+    files: Iterable[tuple[Path, Any]] = (),
+    blobs: Iterable[bytes] = (),
+    length: int = 24,
+) -> str:
+    """The one key for a cache entry: SHA-256 of everything that changes what the entry holds.
+
+    fields: settings, as canonical JSON (sorted keys); files: (path, label) pairs, each by its path,
+    size, modification time and label, so a changed folder gives a new key without reading a pixel;
+    blobs: raw bytes (a prefix's weights). Returns the first `length` hex digits.
+    """
+    digest = hashlib.sha256(json.dumps(fields or {}, sort_keys=True, default=str).encode())
+    for path, label in files:
+        info = os.stat(path)
+        # fsencode: a file name that is not UTF-8 (Latin-1 from an old archive) is its raw bytes, not an error.
+        digest.update(os.fsencode(path) + f"|{info.st_size}|{info.st_mtime_ns}|{label}\n".encode())
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()[:length]
 
 
 def _files(folder: Path) -> list[Path]:

@@ -11,7 +11,6 @@ feature and decoded-image caches live there too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -111,7 +110,7 @@ def cifar_folder(source: Path) -> Path:
     files = sorted(source.glob(train_glob)) + [source / val_name, source / meta_name]
     identity = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     # .../<source digest>/cifar10: the folder's name is what runs are named after.
-    folder = cache_root() / "cifar" / hashlib.sha256(identity.encode(errors="surrogateescape")).hexdigest()[:16] / kind
+    folder = cache_root() / "cifar" / cache.content_key({"source": identity}, length=16) / kind
     listed = _read_batch(source / meta_name).get(names_key)
     if not isinstance(listed, list) or not listed:
         raise HeadstartError(f"{source / meta_name}: no list of class names under {names_key.decode()!r}")

@@ -8,7 +8,6 @@ Layouts (split folders, class folders, CSV) are read by headstart.layouts; besid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 
 from headstart.config.recipe import DataConfig
+from headstart.core.cache import content_key
 from headstart.core.errors import HeadstartError
 from headstart.data.layouts import (
     DataSplit,
@@ -155,16 +155,6 @@ def decode_all(
     return arrays, kept, bad
 
 
-def files_digest(samples: list[Sample], salt: str = "") -> str:
-    """Which files, with which sizes, modification times and labels: a changed folder gives a new digest."""
-    digest = hashlib.sha256(salt.encode())
-    for path, label in samples:
-        info = os.stat(path)
-        # fsencode: a file name that is not UTF-8 (Latin-1 from an old archive) is its raw bytes, not an error.
-        digest.update(os.fsencode(path) + f"|{info.st_size}|{info.st_mtime_ns}|{label}\n".encode())
-    return digest.hexdigest()
-
-
 class DiskImages:
     """Decoded images in one uint8 file read through a memory map: for data sets larger than the memory budget.
 
@@ -193,7 +183,7 @@ class DiskImages:
         from headstart.core import cache
         from headstart.data.datasets import cache_root
 
-        index_digest = files_digest(samples, salt=f"{short_side}|{interpolation}")
+        index_digest = content_key({"short_side": short_side, "interpolation": interpolation}, files=samples, length=64)
 
         def build(staging: Path) -> None:
             index, kept, bad, offset = [], [], [], 0

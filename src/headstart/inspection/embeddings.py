@@ -10,10 +10,8 @@ so inspecting the same folder again skips the backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,11 @@ import torch
 from torch import nn
 
 from headstart.config.recipe import Recipe
+from headstart.core import cache
 from headstart.core.hardware import Hardware
 from headstart.data.batches import make_loader
 from headstart.data.datasets import cache_root
-from headstart.data.images import ImageDataset, build_transforms, decode_all, files_digest, short_side_for
+from headstart.data.images import ImageDataset, build_transforms, decode_all, short_side_for
 from headstart.model.build import build_model
 from headstart.model.cut import find_cut
 from headstart.model.freeze import plan_freeze
@@ -68,20 +67,24 @@ class Embedder:
             "precision": self.hw.precision,
             "prefix": prefix_fingerprint(self.prefix),
         }
-        salt = json.dumps(fields, sort_keys=True, default=str)
-        return files_digest([(p, 0) for p in paths], salt=salt)[:24]
+        return cache.content_key(fields, files=[(p, 0) for p in paths])
 
     def files(self, paths: list[Path], quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings memory-mapped from the cache, which rows decoded); rows of files that failed are zero."""
-        folder = cache_root() / "embeddings"
-        target = folder / f"{self.key(paths)}.npy"
-        decoded = folder / f"{target.stem}.ok.npy"
-        if target.is_file() and decoded.is_file():
-            log.info("embeddings reused from %s", target)
-            return np.load(target, mmap_mode="r"), np.load(decoded)
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=".embeddings-", suffix=".npy", dir=folder)
-        os.close(handle)
+        """(embeddings memory-mapped from the cache, which rows decoded); rows of files that failed are zero.
+
+        A cache entry like every other (core.cache.ensure): built in a staging folder, published by
+        one rename, verified (sizes) before reuse.
+        """
+        folder = cache_root() / "embeddings" / self.key(paths)
+        reused = folder.is_dir()
+        cache.ensure(folder, lambda staging: self.build(paths, staging, quiet), {"rows": len(paths)}, "embeddings",
+                     checksums=False)  # fmt: skip
+        if reused:
+            log.info("embeddings reused from %s", folder)
+        return np.load(folder / "embeddings.npy", mmap_mode="r"), np.load(folder / "decoded.npy")
+
+    def build(self, paths: list[Path], staging: Path, quiet: bool) -> None:
+        """Embed every image in chunks into staging/embeddings.npy (rows of failed files stay zero)."""
         output, ok = None, np.zeros(len(paths), dtype=bool)
         threads = os.cpu_count() or 1
         for start in range(0, len(paths), CHUNK):
@@ -92,7 +95,7 @@ class Embedder:
             embedded = self.arrays(pictures)
             if output is None:
                 output = np.lib.format.open_memmap(
-                    staging, mode="w+", dtype=np.float32, shape=(len(paths), embedded.shape[1])
+                    staging / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(paths), embedded.shape[1])
                 )
             rows = [index for _, index in kept]
             output[rows] = embedded
@@ -100,10 +103,8 @@ class Embedder:
             if not quiet:
                 log.info("embedded %d / %d images", min(start + CHUNK, len(paths)), len(paths))
         if output is None:
-            os.unlink(staging)
-            return np.zeros((len(paths), 1), dtype=np.float32), ok
-        output.flush()
-        del output
-        np.save(decoded, ok)
-        os.replace(staging, target)
-        return np.load(target, mmap_mode="r"), ok
+            np.save(staging / "embeddings.npy", np.zeros((len(paths), 1), dtype=np.float32))
+        else:
+            output.flush()
+            del output
+        np.save(staging / "decoded.npy", ok)

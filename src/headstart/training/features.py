@@ -14,7 +14,6 @@ for speed: the head sees K fixed variants per image instead of a new one each ep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from headstart.core.distributed import SOLO, Group
 from headstart.core.hardware import Hardware
 from headstart.data.batches import GlobalBatches, make_loader
 from headstart.data.datasets import cache_root
-from headstart.data.images import PreparedData, files_digest, train_view
+from headstart.data.images import PreparedData, train_view
 from headstart.model.build import Classifier
 from headstart.model.cut import Cut, head_split
 
@@ -40,12 +39,12 @@ log = logging.getLogger(__name__)
 
 def prefix_fingerprint(prefix: nn.Module) -> str:
     """A checksum of every weight and buffer of the cached prefix: it changes if any stage trained them."""
-    digest = hashlib.sha256()
     with torch.no_grad():
-        for name, tensor in prefix.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+        blobs = (
+            name.encode() + tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            for name, tensor in prefix.state_dict().items()
+        )
+        return cache.content_key(blobs=blobs, length=64)
 
 
 def _row_problem(folder: Path, rows: dict[str, int]) -> str | None:
@@ -58,10 +57,6 @@ def _row_problem(folder: Path, rows: dict[str, int]) -> str | None:
         if stored != count:
             return f"{name} holds {stored} rows for {count} images"
     return None
-
-
-def _digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # numpy has no bfloat16: such features are stored as their raw 16-bit patterns.
@@ -141,7 +136,10 @@ class FeatureCache:
         self._val_labels = torch.tensor(data.val.labels)
         # The images were decoded once when the run started; their identity is taken once per cache,
         # not re-read from the file system (one stat per file) every time a batch is served.
-        self._images = {"train_images": files_digest(data.train.samples), "val_images": files_digest(data.val.samples)}
+        self._images = {
+            name: cache.content_key(files=split.samples, length=64)
+            for name, split in (("train_images", data.train), ("val_images", data.val))
+        }
         self.reused = False
         # data.balance: sampler sets per-image drawing weights (headstart.data.balance.sample_weights).
         self.sample_weights = sample_weights
@@ -189,7 +187,7 @@ class FeatureCache:
         }
 
     def key(self) -> str:
-        return _digest(self.key_fields())
+        return cache.content_key(self.key_fields())
 
     @torch.no_grad()
     def _extract(self, dataset, seed: int, target: Path) -> np.ndarray:
@@ -236,7 +234,7 @@ class FeatureCache:
             return  # no weight or buffer of the prefix was written since the key was taken
         self._versions = tensor_versions(self.cut.prefix)
         fields = self.key_fields()
-        key = _digest(fields)
+        key = cache.content_key(fields)
         if key == self._key:
             return
         # What the stored rows must match before reuse: their count and the checksum of the sample list they follow.
