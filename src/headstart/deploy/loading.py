@@ -7,6 +7,7 @@ from pathlib import Path
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE, load_checkpoint
 from headstart.deploy.export import load_exported, sidecar_path
+from headstart.deploy.formats import model_suffixes
 from headstart.deploy.hub import hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
 
@@ -18,7 +19,7 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
         predictor = Predictor.from_module(*load_hub(path), device=device)
         predictor.temperature = hub_temperature(path)
         return predictor
-    if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
+    if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         predictor = Predictor(forward, info["classes"], info["preprocessing"])
         predictor.temperature = info.get("temperature")
