@@ -1,6 +1,6 @@
 """Images in: listing, splitting, decoding once into memory, and timm's transforms.
 
-Layouts (split folders, class folders, CSV) are read by headstart.layouts; besides those:
+Layouts (split folders, class folders, CSV) are read by headstart.data.layouts; besides those:
     cifar-10-batches-py/, cifar-100-python/      CIFAR python batch files (test set as val); or cifar10,
                                                  cifar100 to download them (headstart.data.datasets)
     (nothing)                                    the embedded default: scikit-learn's digits
@@ -27,12 +27,12 @@ from torch.utils.data import Dataset
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 
-# Listing lives in headstart.layouts; list_class_folders, regular_files and stratified_split stay importable from here.
-from headstart.data.layouts import (  # noqa: F401
+# Listing lives in headstart.data.layouts and .splits; list_class_folders, regular_files and stratified_split stay importable from here.
+from headstart.data.layouts import list_images  # noqa: F401
+from headstart.data.splits import (  # noqa: F401
     DataSplit,
     Sample,
     list_class_folders,
-    list_images,
     regular_files,
     stratified_split,
 )
