@@ -63,7 +63,7 @@ def export(
     checkpoint = load_checkpoint(checkpoint_path)
     target = user_path(out) if out else checkpoint_path.parent / "export" / chosen.file_name
     write_model_file(chosen, checkpoint, target)
-    sidecar = describe(checkpoint, checkpoint_path, format)
+    sidecar = description(checkpoint, checkpoint_path, format)
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
     if quantize is not None:
@@ -73,7 +73,7 @@ def export(
 
 def write_model_file(chosen: Format, checkpoint: dict[str, Any], target: Path) -> None:
     """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
-    assert chosen.write is not None
+    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     model = model_from_checkpoint(checkpoint)
     size = checkpoint["preprocessing"]["image_size"]
     example = torch.zeros(2, 3, size, size)
@@ -88,7 +88,7 @@ def write_model_file(chosen: Format, checkpoint: dict[str, Any], target: Path) -
         temporary.unlink(missing_ok=True)  # what a full disk left half-written
 
 
-def describe(checkpoint: dict[str, Any], checkpoint_path: Path, runtime: str) -> dict[str, Any]:
+def description(checkpoint: dict[str, Any], checkpoint_path: Path, runtime: str) -> dict[str, Any]:
     """The description written beside a model file: its runtime, classes and the preprocessing its input needs."""
     size = checkpoint["preprocessing"]["image_size"]
     sidecar = {
