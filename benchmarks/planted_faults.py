@@ -39,7 +39,7 @@ RATES = {"flip": 0.05, "exact": 0.03, "near": 0.03, "leak": 0.02}
 
 def source_items(source: Path, rng: np.random.Generator) -> list[tuple[str, str, Path]]:
     """(split, class, file) of the source set: its own train/val, else a seeded 80/20 split per class."""
-    from headstart.data.layouts import regular_files
+    from headstart.data.splits import regular_files
     from headstart.inspection.inventory import pixel_digest
 
     items = []

@@ -17,7 +17,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 
 from headstart.data.images import decode
-from headstart.data.layouts import list_class_folders
+from headstart.data.splits import list_class_folders
 from headstart.model.weights import packaged_weights_file, read_state_dict
 
 IMAGENET = {"ants": 310, "bees": 309}

@@ -10,7 +10,8 @@ from PIL import Image
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.data.images import build_transforms, prepare_data
-from headstart.data.layouts import list_images, stratified_split
+from headstart.data.layouts import list_images
+from headstart.data.splits import stratified_split
 
 PREP = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 

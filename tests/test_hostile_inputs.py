@@ -99,7 +99,7 @@ def test_when_no_class_can_give_val_an_image_it_is_one_line_error(tmp_path, caps
 
 
 def test_a_val_fraction_near_one_keeps_an_image_of_every_class_in_train(tmp_path):
-    from headstart.data.layouts import stratified_split
+    from headstart.data.splits import stratified_split
 
     by_class = {"a": [tmp_path / "1", tmp_path / "2"], "b": [tmp_path / f"{i}" for i in range(3, 9)]}
     train, val = stratified_split(by_class, 0.9, 0)

@@ -9,7 +9,8 @@
 
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
 from headstart.core.errors import HeadstartError
-from headstart.data.layouts import DataSplit, list_images
+from headstart.data.layouts import list_images
+from headstart.data.splits import DataSplit
 from headstart.deploy.export import export
 from headstart.deploy.push import push
 from headstart.experiments.compare import compare

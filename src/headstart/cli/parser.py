@@ -11,6 +11,7 @@ import sys
 from headstart.cli import commands
 from headstart.cli.flags import add_recipe_flags
 from headstart.core.errors import HeadstartError, Interrupted
+from headstart.deploy.formats import FORMATS, quantizations
 
 log = logging.getLogger("headstart")
 
@@ -116,12 +117,12 @@ def add_export(sub) -> None:
         "export", help="write the run's best model as ONNX, torch.export, TorchScript or a Hub folder"
     )
     export.add_argument("run", help="run folder or checkpoint")
-    export.add_argument("--format", choices=["onnx", "export", "torchscript", "hub"], default="onnx")
+    export.add_argument("--format", choices=list(FORMATS), default="onnx")
     export.add_argument(
         "--out", help="file (folder for hub) to write (default RUN/export/model.onnx, model.pt2, … or RUN/export/hub)"
     )
     export.add_argument(
-        "--quantize", choices=["int8"], help="with --format onnx: also int8, calibrated on the validation images"
+        "--quantize", choices=quantizations(), help="with --format onnx: also int8, calibrated on the validation images"
     )
     export.set_defaults(func=commands.cmd_export)
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from headstart.config.trackers import TRACKERS
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.yamlfile import read_yaml
 
@@ -88,6 +89,8 @@ class ConvAdapter(_Strict):
 
 
 PositiveStd = Annotated[float, Field(gt=0)]
+# run.log's names: the trackers registered in headstart.config.trackers (a Literal, so flags.py lists them).
+TrackerName = Literal[tuple(TRACKERS)]  # type: ignore[valid-type]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
@@ -274,8 +277,9 @@ class RunConfig(_Strict):
     # runs average recent weights, not the initial ones. With it on, validation, best.pt and exports
     # use the averaged weights.
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    # Experiment trackers fed every epoch, through their own writers (headstart.training.tracking).
-    log: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    # Experiment trackers fed every epoch, through their own writers (headstart.training.tracking);
+    # the names are those registered in headstart.config.trackers.
+    log: list[TrackerName] = Field(default_factory=list)
 
 
 def default_stages() -> list[Stage]:

@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headstart.config.recipe import DataConfig
 from headstart.core import cache
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component, user_path
+from headstart.data.folder_layout import list_folder
+from headstart.data.splits import DataSplit
 
 
 def cache_root() -> Path:
@@ -176,3 +179,15 @@ def download_cifar(kind: str) -> Path:
             f"https://www.cs.toronto.edu/~kriz/cifar.html, unpack it, and give the {CIFAR[kind][0]} folder as the data path"
         ) from None
     return folder
+
+
+# ----------------------------------------------------------------------------- as a data source
+
+
+def is_cifar_folder(path: Path) -> bool:
+    return path.is_dir() and cifar_kind(path) is not None
+
+
+def list_cifar(path: Path, cfg: DataConfig) -> DataSplit:
+    """The batch files' images as class folders (written once to the cache), listed as any split folders are."""
+    return list_folder(cifar_folder(path), cfg)

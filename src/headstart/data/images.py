@@ -1,6 +1,6 @@
 """Images in: listing, splitting, decoding once into memory, and timm's transforms.
 
-Layouts (split folders, class folders, CSV) are read by headstart.layouts; besides those:
+Layouts (split folders, class folders, CSV) are read by headstart.data.layouts; besides those:
     cifar-10-batches-py/, cifar-100-python/      CIFAR python batch files (test set as val); or cifar10,
                                                  cifar100 to download them (headstart.data.datasets)
     (nothing)                                    the embedded default: scikit-learn's digits
@@ -26,10 +26,10 @@ from torch.utils.data import Dataset
 from headstart.config.recipe import DataConfig
 from headstart.core.cache import content_key
 from headstart.core.errors import HeadstartError
-from headstart.data.layouts import (
+from headstart.data.layouts import list_images
+from headstart.data.splits import (
     DataSplit,
     Sample,
-    list_images,
 )
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from headstart.core.checkpoint import load_checkpoint
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
 from headstart.deploy.export import load_exported, sidecar_path
+from headstart.deploy.formats import model_suffixes
 from headstart.deploy.hub import hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
 
@@ -17,7 +18,7 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
     path = user_path(source)
     if is_hub_folder(path) and not (path / BEST_FILE).is_file():
         return Predictor.from_module(*load_hub(path), device=device, temperature=hub_temperature(path))
-    if path.is_file() and (path.suffix in (".onnx", ".torchscript", ".pt2") or sidecar_path(path).is_file()):
+    if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         return Predictor(forward, info["classes"], info["preprocessing"], temperature=info.get("temperature"))
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

@@ -28,7 +28,7 @@ from headstart.core.paths import user_path
 from headstart.core.plots import plot_confusion
 from headstart.data.holdout import held_out, overlap_note, same_source
 from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
-from headstart.data.layouts import list_class_folders
+from headstart.data.splits import list_class_folders
 from headstart.tasks.single_label import SINGLE_LABEL
 
 log = logging.getLogger(__name__)

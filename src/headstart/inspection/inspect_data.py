@@ -2,7 +2,8 @@
 
     headstart inspect DATA [--out DIR] [--backbone NAME]  ->  DIR/findings.csv, clean.csv, inspect.html
 
-Findings (one row each in findings.csv: kind, path, other, score, then extra columns):
+Findings (one row each in findings.csv: kind, path, other, score, then extra columns; the kinds are
+registered in headstart.inspection.findings):
     unreadable, odd_image      files Pillow cannot read; tiny, huge or extreme-aspect pictures
     exact_duplicate            the same decoded pixels (`path` is the copy, `other` the one kept)
     near_duplicate             cosine similarity of embeddings at or above a threshold calibrated
@@ -31,22 +32,20 @@ from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.data.duplicates import (
     CALIBRATION_QUANTILE,
-    Finding,
     Item,
-    Looks,
     Thresholds,
     calibrated_threshold,
     degraded_copies,
-    exact_findings,
     mean_colour,
-    near_findings,
     signature,
 )
 from headstart.data.images import decode_all, warn_skipped
-from headstart.data.layouts import DataSplit, list_images
+from headstart.data.layouts import list_images
+from headstart.data.splits import DataSplit
 from headstart.inspection.embeddings import Embedder
-from headstart.inspection.inventory import examine_all, file_findings, inventory
-from headstart.inspection.label_issues import out_of_fold_probabilities, outliers, ranked_suspects
+from headstart.inspection.evidence import Evidence
+from headstart.inspection.findings import find_all
+from headstart.inspection.inventory import examine_all, inventory
 from headstart.inspection.report import InspectResult, sorted_findings, summary, write_outputs
 from headstart.model.build import resolve_preprocessing
 
@@ -147,30 +146,6 @@ def warn_if_inseparable(pairs: int, images: int, thresholds: Thresholds) -> None
         )
 
 
-def label_findings(items: list[Item], embeddings: np.ndarray, seed: int) -> list[Finding]:
-    """label_issue rows (most suspicious first) and outlier rows."""
-    classes = sorted({item.label for item in items})
-    index = {name: i for i, name in enumerate(classes)}
-    labels = np.array([index[item.label] for item in items])
-    found = []
-    if len(classes) >= 2 and np.bincount(labels).min() >= 2:
-        probabilities = out_of_fold_probabilities(embeddings, labels, seed=seed)
-        for row, suggested, confident in ranked_suspects(probabilities, labels):
-            given, other = float(probabilities[row, labels[row]]), float(probabilities[row, suggested])
-            extra = {
-                "label": items[row].label,
-                "suggested": classes[suggested],
-                "p_given": round(given, 4),
-                "p_suggested": round(other, 4),
-                "margin": round(other - given, 4),
-                "confident": confident,
-            }
-            found.append(Finding("label_issue", items[row].relative, "", round(1 - given, 4), extra))
-    for row, z in outliers(embeddings, labels):
-        found.append(Finding("outlier", items[row].relative, "", round(z, 2), {"label": items[row].label}))
-    return found
-
-
 def embedding_recipe(data, backbone: str, weights: str | None, image_size: int | None, batch_size: int, device: str):
     """The recipe whose head-only stage's cached features are the embeddings: linear head, no augmentation."""
     from headstart.training.session import resolve
@@ -229,7 +204,6 @@ def inspect(
     log.info("inspect: %s, %d images in %d classes -> %s", root, len(items), len(split.classes), out)
 
     facts = examine_all(items)
-    findings = file_findings(items, facts) + exact_findings(items, [f.digest for f in facts])
     readable = [i for i, f in enumerate(facts) if not f.error]
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     embedder = Embedder(recipe, preprocessing, pick_hardware(device, "auto", True))
@@ -239,12 +213,8 @@ def inspect(
     thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed)
     if near_threshold is not None:
         thresholds.embedding = near_threshold
-    picked = [items[i] for i in rows]
-    looks = Looks(np.stack([facts[i].signature for i in rows]), np.stack([facts[i].colour for i in rows]))
-    near = near_findings(picked, vectors, [facts[i].digest for i in rows], looks, thresholds)
-    warn_if_inseparable(sum(f.kind == "near_duplicate" for f in near), len(picked), thresholds)
-    findings += near
-    findings += label_findings(picked, vectors, seed)
+    findings = find_all(Evidence(items, facts, rows, vectors, thresholds, seed))
+    warn_if_inseparable(sum(f.kind == "near_duplicate" for f in findings), len(rows), thresholds)
     result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
     write_outputs(result, items, root, label_margin)
     log.info("%s", summary(result))

@@ -12,13 +12,12 @@ import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile
 
 from headstart.data.duplicates import Finding, Item, mean_colour, signature
 from headstart.data.images import MAX_ASPECT_RATIO, to_rgb
+from headstart.inspection.evidence import Evidence, Facts
 
 # Shorter side below this is `tiny` (a model upsamples it into blur); above HUGE_PIXELS is `huge`.
 TINY_SIDE = 16
@@ -27,19 +26,6 @@ HUGE_PIXELS = 40_000_000
 ODD_ASPECT = 5
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
-
-
-@dataclass
-class Facts:
-    """One file as opened: size and mode, the decoded pixels' digest, or why it could not be read."""
-
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    digest: str | None = None
-    error: str = ""
-    signature: np.ndarray | None = None
-    colour: np.ndarray | None = None
 
 
 def pixel_digest(image: Image.Image) -> str:
@@ -90,18 +76,20 @@ def oddities(facts: Facts) -> list[str]:
     return found
 
 
-def file_findings(items: list[Item], facts: list[Facts]) -> list[Finding]:
-    """unreadable and odd_image rows."""
-    found = []
-    for item, fact in zip(items, facts):
-        if fact.error:
-            found.append(Finding("unreadable", item.relative, "", 1.0, {"label": item.label, "reason": fact.error}))
-        reasons = oddities(fact)
-        if reasons:
-            found.append(
-                Finding("odd_image", item.relative, "", 1.0, {"label": item.label, "reason": "; ".join(reasons)})
-            )
-    return found
+def unreadable(evidence: Evidence) -> list[Finding]:
+    return [
+        Finding("unreadable", item.relative, "", 1.0, {"label": item.label, "reason": fact.error})
+        for item, fact in zip(evidence.items, evidence.facts)
+        if fact.error
+    ]
+
+
+def odd_images(evidence: Evidence) -> list[Finding]:
+    return [
+        Finding("odd_image", item.relative, "", 1.0, {"label": item.label, "reason": "; ".join(reasons)})
+        for item, fact in zip(evidence.items, evidence.facts)
+        if (reasons := oddities(fact))
+    ]
 
 
 def inventory(items: list[Item], facts: list[Facts]) -> dict:

@@ -23,6 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from headstart.data.duplicates import Finding
+from headstart.inspection.evidence import Evidence
 from headstart.tasks.single_label import SINGLE_LABEL
 
 # The heads see the embeddings' 64 leading principal components: L-BFGS over 1280 x classes weights
@@ -104,3 +106,44 @@ def outliers(embeddings: np.ndarray, labels: np.ndarray, z: float = OUTLIER_Z) -
     scores = (median - best) / spread
     found = [(int(i), float(scores[i])) for i in np.nonzero(scores >= z)[0]]
     return sorted(found, key=lambda s: -s[1])
+
+
+# ----------------------------------------------------------------------------- the finding kinds
+
+
+def class_labels(evidence: Evidence) -> tuple[list[str], np.ndarray]:
+    """The class names of the embedded images (sorted) and each one's label index."""
+    classes = sorted({item.label for item in evidence.embedded})
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, np.array([index[item.label] for item in evidence.embedded])
+
+
+def label_issue_rows(evidence: Evidence) -> list[Finding]:
+    """label_issue rows, most suspicious first; none where a class has fewer than 2 images to fold."""
+    classes, labels = class_labels(evidence)
+    if len(classes) < 2 or np.bincount(labels).min() < 2:
+        return []
+    items = evidence.embedded
+    probabilities = out_of_fold_probabilities(evidence.vectors, labels, seed=evidence.seed)
+    found = []
+    for row, suggested, confident in ranked_suspects(probabilities, labels):
+        given, other = float(probabilities[row, labels[row]]), float(probabilities[row, suggested])
+        extra = {
+            "label": items[row].label,
+            "suggested": classes[suggested],
+            "p_given": round(given, 4),
+            "p_suggested": round(other, 4),
+            "margin": round(other - given, 4),
+            "confident": confident,
+        }
+        found.append(Finding("label_issue", items[row].relative, "", round(1 - given, 4), extra))
+    return found
+
+
+def outlier_rows(evidence: Evidence) -> list[Finding]:
+    _, labels = class_labels(evidence)
+    items = evidence.embedded
+    return [
+        Finding("outlier", items[row].relative, "", round(z, 2), {"label": items[row].label})
+        for row, z in outliers(evidence.vectors, labels)
+    ]

@@ -23,31 +23,10 @@ from PIL import Image
 
 from headstart.core.fileio import atomic_write
 from headstart.data.duplicates import Finding, Item, Thresholds
+from headstart.inspection.findings import KINDS, kind_names
 
-KINDS = (
-    "leak",
-    "exact_duplicate",
-    "conflicting_label",
-    "near_duplicate",
-    "label_issue",
-    "outlier",
-    "unreadable",
-    "odd_image",
-)
 FIXED_COLUMNS = ["kind", "path", "other", "score"]
 SHOWN_PER_KIND = 24
-EXPLAINED = {
-    "leak": "the same picture in two splits: the held-out copy (left) inflates every score measured on it",
-    "exact_duplicate": "identical decoded pixels: the copy (left) and the one kept (right)",
-    "conflicting_label": "the same picture filed under two classes",
-    "near_duplicate": "re-encoded, resized or slightly cropped copies: close in embedding, in a 16x16 pixel signature "
-    "and in mean colour, each threshold calibrated so 99 % of generated copies meet it",
-    "label_issue": "out-of-fold heads predict another class; score 1 - p(given), most suspicious first; "
-    "confident: flagged by confident learning",
-    "outlier": "far from every class in embedding space (score: robust z below the median)",
-    "unreadable": "files Pillow cannot decode (training skips them)",
-    "odd_image": "tiny, huge or extreme-aspect pictures",
-}
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -78,7 +57,7 @@ class InspectResult:
 
 
 def sorted_findings(findings: list[Finding]) -> list[Finding]:
-    order = {kind: i for i, kind in enumerate(KINDS)}
+    order = {kind: i for i, kind in enumerate(kind_names())}
     return sorted(findings, key=lambda f: (order[f.kind], -f.score, f.path))
 
 
@@ -91,7 +70,7 @@ def summary(result: InspectResult) -> str:
         f"grayscale {inv['grayscale']}, CMYK {inv['cmyk']}, 16-bit {inv['sixteen_bit']}",
     ]
     counts = Counter(f.kind for f in result.findings)
-    for kind in KINDS:
+    for kind in kind_names():
         note = ""
         if kind == "near_duplicate":
             t = result.thresholds
@@ -119,16 +98,9 @@ def findings_rows(findings: list[Finding]) -> tuple[list[str], list[list]]:
 
 
 def left_out(findings: list[Finding], label_margin: float) -> set[str]:
-    """Relative paths clean.csv leaves out (see the module docstring)."""
-    dropped = set()
-    for f in findings:
-        if f.kind in ("exact_duplicate", "leak", "unreadable"):
-            dropped.add(f.path)
-        elif f.kind == "conflicting_label":
-            dropped.update((f.path, f.other))
-        elif f.kind == "label_issue" and f.extra["margin"] >= label_margin:
-            dropped.add(f.path)
-    return dropped
+    """Relative paths clean.csv leaves out: what each kind's `leaves_out` says (headstart.inspection.findings)."""
+    rule = {kind.name: kind.leaves_out for kind in KINDS}
+    return {path for f in findings for path in rule[f.kind](f, label_margin)}
 
 
 def write_outputs(result: InspectResult, items: list[Item], root: Path, label_margin: float) -> None:
@@ -204,13 +176,13 @@ def page(result: InspectResult, root: Path) -> str:
         f"<p>colour modes: {html.escape(str(inv['modes']))}</p>",
     ]
     for kind in KINDS:
-        found = result.of(kind)
+        found = result.of(kind.name)
         if not found:
             continue
         shown = "".join(figure(root, f) for f in found[:SHOWN_PER_KIND])
         more = f" (the first {SHOWN_PER_KIND} shown; all in findings.csv)" if len(found) > SHOWN_PER_KIND else ""
         sections.append(
-            f"<h2>{kind} ({len(found)})</h2><p class='note'>{html.escape(EXPLAINED[kind])}{more}</p>"
+            f"<h2>{kind.name} ({len(found)})</h2><p class='note'>{html.escape(kind.caption)}{more}</p>"
             f'<div class="grid">{shown}</div>'
         )
     title = f"inspect: {root.name}"

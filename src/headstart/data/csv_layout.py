@@ -1,0 +1,115 @@
+"""A CSV of path,label[,split]: paths relative to the CSV's folder; rows without a split are split as class folders are."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from headstart.config.recipe import DataConfig
+from headstart.core.errors import HeadstartError
+from headstart.core.paths import safe_component
+from headstart.data.splits import SPLIT_NAMES, SPLITS, DataSplit, carve, check_classes, merge_splits, split_here
+
+log = logging.getLogger("headstart")
+
+
+def is_csv(path: Path) -> bool:
+    """By name: a missing FILE.csv is the CSV layout's own error ('CSV file not found'), not 'folder not found'."""
+    return path.suffix.lower() == ".csv"
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """Rows of a CSV; utf-8-sig drops the byte-order mark Excel's "CSV UTF-8" writes before the header."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise HeadstartError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start : err.start + 1]!r}); "
+            "save it as UTF-8 (Excel: 'CSV UTF-8')"
+        ) from None
+    except csv.Error as err:
+        raise HeadstartError(f"{path}: not a readable CSV ({err})") from None
+
+
+def csv_columns(rows: list[list[str]]) -> tuple[dict[str, int], int]:
+    """Column positions of path, label and split, and the first data row (1 after a header)."""
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if "path" in header and "label" in header:
+        return {c: header.index(c) for c in ("path", "label", "split") if c in header}, 1
+    return {"path": 0, "label": 1, "split": 2}, 0
+
+
+def read_csv(path: Path) -> tuple[dict[str, dict[str, list[Path]]], bool]:
+    """split -> class -> files ('' holds rows without a split), and whether any row named a split.
+
+    A row repeated exactly is kept once, with a warning (it would land in train and val both);
+    the same image under two labels is an error.
+    """
+    rows = read_csv_rows(path)
+    columns, first = csv_columns(rows)
+    seen: dict[Path, tuple[str, str, int]] = {}
+    duplicates = 0
+    for number, row in enumerate(rows[first:], start=first + 1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(columns["path"], columns["label"]):
+            raise HeadstartError(f"{path}, line {number}: expected 'path,label[,split]', got {','.join(row)!r}")
+        image = Path(row[columns["path"]].strip())
+        image = image if image.is_absolute() else path.parent / image
+        label = safe_component(row[columns["label"]].strip(), f"{path}, line {number}: label")
+        given = row[columns["split"]].strip() if "split" in columns and len(row) > columns["split"] else ""
+        split = SPLIT_NAMES.get(given.lower(), "?") if given else ""
+        if split == "?":
+            raise HeadstartError(
+                f"{path}, line {number}: split {given!r} is not one of train, val, test "
+                f"(or {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)})"
+            )
+        if image in seen:
+            if seen[image][:2] != (label, split):
+                raise HeadstartError(
+                    f"{path}, line {number}: {image.name} is listed again with another label or split "
+                    f"(line {seen[image][2]}: {seen[image][0]}); list each image once"
+                )
+            duplicates += 1
+            continue
+        seen[image] = (label, split, number)
+    if duplicates:
+        log.warning(
+            "%s lists %d row(s) twice; each image is used once (a repeat could land in train and val)", path, duplicates
+        )
+    splits: dict[str, dict[str, list[Path]]] = {}
+    for image, (label, split, _) in seen.items():
+        splits.setdefault(split, {}).setdefault(label, []).append(image)
+    return splits, any(split for _, split, _ in seen.values())
+
+
+def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
+    if not path.is_file():
+        raise HeadstartError(f"CSV file not found: {path}")
+    by_split, named = read_csv(path)
+    unsplit = by_split.pop("", {})
+    if not named:
+        check_classes(unsplit, str(path))
+        layout = f"CSV path,label, split here (val {cfg.val_fraction:g}" + (
+            f", test {cfg.test_fraction:g})" if cfg.test_fraction else ")"
+        )
+        return merge_splits(split_here(unsplit, cfg), {}, path.stem, layout, path)
+    if unsplit:
+        raise HeadstartError(
+            f"{path}: {sum(map(len, unsplit.values()))} row(s) have no split while others do; give every row one"
+        )
+    if "train" not in by_split:
+        raise HeadstartError(f"{path}: no row has split 'train'; a split column needs train rows")
+    check_classes(by_split["train"], f"{path} (train rows)")
+    layout = "CSV path,label,split"
+    where = {split: f"{path} ({split} rows)" for split in by_split}
+    if "val" not in by_split:
+        by_split["train"], by_split["val"] = carve(
+            by_split["train"], cfg.val_fraction, np.random.default_rng(cfg.split_seed)
+        )
+        layout += f" (val {cfg.val_fraction:g} of train rows)"
+    return merge_splits(by_split, where, path.stem, layout, path)

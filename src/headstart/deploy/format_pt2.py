@@ -1,0 +1,34 @@
+"""torch.export: a .pt2 archive of the traced program, loaded back by torch.export after a safety check."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import torch
+
+from headstart.core.errors import HeadstartError
+from headstart.deploy.pt2_safety import check_pt2_archive
+
+
+def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(target))
+
+
+def load(model_file: Path) -> torch.nn.Module:
+    """A .pt2 file's module; a damaged file is the one-line error (torch would log a traceback while failing)."""
+    if not zipfile.is_zipfile(model_file):
+        raise HeadstartError(f"cannot load {model_file} with torch.export: not a .pt2 archive (damaged or truncated?)")
+    check_pt2_archive(model_file)  # before torch.export.load: the archive must not run code or exhaust memory
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return torch.export.load(str(model_file)).module()
+    except Exception as err:  # noqa: BLE001 - a file torch.export cannot read, whatever the reason
+        raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err).splitlines()[0][:160]}") from None
+    finally:
+        quiet.setLevel(level)

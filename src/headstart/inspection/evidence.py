@@ -1,0 +1,49 @@
+"""What an inspect run knows about a data set once every file is opened and embedded: the input of every finding kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from headstart.data.duplicates import Finding, Item, Looks, Thresholds, exact_findings, near_findings
+
+
+@dataclass
+class Facts:
+    """One file as opened: size and mode, the decoded pixels' digest, or why it could not be read."""
+
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    digest: str | None = None
+    error: str = ""
+    signature: np.ndarray | None = None
+    colour: np.ndarray | None = None
+
+
+@dataclass
+class Evidence:
+    items: list[Item]
+    facts: list[Facts]  # one per item, in order
+    rows: list[int]  # the items read and embedded, in order
+    vectors: np.ndarray  # their embeddings, one row each
+    thresholds: Thresholds  # near duplicates meet all three
+    seed: int
+
+    @property
+    def embedded(self) -> list[Item]:
+        return [self.items[i] for i in self.rows]
+
+    @cached_property
+    def duplicate_pairs(self) -> list[Finding]:
+        """Exact, then near duplicate rows, each pair with its leak and conflicting_label rows.
+
+        One pass yields four kinds (a pair is found once, then classified), so their finders share it.
+        """
+        found = exact_findings(self.items, [f.digest for f in self.facts])
+        facts = [self.facts[i] for i in self.rows]
+        looks = Looks(np.stack([f.signature for f in facts]), np.stack([f.colour for f in facts]))
+        digests = [f.digest for f in facts]
+        return found + near_findings(self.embedded, self.vectors, digests, looks, self.thresholds)

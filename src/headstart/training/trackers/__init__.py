@@ -1,0 +1,1 @@
+"""One module per experiment tracker; headstart.config.trackers.TRACKERS names them for run.log."""
