@@ -65,17 +65,24 @@ def peak_rss_mb(process: subprocess.Popen) -> float:
     raise RuntimeError("no VmHWM in /proc")
 
 
-def mixed_requests(url: str, count: int, clients: int, bad_every: int = 5) -> dict[int, int]:
-    """`count` uploads from `clients` threads, one in `bad_every` damaged; status code -> how many."""
+def mixed_requests(url: str, count: int, clients: int, bad_every: int = 5, timed: bool = False):
+    """`count` uploads from `clients` threads, one in `bad_every` damaged; status code -> how many.
+
+    With `timed`, also the seconds each good (200) request took.
+    """
     good, bad = png(), png((64, 64))[:80]
 
-    def one(i: int) -> int:
+    def one(i: int) -> tuple[int, float]:
         body = bad if (i + 1) % bad_every == 0 else good
-        return httpx.post(f"{url}/predict", files={"file": (f"{i}.png", body, "image/png")}, timeout=60).status_code
+        tic = time.perf_counter()
+        answer = httpx.post(f"{url}/predict", files={"file": (f"{i}.png", body, "image/png")}, timeout=60)
+        return answer.status_code, time.perf_counter() - tic
 
     with ThreadPoolExecutor(clients) as pool:
-        codes = list(pool.map(one, range(count)))
-    return {code: codes.count(code) for code in sorted(set(codes))}
+        results = list(pool.map(one, range(count)))
+    codes = [code for code, _ in results]
+    counts = {code: codes.count(code) for code in sorted(set(codes))}
+    return (counts, [seconds for code, seconds in results if code == 200]) if timed else counts
 
 
 def heavy_uploads(url: str, count: int, side: int) -> list[int]:

@@ -37,11 +37,27 @@ def serve(
     window_ms: float = 5.0,
     max_bytes: int = 20 << 20,
     device: str = "auto",
+    allowed_hosts: tuple[str, ...] | None = None,
+    read_seconds: float = 30.0,
 ) -> None:
-    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted."""
+    """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted.
+
+    Clients slower than `read_seconds` are cut off; `allowed_hosts` (default: the loopback names on a
+    loopback `host`) are the Host names answered.
+    """
     from headstart.deploy.server import serve as run_server  # FastAPI is an optional extra
 
-    run_server(source, host, port, max_batch, window_ms, max_bytes, device)
+    run_server(
+        source,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        window_ms=window_ms,
+        max_bytes=max_bytes,
+        device=device,
+        allowed_hosts=allowed_hosts,
+        read_seconds=read_seconds,
+    )
 
 
 __all__ = [
