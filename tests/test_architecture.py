@@ -139,3 +139,22 @@ def test_no_import_cycle():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_cross_entropy_softmax_and_argmax_live_in_the_single_label_task_alone():
+    """The task seam: every other module asks the task object (tasks/single_label.py) instead."""
+    names = {"cross_entropy", "CrossEntropyLoss", "softmax", "argmax", "log_softmax"}
+    found = sorted(
+        f"{name}: {node.attr}"
+        for name, tree in modules().items()
+        if name != "tasks.single_label"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in names
+    )
+    assert not found, found
+
+
+def test_the_trainer_only_runs_stages():
+    tree = modules()["training.stages"]
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    assert trainer.end_lineno - trainer.lineno + 1 <= 150

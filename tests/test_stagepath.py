@@ -1,0 +1,62 @@
+"""StageBuilder: which path each stage's batches take, and the loop it builds over them."""
+
+import pytest
+import torch
+
+from headstart.config.recipe import Recipe
+from headstart.training.optim import Schedule, build_optimizer
+from headstart.training.session import prepare
+from headstart.training.stagepath import StageBuilder
+from tests.conftest import tiny_recipe
+
+
+@pytest.fixture
+def session(colour_folder, tmp_path):
+    stages = [
+        {"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05},
+        {"name": "all", "epochs": 1, "freeze": "none", "lr": 0.01},
+        {"name": "cutmix", "epochs": 1, "freeze": "backbone", "lr": 0.01, "cutmix": 1.0},
+    ]
+    return prepare(Recipe.from_dict(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages)))
+
+
+def test_a_frozen_backbone_trains_the_head_on_cached_features(session):
+    build = StageBuilder(session)
+    session.plans[0].apply(session.model)
+    path = build.path(0, session.plans[0])
+    assert path.name == "cached-features" and path.module is not session.model
+    assert not any(p.requires_grad for p in session.model.backbone.parameters())
+    inputs, labels = next(iter(path.train_batches(1)))
+    assert len(labels) == len(inputs) and inputs.shape[1:] != (3, 16, 16)  # stored outputs, not images
+    assert path.batches_per_epoch == sum(1 for _ in path.train_batches(1))
+
+
+def test_an_unfrozen_stage_and_cutmix_take_the_full_model(session):
+    build = StageBuilder(session)
+    for index in (1, 2):
+        session.plans[index].apply(session.model)
+        path = build.path(index, session.plans[index])
+        assert path.name == "full-model" and path.module is session.model
+        inputs, _ = next(iter(path.train_batches(1)))
+        assert inputs.shape[1:] == (3, 16, 16)
+    assert "CutMix" in path.reason
+
+
+def test_the_loop_steps_the_trained_part_and_sees_every_batch_loss(session):
+    build = StageBuilder(session)
+    stage, plan = session.recipe.stages[0], session.plans[0]
+    plan.apply(session.model)
+    path = build.path(0, plan)
+    optimizer = build_optimizer(session.model, stage)
+    schedule = Schedule(optimizer, stage, build.steps_per_epoch(path))
+    seen = []
+    loop = build.loop(
+        stage, path, optimizer, schedule, accumulate=1, on_step=lambda i, loss: seen.append(loss) and False
+    )
+    before = {k: v.clone() for k, v in session.model.head.state_dict().items()}
+    backbone = {k: v.clone() for k, v in session.model.backbone.state_dict().items()}
+    path.set_train_mode()
+    loss, accuracy = loop.epoch(path.train_batches(1), path.batches_per_epoch, 0, "test")
+    assert len(seen) == path.batches_per_epoch and loop.accumulate == 1 and 0 <= accuracy <= 1
+    assert any(not torch.equal(before[k], v) for k, v in session.model.head.state_dict().items())
+    assert all(torch.equal(backbone[k], v) for k, v in session.model.backbone.state_dict().items())
