@@ -32,7 +32,7 @@ from headstart.data.images import list_images, prepare_data
 from headstart.deploy.export import sidecar_path
 from headstart.deploy.pt2_safety import check_pt2_archive
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
-from tests.probes import HANG_PROBE, cli, run_cli, train_tiny_run, within
+from tests.probes import HANG_PROBE, cli, run_cli, within
 
 CLIMBING = ["../victim", "../../victim", "/tmp/victim", "a/b", "..", ".", "", "~root", "x\\y", "bad\x00name"]
 
@@ -177,9 +177,7 @@ def test_extreme_aspect_image_is_skipped_not_upscaled(tmp_path, caplog):
 # ----------------------------------------------------------------------------- shared probe helpers
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+# `trained` (conftest.py): one tiny run shared by the session; probes that damage it work on copy_run's copy.
 
 
 def copy_run(trained, tmp_path):
