@@ -228,7 +228,8 @@ def test_every_field_of_an_export_description_is_checked(exported, tmp_path, cap
     assert code == 2 and named in err and not out
 
 
-@pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null"])
+# b"[" * 100000: nested deeper than the JSON decoder recurses (a RecursionError, not a ValueError).
+@pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null", b"[" * 100000])
 def test_malformed_export_json_is_a_one_line_error(exported, tmp_path, capsys, text):
     model = tmp_path / "model.pt2"
     shutil.copy(exported, model)
@@ -491,6 +492,7 @@ def test_malformed_cifar_batches_are_one_line_errors(tmp_path, capsys, damage):
 HISTORY_DAMAGE = {
     "not json": b"[{",
     "not utf-8": b"\xff\xfe\x00",
+    "nested too deep": b"[" * 100000,
     "a mapping": b'{"epoch": 1}',
     "row without val_loss": b'[{"stage": "head", "epoch": 1}]',
     "string loss": b'[{"stage": "h", "epoch": 1, "train_loss": "x", "train_acc": 1, "val_loss": 1, "val_acc": 1, "lr": 1, "seconds": 1}]',
