@@ -143,6 +143,7 @@ def test_run_name_cannot_escape_out(colour_folder, tmp_path, capsys, name):
 # ----------------------------------------------------------------------------- 3: FIFOs and special files
 
 
+@pytest.mark.slow
 def test_fifo_in_a_class_folder_is_skipped_not_read(tmp_path):
     data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
     os.mkfifo(data / "red" / "pipe.jpg")
@@ -781,6 +782,7 @@ def test_code_execution_payloads_are_refused(trained, tmp_path, capsys, where):
     assert code == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_non_utf8_file_names_print_on_a_strict_utf8_console(trained, tmp_path):
     latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
     shutil.copy(trained[1] / "red" / "000.png", latin)

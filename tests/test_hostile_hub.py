@@ -224,6 +224,7 @@ def test_a_hub_folder_is_readable_by_others_as_the_umask_allows(hub_folders):
         assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_a_hub_folder_names_no_local_path(tmp_path, capsys):
     import timm
     from safetensors.torch import save_file

@@ -116,6 +116,7 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
     recipe = killable_recipe(tmp_path)
     reference = headstart.train(dict(recipe, run={**recipe["run"], "name": "reference"}), quiet=True)
