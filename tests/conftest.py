@@ -75,3 +75,19 @@ def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:
 def private_cache(tmp_path_factory, monkeypatch):
     """Feature caches and the digits folder go to a per-test folder, never the user's ~/.cache."""
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(run folder, data folder) of one tiny trained run, shared by every test of the session: read it, never change it.
+
+    A test that damages the run works on a copy (test_hostile.copy_run, or Mounts.read_only(contents=...)).
+    At the end of the session the run must be as it was trained, so a test that wrote into it is found.
+    """
+    from tests.probes import snapshot, train_tiny_run  # probes imports this module
+
+    run_dir, data = train_tiny_run(tmp_path_factory.mktemp("trained"))
+    before = snapshot(run_dir.parent.parent)
+    yield run_dir, data
+    changed = sorted(set(snapshot(run_dir.parent.parent).items()) ^ set(before.items()))
+    assert not changed, f"a test changed the shared trained run (work on a copy): {changed[:5]}"

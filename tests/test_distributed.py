@@ -26,6 +26,7 @@ def test_global_batches_split_evenly_and_agree_with_one_process():
         GlobalBatches(50, 8, 0, True, 0, 3)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
     # No BatchNorm and no dropout: each process's BatchNorm would see only its half-batch.

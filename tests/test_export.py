@@ -39,7 +39,7 @@ def real_images() -> list[Image.Image]:
     return [Image.fromarray(data.chelsea()), Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "export"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "export"])
 def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
     run_dir, _ = lite0_run
     path = headstart.export(run_dir, format=fmt)
@@ -57,6 +57,7 @@ def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
         assert [p for _, p in mine] == pytest.approx([p for _, p in theirs], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_on_exported_model_writes_csv(lite0_run, tmp_path, capsys):
     run_dir, folder = lite0_run
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0

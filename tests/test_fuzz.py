@@ -58,6 +58,7 @@ def one_line_error_or_recipe(build) -> None:
     assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())) == recipe  # what is saved loads back the same
 
 
+@pytest.mark.slow
 @FUZZ
 @given(recipes)
 def test_any_mapping_is_a_recipe_or_one_line_error(values):
@@ -262,7 +263,10 @@ CLI_FUZZ = settings(
 FUZZ_LOG = os.environ.get("HEADSTART_FUZZ_LOG")  # a file to append "exit code<TAB>argv" lines to, for the figures
 
 
-@pytest.mark.parametrize("name", sorted(subcommands()))
+# probe trains a head per candidate backbone (the slow lane's); every other subcommand takes a second or two.
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "probe" else n for n in sorted(subcommands())]
+)
 def test_every_subcommand_and_flag_exits_0_or_2_never_a_traceback(world, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)  # relative --out, --csv, mlruns/ land in the sandbox
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub backbone fails at once instead of waiting on the network

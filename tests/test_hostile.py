@@ -33,7 +33,7 @@ from headstart.data.layouts import list_images
 from headstart.deploy.export import sidecar_path
 from headstart.deploy.pt2_safety import check_pt2_archive
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
-from tests.probes import HANG_PROBE, cli, run_cli, train_tiny_run, within
+from tests.probes import HANG_PROBE, cli, run_cli, within
 
 CLIMBING = ["../victim", "../../victim", "/tmp/victim", "a/b", "..", ".", "", "~root", "x\\y", "bad\x00name"]
 
@@ -144,6 +144,7 @@ def test_run_name_cannot_escape_out(colour_folder, tmp_path, capsys, name):
 # ----------------------------------------------------------------------------- 3: FIFOs and special files
 
 
+@pytest.mark.slow
 def test_fifo_in_a_class_folder_is_skipped_not_read(tmp_path):
     data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
     os.mkfifo(data / "red" / "pipe.jpg")
@@ -178,9 +179,7 @@ def test_extreme_aspect_image_is_skipped_not_upscaled(tmp_path, caplog):
 # ----------------------------------------------------------------------------- shared probe helpers
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+# `trained` (conftest.py): one tiny run shared by the session; probes that damage it work on copy_run's copy.
 
 
 def copy_run(trained, tmp_path):
@@ -231,7 +230,8 @@ def test_every_field_of_an_export_description_is_checked(exported, tmp_path, cap
     assert code == 2 and named in err and not out
 
 
-@pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null"])
+# b"[" * 100000: nested deeper than the JSON decoder recurses (a RecursionError, not a ValueError).
+@pytest.mark.parametrize("text", [b"{", b"\xff\xfe not json", b"[1, 2]", b"null", b"[" * 100000])
 def test_malformed_export_json_is_a_one_line_error(exported, tmp_path, capsys, text):
     model = tmp_path / "model.pt2"
     shutil.copy(exported, model)
@@ -494,6 +494,7 @@ def test_malformed_cifar_batches_are_one_line_errors(tmp_path, capsys, damage):
 HISTORY_DAMAGE = {
     "not json": b"[{",
     "not utf-8": b"\xff\xfe\x00",
+    "nested too deep": b"[" * 100000,
     "a mapping": b'{"epoch": 1}',
     "row without val_loss": b'[{"stage": "head", "epoch": 1}]',
     "string loss": b'[{"stage": "h", "epoch": 1, "train_loss": "x", "train_acc": 1, "val_loss": 1, "val_acc": 1, "lr": 1, "seconds": 1}]',
@@ -782,6 +783,7 @@ def test_code_execution_payloads_are_refused(trained, tmp_path, capsys, where):
     assert code == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_non_utf8_file_names_print_on_a_strict_utf8_console(trained, tmp_path):
     latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
     shutil.copy(trained[1] / "red" / "000.png", latin)

@@ -8,7 +8,9 @@ labels that do not match the outputs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -211,6 +213,18 @@ def test_the_unharmed_folders_still_load(hub_folders):
 # ----------------------------------------------------------------------------- 9: what a Hub folder tells others
 
 
+def test_a_hub_folder_is_readable_by_others_as_the_umask_allows(hub_folders):
+    # mkdtemp (the staging folder) makes 0700, safetensors writes 0600: others could not read a model meant for them.
+    mask = os.umask(0)
+    os.umask(mask)
+    for layout, folder in hub_folders.items():
+        for path in [folder, *folder.rglob("*")]:
+            want = (0o777 if path.is_dir() else 0o666) & ~mask
+            assert stat.S_IMODE(path.stat().st_mode) == want, (layout, path.name, oct(path.stat().st_mode))
+        assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.slow
 def test_a_hub_folder_names_no_local_path(tmp_path, capsys):
     import timm
     from safetensors.torch import save_file

@@ -109,6 +109,7 @@ def test_a_val_fraction_near_one_keeps_an_image_of_every_class_in_train(tmp_path
 # ----------------------------------------------------------------------------- 6: inspect on special and unreadable files
 
 
+@pytest.mark.slow
 def test_inspect_skips_a_fifo_listed_in_a_csv_as_train_does(tmp_path):
     data = write_images(tmp_path / "data", {k: CLASS_COLOURS[k] for k in ("red", "blue")}, per_class=6)
     os.mkfifo(data / "red" / "pipe.png")

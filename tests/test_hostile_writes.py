@@ -14,12 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_recipe
-from tests.probes import Mounts, cli, snapshot, train_tiny_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+from tests.probes import Mounts, cli, snapshot
 
 
 @pytest.fixture

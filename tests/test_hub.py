@@ -45,6 +45,7 @@ def train_run(data, out, model, data_fields=None, **overrides):
     return headstart.train(recipe, quiet=True).run_dir
 
 
+@pytest.mark.slow
 def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     run = train_run(data, tmp_path / "runs", {"backbone": "test_resnet", "weights": "none", "backbone_args": {}})
     folder = tmp_path / "hub"
@@ -148,6 +149,7 @@ def test_torchscript_is_exported_only_without_warnings(data, tmp_path, capsys):
         assert code == 0 and (run / "export" / "model.torchscript").is_file()
 
 
+@pytest.mark.slow
 def test_int8_onnx_is_calibrated_on_the_validation_images_and_agrees(data, tmp_path):
     run = train_run(data, tmp_path / "runs", {"backbone": "test_efficientnet", "weights": "none", "backbone_args": {}})
     path = headstart.export(run, format="onnx", quantize="int8")

@@ -59,6 +59,7 @@ def test_range_test_writes_curve_and_suggests_an_lr_in_range(colour_folder, tmp_
     assert "no stage named 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_range_test_can_start_from_a_trained_run(colour_folder, tmp_path):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     run = headstart.train(recipe, quiet=True)

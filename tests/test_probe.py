@@ -1,5 +1,7 @@
 """headstart probe: one cached head per backbone, one table with accuracy, time and inference speed."""
 
+import pytest
+
 import headstart
 from headstart.cli import main
 from headstart.config.recipe import Recipe
@@ -12,6 +14,7 @@ def probe_recipe(folder, out):
     return Recipe.from_dict(values)
 
 
+@pytest.mark.slow
 def test_probe_tables_every_backbone_with_accuracy_time_and_speed(colour_folder, tmp_path):
     backbones = ["headstart_cnn", "tf_efficientnet_lite0"]
     found = headstart.probe(colour_folder, backbones, recipe=probe_recipe(colour_folder, tmp_path), quiet=True)

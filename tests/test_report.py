@@ -97,6 +97,7 @@ def test_run_report_renders_in_a_headless_browser(undertrained_run, tmp_path):
     assert load_in_browser(damaged, tmp_path)["broken"]
 
 
+@pytest.mark.slow
 def test_sweep_report_shows_comparison_and_renders(colour_folder, tmp_path):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     result = headstart.sweep(recipe, vary={"head.lr": [0.05, 0.01]}, seeds=1, name="s", quiet=True)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -90,6 +89,34 @@ def comparable(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
+# The training process kills itself at a fixed point: two optimizer steps into the epoch after `KILL_AFTER`
+# finished ones (history.json is written, then last.pt, before the next epoch's first step). A public torch
+# hook counts the steps, so the kill point depends neither on timing nor on headstart's internals.
+KILL_AFTER = 3
+KILLED_TRAIN = """
+import json, os, signal, sys
+from pathlib import Path
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from headstart.cli import main
+
+history, after, steps = Path(sys.argv[1]) / "history.json", int(sys.argv[2]), []
+
+def kill_mid_epoch(optimizer, args, kwargs):
+    try:
+        finished = len(json.loads(history.read_text()))
+    except (OSError, ValueError):
+        finished = 0
+    if finished >= after:
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+register_optimizer_step_post_hook(kill_mid_epoch)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
     recipe = killable_recipe(tmp_path)
     reference = headstart.train(dict(recipe, run={**recipe["run"], "name": "reference"}), quiet=True)
@@ -97,23 +124,16 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe))
     run_dir = tmp_path / "runs" / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "headstart.cli", "train", "--recipe", str(recipe_file), "--quiet"],
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
-    )
-    deadline = time.monotonic() + 120
     # Three finished epochs: the process is inside the fine-tuning stage when it is killed.
-    while time.monotonic() < deadline and process.poll() is None:
-        history = run_dir / "history.json"
-        if history.is_file() and len(json.loads(history.read_text())) >= 3:
-            break
-        time.sleep(0.01)
-    time.sleep(0.3)  # into the next epoch (about 1 s long)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_TRAIN, str(run_dir), str(KILL_AFTER)]
+        + ["train", "--recipe", str(recipe_file), "--quiet"],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        timeout=600,
+    )
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = len(json.loads((run_dir / "history.json").read_text()))
-    assert killed_at < len(reference.history)
+    assert killed_at == KILL_AFTER < len(reference.history)
     for name in ("best.pt", "last.pt"):  # atomic writes: whatever is in place is whole
         load_checkpoint(run_dir / name)
 

@@ -176,6 +176,7 @@ def test_page_shows_a_prediction_for_a_dropped_image_in_chromium(run):
     assert shown[0].startswith(expected + " ") and len(shown) == 3
 
 
+@pytest.mark.slow
 def test_serve_command_answers_and_a_taken_port_is_one_line(run, capsys):
     run_dir, folder = run
     with listening_socket("127.0.0.1", 0) as taken:
@@ -252,6 +253,7 @@ def test_bad_serve_flags_are_one_line_errors(run, capsys, flags):
     assert err.startswith("headstart: error:") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_soak_memory_stays_bounded_slow_clients_are_cut_off_and_sigterm_stops_it(run, tmp_path):
     from tests import soak
 

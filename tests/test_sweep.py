@@ -51,6 +51,7 @@ def test_vary_values_are_yaml_and_combinations_are_crossed():
         parse_vary("bn")
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_variant_and_seed_then_compares(colour_folder, tmp_path, capsys):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     result = headstart.sweep(recipe, vary={"all.lr": [0.01, 1e-6]}, seeds=2, name="lr", quiet=True)
@@ -74,6 +75,7 @@ def test_sweep_runs_every_variant_and_seed_then_compares(colour_folder, tmp_path
     assert "all.lr=1e-06" in out and "all.lr=0.01" in out and (tmp_path / "cmp" / "comparison.png").is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_continues_without_rerunning_finished_runs(colour_folder, tmp_path):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     recipe["stages"][1]["epochs"] = 30  # long enough to be killed inside the second run

@@ -34,6 +34,7 @@ def test_staged_run_writes_folder_and_learns(colour_folder, tmp_path):
     assert "best: epoch" in (result.run_dir / "summary.txt").read_text()
 
 
+@pytest.mark.slow
 def test_packaged_default_backbone_runs_with_bf16_and_channels_last(colour_folder, tmp_path):
     recipe = tiny_recipe(
         colour_folder,
@@ -94,6 +95,7 @@ def test_nan_loss_stops_with_stage_epoch_and_keeps_files(colour_folder, tmp_path
     assert len(json.loads((run_dir / "history.json").read_text())) == 1
 
 
+@pytest.mark.slow
 def test_predictor_predicts_and_evaluates(colour_folder, tmp_path):
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs"), quiet=True)
     predictor = headstart.load(result.run_dir)
@@ -145,6 +147,7 @@ def test_article_sweeps_expand_to_valid_recipes(path, tmp_path):
     assert len({r.model_dump_json(exclude={"run"}) for r in recipes}) == len(spec.variants)  # each variant differs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ARTICLE_RECIPES, ids=lambda p: p.stem)
 def test_article_recipes_run_on_small_images(path, colour_folder, tmp_path):
     """Each article's model/freeze/stage setup trains end to end (hub weights replaced by 'none' offline)."""
@@ -198,6 +201,7 @@ def test_schedules_shape_the_learning_rate(optimizer, schedule):
         assert 0 < peak < 19 and max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < lrs[0]
 
 
+@pytest.mark.slow
 def test_label_smoothing_raises_the_loss_floor(colour_folder, tmp_path):
     plain = headstart.train(tiny_recipe(colour_folder, tmp_path / "a"), quiet=True)
     smooth_stages = [
@@ -208,6 +212,7 @@ def test_label_smoothing_raises_the_loss_floor(colour_folder, tmp_path):
     assert smooth.final["train_loss"] > plain.final["train_loss"]
 
 
+@pytest.mark.slow
 def test_feature_cache_key_changes_with_every_field(colour_folder):
     """Backbone weights, transform, image size, cut point, dtype, augmentation views, images: each makes a new key."""
     base = Recipe.from_dict(tiny_recipe(colour_folder, "/tmp/unused"))
@@ -311,6 +316,7 @@ def test_stage_with_frozen_lower_blocks_trains_on_cached_prefix(colour_folder, t
     assert not torch.equal(state["backbone.blocks.1.0.weight"], fresh.state_dict()["backbone.blocks.1.0.weight"])
 
 
+@pytest.mark.slow
 def test_tensorboard_and_mlflow_receive_every_epoch(colour_folder, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

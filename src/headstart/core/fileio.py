@@ -55,14 +55,23 @@ def writing(path: str | Path, what: str = "out") -> Iterator[None]:
         raise HeadstartError(describe_os_error(err, path, what)) from None
 
 
-def _file_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-# mkstemp makes files only their owner can read; run files get the permissions any new file would.
-FILE_MODE = _file_mode()
+# mkstemp and mkdtemp make files and folders only their owner can read; run files, and folders meant
+# for sharing, get the permissions any new file or folder would.
+FILE_MODE = 0o666 & ~_umask()
+FOLDER_MODE = 0o777 & ~_umask()
+
+
+def default_permissions(folder: Path) -> None:
+    """`folder` and everything in it get the umask's modes (a mkdtemp folder is 0700; some writers make 0600 files)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(FOLDER_MODE if path.is_dir() else FILE_MODE)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -147,7 +147,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record of a history.json (epoch rows and the test record), checked: damaged files are one-line errors."""
     try:
         records = json.loads(path.read_bytes())
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
         raise HeadstartError(f"{path} is not valid JSON ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(records, list) or not all(isinstance(row, dict) for row in records):
         raise HeadstartError(f"{path} is not a run history: a list of epoch rows expected")

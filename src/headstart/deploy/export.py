@@ -135,7 +135,7 @@ def read_sidecar(model_file: Path) -> dict[str, Any]:
         )
     try:
         info = json.loads(sidecar.read_bytes())
-    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
         raise HeadstartError(f"{sidecar} is not valid JSON ({str(err).splitlines()[0][:120]})") from None
     try:
         return _Description.model_validate(info).model_dump()

@@ -32,7 +32,7 @@ from torch import nn
 from headstart.config.recipe import ModelConfig, NoiseAdapter, Recipe
 from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
-from headstart.core.fileio import writing
+from headstart.core.fileio import default_permissions, writing
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.card import shareable_recipe
 from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
@@ -156,6 +156,7 @@ def write_folder(
         else:
             write_headstart_layout(model, checkpoint, staging)
         write_card(staging, checkpoint, checkpoint_path, "timm" if net is not None else "headstart", model)
+        default_permissions(staging)  # a folder to share: readable by others as the umask allows, not 0700 / 0600
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
