@@ -53,6 +53,9 @@ def main() -> None:
             process.kill()
     text = log.read_text()
     print(f"log: {len(text.splitlines())} lines, tracebacks: {text.count('Traceback')}")
+    if "Traceback" in text:
+        trace = text[text.index("Traceback") :]
+        print(trace[:300], "...", trace[-1500:])
 
 
 if __name__ == "__main__":

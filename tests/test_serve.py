@@ -258,7 +258,8 @@ def test_soak_memory_stays_bounded_slow_clients_are_cut_off_and_sigterm_stops_it
     from tests import soak
 
     log = tmp_path / "serve.log"
-    process, url = soak.start(run[0], log, "--timeout", "2")
+    # A 4 s read deadline outlasts the 3 s shutdown grace, so SIGTERM cancels an upload still arriving.
+    process, url = soak.start(run[0], log, "--timeout", "4")
     try:
         codes = soak.mixed_requests(url, count=200, clients=16)
         assert set(codes) <= {200, 422} and codes[422] == 40, codes
@@ -275,6 +276,7 @@ def test_soak_memory_stays_bounded_slow_clients_are_cut_off_and_sigterm_stops_it
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     assert text.count("closed its connection during its upload") == 10
+    assert "dropped an upload that was still arriving" in text
 
 
 SOAK_MEMORY_BOUND_MB = 1500  # the model, two images decoding at a time (about 250 MB each) and Python

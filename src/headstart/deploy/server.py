@@ -122,6 +122,10 @@ class ClientGone(Exception):
     """The client closed the connection before its upload was all read."""
 
 
+class ShuttingDown(Exception):
+    """The server stopped (SIGTERM) while an upload was still arriving: uvicorn cancelled the read."""
+
+
 async def read_body(request, limit: int, seconds: float) -> bytes:
     """The request body, refused past `limit` bytes before it is all read, or when it is slower than `seconds`."""
     from starlette.requests import ClientDisconnect
@@ -141,6 +145,8 @@ async def read_body(request, limit: int, seconds: float) -> bytes:
         raise BadUpload(408, f"the upload did not arrive within {seconds:g} s") from None
     except ClientDisconnect:
         raise ClientGone() from None
+    except asyncio.CancelledError:  # uvicorn's graceful-shutdown timeout: one log line, not a traceback
+        raise ShuttingDown() from None
     return b"".join(chunks)
 
 
@@ -234,6 +240,9 @@ class Answers:
         except ClientGone:
             log.info("a client closed its connection during its upload")
             return Response(status_code=400)  # nobody is left to read it
+        except ShuttingDown:
+            log.info("shutting down: dropped an upload that was still arriving")
+            return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
         top = self.predictor.top_labels(await self.batcher.probabilities(tensors), top_k)
         entries = [prediction_entry(name, labels) for name, labels in zip(names, top)]
         return entries[0] if single else entries
