@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from headstart.config.recipe import DataConfig
 from headstart.core.cache import content_key
 from headstart.core.errors import HeadstartError
+from headstart.core.progress import progress
 from headstart.data.layouts import list_images
 from headstart.data.splits import (
     DataSplit,
@@ -139,7 +140,8 @@ def decode_all(
     """Decode every sample once (threads: Pillow releases the GIL while decoding); bad files are returned by name."""
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
     try:
-        results = list(pool.map(lambda s: _try_decode(s[0], short_side, interpolation), samples))
+        decoded = pool.map(lambda s: _try_decode(s[0], short_side, interpolation), samples)
+        results = list(progress(decoded, "decoding images", total=len(samples), unit="img"))
     except BaseException:
         # Ctrl-C: drop the queued decodes instead of waiting for all of them (`with` would wait).
         pool.shutdown(wait=False, cancel_futures=True)

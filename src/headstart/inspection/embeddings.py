@@ -21,6 +21,7 @@ from torch import nn
 from headstart.config.recipe import Recipe
 from headstart.core import cache
 from headstart.core.hardware import Hardware
+from headstart.core.progress import progress
 from headstart.data.batches import make_loader
 from headstart.data.datasets import cache_root
 from headstart.data.images import ImageDataset, build_transforms, decode_all, short_side_for
@@ -87,7 +88,7 @@ class Embedder:
         """Embed every image in chunks into staging/embeddings.npy (rows of failed files stay zero)."""
         output, ok = None, np.zeros(len(paths), dtype=bool)
         threads = os.cpu_count() or 1
-        for start in range(0, len(paths), CHUNK):
+        for start in progress(range(0, len(paths), CHUNK), "embedding images", unit="chunk"):
             samples = [(p, i) for i, p in enumerate(paths[start : start + CHUNK], start)]
             pictures, kept, _ = decode_all(samples, self.short_side, self.preprocessing["interpolation"], threads)
             if not pictures:

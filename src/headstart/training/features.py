@@ -28,6 +28,7 @@ from headstart.config.recipe import Recipe
 from headstart.core import cache
 from headstart.core.distributed import SOLO, Group
 from headstart.core.hardware import Hardware
+from headstart.core.progress import progress
 from headstart.data.batches import GlobalBatches, make_loader
 from headstart.data.datasets import cache_root
 from headstart.data.images import PreparedData, train_view
@@ -197,7 +198,7 @@ class FeatureCache:
         self.cut.prefix.eval()
         output = None
         row = 0
-        for inputs, _ in loader:
+        for inputs, _ in progress(loader, f"features at {self.cut.name}", total=len(loader), unit="batch"):
             with self.hw.autocast():
                 features = self.cut.prefix(self.hw.to_input(inputs))
             chunk = features.to("cpu", self.dtype).contiguous()

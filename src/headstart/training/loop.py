@@ -12,7 +12,6 @@ divergence rule). Every process stops together on a non-finite loss.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,7 +20,6 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.utils import ModelEmaV3
 from torch import nn
-from tqdm.auto import tqdm
 
 from headstart.core.distributed import SOLO, Group
 from headstart.core.errors import HeadstartError
@@ -155,8 +153,3 @@ def divergence(loss: float, classes: int) -> str | None:
     return (
         f"loss {loss:.3g} is over {DIVERGED_FACTOR}x the chance level (ln {classes} = {chance:.2f}): the stage diverged"
     )
-
-
-def with_progress(batches: Batches, description: str, quiet: bool) -> Batches:
-    # Bars only on a terminal: in CI logs and pipes they would be noise.
-    return tqdm(batches, desc=description, leave=False, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)

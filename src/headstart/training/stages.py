@@ -15,12 +15,13 @@ from typing import Any
 
 from headstart.config.recipe import Stage
 from headstart.core.checkpoint import Checkpoint, ResumeState
+from headstart.core.progress import progress
 from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
 from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import score_batches
 from headstart.tasks.single_label import SINGLE_LABEL
 from headstart.training.hooks import BestModel, EarlyStopping, Notes, WeightAverage
-from headstart.training.loop import Loop, with_progress
+from headstart.training.loop import Loop
 from headstart.training.optim import Schedule, build_optimizer
 from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.training.session import Session
@@ -33,8 +34,8 @@ log = logging.getLogger("headstart")
 class Trainer:
     """Runs a recipe's stages for one run folder; trackers get every epoch's row."""
 
-    def __init__(self, session: Session, run: RunFolder, quiet: bool, trackers: list[Tracker], notes: Notes):
-        self.session, self.run, self.quiet, self.trackers, self.notes = session, run, quiet, trackers, notes
+    def __init__(self, session: Session, run: RunFolder, trackers: list[Tracker], notes: Notes):
+        self.session, self.run, self.trackers, self.notes = session, run, trackers, notes
         self.recipe, self.model = session.recipe, session.model
         self.build = StageBuilder(session)
         self.average = WeightAverage(session.model, session.recipe.run.ema_decay)
@@ -69,7 +70,7 @@ class Trainer:
 
     def run_epoch(self, stage: Stage, epoch: int, path: StagePath, loop: Loop) -> dict[str, Any]:
         tic, lr, total = time.perf_counter(), loop.schedule.lr, stage.epoch_budget
-        batches = with_progress(path.train_batches(epoch), f"{stage.name} {epoch}/{total}", self.quiet)
+        batches = progress(path.train_batches(epoch), f"{stage.name} {epoch}/{total}", path.batches_per_epoch, "batch")
         path.set_train_mode()
         first_step = (epoch - 1) * self.build.steps_per_epoch(path)
         where = f"stage '{stage.name}', epoch {epoch}"

@@ -108,7 +108,7 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
             return TrainResult(run.path, run.history, classes, read_test(run.path), recipe.run.monitor)
     log_start(session, run, point)
     trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
-    trainer = Trainer(session, run, quiet, trackers, Notes(point.state.stage_notes if point else None))
+    trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None))
     started = time.perf_counter() - (point.state.elapsed if point else 0.0)
     first_stage, inside = 0, None
     if point is not None:
