@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,7 +90,11 @@ class ConvAdapter(_Strict):
 
 PositiveStd = Annotated[float, Field(gt=0)]
 # run.log's names: the trackers registered in headstart.config.trackers (a Literal, so flags.py lists them).
-TrackerName = Literal[tuple(TRACKERS)]  # type: ignore[valid-type]
+# Built from the registry at run time, which a type checker cannot read: to it they are strings.
+if TYPE_CHECKING:
+    TrackerName: TypeAlias = str
+else:
+    TrackerName = Literal[tuple(TRACKERS)]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
