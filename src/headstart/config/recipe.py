@@ -96,6 +96,7 @@ if TYPE_CHECKING:
 else:
     TrackerName = Literal[tuple(TRACKERS)]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
+BalanceName = Literal["none", "weights", "sampler"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
 
@@ -154,7 +155,7 @@ class DataConfig(_Strict):
     # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws
     # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
     # smallest, else none (BENCHMARKS.md, imbalance).
-    balance: Literal["none", "weights", "sampler"] | None = None
+    balance: BalanceName | None = None
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
     image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     # Bounded below: a crop of 1e-9 would ask PIL to resize to an overflowing size.
