@@ -25,7 +25,7 @@ from headstart.model.cut import Cut, cache_decision
 from headstart.model.freeze import FreezePlan
 from headstart.tasks.single_label import SINGLE_LABEL
 from headstart.training.features import FeatureCache
-from headstart.training.loop import Batches, Loop, SoftTargets, StepHook
+from headstart.training.loop import Batches, Loop, ScheduleT, SoftTargets, StepHook
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -172,11 +172,11 @@ class StageBuilder:
         stage: Stage,
         path: StagePath,
         optimizer,
-        schedule,
+        schedule: ScheduleT,
         average: ModelEmaV3 | None = None,
         accumulate: int | None = None,
         on_step: StepHook | None = None,
-    ) -> Loop:
+    ) -> Loop[ScheduleT]:
         """The one loop for this stage: the task's loss, DDP then torch.compile around the trained module.
 
         `accumulate` defaults to the recipe's run.accumulate; `on_step` sees every batch's loss.
