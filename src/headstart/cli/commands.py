@@ -6,6 +6,7 @@ import argparse
 import fnmatch
 import json
 from pathlib import Path
+from typing import Any
 
 from headstart.cli.flags import recipe_from_args
 from headstart.config.defaults import default_recipe, is_data
@@ -65,7 +66,9 @@ def target_as_recipe_or_data(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from headstart.experiments.sweep import is_sweep_file, parse_vary, read_sweep_file, sweep
 
-    vary, variants, seeds, name, base = {}, {}, args.seeds, args.name, None
+    vary: dict[str, list[Any]] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    seeds, name, base = args.seeds, args.name, None
     if args.target and not is_data(args.target) and is_sweep_file(args.target):
         args.recipe = args.data = None
         base, vary, variants, file_seeds, file_name = read_sweep_file(args.target)

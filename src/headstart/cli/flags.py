@@ -55,7 +55,12 @@ HELP = {
     "accumulate": "optimizer step every K batches (effective batch K x batch size)",
     "ema-decay": "weight EMA decay, e.g. 0.999 (validation and best.pt use the averaged weights)",
 }
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "model.head": HeadConfig, "run": RunConfig}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "model.head": HeadConfig,
+    "run": RunConfig,
+}
 
 
 @dataclass
@@ -66,7 +71,7 @@ class Flag:
     path: tuple[str, ...]  # field names from the section (two for a stage section's field: early_stop.patience)
     flag: str
     choices: tuple | None
-    kind: type | None  # int / float / str, bool for switches; None for lists
+    kind: type  # int / float / str, bool for switches, list for repeatable choices
     default: Any
 
     @property

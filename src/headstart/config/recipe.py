@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,8 +90,13 @@ class ConvAdapter(_Strict):
 
 PositiveStd = Annotated[float, Field(gt=0)]
 # run.log's names: the trackers registered in headstart.config.trackers (a Literal, so flags.py lists them).
-TrackerName = Literal[tuple(TRACKERS)]  # type: ignore[valid-type]
+# Built from the registry at run time, which a type checker cannot read: to it they are strings.
+if TYPE_CHECKING:
+    TrackerName: TypeAlias = str
+else:
+    TrackerName = Literal[tuple(TRACKERS)]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
+BalanceName = Literal["none", "weights", "sampler"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
 
@@ -150,7 +155,7 @@ class DataConfig(_Strict):
     # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws
     # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
     # smallest, else none (BENCHMARKS.md, imbalance).
-    balance: Literal["none", "weights", "sampler"] | None = None
+    balance: BalanceName | None = None
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
     image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     # Bounded below: a crop of 1e-9 would ask PIL to resize to an overflowing size.

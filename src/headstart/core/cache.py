@@ -128,7 +128,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_staging(parent: Path) -> list[str]:
     """Staging folders in `parent` whose building process is gone (killed, or stopped by a full disk): removed."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:

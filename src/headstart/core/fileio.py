@@ -19,8 +19,8 @@ from pathlib import Path
 
 from headstart.core.errors import HeadstartError
 
-# What the user can do about each kind of failure.
-_ADVICE = {
+# What the user can do about each kind of failure (keyed by OSError.errno, which may be None).
+_ADVICE: dict[int | None, str] = {
     errno.ENOSPC: "free some space or write elsewhere",
     errno.EDQUOT: "free some space or write elsewhere",
     errno.EROFS: "the file system is mounted read-only; write elsewhere",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from headstart.core.fileio import atomic_write  # noqa: E402
+
+# Where a plot goes: a file, or (for the HTML report) a buffer in memory.
+Target = TypeVar("Target", Path, io.BytesIO)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -99,7 +102,7 @@ def plot_lr_find(
     return _save(figure, path)
 
 
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Target, title: str = "") -> Target:
     """Counts with true classes as rows and predictions as columns."""
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
@@ -139,13 +142,14 @@ def plot_reliability(calibration, path: Path) -> Path:
     return _save(figure, path)
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure, path: Target) -> Target:
     try:
         figure.tight_layout()
-        # Rendered in memory, then written atomically: a full disk leaves no half-written picture.
-        buffer = path if hasattr(path, "write") else io.BytesIO()  # the HTML report renders into memory
-        figure.savefig(buffer, format="png", dpi=110)
-        if buffer is not path:
+        if isinstance(path, io.BytesIO):  # the HTML report renders into memory
+            figure.savefig(path, format="png", dpi=110)
+        else:  # rendered in memory, then written atomically: a full disk leaves no half-written picture
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=110)
             atomic_write(Path(path), buffer.getvalue())
     finally:
         plt.close(figure)  # pyplot keeps every open figure alive otherwise

@@ -14,19 +14,21 @@ import logging
 import numpy as np
 import torch
 
+from headstart.config.recipe import BalanceName
+
 log = logging.getLogger("headstart")
 
 # The largest class this many times the smallest is imbalanced enough to warn and to rebalance by default.
 IMBALANCE_RATIO = 3.0
 # The measured winner on ../shared/data/tiles (BENCHMARKS.md, imbalance), used when the warning fires.
-DEFAULT_REMEDY = "sampler"
+DEFAULT_REMEDY: BalanceName = "sampler"
 
 
 def class_counts(labels: list[int], n_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
 
 
-def choose_balance(setting: str | None, labels: list[int], classes: list[str]) -> str:
+def choose_balance(setting: BalanceName | None, labels: list[int], classes: list[str]) -> BalanceName:
     """The remedy a run uses: the recipe's, else DEFAULT_REMEDY when the train split is imbalanced, else none.
 
     Logs the warning with the counts whenever the largest class is >= IMBALANCE_RATIO x the smallest.
@@ -34,7 +36,7 @@ def choose_balance(setting: str | None, labels: list[int], classes: list[str]) -
     counts = class_counts(labels, len(classes))
     big, small = int(np.flatnonzero(counts == counts.max())[0]), int(np.flatnonzero(counts == counts.min())[0])
     imbalanced = counts[small] > 0 and counts[big] >= IMBALANCE_RATIO * counts[small]
-    chosen = setting or (DEFAULT_REMEDY if imbalanced else "none")
+    chosen: BalanceName = setting or (DEFAULT_REMEDY if imbalanced else "none")
     if imbalanced:
         log.warning(
             "imbalanced classes: '%s' has %d training images, '%s' %d (%.1fx); balance: %s%s",

@@ -97,7 +97,8 @@ def make_loader(
     workers = default_workers() if workers is None else workers
     return DataLoader(
         dataset,
-        batch_sampler=GlobalBatches(len(dataset), batch_size, seed, shuffle, rank, world, weights),
+        # torch's Dataset declares no __len__ (iterable datasets have none); every dataset here is map-style.
+        batch_sampler=GlobalBatches(len(dataset), batch_size, seed, shuffle, rank, world, weights),  # type: ignore[arg-type]
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=pin_memory,

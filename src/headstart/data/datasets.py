@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -78,6 +79,10 @@ class _ArraysOnly(pickle.Unpickler):
     # _codecs.encode: how Python 3 writes bytes at pickle protocol 2 (copies of the files re-saved by Python 3).
     ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
+    def __init__(self, stream: BinaryIO, path: Path):
+        super().__init__(stream, encoding="bytes")
+        self.path = path  # named in the refusal
+
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise HeadstartError(
@@ -88,9 +93,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as stream:
-        unpickler = _ArraysOnly(stream, encoding="bytes")
-        unpickler.path = path
-        return unpickler.load()
+        return _ArraysOnly(stream, path).load()
 
 
 def _text(value: object) -> str:

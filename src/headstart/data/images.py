@@ -17,6 +17,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -109,13 +110,13 @@ def decode(path: Path, short_side: int, interpolation: str) -> np.ndarray:
         check_size(*image.size)
         # JPEG can decode straight to a reduced size (DCT scaling): much faster for big photos.
         image.draft("RGB", (short_side * 2, short_side * 2))
-        image = to_rgb(image)
-        width, height = image.size
+        rgb = to_rgb(image)
+        width, height = rgb.size
         scale = short_side / min(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if size != image.size:
-            image = image.resize(size, _PIL_INTERPOLATION[interpolation])
-        return np.asarray(image, dtype=np.uint8)
+        if size != rgb.size:
+            rgb = rgb.resize(size, _PIL_INTERPOLATION[interpolation])
+        return np.asarray(rgb, dtype=np.uint8)
 
 
 _PIL_INTERPOLATION = {
@@ -240,7 +241,7 @@ def short_side_for(preprocessing: dict) -> int:
 
 # Train-time presets on top of timm's random resized crop + flip. trivialaugment is timm's RandAugment
 # drawing one op per image at a uniformly random magnitude (TrivialAugment's rule).
-AUGMENT_PRESETS = {
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "light": dict(scale=(0.5, 1.0), hflip=0.5, color_jitter=None),
     "standard": dict(scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4),
     "randaugment": dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1"),
@@ -250,7 +251,7 @@ AUGMENT_PRESETS = {
 
 def build_transforms(preprocessing: dict, augment: str, random_erasing: float = 0.0):
     """(train, eval) transforms from timm's factory for the resolved preprocessing and augmentation preset."""
-    common = dict(
+    common: dict[str, Any] = dict(
         input_size=(3, preprocessing["image_size"], preprocessing["image_size"]),
         mean=preprocessing["mean"],
         std=preprocessing["std"],
@@ -261,7 +262,7 @@ def build_transforms(preprocessing: dict, augment: str, random_erasing: float = 
     if augment == "none":
         return eval_tf, eval_tf
     train_common = {k: v for k, v in common.items() if k != "crop_pct"}
-    erasing = dict(re_prob=random_erasing, re_mode="pixel") if random_erasing else {}
+    erasing: dict[str, Any] = dict(re_prob=random_erasing, re_mode="pixel") if random_erasing else {}
     train_tf = create_transform(is_training=True, **train_common, **AUGMENT_PRESETS[augment], **erasing)
     return keep_posterize_valid(train_tf), eval_tf
 
@@ -351,7 +352,8 @@ def prepare_data(
             else f"over the {DECODED_CACHE_BUDGET >> 20} MB memory budget"
         )
         log.info("decoded images (~%d MB, %s): decoding once to a memory-mapped file", estimate >> 20, why)
-    arrays, bad = {}, []
+    arrays: dict[str, list[np.ndarray] | DiskImages] = {}
+    bad: list[str] = []
     for name in ("train", "val", "test"):
         samples = getattr(split, name)
         if name == "test" and not samples:

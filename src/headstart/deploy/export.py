@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headstart.config.recipe import Preprocessing, describe_validation_error
-from headstart.core.checkpoint import load_checkpoint
+from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write, writing
 from headstart.core.paths import user_path
@@ -72,7 +72,7 @@ def export(
     return target
 
 
-def write_model_file(chosen: Format, checkpoint: dict[str, Any], target: Path) -> None:
+def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> None:
     """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
     assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     model = model_from_checkpoint(checkpoint)
@@ -89,7 +89,7 @@ def write_model_file(chosen: Format, checkpoint: dict[str, Any], target: Path) -
         temporary.unlink(missing_ok=True)  # what a full disk left half-written
 
 
-def description(checkpoint: dict[str, Any], checkpoint_path: Path, runtime: str) -> dict[str, Any]:
+def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> dict[str, Any]:
     """The description written beside a model file: its runtime, classes and the preprocessing its input needs."""
     size = checkpoint.preprocessing["image_size"]
     sidecar = {
@@ -165,7 +165,9 @@ def check_outputs(forward, info: dict[str, Any], model_file: Path) -> None:
 def load_exported(model_file: Path):
     """A callable images[N,3,S,S] -> logits for an exported file, run by the runtime its description names."""
     info = read_sidecar(model_file)
-    forward = FORMATS[info["runtime"]].load(model_file)
+    load = FORMATS[info["runtime"]].load
+    assert load is not None  # read_sidecar accepts only runtimes(): the formats with a loader
+    forward = load(model_file)
     with torch.no_grad():
         check_outputs(forward, info, model_file)
     return forward, info

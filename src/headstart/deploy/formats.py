@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from headstart.core.checkpoint import Checkpoint
 from headstart.deploy import format_onnx, format_pt2, format_torchscript
 from headstart.deploy.hub import export_hub
 
@@ -32,7 +33,7 @@ class Format:
     # model file -> images [N,3,S,S] -> logits; None for a format no runtime here runs from a file.
     load: Callable[[Path], Forward] | None = None
     # --quantize NAME -> (model file, checkpoint, description) -> the quantized file's path.
-    quantize: Mapping[str, Callable[[Path, dict[str, Any], dict[str, Any]], Path]] = field(default_factory=dict)
+    quantize: Mapping[str, Callable[[Path, Checkpoint, dict[str, Any]], Path]] = field(default_factory=dict)
     # A format that writes a whole folder of its own (weights, config, card) from the run instead of `write`.
     export_run: Callable[[str | Path, str | Path | None], Path] | None = None
 

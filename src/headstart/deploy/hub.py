@@ -58,7 +58,7 @@ def timm_equivalent(model: Classifier, cfg: ModelConfig, num_classes: int, size:
         )
     except (TypeError, ValueError, RuntimeError, AssertionError):
         return None
-    classifier = net.get_classifier()
+    classifier = net.get_classifier()  # type: ignore[operator]  # timm's own method
     if not isinstance(classifier, nn.Linear):
         return None
     name = next(n for n, m in net.named_modules() if m is classifier)
@@ -180,6 +180,7 @@ def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
     layout = config.headstart.layout if config.headstart is not None else "timm"
     cfg = headstart_model(folder, config) if layout == "headstart" else None
     # One place for whatever building and loading raise: the checks above leave only a damaged or odd file.
+    model: nn.Module  # a headstart Classifier or a plain timm model
     try:
         if cfg is not None:
             model = build_model(cfg, config.num_classes, config.preprocessing["image_size"])

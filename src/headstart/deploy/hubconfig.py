@@ -187,8 +187,10 @@ def headstart_model(folder: Path, config: HubConfig) -> ModelConfig:
         raise HeadstartError(f"{folder / 'config.json'}: headstart.model: {describe_validation_error(err)}") from None
     size = config.headstart.preprocessing.image_size
     for adapter in cfg.adapters:  # a resize adapter scales the image inside the network
-        if isinstance(adapter, ResizeAdapter):
-            size = adapter.size or round(size * adapter.factor)
+        if isinstance(adapter, ResizeAdapter) and adapter.size is not None:
+            size = adapter.size
+        elif isinstance(adapter, ResizeAdapter) and adapter.factor is not None:  # it has exactly one of the two
+            size = round(size * adapter.factor)
         if size > MAX_IMAGE_SIZE:
             raise HeadstartError(
                 f"{folder / 'config.json'}: a resize adapter asks for {size} px (at most {MAX_IMAGE_SIZE})"

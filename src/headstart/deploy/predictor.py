@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,17 @@ class Evaluation:
 
     def most_confident_mistakes(self, count: int) -> list[tuple[Path, str, str, float]]:
         """(image, true label, predicted label, its probability) for the wrong predictions made with the most confidence."""
-        predicted = SINGLE_LABEL.decide(self.probabilities)
-        wrong = [i for i in range(len(predicted)) if predicted[i] != self.truth[i]]
-        wrong.sort(key=lambda i: -self.probabilities[i, predicted[i]])
+        probabilities, truth, paths = self.probabilities, self.truth, self.paths
+        assert probabilities is not None and truth is not None and paths is not None  # evaluate_samples keeps them
+        predicted = SINGLE_LABEL.decide(probabilities)
+        wrong = [i for i in range(len(predicted)) if predicted[i] != truth[i]]
+        wrong.sort(key=lambda i: -probabilities[i, predicted[i]])
         return [
             (
-                self.paths[i],
-                self.classes[self.truth[i]],
+                paths[i],
+                self.classes[truth[i]],
                 self.classes[predicted[i]],
-                float(self.probabilities[i, predicted[i]]),
+                float(probabilities[i, predicted[i]]),
             )
             for i in wrong[:count]
         ]
@@ -127,7 +129,9 @@ class Predictor:
     ):
         self.forward = forward
         self.classes = list(classes)
-        self.preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
+        self.preprocessing: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()
+        }
         self.to_input = to_input or (lambda batch: batch)
         # Fitted on the val split after training (headstart.tasks.calibration); None: probabilities as the logits give them.
         self.temperature = temperature
@@ -199,7 +203,7 @@ class Predictor:
         return (torch.cat(augmented) if augmented else empty), (plain_all if plain_too else None)
 
     def predict(
-        self, images: list[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
+        self, images: Sequence[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
     ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image (paths or Pillow images)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -230,6 +234,7 @@ class Predictor:
             result.notes.append(note)
             return result
         result = self._evaluate_folder(data, confusion_png, tta)
+        assert result.paths is not None  # evaluate_samples keeps them
         warning = overlap_note(result.paths, cfg) if cfg is not None else None
         if warning:
             result.notes.append(f"warning: {warning}")

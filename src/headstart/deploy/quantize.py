@@ -43,7 +43,7 @@ def calibration_batches(checkpoint: Checkpoint) -> list[np.ndarray]:
         raise HeadstartError(f"int8 calibration needs the run's validation images: {err}") from None
     if split.classes != checkpoint.classes:
         raise HeadstartError("int8 calibration: the data folder's classes changed since training")
-    pre = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint.preprocessing.items()}
+    pre: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint.preprocessing.items()}
     arrays, _, _ = decode_all(
         split.val[:MAX_CALIBRATION_IMAGES], short_side_for(pre), pre["interpolation"], os.cpu_count() or 1
     )

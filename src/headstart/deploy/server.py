@@ -79,23 +79,27 @@ class Batcher:
         """Probabilities for transformed images [3, S, S], computed in whichever batches they land in."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in inputs]
+        queue = self.queue
+        assert queue is not None  # lifespan creates it before the app serves a request
         for tensor, future in zip(inputs, futures):
-            self.queue.put_nowait((tensor, future))
+            queue.put_nowait((tensor, future))
         return torch.stack(await asyncio.gather(*futures))
 
     async def collect(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
-        items = [await self.queue.get()]
+        queue = self.queue
+        assert queue is not None  # lifespan creates it before starting this loop
+        items = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.window
         while len(items) < self.max_batch:
-            if not self.queue.empty():
-                items.append(self.queue.get_nowait())
+            if not queue.empty():
+                items.append(queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                items.append(await asyncio.wait_for(self.queue.get(), remaining))
+                items.append(await asyncio.wait_for(queue.get(), remaining))
             except TimeoutError:
                 break
         return items

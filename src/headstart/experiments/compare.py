@@ -153,7 +153,11 @@ def _number(value: float | None) -> str:
 # ----------------------------------------------------------------------------- collecting runs
 
 
-def _read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | None:
+# A run read from its folder: (recipe, epoch rows, test record or None).
+RunFiles = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]
+
+
+def _read_run(path: Path) -> RunFiles | None:
     history_file, recipe_file = path / HISTORY_JSON, path / RECIPE_FILE
     if not history_file.is_file() or not recipe_file.is_file():
         return None
@@ -175,7 +179,7 @@ def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
     return [safe_component(v, f"{spec_file}: variant") for v in variants], seeds
 
 
-def _label_by_difference(groups: dict[str, list[tuple[Path, dict, list]]]) -> dict[str, str]:
+def _label_by_difference(groups: dict[str, list[tuple[Path, *RunFiles]]]) -> dict[str, str]:
     """Name each group of identical recipes by the fields in which the groups differ."""
     flat = {key: flatten(runs[0][1]) for key, runs in groups.items()}
     keys = sorted({k for f in flat.values() for k in f} - NOT_A_SWITCH)
@@ -191,7 +195,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
     """Runs from sweep folders and run folders; returns the records and the runs that failed or never finished an epoch."""
     records: list[RunRecord] = []
     failed: list[str] = []
-    loose: dict[str, list[tuple[Path, dict, list]]] = {}
+    loose: dict[str, list[tuple[Path, *RunFiles]]] = {}
     for given in paths:
         path = user_path(given)
         if not path.is_dir():

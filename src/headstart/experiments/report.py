@@ -62,10 +62,10 @@ def _thumbnail(path: Path, size: int = 150) -> str:
     from headstart.data.images import to_rgb
 
     with Image.open(path) as image:
-        image = to_rgb(image)
-        image.thumbnail((size * 2, size * 2))
+        rgb = to_rgb(image)
+        rgb.thumbnail((size * 2, size * 2))
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
+        rgb.save(buffer, "JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from headstart.config.defaults import as_recipe
 from headstart.config.recipe import DataConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -42,7 +43,7 @@ from headstart.training.train import train
 
 log = logging.getLogger("headstart")
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
+SECTIONS: dict[str, type[BaseModel]] = {"data": DataConfig, "model": ModelConfig, "run": RunConfig}
 
 
 @dataclass

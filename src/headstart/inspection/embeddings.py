@@ -41,6 +41,7 @@ class Embedder:
     def __init__(self, recipe: Recipe, preprocessing: dict, hw: Hardware):
         model = build_model(recipe.model, 2, preprocessing["image_size"])
         cut = find_cut(model, plan_freeze(model, "backbone", "frozen"), preprocessing["image_size"])
+        assert cut is not None  # with the whole backbone frozen, the cut is the head's: always found
         self.prefix: nn.Module = cut.prefix.to(hw.device).eval()
         if hw.channels_last:
             self.prefix.to(memory_format=torch.channels_last)

@@ -44,6 +44,8 @@ class Evidence:
         """
         found = exact_findings(self.items, [f.digest for f in self.facts])
         facts = [self.facts[i] for i in self.rows]
-        looks = Looks(np.stack([f.signature for f in facts]), np.stack([f.colour for f in facts]))
+        pixels = [(f.signature, f.colour) for f in facts if f.signature is not None and f.colour is not None]
+        assert len(pixels) == len(facts)  # the rows are the items read, and reading sets both
+        looks = Looks(np.stack([s for s, _ in pixels]), np.stack([c for _, c in pixels]))
         digests = [f.digest for f in facts]
         return found + near_findings(self.embedded, self.vectors, digests, looks, self.thresholds)

@@ -76,7 +76,8 @@ def regular_only(items: list[Item]) -> list[Item]:
 
     A missing file is kept: it is an `unreadable` finding, as a damaged one is.
     """
-    kept, skipped = [], []
+    kept: list[Item] = []
+    skipped: list[Item] = []
     for item in items:
         special = item.path.exists() and not item.path.is_file()  # both follow symlinks
         (skipped if special else kept).append(item)

@@ -128,10 +128,10 @@ def thumbnail(path: Path, size: int = 128) -> str:
 
     try:
         with Image.open(path) as image:
-            image = to_rgb(image)
-            image.thumbnail((size * 2, size * 2))
+            rgb = to_rgb(image)
+            rgb.thumbnail((size * 2, size * 2))
             buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=80)
+            rgb.save(buffer, "JPEG", quality=80)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -69,6 +69,7 @@ def identity_conv(kernel_size: int) -> nn.Conv2d:
     """A learnable 3->3 conv that starts as the identity, so the pretrained backbone first sees its usual input."""
     conv = nn.Conv2d(3, 3, kernel_size, padding=kernel_size // 2)
     nn.init.dirac_(conv.weight)
+    assert conv.bias is not None  # Conv2d has a bias unless bias=False
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -135,7 +136,8 @@ class Classifier(nn.Module):
         return dict(getattr(self.backbone, "pretrained_cfg", {}) or {})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.forward_features(self.adapter(x))
+        # timm's own method; nn.Module types an attribute it does not know as Tensor | Module.
+        x = self.backbone.forward_features(self.adapter(x))  # type: ignore[operator]
         return x.permute(0, 3, 1, 2) if self.nhwc_features and x.ndim == 4 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +167,10 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
             f"could not get hub weights for '{cfg.backbone}' ({reason}); offline, use --weights package|file:PATH|none"
         ) from None
     load_backbone_weights(net, cfg.backbone, source)
-    net.reset_classifier(0)
+    net.reset_classifier(0)  # type: ignore[operator]  # timm's own method (see Classifier.features)
     # forward_features never runs a VGG-style pre_logits MLP; keep it out of the model and its parameter count.
-    if isinstance(getattr(net, "pre_logits", None), nn.Module) and any(True for _ in net.pre_logits.parameters()):
+    pre_logits = getattr(net, "pre_logits", None)
+    if isinstance(pre_logits, nn.Module) and any(True for _ in pre_logits.parameters()):
         net.pre_logits = nn.Identity()
     return net
 

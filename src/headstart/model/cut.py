@@ -49,7 +49,7 @@ class _Features(nn.Module):
         self.nhwc = model.nhwc_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.forward_features(self.adapter(x))
+        x = self.backbone.forward_features(self.adapter(x))  # type: ignore[operator]  # timm's own method
         return x.permute(0, 3, 1, 2) if self.nhwc and x.ndim == 4 else x
 
 
@@ -81,7 +81,7 @@ def backbone_chain(model: Classifier, image_size: int) -> list[tuple[str, nn.Mod
     model.eval()
     try:
         x = model.adapter(torch.randn(1, 3, image_size, image_size, device=next(model.parameters()).device))
-        expected = backbone.forward_features(x)
+        expected = backbone.forward_features(x)  # type: ignore[operator]  # timm's own method
     finally:
         for hook in hooks:
             hook.remove()

@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.config.recipe import Stage
 from headstart.core.errors import HeadstartError, close_matches
+from headstart.model.build import Classifier
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
@@ -37,7 +38,7 @@ def parameter_layers(model: nn.Module) -> list[str]:
     ]
 
 
-def block_names(model: nn.Module) -> list[str]:
+def block_names(model: Classifier) -> list[str]:
     """Names a user would freeze up to: the backbone's children, and the elements of its Sequential/ModuleList children."""
     names = []
     for name, child in model.backbone.named_children():
@@ -48,14 +49,15 @@ def block_names(model: nn.Module) -> list[str]:
     return names
 
 
-def backbone_stages(model: nn.Module) -> list[str]:
+def backbone_stages(model: Classifier) -> list[str]:
     """First module of each of the backbone's stages, bottom up, from timm's own coarse layer groups."""
     backbone = model.backbone
     if not hasattr(backbone, "group_matcher"):
         raise HeadstartError(
             f"'top:N' needs a backbone with timm layer groups; {type(backbone).__name__} has none: name a module instead"
         )
-    groups = group_modules(backbone, backbone.group_matcher(coarse=True), reverse=False)
+    # timm's own method; nn.Module types an attribute it does not know as Tensor | Module.
+    groups = group_modules(backbone, backbone.group_matcher(coarse=True), reverse=False)  # type: ignore[operator]
     present = dict(backbone.named_modules())
     firsts = []
     for group in sorted(groups):
@@ -72,7 +74,7 @@ def backbone_stages(model: nn.Module) -> list[str]:
     return firsts
 
 
-def resolve_point(model: nn.Module, point: str | int) -> str | None:
+def resolve_point(model: Classifier, point: str | int) -> str | None:
     """The module name where training starts, or None when nothing is frozen."""
     if point == "none" or point == 0:
         return None
@@ -113,7 +115,7 @@ class FreezePlan:
 
     def apply(self, model: nn.Module) -> None:
         """Set requires_grad: frozen parameters off (BatchNorm gamma/beta on unless bn_mode='frozen')."""
-        trainable_bn = set()
+        trainable_bn: set[str] = set()
         if self.bn_mode != "frozen":
             modules = dict(model.named_modules())
             for name in self.frozen_batchnorms:
@@ -134,7 +136,7 @@ class FreezePlan:
                 modules[name].train()
 
 
-def plan_freeze(model: nn.Module, point: str | int, bn_mode: str) -> FreezePlan:
+def plan_freeze(model: Classifier, point: str | int, bn_mode: str) -> FreezePlan:
     """Work out the frozen modules and parameters for `point` (see the module docstring)."""
     modes = get_args(Stage.model_fields["bn"].annotation)  # the recipe's Literal is the one list
     if bn_mode not in modes:
@@ -160,7 +162,7 @@ def plan_freeze(model: nn.Module, point: str | int, bn_mode: str) -> FreezePlan:
     return FreezePlan(start, bn_mode, frozen_modules, frozen_params, bn_names)
 
 
-def plan_stages(model: nn.Module, stages) -> list[FreezePlan]:
+def plan_stages(model: Classifier, stages) -> list[FreezePlan]:
     """One freeze plan per recipe stage, each point checked against the model (a bad one is a one-line error)."""
     return [plan_freeze(model, stage.freeze, stage.bn) for stage in stages]
 

@@ -15,7 +15,7 @@ from headstart.model.freeze import FreezePlan
 
 def summary_rows(model: Classifier) -> list[str]:
     """The modules shown as rows: children of adapter, backbone and head, with multi-block containers opened once."""
-    rows = []
+    rows: list[str] = []
     for part in ("adapter", "backbone", "head"):
         for name, child in getattr(model, part).named_children():
             grandchildren = list(child.named_children())

@@ -9,10 +9,15 @@ inspection ask this object rather than calling torch's functions themselves, so 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Scores and decisions come as the same kind: tensors in training, arrays in prediction and inspection.
+Scores = TypeVar("Scores", torch.Tensor, np.ndarray)
 
 
 class SingleLabel:
@@ -31,7 +36,7 @@ class SingleLabel:
         logits = logits.float()
         return (logits / temperature if temperature else logits).softmax(1)
 
-    def decide(self, scores: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    def decide(self, scores: Scores) -> Scores:
         """The predicted class of each row of logits or probabilities (a tensor or an array)."""
         return scores.argmax(1) if isinstance(scores, torch.Tensor) else np.asarray(scores).argmax(axis=1)
 

@@ -170,13 +170,19 @@ class FeatureCache:
         with self.group.main_first():
             self._ensure()
 
+    @property
+    def current_cut(self) -> Cut:
+        """The cut `use` set: every key and pass needs one."""
+        assert self.cut is not None, "FeatureCache.use(cut) comes first"
+        return self.cut
+
     def key_fields(self) -> dict:
         """Everything that changes the cached outputs (the prefix checksum covers backbone and weights)."""
         return {
             **self.settings.identity,
-            "cut": self.cut.name,
+            "cut": self.current_cut.name,
             "head_pooling": [type(m).__name__ for m in self.model.head[: head_split(self.model)]]
-            if self.cut.name == "head"
+            if self.current_cut.name == "head"
             else [],
             "preprocessing": self.data.preprocessing,
             "augment": self.augment,
@@ -184,7 +190,7 @@ class FeatureCache:
             "seed": self.settings.seed,
             "dtype": str(self.dtype),
             **self._images,
-            "prefix": prefix_fingerprint(self.cut.prefix),
+            "prefix": prefix_fingerprint(self.current_cut.prefix),
         }
 
     def key(self) -> str:
@@ -195,12 +201,12 @@ class FeatureCache:
         # A fixed generator per view: the same recipe caches the same augmented views.
         torch.manual_seed(seed)
         loader = make_loader(dataset, self.settings.batch_size, False, 0, seed)
-        self.cut.prefix.eval()
+        self.current_cut.prefix.eval()
         output = None
         row = 0
-        for inputs, _ in progress(loader, f"features at {self.cut.name}", total=len(loader), unit="batch"):
+        for inputs, _ in progress(loader, f"features at {self.current_cut.name}", total=len(loader), unit="batch"):
             with self.hw.autocast():
-                features = self.cut.prefix(self.hw.to_input(inputs))
+                features = self.current_cut.prefix(self.hw.to_input(inputs))
             chunk = features.to("cpu", self.dtype).contiguous()
             chunk = chunk.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else chunk.numpy()
             if output is None:
@@ -210,6 +216,7 @@ class FeatureCache:
                 )
             output[row : row + len(chunk)] = chunk
             row += len(chunk)
+        assert output is not None  # neither split is empty (prepare_data refuses an empty one)
         output.flush()
         return output
 
@@ -231,9 +238,9 @@ class FeatureCache:
         )
 
     def _ensure(self) -> None:
-        if self._key is not None and tensor_versions(self.cut.prefix) == self._versions:
+        if self._key is not None and tensor_versions(self.current_cut.prefix) == self._versions:
             return  # no weight or buffer of the prefix was written since the key was taken
-        self._versions = tensor_versions(self.cut.prefix)
+        self._versions = tensor_versions(self.current_cut.prefix)
         fields = self.key_fields()
         key = cache.content_key(fields)
         if key == self._key:
@@ -290,7 +297,9 @@ class FeatureCache:
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._ensure()
+        features = self._val
+        assert features is not None  # _ensure loads the entry
         for index in GlobalBatches(
-            len(self._val), self.settings.batch_size, self.settings.seed, False, self.group.rank, self.group.world
+            len(features), self.settings.batch_size, self.settings.seed, False, self.group.rank, self.group.world
         ):
-            yield self._tensor(self._val[index]), self._val_labels[index]
+            yield self._tensor(features[index]), self._val_labels[index]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import torch
 from timm.data import Mixup
@@ -31,6 +32,18 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 StepHook = Callable[[int, float], bool]
 
 
+class StepSchedule(Protocol):
+    """What the loop asks of a schedule: optim.Schedule in stages, optim.Ramp in lr_find."""
+
+    @property
+    def lr(self) -> float: ...
+
+    def after_step(self, step: int) -> None: ...
+
+
+ScheduleT = TypeVar("ScheduleT", bound=StepSchedule)
+
+
 class SoftTargets:
     """Mixup/CutMix of a batch with its soft targets; an odd-sized batch (Mixup pairs images) gets smoothed one-hot targets."""
 
@@ -45,12 +58,12 @@ class SoftTargets:
 
 
 @dataclass
-class Loop:
+class Loop(Generic[ScheduleT]):
     """What one stage steps: `module` (the trained part, maybe DDP-wrapped/compiled), its optimizer and schedule."""
 
     module: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: object  # optim.Schedule or optim.Ramp: after_step(step), .lr
+    schedule: ScheduleT
     criterion: nn.Module
     hw: Hardware
     group: Group = SOLO
@@ -97,8 +110,8 @@ class Loop:
             total_loss += loss.item() * len(labels)
             correct += (SINGLE_LABEL.decide(logits) == labels).sum().item()
             seen += len(labels)
-        total_loss, correct, seen = self.group.sum([total_loss, correct, seen])
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+        loss_sum, correct_sum, seen_sum = self.group.sum([total_loss, correct, seen])  # over all processes
+        return loss_sum / max(seen_sum, 1), correct_sum / max(seen_sum, 1)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

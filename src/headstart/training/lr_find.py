@@ -134,7 +134,9 @@ def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: in
     optimizer = build_optimizer(session.model, stage)
     schedule = Ramp(optimizer, stage.lr, start_lr, end_lr, steps)
     log.info("lr-find: stage '%s', path %s, %d steps from %g to %g", stage.name, path.name, steps, start_lr, end_lr)
-    lrs, losses, smoothed = [], [], []
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
     # fastai's fixed 0.98 lags about 50 steps behind, half of a 100-step test; this keeps the lag near a tenth.
     beta = min(0.98, max(0.8, 1 - 10 / steps))
     average = [0.0]

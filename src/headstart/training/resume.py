@@ -90,7 +90,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sav
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step draws from, in types torch.load(weights_only=True) accepts."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # the global generator is always MT19937, whose legacy state is a tuple
+    kind, keys, position, has_gauss, cached = legacy
     state = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],

@@ -28,6 +28,7 @@ def score_test(session: Session, best: BestModel, run: RunFolder) -> None:
     if best.state is not None:
         session.model.load_state_dict(best.state)
     data, hw, group, test_set = session.recipe.data, session.hw, session.group, session.data.test
+    assert test_set is not None  # run_stages scores only a run that has a test split
     pin = hw.device.type == "cuda"
     loader = make_loader(
         test_set, data.batch_size, False, data.workers, session.recipe.run.seed, pin, group.rank, group.world

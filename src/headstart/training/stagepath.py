@@ -25,7 +25,7 @@ from headstart.model.cut import Cut, cache_decision
 from headstart.model.freeze import FreezePlan
 from headstart.tasks.single_label import SINGLE_LABEL
 from headstart.training.features import FeatureCache
-from headstart.training.loop import Batches, Loop, SoftTargets, StepHook
+from headstart.training.loop import Batches, Loop, ScheduleT, SoftTargets, StepHook
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -51,7 +51,8 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
     if not enabled:
         return model
     try:
-        return torch.compile(model)
+        # Given a Module, torch.compile returns an OptimizedModule (a Module); its annotation says only Callable.
+        return torch.compile(model)  # type: ignore[return-value]
     except Exception as err:  # noqa: BLE001 - a missing compiler toolchain only costs speed, not results
         log.warning("torch.compile unavailable (%s); training eagerly", str(err).splitlines()[0][:120])
         return model
@@ -148,9 +149,11 @@ class StageBuilder:
             train_set, data.batch_size, True, data.workers, seed, pin, rank, world, self.sample_weights
         )
         val_loader = make_loader(s.data.val, data.batch_size, False, data.workers, seed, pin, rank, world)
+        order = train_loader.batch_sampler
+        assert isinstance(order, GlobalBatches)  # make_loader always batches with GlobalBatches
 
         def train_batches(epoch: int) -> Batches:
-            train_loader.batch_sampler.set_epoch(epoch)
+            order.set_epoch(epoch)
             return train_loader
 
         return StagePath(
@@ -169,11 +172,11 @@ class StageBuilder:
         stage: Stage,
         path: StagePath,
         optimizer,
-        schedule,
+        schedule: ScheduleT,
         average: ModelEmaV3 | None = None,
         accumulate: int | None = None,
         on_step: StepHook | None = None,
-    ) -> Loop:
+    ) -> Loop[ScheduleT]:
         """The one loop for this stage: the task's loss, DDP then torch.compile around the trained module.
 
         `accumulate` defaults to the recipe's run.accumulate; `on_step` sees every batch's loss.

@@ -68,7 +68,7 @@ class Trainer:
             if ends:
                 break
 
-    def run_epoch(self, stage: Stage, epoch: int, path: StagePath, loop: Loop) -> dict[str, Any]:
+    def run_epoch(self, stage: Stage, epoch: int, path: StagePath, loop: Loop[Schedule]) -> dict[str, Any]:
         tic, lr, total = time.perf_counter(), loop.schedule.lr, stage.epoch_budget
         batches = progress(path.train_batches(epoch), f"{stage.name} {epoch}/{total}", path.batches_per_epoch, "batch")
         path.set_train_mode()
@@ -100,7 +100,9 @@ class Trainer:
         self.notes.check_divergence(stage, epoch, max(train_loss, val["loss"]), lr, len(self.session.classes))
         return row
 
-    def record_epoch(self, index: int, row: dict[str, Any], loop: Loop, stopping: EarlyStopping, started: float):
+    def record_epoch(
+        self, index: int, row: dict[str, Any], loop: Loop[Schedule], stopping: EarlyStopping, started: float
+    ):
         """History row, trackers, best.pt when it improved, and last.pt with what --resume needs."""
         stage = self.recipe.stages[index]
         self.run.add_epoch(row)
