@@ -3,6 +3,7 @@
     EarlyStopping   per stage: epochs without a min_delta improvement of run.monitor, and why a stage ends
     WeightAverage   the weight EMA (timm's ModelEmaV3) that scoring and best.pt use when it is on
     BestModel       the best epoch so far by run.monitor: its row, its number and its weights
+    Checkpoints     what best.pt and last.pt hold for an epoch, written into the run folder
     Notes           the lines summary.txt gathers (stage plans, restores, divergence warnings, calibration)
 
 Each one that a resumed run needs back has `state_dict()` / `load_state_dict()`; the trainer puts
@@ -20,10 +21,11 @@ import torch
 from torch import nn
 
 from headstart.config.recipe import Stage
-from headstart.core.checkpoint import load_checkpoint
-from headstart.core.runs import BEST_FILE, RunFolder
+from headstart.core.checkpoint import Checkpoint, ResumeState, load_checkpoint
+from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
 from headstart.tasks.metrics import best_index, improved
 from headstart.training.loop import divergence, weight_average
+from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
 
@@ -126,6 +128,35 @@ class BestModel:
             self.row = run.history[self.epoch - 1]
             if (run.path / BEST_FILE).is_file():
                 self.state = load_checkpoint(run.path / BEST_FILE).model
+
+
+class Checkpoints:
+    """Builds the epoch's Checkpoint (the scored weights and what predicting it needs) and writes best.pt / last.pt."""
+
+    def __init__(self, session: Session, run: RunFolder):
+        self.session, self.run = session, run
+
+    def of(self, stage: Stage, row: dict[str, Any], average: WeightAverage) -> Checkpoint:
+        data = self.session.data
+        return Checkpoint(
+            model=average.scored_state(),
+            raw_model=average.trained_state(),  # with an EMA, what training continues from
+            recipe=self.session.recipe.to_dict(),
+            classes=data.split.classes,
+            preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in data.preprocessing.items()},
+            stage=stage.name,
+            epoch=row["epoch"],
+            val_loss=row["val_loss"],
+            val_acc=row["val_acc"],
+        )
+
+    def save_best(self, checkpoint: Checkpoint) -> None:
+        self.run.save_checkpoint(BEST_FILE, checkpoint)
+
+    def save_last(self, checkpoint: Checkpoint, resume: ResumeState) -> None:
+        """last.pt: the checkpoint with where to continue; every epoch, so an interruption loses at most one."""
+        checkpoint.resume = resume
+        self.run.save_checkpoint(LAST_FILE, checkpoint)
 
 
 class Notes:

@@ -14,13 +14,13 @@ import time
 from typing import Any
 
 from headstart.config.recipe import Stage
-from headstart.core.checkpoint import Checkpoint, ResumeState
+from headstart.core.checkpoint import ResumeState
 from headstart.core.progress import progress
-from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
+from headstart.core.runs import RunFolder
 from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import score_batches
 from headstart.tasks.single_label import SINGLE_LABEL
-from headstart.training.hooks import BestModel, EarlyStopping, Notes, WeightAverage
+from headstart.training.hooks import BestModel, Checkpoints, EarlyStopping, Notes, WeightAverage
 from headstart.training.loop import Loop
 from headstart.training.optim import Schedule, build_optimizer
 from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
@@ -40,6 +40,7 @@ class Trainer:
         self.build = StageBuilder(session)
         self.average = WeightAverage(session.model, session.recipe.run.ema_decay)
         self.best = BestModel(session.recipe.run.monitor)
+        self.checkpoints = Checkpoints(session, run)
 
     def run_stage(self, index: int, started: float, resume: ResumeState | None = None) -> None:
         """Every epoch of stage `index`; with `resume`, continue inside it where last.pt left it."""
@@ -109,17 +110,17 @@ class Trainer:
         done = len(self.run.history)
         for tracker in self.trackers:
             tracker.log_epoch(done, row)
-        checkpoint = self.checkpoint(stage, row)
+        checkpoint = self.checkpoints.of(stage, row, self.average)
         if self.best.offer(row, done, checkpoint.model):
-            self.run.save_checkpoint(BEST_FILE, checkpoint)
+            self.checkpoints.save_best(checkpoint)
         ends = "stop" in row
         if ends and stage.early_stop and self.best.epoch != done:
             self.best.restore(self.model, self.average)
             self.notes.add(
                 f"stage '{stage.name}' {row['stop']}; restored the best weights so far (epoch {self.best.epoch})"
             )
-            checkpoint = self.checkpoint(stage, row)  # last.pt holds what the next stage starts from
-        checkpoint.resume = ResumeState(
+            checkpoint = self.checkpoints.of(stage, row, self.average)  # last.pt holds what the next stage starts from
+        resume = ResumeState(
             stage_index=index,
             epoch=row["epoch"],
             epochs_done=done,
@@ -131,21 +132,7 @@ class Trainer:
             early_stop=stopping.state_dict(),
             stage_notes=self.notes.lines,
         )
-        self.run.save_checkpoint(LAST_FILE, checkpoint)
-
-    def checkpoint(self, stage: Stage, row: dict[str, Any]) -> Checkpoint:
-        data = self.session.data
-        return Checkpoint(
-            model=self.average.scored_state(),
-            raw_model=self.average.trained_state(),  # with an EMA, what training continues from
-            recipe=self.recipe.to_dict(),
-            classes=data.split.classes,
-            preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in data.preprocessing.items()},
-            stage=stage.name,
-            epoch=row["epoch"],
-            val_loss=row["val_loss"],
-            val_acc=row["val_acc"],
-        )
+        self.checkpoints.save_last(checkpoint, resume)
 
 
 def describe_stage(stage: Stage, path: StagePath, model) -> str:
