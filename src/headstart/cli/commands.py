@@ -101,6 +101,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     options = ("stage", "start_lr", "end_lr", "steps", "weights_from", "out", "quiet")
     found = lr_find(recipe, **{name: getattr(args, name) for name in options})
+    if found.suggestion is None:
+        print(f"{found.warning}; plot: {found.folder / 'lr_find.png'}")
+        return 0
     print(
         f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}"
     )

@@ -80,18 +80,26 @@ def plot_lr_find(
     minimum_tenth: float,
     path: Path,
     title: str = "",
+    at_edge: bool = False,
 ) -> Path:
-    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
+    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked.
+
+    The y-axis holds the whole smoothed curve (raw spikes beyond it are cut); a steepest descent at
+    the range's edge is drawn as a warning, not a suggestion."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
     axis.plot(lrs, smoothed, linewidth=2, label="smoothed")
-    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (steepest descent): {suggestion:.2g}")
+    label = "steepest descent at the range's edge: no suggestion" if at_edge else "suggested (steepest descent)"
+    axis.axvline(
+        suggestion, color="tab:orange" if at_edge else "tab:green", linestyle="--", label=f"{label}: {suggestion:.2g}"
+    )
     axis.axvline(minimum_tenth, color="tab:red", linestyle=":", label=f"minimum/10: {minimum_tenth:.2g}")
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("training loss")
-    top = max(smoothed[0] * 1.5, min(smoothed) * 4)
-    axis.set_ylim(min(min(losses), min(smoothed)) * 0.9, top)
+    low, high = min(smoothed), max(smoothed)
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    axis.set_ylim(min(low, min(losses)) - margin, high + margin)
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     if title:
