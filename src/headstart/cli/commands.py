@@ -324,7 +324,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.experiments.probe import probe
 
     backbones = [name.strip() for name in args.backbones.split(",") if name.strip()] if args.backbones else None
-    found = probe(args.data, backbones, seeds=args.seeds or 1, out=args.out, quiet=args.quiet)
+    found = probe(args.data, backbones, seeds=args.seeds or 1, out=args.out, name=args.name, quiet=args.quiet)
     print(found.markdown, end="")
     print(f"probe: {found.folder / 'probe.md'}, {found.folder / 'probe.csv'}")
     return 0

@@ -205,6 +205,7 @@ def add_probe(sub) -> None:
     probe.add_argument("--backbones", help="A,B,... (default: the backbones with packaged weights)")
     probe.add_argument("--seeds", help="how many seeds (3) or which (0,1,2); default 1")
     probe.add_argument("--out", help="parent folder of the probe's sweep folder (default runs/)")
+    probe.add_argument("--name", help="the probe's folder under --out (default: probe-DATA-<the candidates>)")
     probe.add_argument("--quiet", action="store_true")
     probe.set_defaults(func=commands.cmd_probe)
 
