@@ -232,7 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
         add_probe,
     ):
         add(sub)
+    for command in [parser, *sub.choices.values()]:
+        show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """'(default: X)' on every option whose argparse default means something (recipe flags spell theirs)."""
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "(default: %(default)s)"
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
