@@ -88,9 +88,10 @@ def train(
     hw, group = open_hardware(recipe)
     quiet = quiet or not group.is_main
     ensure_console(quiet)
-    warn_if_cpu_busy(hw, group)
     try:
         session = prepare(recipe, hw, group, check_data=point is None)
+        # After the data is found and listed: a missing folder is the one message, not a CPU note first.
+        warn_if_cpu_busy(hw, group)
         return _train(session, quiet, point)
     finally:
         leave(group)
