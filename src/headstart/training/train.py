@@ -169,7 +169,8 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
         calibrate_best(session, trainer.best, run, trainer.notes)
     finally:
         if run.history and session.group.is_main:
-            plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name)
+            kept = best_index(run.history, trainer.recipe.run.monitor) + 1
+            plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name, best=kept)
             run.write_text(SUMMARY_FILE, run_summary(trainer, time.perf_counter() - started))
         for tracker in trainer.trackers:
             tracker.close()
