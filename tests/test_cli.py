@@ -152,3 +152,15 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     assert main(["predict", str(tmp_path), str(tmp_path / "best.pt")]) == 2
     captured = capsys.readouterr()
     assert "cannot load checkpoint" in captured.err and "this ran" not in captured.out
+
+
+def test_help_shows_defaults_of_options_and_recipe_flags():
+    from headstart.cli.parser import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    finder = commands["lr-find"].format_help()
+    assert "(default: 100)" in finder and "(default: 1e-07)" in finder
+    train = " ".join(commands["train"].format_help().split())
+    assert "--seed SEED (default: 0)" in train  # a recipe field's own default
+    assert "(default: None)" not in train and "(default: False)" not in train
+    assert "(default: 8000)" in commands["serve"].format_help()

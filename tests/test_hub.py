@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -207,3 +208,23 @@ def test_any_timm_hub_folder_loads_through_headstart(tmp_path):
     with torch.no_grad():
         expected = net(predictor.transform(image)[None]).softmax(1)
     assert torch.allclose(predictor.probabilities([image]), expected, atol=1e-6)
+
+
+def test_push_dry_run_reuses_an_up_to_date_hub_folder_and_re_exports_a_stale_one(trained, tmp_path, monkeypatch):
+    from headstart.deploy import hub, push
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    first = headstart.push(run, "me/colours", dry_run=True)
+    assert not first.reused and (run / "export" / "hub" / "model.safetensors").is_file()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(hub, "export_hub", no_export)
+    again = push.push(run, "me/colours", dry_run=True)
+    assert again.reused and again.files == first.files
+    later = (run / "export" / "hub" / "model.safetensors").stat().st_mtime + 60
+    os.utime(run / "best.pt", (later, later))  # a newer checkpoint: the folder is stale
+    with pytest.raises(AssertionError, match="exported again"):
+        push.push(run, "me/colours", dry_run=True)

@@ -209,3 +209,13 @@ def test_every_recipe_optimizer_name_maps_to_a_timm_optimizer():
 
     assert set(OPTIMIZERS) == set(get_args(Stage.model_fields["optimizer"].annotation))
     assert set(OPTIMIZERS.values()) <= set(list_optimizers())
+
+
+def test_a_one_epoch_stage_ran_its_1_epoch():
+    from headstart.training.hooks import EarlyStopping
+
+    one = EarlyStopping(Stage(name="head", epochs=1), "val_loss")
+    assert one.after_epoch({"val_loss": 1.0}, 1) == "ran its 1 epoch"
+    patient = EarlyStopping(Stage(name="all", epochs="auto", early_stop={"patience": 1}), "val_loss")
+    patient.after_epoch({"val_loss": 1.0}, 1)
+    assert patient.after_epoch({"val_loss": 2.0}, 2) == "early stop: val_loss did not improve for 1 epoch"

@@ -8,6 +8,7 @@ import torch
 
 import headstart
 from headstart.config.recipe import ModelConfig, Recipe
+from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.data.images import prepare_data
 from headstart.experiments.sweep import SweepSpec, expand, is_sweep_file, read_sweep_file, seed_list
@@ -373,3 +374,12 @@ def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, mo
     assert len(warned) == (1 if busy else 0)
     if busy:
         assert f"on {cores} cores" in warned[0] and "OMP_WAIT_POLICY=PASSIVE" in warned[0]
+
+
+def test_a_missing_data_folder_is_the_one_message_before_any_busy_cpu_note(tmp_path, monkeypatch, caplog):
+    from headstart.training import session
+
+    monkeypatch.setattr(session, "busy_cpu_note", lambda *args: "the CPU is busy")
+    with caplog.at_level("WARNING", logger="headstart"), pytest.raises(HeadstartError, match="not found"):
+        headstart.train(tiny_recipe(tmp_path / "no-such-folder", tmp_path / "runs"), quiet=True)
+    assert "the CPU is busy" not in caplog.text

@@ -104,6 +104,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     options = ("stage", "start_lr", "end_lr", "steps", "weights_from", "out", "quiet")
     found = lr_find(recipe, **{name: getattr(args, name) for name in options})
+    if found.suggestion is None:
+        print(f"{found.warning}; plot: {found.folder / 'lr_find.png'}")
+        return 0
     print(
         f"suggested lr {found.suggestion:.3g} (steepest descent; minimum/10 is {found.minimum_tenth:.3g}); plot: {found.folder / 'lr_find.png'}"
     )
@@ -324,7 +327,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.experiments.probe import probe
 
     backbones = [name.strip() for name in args.backbones.split(",") if name.strip()] if args.backbones else None
-    found = probe(args.data, backbones, seeds=args.seeds or 1, out=args.out, quiet=args.quiet)
+    found = probe(args.data, backbones, seeds=args.seeds or 1, out=args.out, name=args.name, quiet=args.quiet)
     print(found.markdown, end="")
     print(f"probe: {found.folder / 'probe.md'}, {found.folder / 'probe.csv'}")
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from headstart.config.defaults import default_recipe
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -131,12 +132,22 @@ def stage_flags() -> list[Flag]:
     return flags
 
 
+def with_default(help_text: str | None, default: Any) -> str | None:
+    """The help line with the recipe's default spelled out, where the field has one that is not 'auto' (None)."""
+    if default is None or default is PydanticUndefined or isinstance(default, bool) or default == []:
+        return help_text
+    if help_text and "default" in help_text:
+        return help_text
+    shown = f"(default: {default})".replace("%", "%%")  # argparse %-formats help lines
+    return f"{help_text} {shown}" if help_text else shown
+
+
 def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Every recipe flag, grouped by section; returns the 'run' group for command-specific flags."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in section_flags():
         group = groups.setdefault(flag.section.split(".")[0], parser.add_argument_group(flag.section.split(".")[0]))
-        option, help_text = f"--{flag.flag}", HELP.get(flag.flag)
+        option, help_text = f"--{flag.flag}", with_default(HELP.get(flag.flag), flag.default)
         if flag.kind is bool:
             negative = flag.default is True
             option = f"--no-{flag.flag}" if negative else option

@@ -205,6 +205,7 @@ def add_probe(sub) -> None:
     probe.add_argument("--backbones", help="A,B,... (default: the backbones with packaged weights)")
     probe.add_argument("--seeds", help="how many seeds (3) or which (0,1,2); default 1")
     probe.add_argument("--out", help="parent folder of the probe's sweep folder (default runs/)")
+    probe.add_argument("--name", help="the probe's folder under --out (default: probe-DATA-<the candidates>)")
     probe.add_argument("--quiet", action="store_true")
     probe.set_defaults(func=commands.cmd_probe)
 
@@ -231,7 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
         add_probe,
     ):
         add(sub)
+    for command in [parser, *sub.choices.values()]:
+        show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """'(default: X)' on every option whose argparse default means something (recipe flags spell theirs)."""
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "(default: %(default)s)"
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

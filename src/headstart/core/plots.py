@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from headstart.core.fileio import atomic_write  # noqa: E402
 
@@ -18,10 +19,14 @@ from headstart.core.fileio import atomic_write  # noqa: E402
 Target = TypeVar("Target", Path, io.BytesIO)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, train vs val, a dashed line where each stage starts."""
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", best: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train vs val, a dashed line where each stage starts.
+
+    best: the kept epoch (best.pt's, 1-based), starred on the val curves. Epoch ticks are whole
+    numbers; the legends sit below the plots, never over the curves.
+    """
     epochs = np.arange(1, len(history) + 1)
-    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 5))
     for axis, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
         axis.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label=f"train {label}")
         axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-", label=f"val {label}")
@@ -29,11 +34,24 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
             # Plain accuracy hides a neglected minority class; these two do not.
             axis.plot(epochs, [row["val_balanced_acc"] for row in history], "^--", label="val balanced accuracy")
             axis.plot(epochs, [row["val_f1"] for row in history], "v:", label="val macro-F1")
+        if best is not None and 1 <= best <= len(history):
+            value = history[best - 1][f"val_{metric}"]
+            axis.plot(
+                [best],
+                [value],
+                "*",
+                color="gold",
+                markeredgecolor="black",
+                markersize=16,
+                zorder=5,
+                label=f"kept (best.pt): epoch {best}",
+            )
         axis.set_xlabel("epoch (all stages)")
         axis.set_ylabel(label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         _mark_stages(axis, history)
-        axis.legend(loc="center right")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9, frameon=False)
     if title:
         figure.suptitle(title)
     return _save(figure, path)
@@ -45,7 +63,14 @@ def _mark_stages(axis, history: list[dict[str, Any]]) -> None:
         if row["stage"] != previous:
             axis.axvline(x - 0.5, color="grey", linestyle="--", linewidth=1)
             axis.text(
-                x - 0.45, 1.0, row["stage"], transform=axis.get_xaxis_transform(), va="top", fontsize=8, color="grey"
+                x - 0.45,
+                0.98,
+                row["stage"],
+                transform=axis.get_xaxis_transform(),
+                va="top",
+                fontsize=10,
+                color="dimgrey",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
             )
             previous = row["stage"]
 
@@ -83,18 +108,26 @@ def plot_lr_find(
     minimum_tenth: float,
     path: Path,
     title: str = "",
+    at_edge: bool = False,
 ) -> Path:
-    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked."""
+    """Loss against learning rate on a log axis, raw and smoothed, with the two suggestions marked.
+
+    The y-axis holds the whole smoothed curve (raw spikes beyond it are cut); a steepest descent at
+    the range's edge is drawn as a warning, not a suggestion."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss per step")
     axis.plot(lrs, smoothed, linewidth=2, label="smoothed")
-    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested (steepest descent): {suggestion:.2g}")
+    label = "steepest descent at the range's edge: no suggestion" if at_edge else "suggested (steepest descent)"
+    axis.axvline(
+        suggestion, color="tab:orange" if at_edge else "tab:green", linestyle="--", label=f"{label}: {suggestion:.2g}"
+    )
     axis.axvline(minimum_tenth, color="tab:red", linestyle=":", label=f"minimum/10: {minimum_tenth:.2g}")
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("training loss")
-    top = max(smoothed[0] * 1.5, min(smoothed) * 4)
-    axis.set_ylim(min(min(losses), min(smoothed)) * 0.9, top)
+    low, high = min(smoothed), max(smoothed)
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    axis.set_ylim(min(low, min(losses)) - margin, high + margin)
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     if title:

@@ -9,6 +9,7 @@ import torch
 
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
+from headstart.core.install import install_hint
 
 
 def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
@@ -27,7 +28,7 @@ def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
         )
     except ImportError as err:
         raise HeadstartError(
-            f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'headstart[export]'"
+            f"ONNX export needs the onnx and onnxscript packages ({err}); {install_hint('export')}"
         ) from None
 
 
@@ -36,7 +37,7 @@ def load(model_file: Path):
     try:
         import onnxruntime
     except ImportError:
-        raise HeadstartError("running an ONNX model needs onnxruntime; pip install 'headstart[export]'") from None
+        raise HeadstartError(f"running an ONNX model needs onnxruntime; {install_hint('export')}") from None
     try:
         session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types: a file it cannot read

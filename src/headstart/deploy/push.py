@@ -2,18 +2,22 @@
 
     headstart push RUN OWNER/NAME [--private] [--dry-run]
 
-The token comes from where huggingface_hub looks (`HF_TOKEN`, or `hf auth login`'s file). A
+The Hub folder is RUN/export/hub, exported again only when it is missing or older than the
+checkpoint (an up-to-date one is reused, and the log says so). The token comes from where huggingface_hub looks (`HF_TOKEN`, or `hf auth login`'s file). A
 failure to reach the Hub (offline, bad token, no rights) is one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from headstart.core.errors import HeadstartError
 from headstart.core.runs import resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -23,6 +27,7 @@ class PushResult:
     folder: Path
     url: str
     files: list[tuple[str, int]]  # (name, bytes) of what went (or would go) up
+    reused: bool = False  # the Hub folder was up to date: not exported again
 
 
 def push(run_or_checkpoint: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> PushResult:
@@ -35,13 +40,32 @@ def push(run_or_checkpoint: str | Path, repo_id: str, private: bool = False, dry
 
     if not REPO_ID.match(repo_id):
         raise HeadstartError(f"repository id '{repo_id}' is not OWNER/NAME (letters, digits, '.', '_', '-')")
-    folder = export_hub(run_or_checkpoint, resolve_checkpoint(run_or_checkpoint).parent / "export" / "hub")
+    checkpoint = resolve_checkpoint(run_or_checkpoint)
+    folder = checkpoint.parent / "export" / "hub"
+    reused = up_to_date(folder, checkpoint)
+    if reused:
+        log.info(
+            "push: reusing %s (its files are newer than %s; re-export: headstart export --format hub)",
+            folder,
+            checkpoint,
+        )
+    else:
+        folder = export_hub(run_or_checkpoint, folder)
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
     url = f"https://huggingface.co/{repo_id}"
-    if dry_run:
-        return PushResult(folder, url, files)
-    upload(folder, repo_id, private)
-    return PushResult(folder, url, files)
+    if not dry_run:
+        upload(folder, repo_id, private)
+    return PushResult(folder, url, files, reused)
+
+
+def up_to_date(folder: Path, checkpoint: Path) -> bool:
+    """Whether `folder` is a Hub export whose every file was written after `checkpoint` last changed."""
+    from headstart.deploy.hub import is_hub_folder
+
+    if not is_hub_folder(folder):
+        return False
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return min(p.stat().st_mtime_ns for p in files) >= checkpoint.stat().st_mtime_ns
 
 
 def upload(folder: Path, repo_id: str, private: bool) -> None:

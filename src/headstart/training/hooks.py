@@ -55,9 +55,11 @@ class EarlyStopping:
         )
         self.best, self.stale = (value, 0) if better else (self.best, self.stale + 1)
         if rule and self.stale >= rule.patience:
-            return f"early stop: {self.monitor} did not improve for {self.stale} epochs"
+            return f"early stop: {self.monitor} did not improve for {plural(self.stale, 'epoch')}"
         if epoch == self.stage.epoch_budget:
-            return "reached the cap of max_epochs" if self.stage.epochs == "auto" else f"ran its {epoch} epochs"
+            return (
+                "reached the cap of max_epochs" if self.stage.epochs == "auto" else f"ran its {plural(epoch, 'epoch')}"
+            )
         return None
 
 
@@ -176,3 +178,8 @@ class Notes:
             return
         self.diverged.add(stage.name)
         self.add(f"warning: stage '{stage.name}', epoch {epoch}: {why}; lower the learning rate ({lr:.3g})", True)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -47,9 +47,27 @@ class LRFindResult:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggestion: float  # the steepest descent
+    suggestion: float | None  # the steepest descent; None where it lies at the range's edge
     minimum_tenth: float
     folder: Path
+    steepest: float = float("nan")  # the steepest descent, even at the edge
+    warning: str | None = None  # why there is no suggestion, and what to try
+
+
+def edge_warning(lrs: list[float], steepest: float, start_lr: float, end_lr: float) -> str | None:
+    """Why `steepest` is no recommendation (it lies at the tested range's first or last steps), or None."""
+    index = lrs.index(steepest)
+    if 1 < index < len(lrs) - 2:
+        return None
+    where = "start" if index <= 1 else "end"
+    if where == "start":
+        hint = f"the loss fell fastest at the very first steps: start lower (--start-lr {start_lr / 100:g})"
+    else:
+        hint = f"the loss still fell fastest at the last steps: end higher (--end-lr {end_lr * 100:g})"
+    return (
+        f"no suggestion: the steepest descent ({steepest:.3g}) is at the {where} of the range {start_lr:g}..{end_lr:g}; "
+        f"{hint}, or test from a trained run (--from RUN, say after the head stage)"
+    )
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
@@ -92,6 +110,7 @@ def lr_find(
     if len(lrs) < 3:
         raise HeadstartError(f"the loss diverged within {len(lrs)} steps from {start_lr:g}: start lower (--start-lr)")
     minimum_tenth, steepest = suggest(lrs, smoothed)
+    warning = edge_warning(lrs, steepest, start_lr, end_lr)
     rows = "lr,loss,smoothed\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in zip(lrs, losses, smoothed))
     atomic_write(folder / "lr_find.csv", rows.encode())
     plot_lr_find(
@@ -102,17 +121,22 @@ def lr_find(
         minimum_tenth,
         folder / "lr_find.png",
         title=f"stage '{chosen.name}' ({path_name})",
+        at_edge=warning is not None,
     )
-    log.info(
-        "lr-find: suggested lr %.3g for stage '%s' (steepest descent; minimum/10 is %.3g); try --lr %s=%.3g; plot in %s",
-        steepest,
-        chosen.name,
-        minimum_tenth,
-        chosen.name,
-        steepest,
-        folder / "lr_find.png",
-    )
-    return LRFindResult(lrs, losses, smoothed, steepest, minimum_tenth, folder)
+    if warning:
+        log.warning("lr-find: stage '%s': %s; plot in %s", chosen.name, warning, folder / "lr_find.png")
+    else:
+        log.info(
+            "lr-find: suggested lr %.3g for stage '%s' (steepest descent; minimum/10 is %.3g); try --lr %s=%.3g; plot in %s",
+            steepest,
+            chosen.name,
+            minimum_tenth,
+            chosen.name,
+            steepest,
+            folder / "lr_find.png",
+        )
+    suggestion = None if warning else steepest
+    return LRFindResult(lrs, losses, smoothed, suggestion, minimum_tenth, folder, steepest, warning)
 
 
 def load_weights(session: Session, weights_from: str | Path) -> None:

@@ -88,9 +88,10 @@ def train(
     hw, group = open_hardware(recipe)
     quiet = quiet or not group.is_main
     ensure_console(quiet)
-    warn_if_cpu_busy(hw, group)
     try:
         session = prepare(recipe, hw, group, check_data=point is None)
+        # After the data is found and listed: a missing folder is the one message, not a CPU note first.
+        warn_if_cpu_busy(hw, group)
         return _train(session, quiet, point)
     finally:
         leave(group)
@@ -168,7 +169,8 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
         calibrate_best(session, trainer.best, run, trainer.notes)
     finally:
         if run.history and session.group.is_main:
-            plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name)
+            kept = best_index(run.history, trainer.recipe.run.monitor) + 1
+            plot_curves(run.history, run.path / CURVES_FILE, title=run.path.name, best=kept)
             run.write_text(SUMMARY_FILE, run_summary(trainer, time.perf_counter() - started))
         for tracker in trainer.trackers:
             tracker.close()
