@@ -63,9 +63,13 @@ def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Not
     """
     if best.state is None or not session.group.is_main or not (run.path / BEST_FILE).is_file():
         return None
+    checkpoint = load_checkpoint(run.path / BEST_FILE)
+    if checkpoint.calibration is not None:  # a resumed run calibrated before it was killed: keep what it found
+        calibration = Calibration.from_dict(checkpoint.calibration)
+        notes.add(calibration.summary_line())
+        return calibration
     session.model.load_state_dict(best.state)
     calibration = calibrate(*val_logits(session))
-    checkpoint = load_checkpoint(run.path / BEST_FILE)
     checkpoint.temperature = calibration.temperature if calibration.applied else None
     checkpoint.calibration = calibration.to_dict()
     run.save_checkpoint(BEST_FILE, checkpoint)
