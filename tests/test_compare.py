@@ -91,3 +91,14 @@ def test_compare_warns_when_runs_differ_in_data_and_writes_its_own_folder(tmp_pa
     assert comparison.files == {name: folder / f"comparison.{name}" for name in ("md", "csv", "png")}
     assert all(path.is_file() for path in comparison.files.values())
     assert not list(runs.glob("comparison.*"))
+
+
+def test_without_a_summary_the_wall_time_is_last_pts_and_otherwise_unknown(tmp_path):
+    from headstart.core.checkpoint import Checkpoint, ResumeState
+
+    runs = tmp_path / "runs"
+    run = fake_run(runs, "a", [row(1, 0.3, 0.9, seconds=5.0)])
+    assert compare([run]).markdown.split("\n")[2].split(" | ")[-2] == "-"  # not the epochs' 5 s
+    resume = ResumeState(0, 1, 1, {}, {}, {}, elapsed=33.3)
+    Checkpoint({}, {}, ["a"], {}, "head", 1, 0.3, 0.9, resume=resume).save(run / "last.pt")
+    assert compare([run]).rows[0]["seconds"][0] == 33.3
