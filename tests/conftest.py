@@ -71,6 +71,16 @@ def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:
     return recipe
 
 
+def with_temperature(run_dir: Path, temperature: float = 1.7) -> Path:
+    """`run_dir` as if cross-validation had applied a temperature (a tiny run's few val images keep T at 1)."""
+    from headstart.core.checkpoint import load_checkpoint
+
+    best = load_checkpoint(run_dir / "best.pt")
+    best.temperature = temperature
+    best.save(run_dir / "best.pt")
+    return run_dir
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Feature caches and the digits folder go to a per-test folder, never the user's ~/.cache."""

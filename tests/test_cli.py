@@ -35,7 +35,7 @@ def test_train_evaluate_predict_summary(tiny_run, colour_folder, capsys):
     assert main(["evaluate", str(tiny_run), str(colour_folder), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     # The run's own folder: only its held-out val split (1 image of 12 per class) is scored.
-    assert report["count"] == 3 and report["accuracy"] > 0.6 and (tiny_run / "confusion.png").is_file()
+    assert report["count"] == 3 and report["accuracy"] > 0.6 and (tiny_run / "confusion-val.png").is_file()
     assert main(["predict", str(tiny_run), str(colour_folder / "green"), "--top-k", "1", "--json"]) == 0
     predictions = json.loads(capsys.readouterr().out)
     assert len(predictions) == 12 and all(len(p["top"]) == 1 for p in predictions)
@@ -164,3 +164,24 @@ def test_help_shows_defaults_of_options_and_recipe_flags():
     assert "--seed SEED (default: 0)" in train  # a recipe field's own default
     assert "(default: None)" not in train and "(default: False)" not in train
     assert "(default: 8000)" in commands["serve"].format_help()
+
+
+def test_evaluate_never_replaces_the_runs_own_files_and_names_what_it_scored(trained, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from headstart.core import plots
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    (run / "confusion.png").write_bytes(b"the run's own picture")
+    titles = []
+    original = plots.plot_confusion
+    monkeypatch.setattr(plots, "plot_confusion", lambda *a, title="": titles.append(title) or original(*a, title=title))
+    assert main(["evaluate", str(run), str(trained[1])]) == 0
+    assert main(["evaluate", str(run), str(trained[1]), "--tta"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "confusion.png").read_bytes() == b"the run's own picture"
+    assert (run / "confusion-val.png").is_file() and (run / "confusion-val-tta-flip.png").is_file()
+    assert f"confusion matrix: {run / 'confusion-val-tta-flip.png'}" in out
+    assert titles[0].startswith("the run's held-out val split, no TTA")
+    assert titles[1].startswith("the run's held-out val split, TTA (flip)")

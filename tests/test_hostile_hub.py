@@ -18,7 +18,7 @@ import pytest
 
 import headstart
 from headstart.core.errors import HeadstartError
-from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+from tests.conftest import CLASS_COLOURS, tiny_recipe, with_temperature, write_images
 from tests.probes import cli
 
 
@@ -33,7 +33,7 @@ def hub_folders(tmp_path_factory):
         recipe = tiny_recipe(data, root / "runs", data={"image_size": 32}, run={"name": layout})
         recipe["stages"] = [{"name": "all", "epochs": 1, "freeze": "none", "lr": 0.01}]
         recipe["model"] = model or recipe["model"]
-        run = headstart.train(recipe, quiet=True).run_dir
+        run = with_temperature(headstart.train(recipe, quiet=True).run_dir)
         folders[layout] = headstart.export(run, format="hub", out=root / f"hub-{layout}")
         assert json.loads((folders[layout] / "config.json").read_text())["headstart"]["layout"] == layout
     return folders

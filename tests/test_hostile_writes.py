@@ -73,7 +73,7 @@ def test_evaluate_prints_its_accuracy_before_failing_to_write_the_picture(traine
     run = mounts.read_only(tmp_path / "ro", contents=trained[0])
     code, out, err = cli(["evaluate", run, trained[1]], capsys)
     # The figures come first (after the line saying which split was scored), then the one-line error.
-    assert code == 2 and "\naccuracy " in f"\n{out}" and f"cannot write {run / 'confusion.png'}" in err
+    assert code == 2 and "\naccuracy " in f"\n{out}" and f"cannot write {run / 'confusion-val.png'}" in err
 
 
 @pytest.mark.parametrize("command", ["predict --csv", "export", "report", "compare", "sweep", "lr-find"])

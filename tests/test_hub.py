@@ -12,7 +12,7 @@ import torch
 
 import headstart
 from headstart.cli import main
-from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+from tests.conftest import CLASS_COLOURS, tiny_recipe, with_temperature, write_images
 
 # Runs in a fresh interpreter where importing headstart fails, so only timm can rebuild the model.
 TIMM_ALONE = """
@@ -49,6 +49,7 @@ def train_run(data, out, model, data_fields=None, **overrides):
 @pytest.mark.slow
 def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     run = train_run(data, tmp_path / "runs", {"backbone": "test_resnet", "weights": "none", "backbone_args": {}})
+    with_temperature(run)
     folder = tmp_path / "hub"
     assert main(["export", str(run), "--format", "hub", "--out", str(folder)]) == 0
     assert {"model.safetensors", "config.json", "README.md", "confusion.png"} <= {p.name for p in folder.iterdir()}
@@ -57,7 +58,7 @@ def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     assert config["label_names"] == ["blue", "green", "red"]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     card = (folder / "README.md").read_text()
-    # Training fitted a temperature: the card says to divide by it (timm alone gives the raw logits).
+    # The run has a temperature: the card says to divide by it (timm alone gives the raw logits).
     assert "timm alone rebuilds it" in card and "| red | 5 | 1 |" in card and "Calibration" in card
 
     images = [str(p) for name in CLASS_COLOURS for p in sorted((data / name).iterdir())[:2]]

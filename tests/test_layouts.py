@@ -144,7 +144,7 @@ def test_cli_train_with_a_test_split_then_compare_and_evaluate(tmp_path, capsys)
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
     capsys.readouterr()
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "test balanced acc" in table and "best val macro-F1" in table
+    assert "test balanced acc" in table and "best.pt val macro-F1" in table
     assert main(["evaluate", str(run), str(tmp_path / "d"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 8 and result["notes"][0].startswith("scored the run's held-out test split: 8 of the 30")

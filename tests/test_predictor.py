@@ -126,3 +126,28 @@ def test_a_missing_image_is_a_one_line_error(tmp_path):
         predictor.predict([tmp_path / "nope.png"])
     half_bright("right").save(tmp_path / "right.png")
     assert predictor.predict([tmp_path / "right.png"], top_k=1)[0][0][0] == "right"
+
+
+def test_an_evaluations_figure_says_what_it_scored_and_names_its_file_so(tmp_path, monkeypatch):
+    from headstart.core import plots
+
+    folder = tmp_path / "photos"
+    for side in ("left", "right"):
+        (folder / side).mkdir(parents=True)
+        for seed in range(2):
+            half_bright(side).save(folder / side / f"{seed}.png")
+    titles = []
+    monkeypatch.setattr(
+        "headstart.deploy.predictor.plot_confusion",
+        lambda matrix, classes, path, title="": (
+            titles.append(title) or plots.plot_confusion(matrix, classes, path, title)
+        ),
+    )
+    predictor = Predictor.from_module(LeftRight(), CLASSES, PREPROCESSING, device="cpu")
+    plain = predictor.evaluate(folder, confusion_png=tmp_path / "plain.png")
+    flipped = predictor.evaluate(folder, confusion_png=tmp_path / "tta.png", tta="flip")
+    assert (tmp_path / "plain.png").is_file() and (tmp_path / "tta.png").is_file()
+    assert titles[0] == plain.title and "folder photos, no TTA" in titles[0] and "on 4 images" in titles[0]
+    assert titles[1] == flipped.title and "folder photos, TTA (flip)" in titles[1]
+    assert plain.figure_name == "confusion-folder-photos.png"
+    assert flipped.figure_name == "confusion-folder-photos-tta-flip.png"

@@ -166,3 +166,38 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     assert "no epoch finished" in capsys.readouterr().err
     assert main(["train", "data", "--resume", str(tmp_path)]) == 2
     assert "give no DATA" in capsys.readouterr().err
+
+
+def test_a_run_killed_after_its_last_epoch_scores_its_test_split_when_resumed(tmp_path, caplog):
+    two = {k: CLASS_COLOURS[k] for k in ("red", "blue")}
+    for seed, (name, count) in enumerate((("train", 8), ("valid", 3), ("test", 4))):
+        write_images(tmp_path / "d" / name, two, per_class=count, seed=seed)
+    stages = [{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05}]
+    run_dir = headstart.train(tiny_recipe(tmp_path / "d", tmp_path / "runs", stages=stages), quiet=True).run_dir
+    history = json.loads((run_dir / "history.json").read_text())
+    test = history[-1]
+    assert test["record"] == "test" and test["images"] == 8
+    # Killed after the last epoch, before the test split was scored and best.pt calibrated.
+    (run_dir / "history.json").write_text(json.dumps(history[:-1]))
+    best = load_checkpoint(run_dir / "best.pt")
+    best.temperature = best.calibration = None
+    best.save(run_dir / "best.pt")
+    (run_dir / "summary.txt").unlink()
+
+    with caplog.at_level("INFO", logger="headstart"):
+        result = headstart.train(resume=run_dir)
+    assert "finished all its stages but not its test score and calibration" in caplog.text
+    assert result.test == json.loads((run_dir / "history.json").read_text())[-1]
+    assert result.test.keys() == test.keys() and result.test["model"] == test["model"]
+    assert [result.test[k] for k in ("loss", "acc", "f1")] == pytest.approx([test[k] for k in ("loss", "acc", "f1")])
+    assert load_checkpoint(run_dir / "best.pt").calibration is not None
+    summary = (run_dir / "summary.txt").read_text()
+    assert "test (8 images" in summary and "calibration: temperature" in summary
+
+    # Now it is whole: resuming again changes nothing.
+    before = (run_dir / "history.json").read_text(), (run_dir / "best.pt").read_bytes()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="headstart"):
+        headstart.train(resume=run_dir)
+    assert "nothing to resume" in caplog.text
+    assert ((run_dir / "history.json").read_text(), (run_dir / "best.pt").read_bytes()) == before

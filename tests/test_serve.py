@@ -28,11 +28,11 @@ LOCAL = "http://127.0.0.1"  # the server answers loopback Host names only (DNS r
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.conftest import CLASS_COLOURS, write_images
+    from tests.conftest import CLASS_COLOURS, with_temperature, write_images
 
     root = tmp_path_factory.mktemp("serve")
     folder = write_images(root / "data", CLASS_COLOURS, per_class=8)
-    return headstart.train(tiny_recipe(folder, root / "runs"), quiet=True).run_dir, folder
+    return with_temperature(headstart.train(tiny_recipe(folder, root / "runs"), quiet=True).run_dir), folder
 
 
 @contextmanager
@@ -107,7 +107,7 @@ def test_in_process_predictions_equal_predict_and_bad_uploads_are_4xx(run, capsy
         assert client.get("/health").json()["status"] == "ok"
         metadata = client.get("/metadata").json()
         assert metadata["classes"] == ["blue", "green", "red"] and metadata["preprocessing"]["image_size"] == 16
-        # Training fitted a temperature; /metadata reports the one the predictions use.
+        # The run has a temperature; /metadata reports the one the predictions use.
         assert metadata["calibration"]["temperature"] == load_checkpoint(run_dir / "best.pt").temperature
 
 

@@ -13,7 +13,7 @@ from headstart.config.defaults import default_recipe, is_data
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
-from headstart.core.runs import BEST_FILE, CONFUSION_FILE
+from headstart.core.runs import BEST_FILE
 
 
 def without_devices(argv: list[str]) -> list[str]:
@@ -129,16 +129,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device)
-    # A Hub folder's own confusion.png belongs to its model card: a new evaluation goes to the working directory.
-    png = Path(args.confusion) if args.confusion else (Path(CONFUSION_FILE) if hub else source.parent / CONFUSION_FILE)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
+    # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
+    # a Hub folder's files belong to its model card: an evaluation of one goes to the working directory.
+    png = Path(args.confusion) if args.confusion else (Path.cwd() if hub else source.parent) / result.figure_name
     if args.json:
         print(
             json.dumps(
                 {
                     "accuracy": result.accuracy,
                     "accuracy_without_tta": result.plain_accuracy,
+                    "tta": result.tta,
+                    "scored": result.scored,
                     "count": result.count,
                     "per_class": result.per_class,
                     "confusion": result.confusion.tolist(),
@@ -153,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.table(), flush=True)
     from headstart.core.plots import plot_confusion
 
-    plot_confusion(result.confusion, result.classes, png, title=f"accuracy {result.accuracy:.3f}")
+    plot_confusion(result.confusion, result.classes, png, title=result.title)
     if not args.json:
         print(f"confusion matrix: {png}")
     return 0

@@ -54,7 +54,7 @@ def add_compare(sub) -> None:
     compare = sub.add_parser("compare", help="table and overlaid curves of runs or a sweep, mean ± std over seeds")
     compare.add_argument("runs", nargs="+", help="run folders, or a sweep folder")
     compare.add_argument(
-        "--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or the runs' parent)"
+        "--out", help="folder for comparison.md/.csv/.png (default: the sweep folder, or comparison/ beside the runs)"
     )
     compare.set_defaults(func=commands.cmd_compare)
 

@@ -155,22 +155,27 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Target, title: 
 
 
 def plot_reliability(calibration, path: Path) -> Path:
-    """Accuracy against confidence per bin, before and after temperature scaling, with the diagonal."""
+    """Accuracy against confidence per bin (equal counts, each marked with its count), before and after the temperature."""
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
-    for bins, ece, label in (
-        (calibration.bins_before, calibration.ece_before, "before"),
-        (calibration.bins_after, calibration.ece_after, f"after (T = {calibration.temperature:.2f})"),
-    ):
+    applied = getattr(calibration, "applied", True)
+    curves = [(calibration.bins_before, calibration.ece_before, "before" if applied else "T = 1 (kept)")]
+    if applied:
+        curves.append((calibration.bins_after, calibration.ece_after, f"after (T = {calibration.temperature:.2f})"))
+    for bins, ece, label in curves:
         used = [i for i, count in enumerate(bins["count"]) if count]
-        axis.plot(
-            [bins["confidence"][i] for i in used],
-            [bins["accuracy"][i] for i in used],
-            marker="o",
-            label=f"{label}, ECE {ece:.3f}",
-        )
-    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    axis.set_title(f"reliability on {calibration.images} val images")
+        x, y = [bins["confidence"][i] for i in used], [bins["accuracy"][i] for i in used]
+        axis.plot(x, y, marker="o", label=f"{label}, ECE {ece:.3f}")
+        if bins is calibration.bins_before:
+            for i, (cx, cy) in zip(used, zip(x, y)):
+                axis.annotate(str(bins["count"][i]), (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    shown = len([c for c in calibration.bins_before["count"] if c])
+    why = "it did not lower held-out NLL" if getattr(calibration, "folds", 0) else "too few val images to tell"
+    kept = "" if applied else f"\nno temperature applied: {why}"
+    axis.set_title(
+        f"reliability on {calibration.images} val images, {shown} bins (numbers: images per bin){kept}", fontsize=9
+    )
     axis.legend(loc="upper left")
     return _save(figure, path)
 

@@ -31,8 +31,8 @@ def same_source(data: str | Path, cfg: DataConfig) -> bool:
         return False
 
 
-def held_out(cfg: DataConfig, classes: list[str]) -> tuple[list[tuple[Path, int]], str]:
-    """The run's held-out (path, label) pairs and a line saying which split they are."""
+def held_out(cfg: DataConfig, classes: list[str]) -> tuple[str, list[tuple[Path, int]], str]:
+    """The run's held-out split: its name (test or val), its (path, label) pairs and a line saying which it is."""
     split = list_images(cfg)
     if split.classes != classes:
         raise HeadstartError(
@@ -44,7 +44,7 @@ def held_out(cfg: DataConfig, classes: list[str]) -> tuple[list[tuple[Path, int]
         f"scored the run's held-out {name} split: {len(samples)} of the {total} images in {cfg.path} "
         f"({split.layout}); its {len(split.train)} training images are not scored"
     )
-    return samples, note
+    return name, samples, note
 
 
 def training_overlap(paths: list[Path], cfg: DataConfig) -> int:

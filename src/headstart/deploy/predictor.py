@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,19 @@ class Evaluation:
     truth: np.ndarray | None = None  # true label index per image
     # Which images were scored, when that is not simply "all of DATA" (headstart.data.holdout), and warnings.
     notes: list[str] = field(default_factory=list)
+    scored: str = ""  # what was scored, in words: "the run's held-out test split", "folder ants/val"
+    tag: str = ""  # the same as a file name part: "test", "val", "folder-ants-val"
+
+    @property
+    def title(self) -> str:
+        """A figure's title: what was scored, with or without TTA, and the accuracy."""
+        tta = f"TTA ({self.tta})" if self.tta else "no TTA"
+        return f"{self.scored or 'evaluation'}, {tta}\naccuracy {self.accuracy:.3f} on {self.count} images"
+
+    @property
+    def figure_name(self) -> str:
+        """confusion-<what was scored>[-tta-<mode>].png: never a run's or a Hub folder's own file name."""
+        return f"confusion-{self.tag or 'data'}" + (f"-tta-{self.tta}" if self.tta else "") + ".png"
 
     def most_confident_mistakes(self, count: int) -> list[tuple[Path, str, str, float]]:
         """(image, true label, predicted label, its probability) for the wrong predictions made with the most confidence."""
@@ -229,8 +243,9 @@ class Predictor:
         """
         cfg = self._training_data()
         if cfg is not None and same_source(data, cfg):
-            samples, note = held_out(cfg, self.classes)
-            result = self.evaluate_samples(samples, confusion_png, tta, where=str(data))
+            name, samples, note = held_out(cfg, self.classes)
+            scored = f"the run's held-out {name} split"
+            result = self.evaluate_samples(samples, confusion_png, tta, where=str(data), scored=scored, tag=name)
             result.notes.append(note)
             return result
         result = self._evaluate_folder(data, confusion_png, tta)
@@ -256,7 +271,9 @@ class Predictor:
                 f"{folder} has class '{unknown[0]}' the model does not know; its classes: {', '.join(self.classes)}"
             )
         samples = [(path, self.classes.index(name)) for name, paths in found.items() for path in paths]
-        return self.evaluate_samples(samples, confusion_png, tta, where=str(folder))
+        short = f"{root.name}/val" if folder != root else root.name
+        tag = "folder-" + (re.sub(r"[^A-Za-z0-9_.]+", "-", short).strip("-.") or "data")
+        return self.evaluate_samples(samples, confusion_png, tta, where=str(folder), scored=f"folder {short}", tag=tag)
 
     def evaluate_samples(
         self,
@@ -264,8 +281,13 @@ class Predictor:
         confusion_png: Path | None = None,
         tta: str | bool | None = None,
         where: str = "",
+        scored: str = "",
+        tag: str = "",
     ) -> Evaluation:
-        """The same figures for (path, label index) pairs: a run's own validation split, say."""
+        """The same figures for (path, label index) pairs: a run's own validation split, say.
+
+        `where` names the samples in messages, `scored` in figure titles (default: `where`), `tag` in file names.
+        """
         arrays, samples, bad = decode_all(
             samples, short_side_for(self.preprocessing), self.preprocessing["interpolation"], os.cpu_count() or 1
         )
@@ -286,15 +308,11 @@ class Predictor:
             truth, predicted, labels=labels, zero_division=0
         )
         matrix = confusion_matrix(truth, predicted, labels=labels)
-        if confusion_png is not None:
-            plot_confusion(
-                matrix, self.classes, confusion_png, title=f"accuracy {float((truth == predicted).mean()):.3f}"
-            )
         per_class = [
             {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
         ]
-        return Evaluation(
+        evaluation = Evaluation(
             float((truth == predicted).mean()),
             self.classes,
             per_class,
@@ -305,7 +323,12 @@ class Predictor:
             [path for path, _ in samples],
             probabilities.numpy(),
             truth,
+            scored=scored or where,
+            tag=tag,
         )
+        if confusion_png is not None:
+            plot_confusion(matrix, self.classes, confusion_png, title=evaluation.title)
+        return evaluation
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:

@@ -4,9 +4,13 @@
     headstart compare RUN_DIR RUN_DIR ...  # runs with the same recipe but the seed are one variant,
                                            # labelled by the recipe fields that differ
 
-A variant's figures are means over its seeds with the sample standard deviation. Every variant is
-set against the best one (lowest mean best val loss): a difference smaller than the seed-to-seed
-spread is said to be so, with Welch's t-test p-value where both have two or more seeds.
+A variant's figures are means over its seeds with the sample standard deviation. The "best.pt"
+figures are the scores of the model each run kept (its best epoch by its own run.monitor), the wall
+time is the run's (summary.txt, else last.pt). Variants are ranked by that monitor (the one most
+runs use, said in a note when runs differ), and every variant is set against the best one: a
+difference smaller than the seed-to-seed spread is said to be so, with Welch's t-test p-value where
+both have two or more seeds. Runs on different data (recipe data.path) are compared with a warning.
+Files: comparison.md, .csv and .png in the sweep folder, or in `comparison/` beside the runs.
 
 Example:
     >>> comparison = headstart.compare(["runs/sweep-hymenoptera"])
@@ -18,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,9 @@ from headstart.core.paths import safe_component, user_path
 from headstart.core.runs import (
     ERROR_FILE,
     HISTORY_JSON,
+    LAST_FILE,
     RECIPE_FILE,
+    SUMMARY_FILE,
     SWEEP_FILE,
     atomic_write,
     epoch_rows,
@@ -38,6 +46,9 @@ from headstart.core.runs import (
     read_records,
 )
 from headstart.core.yamlfile import read_yaml
+from headstart.tasks.metrics import LOWER_IS_BETTER, best_index
+
+log = logging.getLogger("headstart")
 
 # Fields that differ between repeats of one experiment, not between experiments.
 NOT_A_SWITCH = {"run.seed", "run.name", "run.out_dir"}
@@ -56,19 +67,22 @@ METRICS = [
     "seconds",
     "trainable_params",
 ]
+# "best" is the epoch the run kept as best.pt (by its run.monitor), not the highest value of each column.
 HEADERS = {
-    "best_val_loss": "best val loss",
-    "best_val_acc": "best val acc",
-    "best_val_balanced_acc": "best val balanced acc",
-    "best_val_f1": "best val macro-F1",
+    "best_val_loss": "best.pt val loss",
+    "best_val_acc": "best.pt val acc",
+    "best_val_balanced_acc": "best.pt val balanced acc",
+    "best_val_f1": "best.pt val macro-F1",
     "test_loss": "test loss",
     "test_acc": "test acc",
     "test_balanced_acc": "test balanced acc",
     "test_f1": "test macro-F1",
-    "final_val_loss": "final val loss",
-    "final_val_acc": "final val acc",
+    "final_val_loss": "last epoch val loss",
+    "final_val_acc": "last epoch val acc",
+    "final_val_balanced_acc": "last epoch val balanced acc",
+    "final_val_f1": "last epoch val macro-F1",
     "epochs": "epochs",
-    "seconds": "wall time (s)",
+    "seconds": "run wall time (s)",
     "trainable_params": "trainable params (last stage)",
 }
 
@@ -83,22 +97,46 @@ class RunRecord:
     # The chosen model's test-split score (history.json's test record); None without a test split.
     test: dict[str, Any] | None = None
 
+    @property
+    def monitor(self) -> str:
+        return str(self.recipe.get("run", {}).get("monitor", "val_loss"))
+
+    @property
+    def data(self) -> str:
+        return str(self.recipe.get("data", {}).get("path") or "embedded digits")
+
     def metrics(self) -> dict[str, float]:
-        best = min(self.history, key=lambda row: row["val_loss"])
+        """The kept model's val scores (best.pt: the best epoch by run.monitor), the last epoch's, test, the run's time."""
+        best, last = self.history[best_index(self.history, self.monitor)], self.history[-1]
         test = self.test or {}
         nan = float("nan")  # a run from before a metric existed, or without a test split
+        scores = ("val_loss", "val_acc", "val_balanced_acc", "val_f1")
         return {
-            "best_val_loss": best["val_loss"],
-            "best_val_acc": max(row["val_acc"] for row in self.history),
-            "best_val_balanced_acc": max(row.get("val_balanced_acc", nan) for row in self.history),
-            "best_val_f1": max(row.get("val_f1", nan) for row in self.history),
+            **{f"best_{key}": best.get(key, nan) for key in scores},
             **{f"test_{key}": test.get(key, nan) for key in ("loss", "acc", "balanced_acc", "f1")},
-            "final_val_loss": self.history[-1]["val_loss"],
-            "final_val_acc": self.history[-1]["val_acc"],
+            **{f"final_{key}": last.get(key, nan) for key in scores},
             "epochs": len(self.history),
-            "seconds": sum(row["seconds"] for row in self.history),
-            "trainable_params": self.history[-1].get("trainable_params") or 0,
+            "seconds": run_seconds(self.path),
+            "trainable_params": last.get("trainable_params") or 0,
         }
+
+
+def run_seconds(run_dir: Path) -> float:
+    """The run's wall time: summary.txt's, else the time last.pt had counted; NaN when neither says."""
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file():
+        found = re.findall(r"wall time ([0-9.]+)s", summary.read_text(errors="replace"))
+        if found:
+            return float(found[-1])
+    if (run_dir / LAST_FILE).is_file():
+        from headstart.core.checkpoint import load_checkpoint
+
+        try:
+            resume = load_checkpoint(run_dir / LAST_FILE).resume
+        except HeadstartError:
+            return float("nan")
+        return float(resume.elapsed) if resume is not None else float("nan")
+    return float("nan")
 
 
 @dataclass
@@ -241,31 +279,64 @@ def _stats(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
+def ranking_monitor(records: list[RunRecord]) -> tuple[str, list[str]]:
+    """The run.monitor variants are ranked by (the one most runs use), and notes when runs differ in it or in data."""
+    monitors = [record.monitor for record in records]
+    monitor = max(dict.fromkeys(monitors), key=monitors.count)
+    notes = []
+    if len(set(monitors)) > 1:
+        notes.append(
+            "runs differ in run.monitor ("
+            + "; ".join(f"{m}: {_names(r for r in records if r.monitor == m)}" for m in dict.fromkeys(monitors))
+            + f"): each best.pt is its own run's choice; ranked by best.pt {monitor}"
+        )
+    data = list(dict.fromkeys(record.data for record in records))
+    if len(data) > 1:
+        warning = "runs differ in data, their scores are not comparable: " + "; ".join(
+            f"{path}: {_names(r for r in records if r.data == path)}" for path in data
+        )
+        log.warning("compare: %s", warning)
+        notes.insert(0, "WARNING: " + warning)
+    return monitor, notes
+
+
+def _names(records) -> str:
+    return ", ".join(dict.fromkeys(record.variant for record in records))
+
+
+def summarize(records: list[RunRecord], monitor: str = "val_loss") -> list[dict[str, Any]]:
+    """One row per variant, best first by the mean of best.pt's `monitor` (variants without it last)."""
     by_variant: dict[str, list[RunRecord]] = {}
     for record in records:
         by_variant.setdefault(record.variant, []).append(record)
     rows = []
     for variant, runs in by_variant.items():
         metrics = [run.metrics() for run in runs]
-        row = {"variant": variant, "runs": len(runs), "seeds": [run.seed for run in runs]}
-        row.update({m: _stats([values[m] for values in metrics]) for m in METRICS})
-        row["samples"] = {m: [values[m] for values in metrics] for m in ("best_val_loss", "final_val_loss")}
+        row: dict[str, Any] = {"variant": variant, "runs": len(runs), "seeds": [run.seed for run in runs]}
+        row.update({m: _stats([values[m] for values in metrics]) for m in metrics[0]})
+        row["samples"] = {m: [values[m] for values in metrics] for m in metrics[0]}
         rows.append(row)
-    return sorted(rows, key=lambda row: row["best_val_loss"][0])
+    sign = 1 if monitor in LOWER_IS_BETTER else -1
+
+    def rank(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row[f"best_{monitor}"][0]
+        return math.isnan(value), sign * value if not math.isnan(value) else 0.0
+
+    return sorted(rows, key=rank)
 
 
-def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """For each variant against the best: are its differences in best and final val loss bigger than the seed spread?"""
+def spread_notes(rows: list[dict[str, Any]], monitor: str = "val_loss") -> list[str]:
+    """For each variant against the best: are its differences in `monitor` (best.pt's, the last epoch's) bigger than the seed spread?"""
     if len(rows) < 2:
         return []
     from scipy.stats import ttest_ind
 
     best = rows[0]
-    notes = [f"reference: {best['variant']} (lowest mean best val loss)"]
+    direction = "lowest" if monitor in LOWER_IS_BETTER else "highest"
+    notes = [f"reference: {best['variant']} ({direction} mean {HEADERS['best_' + monitor]}; run.monitor {monitor})"]
     for row in rows[1:]:
         parts = []
-        for metric in ("best_val_loss", "final_val_loss"):
+        for metric in (f"best_{monitor}", f"final_{monitor}"):
             difference = row[metric][0] - best[metric][0]
             spreads = [s for s in (row[metric][1], best[metric][1]) if s is not None]
             text = f"{HEADERS[metric]} {difference:+.4f}"
@@ -286,14 +357,19 @@ def spread_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def compare(paths: list[str | Path], out: str | Path | None = None) -> Comparison:
-    """Compare runs and sweeps; writes comparison.md, .csv and .png to `out` (default: the sweep folder, or runs/)."""
+    """Compare runs and sweeps; writes comparison.md, .csv and .png to `out`.
+
+    By default they go into the sweep folder, or for run folders into a folder of their own,
+    `comparison/` beside the first run (never among the run folders themselves).
+    """
     from headstart.core.plots import plot_overlay
 
     records, failed = collect(paths)
-    rows = summarize(records)
-    comparison = Comparison(records, rows, spread_notes(rows), failed)
+    monitor, notes = ranking_monitor(records)
+    rows = summarize(records, monitor)
+    comparison = Comparison(records, rows, notes + spread_notes(rows, monitor), failed)
     first = user_path(paths[0])
-    folder = user_path(out) if out else (first if (first / SWEEP_FILE).is_file() else first.parent)
+    folder = user_path(out) if out else (first if (first / SWEEP_FILE).is_file() else first.parent / "comparison")
     atomic_write(folder / "comparison.md", comparison.markdown.encode())
     atomic_write(folder / "comparison.csv", comparison.csv.encode())
     plot_overlay([(r.variant, r.history) for r in records], folder / "comparison.png")

@@ -110,7 +110,7 @@ def validation_section(checkpoint: Checkpoint, model, recipe) -> str:
     predictor = Predictor(model, checkpoint.classes, checkpoint.preprocessing)
     evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
     buffer = io.BytesIO()
-    plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=f"accuracy {evaluation.accuracy:.3f}")
+    plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=evaluation.title)
     metrics = _table(
         ["class", "precision", "recall", "f1", "support"],
         [

@@ -57,13 +57,22 @@ def val_logits(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Notes) -> Calibration | None:
-    """Fit the temperature of best.pt's weights on the val split; best.pt, reliability.png and the notes get it."""
+    """Fit the temperature of best.pt's weights on the val split; best.pt, reliability.png and the notes get it.
+
+    best.pt holds a temperature only where cross-validation on the val split found that it helps;
+    its "calibration" record (and the summary line) says what was measured either way.
+    """
     if best.state is None or not session.group.is_main or not (run.path / BEST_FILE).is_file():
         return None
+    checkpoint = load_checkpoint(run.path / BEST_FILE)
+    if checkpoint.calibration is not None:  # a resumed run calibrated before it was killed: keep what it found
+        calibration = Calibration.from_dict(checkpoint.calibration)
+        notes.add(calibration.summary_line())
+        return calibration
     session.model.load_state_dict(best.state)
     calibration = calibrate(*val_logits(session))
-    checkpoint = load_checkpoint(run.path / BEST_FILE)
-    checkpoint.temperature, checkpoint.calibration = calibration.temperature, calibration.to_dict()
+    checkpoint.temperature = calibration.temperature if calibration.applied else None
+    checkpoint.calibration = calibration.to_dict()
     run.save_checkpoint(BEST_FILE, checkpoint)
     plot_reliability(calibration, run.path / RELIABILITY_FILE)
     notes.add(calibration.summary_line())

@@ -19,7 +19,7 @@ import torch
 
 from headstart.config.defaults import as_recipe
 from headstart.config.recipe import Recipe
-from headstart.core.checkpoint import ResumeState
+from headstart.core.checkpoint import ResumeState, load_checkpoint
 from headstart.core.distributed import Group, leave
 from headstart.core.errors import HeadstartError, Interrupted
 from headstart.core.plots import plot_curves
@@ -105,8 +105,11 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
         run = _reopen_run_folder(point, classes, group)
         session.model.load_state_dict(point.checkpoint.raw_model or point.checkpoint.model)
         if point.finished(recipe):
-            log.info("%s finished all its stages already; nothing to resume", run.path)
-            return TrainResult(run.path, run.history, classes, read_test(run.path), recipe.run.monitor)
+            missing = missing_after_stages(session, run)
+            if not missing:
+                log.info("%s finished all its stages already; nothing to resume", run.path)
+                return TrainResult(run.path, run.history, classes, run.test, recipe.run.monitor)
+            log.info("%s finished all its stages but not its %s: doing that now", run.path, " and ".join(missing))
     log_start(session, run, point)
     trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
     trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None))
@@ -158,13 +161,30 @@ def log_start(session: Session, run: RunFolder, point: ResumePoint | None) -> No
     )
 
 
+def missing_after_stages(session: Session, run: RunFolder) -> list[str]:
+    """What a run whose stages all finished still lacks (killed before it): its test score, its calibration."""
+    missing = ["test score"] if has_test_split(session) and run.test is None else []
+    # Read on every process, so that all of them go on (or stop) together.
+    if (run.path / BEST_FILE).is_file() and load_checkpoint(run.path / BEST_FILE).calibration is None:
+        missing.append("calibration")
+    return missing
+
+
+def has_test_split(session: Session) -> bool:
+    return session.data.test is not None and len(session.data.test) > 0
+
+
 def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started: float) -> None:
-    """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished."""
+    """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished.
+
+    Then the test score and the calibration, each unless the run holds it already (a resumed run
+    that was killed between them).
+    """
     run, session = trainer.run, trainer.session
     try:
         for index in range(first, len(trainer.recipe.stages)):
             trainer.run_stage(index, started, inside if index == first else None)
-        if session.data.test is not None and len(session.data.test):
+        if has_test_split(session) and run.test is None:
             score_test(session, trainer.best, run)  # once, with the chosen weights; nothing is chosen by it
         calibrate_best(session, trainer.best, run, trainer.notes)
     finally:
@@ -202,6 +222,7 @@ def _reopen_run_folder(point: ResumePoint, classes: list[str], group: Group) -> 
         log.info("removed %d file(s) the interrupted run left half-written: %s", len(removed), ", ".join(removed))
     # history.json is written before last.pt: a kill between the two leaves one row too many.
     run.history = read_history(point.run_dir)[: point.state.epochs_done]
+    run.test = read_test(point.run_dir)  # written after the last epoch: only a finished run has one
     return run
 
 
