@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,11 @@ def test_tta_crops_average_ten_views(colour_folder, tmp_path):
     expected = predictor.to_probabilities(predictor.forward(views)).mean(0)  # with the run's fitted temperature
     assert torch.allclose(predictor.probabilities([image], tta="crops")[0], expected, atol=1e-6)
     assert headstart.load(result.run_dir).evaluate(colour_folder, tta="crops").tta == "crops"
+
+
+def test_an_export_description_names_no_local_path(trained, tmp_path):
+    """A file meant for sharing: the description says which run it came from, not where that run lives."""
+    path = headstart.export(trained[0], format="export", out=tmp_path / "shared" / "model.pt2")
+    text = (path.parent / "model.pt2.json").read_text()
+    assert str(trained[0].parent) not in text and str(Path.home()) not in text
+    assert json.loads(text)["checkpoint"] == f"{trained[0].name}/best.pt"

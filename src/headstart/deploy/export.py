@@ -100,7 +100,7 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
         "input": f"image: float32 [N, 3, {size}, {size}], resized, centre-cropped and normalised with mean/std as in preprocessing",
         "output": f"logits: float32 [N, {len(checkpoint.classes)}]",
         "backbone": checkpoint.recipe["model"]["backbone"],
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": f"{checkpoint_path.parent.name}/{checkpoint_path.name}",  # no local path in a shared file
         "val_acc": checkpoint.val_acc,
     }
     if checkpoint.temperature is not None:  # predictions divide the logits by it (headstart.tasks.calibration)
