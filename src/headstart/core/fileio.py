@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,3 +90,20 @@ def atomic_write(path: Path, data: bytes) -> None:
         except BaseException:
             Path(temp).unlink(missing_ok=True)  # a full disk keeps no half-written file
             raise
+
+
+def read_capped(path: Path, max_bytes: int, what: str) -> bytes:
+    """A user's file read whole, or the one-line error: not a regular file (a FIFO would block), unreadable, too big.
+
+    The size is checked while reading (one byte past the cap), so a file that grows meanwhile is caught too.
+    """
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise HeadstartError(f"{path}: not a regular file; a {what} is a file")
+        with open(path, "rb") as stream:
+            data = stream.read(max_bytes + 1)
+    except OSError as err:
+        raise HeadstartError(f"cannot read {path}: {(err.strerror or type(err).__name__).lower()}") from None
+    if len(data) > max_bytes:
+        raise HeadstartError(f"{path}: too large for a {what} (at most {max_bytes:,} bytes)")
+    return data

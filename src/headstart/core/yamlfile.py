@@ -8,13 +8,13 @@ of memory. So the loader refuses them outright, and a file is refused by size be
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from headstart.core.errors import HeadstartError
+from headstart.core.fileio import read_capped
 
 MAX_YAML_BYTES = 1 << 20  # the largest recipe shipped is ~2 KB
 
@@ -42,15 +42,7 @@ def parse(text: str | bytes) -> Any:
 def read_yaml(path: str | Path, what: str = "recipe") -> Any:
     """The values in the YAML file `path`, or a one-line HeadstartError naming the file and what is allowed."""
     path = Path(path)
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would wait for a writer forever
-            raise HeadstartError(f"{path}: not a regular file; a {what} is a YAML file")
-        with open(path, "rb") as stream:  # read one byte past the cap: a file that grows as we read is caught too
-            data = stream.read(MAX_YAML_BYTES + 1)
-    except OSError as err:
-        raise HeadstartError(f"cannot read {path}: {(err.strerror or type(err).__name__).lower()}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise HeadstartError(f"{path}: too large for a {what} (at most {MAX_YAML_BYTES:,} bytes of YAML)")
+    data = read_capped(path, MAX_YAML_BYTES, f"{what} (YAML)")
     try:
         return parse(data)
     except AliasRefused as err:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter, describe_validation_error
 from headstart.core.errors import HeadstartError, close_matches
+from headstart.core.fileio import read_capped
 
 HUB_FORMAT = "headstart-hub-1"
 MAX_CONFIG_BYTES = 16 << 20  # a million class names fit; a config is a few KB
@@ -123,13 +124,7 @@ class HubConfig(BaseModel):
 def read_hub_config(folder: Path) -> HubConfig:
     """The folder's config.json, every field checked; a one-line error naming the file and the bad field."""
     path = folder / "config.json"
-    try:
-        with open(path, "rb") as stream:
-            text = stream.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise HeadstartError(f"cannot read {path}: {(err.strerror or type(err).__name__).lower()}") from None
-    if len(text) > MAX_CONFIG_BYTES:
-        raise HeadstartError(f"{path} is over {MAX_CONFIG_BYTES >> 20} MB: not a Hub config")
+    text = read_capped(path, MAX_CONFIG_BYTES, "Hub config")
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: arrays nested thousands deep
