@@ -128,7 +128,8 @@ def test_outputs_and_user_files(planted):
     }
     with open(result.out / "clean.csv", newline="") as handle:
         clean = list(csv.DictReader(handle))
-    kept = {str(Path(row["path"]).relative_to(data.resolve())) for row in clean}
+    assert not any(Path(row["path"]).is_absolute() for row in clean)  # relative to clean.csv's folder
+    kept = {str((result.out / row["path"]).resolve().relative_to(data.resolve())) for row in clean}
     for dropped in ("val/blue/leaked.png", "train/red/notes.png", "train/green/conflict.png", "train/red/003.png"):
         assert dropped not in kept
     assert "train/blue/002.png" in kept and "train/blue/flipped.png" not in kept
@@ -169,7 +170,11 @@ def test_plain_folder_is_one_split_and_clean_csv_trains(tmp_path, capsys):
     with open(tmp_path / "out/findings.csv", newline="") as handle:
         kinds = [row["kind"] for row in csv.DictReader(handle)]
     assert kinds.count("exact_duplicate") == 1 and "leak" not in kinds  # one split: a copy is no leak
-    result = headstart.train(tiny_recipe(tmp_path / "out/clean.csv", tmp_path / "runs"), quiet=True)
+    moved = tmp_path / "moved"  # the data and the report move together: clean.csv's relative paths still hold
+    moved.mkdir()
+    shutil.move(data, moved / "plain")
+    shutil.move(tmp_path / "out", moved / "out")
+    result = headstart.train(tiny_recipe(moved / "out/clean.csv", tmp_path / "runs"), quiet=True)
     assert result.history and result.classes == ["blue", "green", "red"]
 
 

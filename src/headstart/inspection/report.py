@@ -15,6 +15,7 @@ import base64
 import csv
 import html
 import io
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,12 @@ def write_outputs(result: InspectResult, items: list[Item], root: Path, label_ma
     write_csv(result.out / "findings.csv", header, rows)
     dropped = left_out(result.findings, label_margin)
     kept = [item for item in items if item.relative not in dropped]
-    clean = [[str(item.path.resolve()), item.label, "" if item.split == "all" else item.split] for item in kept]
+    # Relative to clean.csv's own folder, as train reads a CSV's paths: the data and the report can move together.
+    here = result.out.resolve()
+    clean = [
+        [os.path.relpath(item.path.resolve(), here), item.label, "" if item.split == "all" else item.split]
+        for item in kept
+    ]
     write_csv(result.out / "clean.csv", ["path", "label", "split"], clean)
     result.kept = len(kept)
     result.notes.append(
