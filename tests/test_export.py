@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,49 @@ def test_an_export_description_names_no_local_path(trained, tmp_path):
     text = (path.parent / "model.pt2.json").read_text()
     assert str(trained[0].parent) not in text and str(Path.home()) not in text
     assert json.loads(text)["checkpoint"] == f"{trained[0].name}/best.pt"
+
+
+# Runs where importing headstart fails: only onnxruntime or torch.export read the file.
+RUNTIME_ALONE = """
+import json, sys
+sys.modules["headstart"] = None
+import numpy as np, torch
+model_file, batch = sys.argv[1], np.load(sys.argv[2])
+if model_file.endswith(".onnx"):
+    import onnxruntime
+    logits = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+    logits = torch.from_numpy(logits)
+else:
+    logits = torch.export.load(model_file).module()(torch.from_numpy(batch))
+print(json.dumps(logits.softmax(1).tolist()))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "export"])
+def test_an_export_alone_gives_the_calibrated_probabilities(trained, tmp_path, fmt):
+    """The temperature is folded into the output layer: a runtime with no headstart matches headstart predict."""
+    import subprocess
+    import sys
+
+    from tests.conftest import with_temperature
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    with_temperature(run, 2.5)
+    path = headstart.export(run, format=fmt, out=tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt2"))
+    assert json.loads((path.parent / f"{path.name}.json").read_text())["temperature_applied"] is True
+    predictor = headstart.load(run, device="cpu")
+    images = sorted(trained[1].rglob("*.png"))[:6]
+    batch = torch.stack([predictor.transform(Image.open(p).convert("RGB")) for p in images]).numpy()
+    np.save(tmp_path / "batch.npy", batch)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME_ALONE, str(path), str(tmp_path / "batch.npy")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    alone = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    expected = predictor.probabilities([Image.open(p).convert("RGB") for p in images])
+    assert (alone - expected).abs().max().item() < 1e-3
+    # headstart loading the export applies no second division
+    again = headstart.load(path).probabilities([Image.open(p).convert("RGB") for p in images])
+    assert (again - expected).abs().max().item() < 1e-4

@@ -18,6 +18,7 @@ import pytest
 
 import headstart
 from headstart.core.errors import HeadstartError
+from headstart.deploy.hubconfig import read_hub_config
 from tests.conftest import CLASS_COLOURS, tiny_recipe, with_temperature, write_images
 from tests.probes import cli
 
@@ -207,7 +208,9 @@ def test_predict_on_a_crafted_hub_folder_exits_2_with_one_line(hub_folders, tmp_
 def test_the_unharmed_folders_still_load(hub_folders):
     for folder in hub_folders.values():
         predictor = headstart.load(folder, device="cpu")
-        assert predictor.classes == ["blue", "green", "red"] and predictor.temperature is not None
+        block = read_hub_config(folder).headstart
+        assert predictor.classes == ["blue", "green", "red"] and block is not None and block.temperature is not None
+        assert block.temperature_applied and predictor.temperature is None  # folded into the weights, not applied twice
 
 
 # ----------------------------------------------------------------------------- 9: what a Hub folder tells others

@@ -12,6 +12,7 @@ import torch
 
 import headstart
 from headstart.cli import main
+from headstart.deploy.predictor import Predictor
 from tests.conftest import CLASS_COLOURS, tiny_recipe, with_temperature, write_images
 
 # Runs in a fresh interpreter where importing headstart fails, so only timm can rebuild the model.
@@ -58,8 +59,8 @@ def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     assert config["label_names"] == ["blue", "green", "red"]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     card = (folder / "README.md").read_text()
-    # The run has a temperature: the card says to divide by it (timm alone gives the raw logits).
-    assert "timm alone rebuilds it" in card and "| red | 5 | 1 |" in card and "Calibration" in card
+    # The run has a temperature: folded into the classifier, so timm alone gives the calibrated probabilities.
+    assert "timm alone rebuilds it" in card and "| red | 5 | 1 |" in card and "already folded" in card
 
     images = [str(p) for name in CLASS_COLOURS for p in sorted((data / name).iterdir())[:2]]
     result = subprocess.run(
@@ -73,12 +74,12 @@ def test_plain_timm_run_rebuilds_with_timm_alone(data, tmp_path, capsys):
     rebuilt = json.loads(result.stdout.strip().splitlines()[-1])
     mine = headstart.load(run, device="cpu")
     assert rebuilt["labels"] == mine.classes
-    expected = mine.probabilities([_image(p) for p in images])
-    temperature, mine.temperature = mine.temperature, None
-    raw = mine.probabilities([_image(p) for p in images])
-    assert temperature is not None
-    assert (torch.tensor(rebuilt["probabilities"]) - raw).abs().max().item() < 1e-4
-    # headstart reads the same folder too, and applies the temperature from config.json
+    expected = mine.probabilities([_image(p) for p in images])  # headstart predict's: calibrated
+    assert mine.temperature is not None
+    raw = Predictor(mine.forward, mine.classes, mine.preprocessing)
+    assert (raw.probabilities([_image(p) for p in images]) - expected).abs().max().item() > 1e-3  # T matters here
+    assert (torch.tensor(rebuilt["probabilities"]) - expected).abs().max().item() < 1e-4
+    # headstart reads the same folder too, and does not divide by the temperature a second time
     assert torch.allclose(headstart.load(folder).probabilities([_image(images[0])]), expected[:1], atol=1e-5)
 
 

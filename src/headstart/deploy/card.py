@@ -132,7 +132,8 @@ def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
         lines += [
             "## Calibration",
             "",
-            f"Temperature scaling: divide the logits by {checkpoint.temperature:.4f}.{ece}",
+            f"Temperature scaling with T = {checkpoint.temperature:.4f}, already folded into the classifier's last "
+            f"layer: the logits this model returns are divided by T, so its softmax is calibrated as it is.{ece}",
             "",
         ]
     return lines

@@ -33,7 +33,7 @@ from headstart.core.fileio import atomic_write, writing
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.formats import FORMATS, Format, runtimes
-from headstart.model.build import model_from_checkpoint
+from headstart.model.build import fold_temperature, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> No
     """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
     assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     model = model_from_checkpoint(checkpoint)
+    if checkpoint.temperature is not None:  # every runtime then gives headstart's calibrated probabilities
+        fold_temperature(model, checkpoint.temperature)
     size = checkpoint.preprocessing["image_size"]
     example = torch.zeros(2, 3, size, size)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
@@ -103,8 +105,8 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
         "checkpoint": f"{checkpoint_path.parent.name}/{checkpoint_path.name}",  # no local path in a shared file
         "val_acc": checkpoint.val_acc,
     }
-    if checkpoint.temperature is not None:  # predictions divide the logits by it (headstart.tasks.calibration)
-        sidecar["temperature"] = checkpoint.temperature
+    if checkpoint.temperature is not None:  # already folded into the output layer: recorded for the reader
+        sidecar.update(temperature=checkpoint.temperature, temperature_applied=True)
     return sidecar
 
 
@@ -117,6 +119,7 @@ class _Description(BaseModel):
     classes: list[str] = Field(min_length=2, max_length=1_000_000)
     preprocessing: Preprocessing
     temperature: float | None = Field(None, ge=0.01, le=100)
+    temperature_applied: bool = False  # folded into the weights (files from before: applied by the loader)
 
     @field_validator("classes")
     @classmethod

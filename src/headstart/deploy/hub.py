@@ -95,8 +95,8 @@ def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
         "classes": checkpoint.classes,
         "preprocessing": checkpoint.preprocessing,
     }
-    if checkpoint.temperature is not None:  # calibration, when the run has one
-        block["temperature"] = checkpoint.temperature
+    if checkpoint.temperature is not None:  # calibration, folded into the classifier's weights (export_hub)
+        block.update(temperature=checkpoint.temperature, temperature_applied=True)
     return block
 
 
@@ -118,11 +118,13 @@ def write_headstart_layout(model: Classifier, checkpoint: Checkpoint, folder: Pa
 
 def export_hub(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Write the Hub folder (weights, config, model card); returns the folder."""
-    from headstart.model.build import model_from_checkpoint
+    from headstart.model.build import fold_temperature, model_from_checkpoint
 
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
+    if checkpoint.temperature is not None:  # timm alone then gives headstart's calibrated probabilities
+        fold_temperature(model, checkpoint.temperature)
     cfg = Recipe.from_dict(checkpoint.recipe, source="checkpoint recipe").model
     classes = checkpoint.classes
     target = Path(out).expanduser() if out else checkpoint_path.parent / "export" / "hub"
@@ -165,9 +167,10 @@ def write_folder(
 
 
 def hub_temperature(folder: Path) -> float | None:
-    """The fitted temperature a headstart Hub folder carries (None for other timm folders or uncalibrated runs)."""
-    config = read_hub_config(folder)
-    return None if config.headstart is None else config.headstart.temperature
+    """The temperature the loader must still divide by: None for other timm folders, uncalibrated runs, and folders
+    whose weights already have it folded in (every folder written since the temperature was folded)."""
+    block = read_hub_config(folder).headstart
+    return None if block is None or block.temperature_applied else block.temperature
 
 
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import timm
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 from safetensors import SafetensorError, safe_open
 
 from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter, describe_validation_error
@@ -65,6 +65,7 @@ class HeadstartBlock(BaseModel):
     classes: Labels
     preprocessing: Preprocessing
     temperature: Annotated[float, Field(strict=True, ge=0.01, le=100)] | None = None
+    temperature_applied: StrictBool = False  # folded into the classifier's weights: for the reader only
 
 
 class HubConfig(BaseModel):

@@ -20,5 +20,6 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
         return Predictor.from_module(*load_hub(path), device=device, temperature=hub_temperature(path))
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
-        return Predictor(forward, info["classes"], info["preprocessing"], temperature=info.get("temperature"))
+        temperature = None if info["temperature_applied"] else info["temperature"]  # never divided twice
+        return Predictor(forward, info["classes"], info["preprocessing"], temperature=temperature)
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

@@ -229,3 +229,16 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
     )
     model.load_state_dict(checkpoint.model)
     return model.eval()
+
+
+def fold_temperature(model: Classifier, temperature: float) -> None:
+    """Divide the output layer's weight and bias by `temperature`, so the model itself returns logits / T.
+
+    An exported model then gives the calibrated probabilities in any runtime (timm, onnxruntime,
+    torch.export) with nothing of headstart's beside it; the argmax is unchanged.
+    """
+    output = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        output.weight.div_(temperature)
+        if output.bias is not None:
+            output.bias.div_(temperature)
