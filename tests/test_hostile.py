@@ -769,6 +769,18 @@ def test_pt2_archives_that_would_unpickle_are_refused(exported, trained, tmp_pat
     assert "refusing to load" in err and "could run code" in err
 
 
+def test_a_compressed_pt2_archive_is_refused_not_inflated(exported, tmp_path, capsys):
+    """torch.export.save stores entries uncompressed; a deflated one could expand to gigabytes from a small file."""
+    squeezed = tmp_path / "squeezed" / "model.pt2"
+    squeezed.parent.mkdir()
+    with zipfile.ZipFile(exported) as old, zipfile.ZipFile(squeezed, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info))
+    shutil.copy(sidecar_path(exported), sidecar_path(squeezed))
+    code, _, err = cli(["predict", squeezed, exported.parent / "x.png"], capsys)
+    assert code == 2 and "is compressed" in err
+
+
 def test_a_headstart_pt2_export_passes_the_archive_check(exported):
     check_pt2_archive(exported)
     assert headstart.load(exported).predict([Image.new("RGB", (8, 8))])

@@ -22,12 +22,12 @@ def load(model_file: Path) -> torch.nn.Module:
     """A .pt2 file's module; a damaged file is the one-line error (torch would log a traceback while failing)."""
     if not zipfile.is_zipfile(model_file):
         raise HeadstartError(f"cannot load {model_file} with torch.export: not a .pt2 archive (damaged or truncated?)")
-    check_pt2_archive(model_file)  # before torch.export.load: the archive must not run code or exhaust memory
+    vetted = check_pt2_archive(model_file)  # the checked copy is what torch reads: nothing in it runs code
     quiet = logging.getLogger("torch.export")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        return torch.export.load(str(model_file)).module()
+        return torch.export.load(vetted).module()
     except Exception as err:  # noqa: BLE001 - a file torch.export cannot read, whatever the reason
         raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err).splitlines()[0][:160]}") from None
     finally:

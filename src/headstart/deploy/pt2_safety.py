@@ -31,14 +31,30 @@ _SAMPLE_INPUTS = re.compile(r"data/sample_inputs/[^/]+\.pt")
 _PAYLOAD_CONFIGS = re.compile(r"data/(weights|constants)/[^/]+_config\.json")
 
 
-def check_pt2_archive(model_file: Path) -> None:
-    """Raise HeadstartError unless every entry of the archive is one torch reads without unpickling code."""
+def check_pt2_archive(model_file: Path) -> io.BytesIO:
+    """A fresh in-memory archive of the file's entries, each checked; HeadstartError for any torch could run code from.
+
+    torch.export.load gets this copy, not the file: what was checked is exactly what torch reads,
+    even if the file changes meanwhile or another zip reader would find other entries in it.
+    Entries must be stored uncompressed, as torch.export.save writes them, so none can expand.
+    """
+    copy = io.BytesIO()
     try:
-        with zipfile.ZipFile(model_file) as archive:
+        data = model_file.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive, zipfile.ZipFile(copy, "w") as vetted:
             for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise HeadstartError(f"cannot load {model_file}: entry {info.filename[:80]!r} is compressed")
                 _check_entry(archive, info, model_file)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
-        raise HeadstartError(f"cannot load {model_file} with torch.export: {str(err)[:160]}") from None
+                vetted.writestr(info, archive.read(info))
+    except HeadstartError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged archive (bad zip, CRC, nested JSON), whatever the reason
+        raise HeadstartError(
+            f"cannot load {model_file} with torch.export: {str(err)[:160] or type(err).__name__}"
+        ) from None
+    copy.seek(0)
+    return copy
 
 
 def _check_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, model_file: Path) -> None:
