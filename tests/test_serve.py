@@ -280,3 +280,26 @@ def test_soak_memory_stays_bounded_slow_clients_are_cut_off_and_sigterm_stops_it
 
 
 SOAK_MEMORY_BOUND_MB = 1500  # the model, two images decoding at a time (about 250 MB each) and Python
+
+
+def test_a_budget_admits_work_only_while_it_fits():
+    """The gates behind the memory bound: pixels being decoded, images waiting for the model."""
+    import asyncio
+
+    from headstart.deploy.server_limits import Budget
+
+    async def scenario() -> list[str]:
+        budget, order = Budget(3), []
+
+        async def hold(name: str, amount: int, seconds: float):
+            async with budget.holding(amount):
+                order.append(f"{name} in ({budget.in_use})")
+                await asyncio.sleep(seconds)
+            order.append(f"{name} out")
+
+        await asyncio.gather(hold("a", 2, 0.05), hold("b", 2, 0.0), hold("huge", 10, 0.0))
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[0] == "a in (2)" and order.index("b in (2)") > order.index("a out")  # b waited for a
+    assert "huge in (3)" in order  # more than the whole budget runs alone, never forever

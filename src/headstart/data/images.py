@@ -57,8 +57,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
+        # One RGBA copy at most and only its alpha band: this is the peak of a decode (the server's memory bound).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
 

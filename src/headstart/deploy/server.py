@@ -35,7 +35,7 @@ from headstart.deploy.predictor import Predictor, prediction_entry
 from headstart.deploy.server_limits import (
     DEFAULT_MAX_BYTES,
     BadUpload,
-    PixelGate,
+    Budget,
     ServerLimits,
     check_request,
     decode_upload,
@@ -213,32 +213,46 @@ def page_for(predictor: Predictor, title: str) -> str:
 
 
 class Answers:
-    """One request's way through the server: read, check the budgets, decode within the pixel gate, batch."""
+    """One request's way through the server: read, check the budgets, decode within the gates, batch.
+
+    Two gates bound the memory all requests together can take: the pixels being decoded, and the
+    images decoded and waiting for the model (each a float tensor of the input size), held from
+    before a request's first decode until its answer, so a flood of tiny images cannot queue
+    without limit.
+    """
 
     def __init__(self, predictor: Predictor, batcher: Batcher, limits: ServerLimits):
         self.predictor, self.batcher, self.limits = predictor, batcher, limits
         self.decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="headstart-decode")
-        self.gate = PixelGate(limits.decoding_pixels)
+        self.decoding = Budget(limits.decoding_pixels)
+        self.in_flight = Budget(limits.images_in_flight)
 
     def prepare(self, data: bytes) -> torch.Tensor:
         return self.predictor.transform(decode_upload(data, self.limits))
 
-    async def inputs(self, request, fields: tuple[str, ...], single: bool) -> tuple[list[str], list[torch.Tensor]]:
+    async def uploads(
+        self, request, fields: tuple[str, ...], single: bool
+    ) -> tuple[list[tuple[str, bytes]], list[int]]:
+        """The request's files and each one's pixels, every budget checked on the headers."""
         uploads = await read_uploads(request, self.limits, fields)
         if single and len(uploads) > 1:
             raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
-        pixels = check_request([data for _, data in uploads], self.limits)
+        return uploads, check_request([data for _, data in uploads], self.limits)
+
+    async def probabilities(self, uploads: list[tuple[str, bytes]], pixels: list[int]) -> torch.Tensor:
         loop, tensors = asyncio.get_running_loop(), []
-        for (_, data), count in zip(uploads, pixels):
-            async with self.gate.holding(count):
-                tensors.append(await loop.run_in_executor(self.decoder, self.prepare, data))
-        return [name for name, _ in uploads], tensors
+        async with self.in_flight.holding(len(uploads)):
+            for (_, data), count in zip(uploads, pixels):
+                async with self.decoding.holding(count):
+                    tensors.append(await loop.run_in_executor(self.decoder, self.prepare, data))
+            return await self.batcher.probabilities(tensors)
 
     async def answer(self, request, top_k: int, fields: tuple[str, ...], single: bool):
         from fastapi.responses import JSONResponse, Response
 
         try:
-            names, tensors = await self.inputs(request, fields, single)
+            uploads, pixels = await self.uploads(request, fields, single)
+            probabilities = await self.probabilities(uploads, pixels)
         except BadUpload as err:
             log.info("refused an upload (%d): %s", err.status, err.reason)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
@@ -248,8 +262,8 @@ class Answers:
         except ShuttingDown:
             log.info("shutting down: dropped an upload that was still arriving")
             return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
-        top = self.predictor.top_labels(await self.batcher.probabilities(tensors), top_k)
-        entries = [prediction_entry(name, labels) for name, labels in zip(names, top)]
+        top = self.predictor.top_labels(probabilities, top_k)
+        entries = [prediction_entry(name, labels) for (name, _), labels in zip(uploads, top)]
         return entries[0] if single else entries
 
 

@@ -44,6 +44,7 @@ class ServerLimits:
     max_files: int = 64  # images in one /predict/batch
     decode_workers: int = 1  # threads that decode uploads (each keeps its own malloc arena of freed images)
     decoding_pixels: int = 100_000_000  # pixels being decoded at once, all requests together (the memory bound)
+    images_in_flight: int = 256  # decoded images waiting for the model, all requests together (~150 MB at 224 px)
     read_seconds: float = 30.0  # a request's headers and body must arrive within this
     max_connections: int = 256  # beyond this uvicorn answers 503
 
@@ -76,11 +77,11 @@ def check_request(uploads: list[bytes], limits: ServerLimits) -> list[int]:
     return pixels
 
 
-class PixelGate:
-    """Admits a decode only while the pixels being decoded stay within a budget: the server's memory bound.
+class Budget:
+    """Admits work only while what is held (pixels being decoded, images waiting for the model) stays within a budget.
 
-    Small images decode side by side; a large one waits until it fits, and one over the whole
-    budget decodes alone.
+    Small amounts run side by side; a large one waits until it fits, and one over the whole budget
+    runs alone.
     """
 
     def __init__(self, budget: int):
@@ -88,16 +89,16 @@ class PixelGate:
         self.changed = asyncio.Condition()
 
     @asynccontextmanager
-    async def holding(self, pixels: int):
-        pixels = min(pixels, self.budget)
+    async def holding(self, amount: int):
+        amount = min(amount, self.budget)
         async with self.changed:
-            await self.changed.wait_for(lambda: self.in_use + pixels <= self.budget)
-            self.in_use += pixels
+            await self.changed.wait_for(lambda: self.in_use + amount <= self.budget)
+            self.in_use += amount
         try:
             yield
         finally:
             async with self.changed:
-                self.in_use -= pixels
+                self.in_use -= amount
                 self.changed.notify_all()
 
 

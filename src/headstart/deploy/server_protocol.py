@@ -33,7 +33,10 @@ def deadline_protocol(read_seconds: float) -> type[H11Protocol]:
             self.loop.call_later(read_seconds, self.drop_if_still_waiting, self.cycle)
 
         def drop_if_still_waiting(self, cycle) -> None:
-            if self.cycle is cycle and not self.transport.is_closing():
+            # A pipelined request that began inside on_response_complete has this same cycle while it is
+            # served: only a connection with no request in progress is dropped.
+            idle = cycle is None or cycle.response_complete
+            if self.cycle is cycle and idle and not self.transport.is_closing():
                 log.info("closed a connection that sent no complete request within %g s", read_seconds)
                 self.transport.close()
 
