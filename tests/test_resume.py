@@ -186,7 +186,7 @@ def test_a_run_killed_after_its_last_epoch_scores_its_test_split_when_resumed(tm
 
     with caplog.at_level("INFO", logger="headstart"):
         result = headstart.train(resume=run_dir)
-    assert "finished all its stages but not its test score and calibration" in caplog.text
+    assert "finished all its stages but not its test score, calibration and summary" in caplog.text
     assert result.test == json.loads((run_dir / "history.json").read_text())[-1]
     assert result.test.keys() == test.keys() and result.test["model"] == test["model"]
     assert [result.test[k] for k in ("loss", "acc", "f1")] == pytest.approx([test[k] for k in ("loss", "acc", "f1")])
@@ -201,3 +201,11 @@ def test_a_run_killed_after_its_last_epoch_scores_its_test_split_when_resumed(tm
         headstart.train(resume=run_dir)
     assert "nothing to resume" in caplog.text
     assert ((run_dir / "history.json").read_text(), (run_dir / "best.pt").read_bytes()) == before
+
+
+def test_a_run_killed_before_its_summary_writes_it_when_resumed(colour_folder, tmp_path):
+    stages = [{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05}]
+    run_dir = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages), quiet=True).run_dir
+    (run_dir / "summary.txt").unlink()  # killed after calibrating, before the summary
+    headstart.train(resume=run_dir, quiet=True)
+    assert "best: epoch 1" in (run_dir / "summary.txt").read_text()

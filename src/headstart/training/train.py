@@ -109,7 +109,8 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
             if not missing:
                 log.info("%s finished all its stages already; nothing to resume", run.path)
                 return TrainResult(run.path, run.history, classes, run.test, recipe.run.monitor)
-            log.info("%s finished all its stages but not its %s: doing that now", run.path, " and ".join(missing))
+            said = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+            log.info("%s finished all its stages but not its %s: doing that now", run.path, said)
     log_start(session, run, point)
     trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
     trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None))
@@ -162,11 +163,13 @@ def log_start(session: Session, run: RunFolder, point: ResumePoint | None) -> No
 
 
 def missing_after_stages(session: Session, run: RunFolder) -> list[str]:
-    """What a run whose stages all finished still lacks (killed before it): its test score, its calibration."""
+    """What a run whose stages all finished still lacks (killed before it): its test score, calibration, summary."""
     missing = ["test score"] if has_test_split(session) and run.test is None else []
     # Read on every process, so that all of them go on (or stop) together.
     if (run.path / BEST_FILE).is_file() and load_checkpoint(run.path / BEST_FILE).calibration is None:
         missing.append("calibration")
+    if not (run.path / SUMMARY_FILE).is_file():  # killed after calibrating, before the summary was written
+        missing.append("summary")
     return missing
 
 
