@@ -297,9 +297,11 @@ def test_a_budget_admits_work_only_while_it_fits():
                 await asyncio.sleep(seconds)
             order.append(f"{name} out")
 
-        await asyncio.gather(hold("a", 2, 0.05), hold("b", 2, 0.0), hold("huge", 10, 0.0))
+        await asyncio.gather(hold("a", 2, 0.05), hold("b", 2, 0.0), hold("huge", 10, 0.0), hold("small", 1, 0.0))
         return order
 
     order = asyncio.run(scenario())
     assert order[0] == "a in (2)" and order.index("b in (2)") > order.index("a out")  # b waited for a
     assert "huge in (3)" in order  # more than the whole budget runs alone, never forever
+    # First come, first served: the small one that fits does not pass the huge one waiting before it.
+    assert order.index("small in (1)") > order.index("huge out")

@@ -80,20 +80,24 @@ def check_request(uploads: list[bytes], limits: ServerLimits) -> list[int]:
 class Budget:
     """Admits work only while what is held (pixels being decoded, images waiting for the model) stays within a budget.
 
-    Small amounts run side by side; a large one waits until it fits, and one over the whole budget
-    runs alone.
+    Admission is first come, first served: small amounts run side by side, a large one waits until
+    it fits (and those after it wait behind it, so a stream of small ones cannot starve it), and one
+    over the whole budget runs alone.
     """
 
     def __init__(self, budget: int):
         self.budget, self.in_use = budget, 0
         self.changed = asyncio.Condition()
+        self.tickets, self.serving = 0, 0  # the next ticket to hand out, the ticket admitted next
 
     @asynccontextmanager
     async def holding(self, amount: int):
         amount = min(amount, self.budget)
         async with self.changed:
-            await self.changed.wait_for(lambda: self.in_use + amount <= self.budget)
-            self.in_use += amount
+            ticket, self.tickets = self.tickets, self.tickets + 1
+            await self.changed.wait_for(lambda: ticket == self.serving and self.in_use + amount <= self.budget)
+            self.in_use, self.serving = self.in_use + amount, self.serving + 1
+            self.changed.notify_all()  # the next ticket may fit too
         try:
             yield
         finally:
