@@ -11,37 +11,17 @@ Usage: nice -n 10 python benchmarks/serve.py SOURCE --images FOLDER [--requests 
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/soak.py starts the server
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(source: str, max_batch: int, window_ms: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "headstart.cli", "serve", source, "--port", str(port)]
-    command += ["--max-batch", str(max_batch), "--window-ms", str(window_ms), "--device", "cpu"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the server did not start")
+from tests import soak  # noqa: E402
 
 
 async def load(url: str, images: list[tuple[str, bytes]], clients: int, requests: int, seconds: float):
@@ -84,7 +64,8 @@ def main() -> None:
     print(f"{len(images)} images ({sum(len(d) for _, d in images) / len(images) / 1024:.0f} KiB on average)")
     print("| batching | clients | answers | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
     for label, max_batch, window in (("on (16, 5 ms)", 16, 5.0), ("off", 1, 0.0)):
-        process, url = start_server(args.source, max_batch, window)
+        log = Path(tempfile.mkdtemp()) / "serve.log"
+        process, url = soak.start(Path(args.source), log, "--max-batch", str(max_batch), "--window-ms", str(window))
         try:
             asyncio.run(load(url, images, 2, 4, 30))  # warm-up
             for clients in map(int, args.clients.split(",")):

@@ -1,6 +1,7 @@
-"""Images in: listing, splitting, decoding once into memory, and timm's transforms.
+"""Images in: decoding once (into memory, or a memory-mapped file past the budget), and timm's transforms.
 
-Layouts (split folders, class folders, CSV) are read by headstart.data.layouts; besides those:
+Listing is headstart.data.layouts' (split folders, class folders, CSV) and splitting
+headstart.data.splits'; the sources besides those layouts:
     cifar-10-batches-py/, cifar-100-python/      CIFAR python batch files (test set as val); or cifar10,
                                                  cifar100 to download them (headstart.data.datasets)
     (nothing)                                    the embedded default: scikit-learn's digits
@@ -25,7 +26,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 
 from headstart.config.recipe import DataConfig
-from headstart.core.cache import content_key
+from headstart.core import cache
 from headstart.core.errors import HeadstartError
 from headstart.core.progress import progress
 from headstart.data.layouts import list_images
@@ -185,10 +186,11 @@ class DiskImages:
     def build(
         cls, samples: list[Sample], short_side: int, interpolation: str, threads: int
     ) -> tuple[DiskImages, list[Sample], list[str]]:
-        from headstart.core import cache
         from headstart.data.datasets import cache_root
 
-        index_digest = content_key({"short_side": short_side, "interpolation": interpolation}, files=samples, length=64)
+        index_digest = cache.content_key(
+            {"short_side": short_side, "interpolation": interpolation}, files=samples, length=64
+        )
 
         def build(staging: Path) -> None:
             index, kept, bad, offset = [], [], [], 0

@@ -40,13 +40,13 @@ def check_pt2_archive(model_file: Path) -> io.BytesIO:
     """
     copy = io.BytesIO()
     try:
-        data = model_file.read_bytes()
-        with zipfile.ZipFile(io.BytesIO(data)) as archive, zipfile.ZipFile(copy, "w") as vetted:
+        with zipfile.ZipFile(model_file) as archive, zipfile.ZipFile(copy, "w") as vetted:
             for info in archive.infolist():
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise HeadstartError(f"cannot load {model_file}: entry {info.filename[:80]!r} is compressed")
-                _check_entry(archive, info, model_file)
-                vetted.writestr(info, archive.read(info))
+                payload = archive.read(info)  # read once: the bytes checked are the bytes copied
+                _check_entry(info, payload, model_file)
+                vetted.writestr(info, payload)
     except HeadstartError:
         raise
     except Exception as err:  # noqa: BLE001 - a damaged archive (bad zip, CRC, nested JSON), whatever the reason
@@ -57,18 +57,18 @@ def check_pt2_archive(model_file: Path) -> io.BytesIO:
     return copy
 
 
-def _check_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, model_file: Path) -> None:
+def _check_entry(info: zipfile.ZipInfo, payload: bytes, model_file: Path) -> None:
     _, _, name = info.filename.partition("/")  # every entry sits in one root folder named after the file
     if info.is_dir():
         return
     if _PAYLOAD_CONFIGS.fullmatch(name):
-        pickled = [key for key, meta in json.loads(archive.read(info))["config"].items() if meta.get("use_pickle")]
+        pickled = [key for key, meta in json.loads(payload)["config"].items() if meta.get("use_pickle")]
         if pickled:
             _refuse(model_file, f"'{pickled[0]}' is stored as a pickle")
         return
     if _SAMPLE_INPUTS.fullmatch(name):
         try:  # torch tries this same safe load first; only its failure makes torch unpickle freely
-            torch.load(io.BytesIO(archive.read(info)), weights_only=True)
+            torch.load(io.BytesIO(payload), weights_only=True)
         except Exception:  # noqa: BLE001 - the safe unpickler's refusal, whatever it names
             _refuse(model_file, f"{name} needs an unrestricted unpickler")
         return
