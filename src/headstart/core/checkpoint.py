@@ -17,6 +17,7 @@ fields made explicit (a stage_finished of None means "written before early stopp
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,6 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         """Written to a temporary name and renamed into place: an interrupted save leaves the old file whole."""
-        import io
-
         buffer = io.BytesIO()
         torch.save(self.to_dict(), buffer)
         atomic_write(path, buffer.getvalue())
