@@ -101,3 +101,34 @@ def trained(tmp_path_factory):
     yield run_dir, data
     changed = sorted(set(snapshot(run_dir.parent.parent).items()) ^ set(before.items()))
     assert not changed, f"a test changed the shared trained run (work on a copy): {changed[:5]}"
+
+
+def write_tag_images(folder: Path, count: int = 48, size: int = 24, seed: int = 0) -> list[tuple[str, tuple[str, ...]]]:
+    """Images of four quadrants, each one of the CLASS_COLOURS or grey: an image's tags are the colours it shows.
+
+    Returns (file name, tags) per image; every tag appears alone, with others, and some images show none.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(CLASS_COLOURS)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = []
+    half = size // 2
+    for index in range(count):
+        shown = [names[i] for i in range(len(names)) if rng.random() < 0.45]
+        quadrants = [CLASS_COLOURS[n] for n in shown] + [(128, 128, 128)] * (4 - len(shown))
+        pixels = np.zeros((size, size, 3))
+        for q, colour in enumerate(rng.permutation(quadrants)):
+            pixels[(q // 2) * half : (q // 2 + 1) * half, (q % 2) * half : (q % 2 + 1) * half] = colour
+        pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+        listed.append((f"{folder.name}/{index:03d}.png", tuple(sorted(shown))))
+    return listed
+
+
+@pytest.fixture
+def tag_csv(tmp_path: Path) -> Path:
+    """A multi-label CSV (path,labels with space-separated colour tags) beside its images."""
+    rows = write_tag_images(tmp_path / "tags" / "images", count=60)
+    csv_path = tmp_path / "tags" / "tags.csv"
+    csv_path.write_text("path,labels\n" + "".join(f"{path},{' '.join(tags)}\n" for path, tags in rows))
+    return csv_path

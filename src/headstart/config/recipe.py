@@ -156,6 +156,11 @@ class DataConfig(_Strict):
     # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
     # smallest, else none (BENCHMARKS.md, imbalance).
     balance: BalanceName | None = None
+    # What a label is: one class per image, or a set of tags per image. auto reads it from the data
+    # (a CSV 'labels' column, cells holding several tags, or one 0/1 column per label: multi-label).
+    task: Literal["auto", "single-label", "multi-label"] = "auto"
+    # What separates an image's tags in a multi-label CSV's labels cell ('dress hat').
+    label_delim: str = Field(" ", min_length=1, max_length=3)
     # Preprocessing comes from the backbone's pretrained config; these override it one by one.
     image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     # Bounded below: a crop of 1e-9 would ask PIL to resize to an overflowing size.
@@ -271,9 +276,22 @@ class RunConfig(_Strict):
     feature_cache: bool = True
     # Cached features above this size are streamed to a memory-mapped file instead of kept in RAM.
     feature_cache_memory_mb: int = Field(2048, ge=0)
-    # What "best" means for best.pt: the lowest val loss, or the highest val accuracy,
-    # balanced accuracy (mean per-class recall) or macro-F1.
-    monitor: Literal["val_loss", "val_acc", "val_balanced_acc", "val_f1"] = "val_loss"
+    # What "best" means for best.pt: the lowest val loss, or the highest of the others. Single-label:
+    # accuracy, balanced accuracy (mean per-class recall), macro-F1. Multi-label: mean average
+    # precision (macro over labels), micro-/macro-F1 and exact-match ratio at 0.5.
+    monitor: Literal[
+        "val_loss",
+        "val_acc",
+        "val_balanced_acc",
+        "val_f1",
+        "val_map",
+        "val_f1_micro",
+        "val_f1_macro",
+        "val_exact_match",
+    ] = "val_loss"
+    # Multi-label loss: binary cross-entropy, or timm's asymmetric loss (Ridnik et al. 2021), which
+    # down-weights the many easy negatives.
+    multi_label_loss: Literal["bce", "asymmetric"] = "bce"
     # Optimizer steps accumulate gradients over this many batches: an effective batch of
     # accumulate x data.batch_size on a device that holds only data.batch_size.
     accumulate: int = Field(1, ge=1)

@@ -8,11 +8,14 @@ weights_only=True)` reads it without running code, and anything (timm, a noteboo
     model       the scored weights (with a weight EMA: the average); raw_model: the trained ones
     recipe, classes, preprocessing, stage, epoch, val_loss, val_acc
     temperature, calibration   fitted on the val split after training (best.pt)
+    task        "single-label" or "multi-label"; thresholds: a multi-label model's per-tag thresholds
     resume      (last.pt) where to continue: stage index, epoch, optimizer state by parameter name,
                 schedule, RNG states, early-stopping state, elapsed seconds, the summary's notes
 
-Version 1 files load as version 2: version 2 only names what version 1 held, with the optional
-fields made explicit (a stage_finished of None means "written before early stopping").
+Older files load as version 3: version 2 only named what version 1 held, with the optional
+fields made explicit (a stage_finished of None means "written before early stopping"); version 3
+added the task (files without it are single-label) and per-tag thresholds. The version is bumped
+so that an older headstart refuses a multi-label model rather than reading it as single-label.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from headstart.core.fileio import atomic_write
 from headstart.core.runs import resolve_checkpoint
 
 CHECKPOINT_FORMAT = "headstart-checkpoint-1"
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Checkpoint:
     calibration: dict[str, Any] | None = None
     resume: ResumeState | None = None
     version: int = STATE_VERSION
+    task: str = "single-label"  # what a label is (tasks.registry): "single-label" or "multi-label"
+    thresholds: list[float] | None = None  # multi-label: per tag, chosen on val for F1 after training
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict saved to disk (fields left at None are not written)."""

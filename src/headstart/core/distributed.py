@@ -47,6 +47,14 @@ class Group:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's rows, concatenated in rank order (for scores that need all outputs: mean AP)."""
+        if not self.active:
+            return tensor
+        parts: list[torch.Tensor | None] = [None] * self.world
+        dist.all_gather_object(parts, tensor.cpu())
+        return torch.cat([part for part in parts if part is not None])
+
     def any(self, flag: bool) -> bool:
         return self.sum([float(flag)])[0] > 0 if self.active else flag
 

@@ -34,6 +34,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", best
             # Plain accuracy hides a neglected minority class; these two do not.
             axis.plot(epochs, [row["val_balanced_acc"] for row in history], "^--", label="val balanced accuracy")
             axis.plot(epochs, [row["val_f1"] for row in history], "v:", label="val macro-F1")
+        if metric == "acc" and all("val_map" in row for row in history):
+            # Multi-label: accuracy is per (image, tag) decision; these say how well the tags are found.
+            axis.plot(epochs, [row["val_map"] for row in history], "^--", label="val mean average precision")
+            axis.plot(epochs, [row["val_f1_micro"] for row in history], "v:", label="val micro-F1")
         if best is not None and 1 <= best <= len(history):
             value = history[best - 1][f"val_{metric}"]
             axis.plot(

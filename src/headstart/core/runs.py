@@ -37,6 +37,10 @@ HISTORY_FIELDS = [
     "val_acc",
     "val_balanced_acc",
     "val_f1",
+    "val_map",  # multi-label runs: these four instead of balanced accuracy and macro-F1
+    "val_f1_micro",
+    "val_f1_macro",
+    "val_exact_match",
     "lr",
     "seconds",
     "path",
@@ -111,7 +115,9 @@ class RunFolder:
     def add_epoch(self, row: dict[str, Any]) -> None:
         self.history.append(row)
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+        # The task's own columns: a single-label run has no mAP column, a multi-label one no balanced accuracy.
+        fields = [f for f in HISTORY_FIELDS if f == "stop" or any(f in row for row in self.history)]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
         self.write_text(HISTORY_CSV, buffer.getvalue())

@@ -1,4 +1,7 @@
-"""A CSV of path,label[,split]: paths relative to the CSV's folder; rows without a split are split as class folders are."""
+"""A CSV of path,label[,split]: paths relative to the CSV's folder; rows without a split are split as class folders are.
+
+A CSV with several tags per image (a labels column, or one 0/1 column per label) is tags_csv's.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
+from headstart.data import tags_csv
 from headstart.data.splits import SPLIT_NAMES, SPLITS, DataSplit, carve, check_classes, merge_splits, split_here
 
 log = logging.getLogger("headstart")
@@ -43,13 +47,12 @@ def csv_columns(rows: list[list[str]]) -> tuple[dict[str, int], int]:
     return {"path": 0, "label": 1, "split": 2}, 0
 
 
-def read_csv(path: Path) -> tuple[dict[str, dict[str, list[Path]]], bool]:
+def read_csv(path: Path, rows: list[list[str]]) -> tuple[dict[str, dict[str, list[Path]]], bool]:
     """split -> class -> files ('' holds rows without a split), and whether any row named a split.
 
     A row repeated exactly is kept once, with a warning (it would land in train and val both);
     the same image under two labels is an error.
     """
-    rows = read_csv_rows(path)
     columns, first = csv_columns(rows)
     seen: dict[Path, tuple[str, str, int]] = {}
     duplicates = 0
@@ -90,7 +93,11 @@ def read_csv(path: Path) -> tuple[dict[str, dict[str, list[Path]]], bool]:
 def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
     if not path.is_file():
         raise HeadstartError(f"CSV file not found: {path}")
-    by_split, named = read_csv(path)
+    rows = read_csv_rows(path)
+    form = tags_csv.detect(rows, cfg, path)
+    if form is not None:
+        return tags_csv.list_tags(path, rows, form, cfg)
+    by_split, named = read_csv(path, rows)
     unsplit = by_split.pop("", {})
     if not named:
         check_classes(unsplit, str(path))

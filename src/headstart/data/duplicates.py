@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headstart.data.splits import Sample
+
 log = logging.getLogger(__name__)
 
 # Held-out splits rank after train: a leak removes the copy on the later side.
@@ -217,7 +219,7 @@ def file_digest(path: Path) -> str | None:
         return None
 
 
-def train_check(splits: dict[str, list[tuple[Path, int]]]) -> tuple[int, int]:
+def train_check(splits: dict[str, list[Sample]]) -> tuple[int, int]:
     """(byte-identical copies in all, of them copies across splits) for `headstart train`'s warning.
 
     Only files whose size another file shares are read: copies have equal sizes, so a folder
@@ -247,7 +249,7 @@ def train_check(splits: dict[str, list[tuple[Path, int]]]) -> tuple[int, int]:
     return copies, leaks
 
 
-def warn_duplicates(splits: dict[str, list[tuple[Path, int]]], data: str | None) -> tuple[int, int]:
+def warn_duplicates(splits: dict[str, list[Sample]], data: str | None) -> tuple[int, int]:
     """Log one warning when the run's images hold byte-identical copies; returns (copies, leaks)."""
     copies, leaks = train_check(splits)
     if copies:

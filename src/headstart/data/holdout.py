@@ -17,6 +17,7 @@ from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.data.duplicates import file_digest
 from headstart.data.layouts import data_root, list_images
+from headstart.data.splits import Sample
 
 log = logging.getLogger("headstart")
 
@@ -31,7 +32,7 @@ def same_source(data: str | Path, cfg: DataConfig) -> bool:
         return False
 
 
-def held_out(cfg: DataConfig, classes: list[str]) -> tuple[str, list[tuple[Path, int]], str]:
+def held_out(cfg: DataConfig, classes: list[str]) -> tuple[str, list[Sample], str]:
     """The run's held-out split: its name (test or val), its (path, label) pairs and a line saying which it is."""
     split = list_images(cfg)
     if split.classes != classes:

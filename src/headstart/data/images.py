@@ -30,10 +30,7 @@ from headstart.core import cache
 from headstart.core.errors import HeadstartError
 from headstart.core.progress import progress
 from headstart.data.layouts import list_images
-from headstart.data.splits import (
-    DataSplit,
-    Sample,
-)
+from headstart.data.splits import MULTI, SINGLE, DataSplit, Label, Sample, label_counts, label_tensor
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +214,9 @@ class DiskImages:
             check=_disk_images_problem,
         )
         stored = json.loads((folder / "kept.json").read_text())
-        return cls(folder), [(Path(p), y) for p, y in stored["kept"]], stored["bad"]
+        # JSON keeps a multi-label tuple of tags as a list: back to the tuple the listing made.
+        kept = [(Path(p), y if isinstance(y, int) else tuple(y)) for p, y in stored["kept"]]
+        return cls(folder), kept, stored["bad"]
 
 
 def _disk_images_problem(folder: Path) -> str | None:
@@ -292,16 +291,20 @@ def posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_) -> Imag
 def train_view(data: PreparedData, augment: str, random_erasing: float = 0.0) -> ImageDataset:
     """The training images under another augmentation preset (a stage's own), sharing the decoded arrays."""
     transform = build_transforms(data.preprocessing, augment, random_erasing)[0]
-    return ImageDataset(data.train.samples, transform, data.train.arrays)
+    return ImageDataset(data.train.samples, transform, data.train.arrays, data.split.task, len(data.split.classes))
 
 
 class ImageDataset(Dataset):
-    """Samples as (tensor, label) from decoded images: a list in memory, or DiskImages past the budget."""
+    """Samples as (tensor, target) from decoded images: a list in memory, or DiskImages past the budget.
 
-    def __init__(self, samples: list[Sample], transform, arrays):
+    The target is the class index, or for multi-label data a row of 0/1 per class (`targets`).
+    """
+
+    def __init__(self, samples: list[Sample], transform, arrays, task: str = SINGLE, n_classes: int = 0):
         self.samples = samples
         self.transform = transform
         self.arrays = arrays
+        self.targets = label_tensor(self.labels, n_classes, task)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -310,10 +313,10 @@ class ImageDataset(Dataset):
         return Image.fromarray(self.arrays[index])
 
     def __getitem__(self, index: int):
-        return self.transform(self.image(index)), self.samples[index][1]
+        return self.transform(self.image(index)), self.targets[index]
 
     @property
-    def labels(self) -> list[int]:
+    def labels(self) -> list[Label]:
         return [label for _, label in self.samples]
 
 
@@ -369,17 +372,18 @@ def prepare_data(
         bad += bad_here
     warn_skipped(bad)
     split.skipped = bad
-    counts = np.bincount([label for _, label in split.train], minlength=len(split.classes))
+    counts = label_counts([label for _, label in split.train], len(split.classes))
     if (counts == 0).any():
         empty = split.classes[int(np.argmin(counts))]
-        raise HeadstartError(f"class '{empty}' has no readable training images")
+        raise HeadstartError(f"{'tag' if split.task == MULTI else 'class'} '{empty}' has no readable training images")
     if not split.val:
         raise HeadstartError("no readable validation images")
     train_tf, eval_tf = build_transforms(preprocessing, cfg.augment, cfg.random_erasing)
+    task, n = split.task, len(split.classes)
     return PreparedData(
         split,
-        ImageDataset(split.train, train_tf, arrays["train"]),
-        ImageDataset(split.val, eval_tf, arrays["val"]),
+        ImageDataset(split.train, train_tf, arrays["train"], task, n),
+        ImageDataset(split.val, eval_tf, arrays["val"], task, n),
         preprocessing,
-        ImageDataset(split.test, eval_tf, arrays["test"]),
+        ImageDataset(split.test, eval_tf, arrays["test"], task, n),
     )

@@ -53,5 +53,12 @@ def list_images(cfg: DataConfig) -> DataSplit:
     root = data_root(cfg)
     for source in SOURCES:
         if source.detect(root):
-            return source.list(root, cfg)
+            split = source.list(root, cfg)
+            if cfg.task not in ("auto", split.task):
+                raise HeadstartError(
+                    f"data.task is {cfg.task} but {root} holds {split.task} data ({split.layout}); "
+                    "multi-label data comes as a CSV: path,labels with tags separated by data.label_delim, "
+                    "or one 0/1 column per label"
+                )
+            return split
     raise HeadstartError(f"data folder not found: {root}")

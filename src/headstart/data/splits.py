@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 
 log = logging.getLogger("headstart")
 
-Sample = tuple[Path, int]
+# A class index, or for a multi-label data set the sorted indices of the image's tags (empty: none).
+Label = int | tuple[int, ...]
+Sample = tuple[Path, Label]
+SINGLE, MULTI = "single-label", "multi-label"
 
 # Folder name (lower case) -> the split it holds. Export tools name them differently:
 # Roboflow/Kaggle/Ultralytics train/valid/test, Hugging Face train/validation/test, others Training/Testing.
@@ -38,8 +42,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class DataSplit:
-    """The listed images of a data set: (path, label index) pairs per split, and how they were found.
+    """The listed images of a data set: (path, label) pairs per split, and how they were found.
 
+    `task` says what a label is: a class index (single-label) or a tuple of tag indices (multi-label).
     `layout` is the one line the log prints (`layout: train/ valid/ test/ -> train 1,800, val 200, test 2,000`);
     `root` is the folder or CSV the images came from (None for in-memory sources).
     """
@@ -52,6 +57,7 @@ class DataSplit:
     skipped: list[str] = field(default_factory=list)
     layout: str = ""
     root: Path | None = None
+    task: str = SINGLE
 
     @property
     def held_out(self) -> tuple[str, list[Sample]]:
@@ -61,6 +67,24 @@ class DataSplit:
     def describe(self) -> str:
         sizes = ", ".join(f"{s} {len(getattr(self, s)):,}" for s in SPLITS if s != "test" or self.test)
         return f"layout: {self.layout} \u2192 {sizes}"
+
+
+def label_counts(labels: list[Label], n_classes: int) -> np.ndarray:
+    """Images per class: of that class (single-label) or carrying that tag (multi-label)."""
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for label in labels:
+        counts[list(label) if isinstance(label, tuple) else label] += 1
+    return counts
+
+
+def label_tensor(labels: list[Label], n_classes: int, task: str) -> torch.Tensor:
+    """What the loss compares outputs with: class indices, or rows of 0/1 per tag (multi-label)."""
+    if task == SINGLE:
+        return torch.tensor(labels, dtype=torch.long)
+    hot = torch.zeros(len(labels), n_classes)
+    for row, label in enumerate(labels):
+        hot[row, list(label) if isinstance(label, tuple) else [label]] = 1.0
+    return hot
 
 
 # ----------------------------------------------------------------------------- class folders

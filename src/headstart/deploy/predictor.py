@@ -29,7 +29,7 @@ from headstart.core.paths import user_path
 from headstart.core.plots import plot_confusion
 from headstart.data.holdout import held_out, overlap_note, same_source
 from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
-from headstart.data.splits import list_class_folders
+from headstart.data.splits import Sample, list_class_folders
 from headstart.tasks.single_label import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class Predictor:
 
     def evaluate_samples(
         self,
-        samples: list[tuple[Path, int]],
+        samples: list[Sample],
         confusion_png: Path | None = None,
         tta: str | bool | None = None,
         where: str = "",

@@ -13,6 +13,9 @@ against T = 1 on the same fold. When the fitted temperatures do not lower that h
 already calibrated model, a small or noisy val split) T stays 1, best.pt holds no temperature,
 and the summary line says why.
 
+A multi-label model's tags share one temperature on their sigmoids, fitted on the mean binary
+cross-entropy; its reliability bins hold (image, tag) forecasts against whether the tag is there.
+
 Expected calibration error (ECE): the images sorted by the confidence of their top class and cut
 into up to 15 bins of (near) equal counts, at least MIN_PER_BIN images each, so a small val
 split does not leave bins of one or two images; the gap between each bin's mean confidence and
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 
+from headstart.tasks.registry import Task
 from headstart.tasks.single_label import SINGLE_LABEL
 
 BINS = 15
@@ -36,8 +40,8 @@ MIN_IMAGES = 20  # below this a held-out fold holds too few images to tell wheth
 MIN_T, MAX_T = 0.05, 20.0
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T): LBFGS on log T, in float64."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, task: Task = SINGLE_LABEL) -> float:
+    """The T > 0 minimising the task's NLL of logits / T (softmax or per-tag sigmoid): LBFGS on log T, in float64."""
     if len(labels) < 2 or logits.shape[1] < 2:
         return 1.0
     logits, labels = logits.detach().double(), labels.detach().long()
@@ -46,7 +50,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = SINGLE_LABEL.nll(logits / log_t.exp(), labels)
+        loss = task.nll(logits / log_t.exp(), labels)
         loss.backward()
         return loss
 
@@ -55,10 +59,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return min(max(value, MIN_T), MAX_T) if value == value else 1.0  # NaN: no fit, no change
 
 
-def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> dict[str, list[float]]:
-    """Per confidence bin of (near) equal count: mean confidence, accuracy and count of its images."""
-    confidence, predicted = probabilities.max(1)
-    correct = (predicted == labels).double()
+def reliability(
+    probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS, task: Task = SINGLE_LABEL
+) -> dict[str, list[float]]:
+    """Per confidence bin of (near) equal count: mean confidence, accuracy and count of its forecasts.
+
+    A forecast is an image's top class (single-label) or one (image, tag) yes/no (multi-label).
+    """
+    confidence, correct = task.confidence_and_correct(probabilities, labels)
     order = torch.argsort(confidence, stable=True)
     groups = torch.tensor_split(order, max(1, min(bins, len(order) // MIN_PER_BIN))) if len(order) else []
     table: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": []}
@@ -69,8 +77,10 @@ def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = B
     return table
 
 
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
-    table = reliability(probabilities, labels, bins)
+def expected_calibration_error(
+    probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS, task: Task = SINGLE_LABEL
+) -> float:
+    table = reliability(probabilities, labels, bins, task)
     total = max(sum(table["count"]), 1)
     return sum(n / total * abs(c - a) for n, c, a in zip(table["count"], table["confidence"], table["accuracy"]))
 
@@ -117,27 +127,29 @@ class Calibration:
         )
 
 
-def cross_validate(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> tuple[float, float]:
+def cross_validate(
+    logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS, task: Task = SINGLE_LABEL
+) -> tuple[float, float]:
     """Mean held-out NLL at T = 1 and with T fitted on the other folds (the images shuffled with a fixed seed)."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     plain = fitted = 0.0
     for held in torch.tensor_split(order, folds):
         rest = order[~torch.isin(order, held)]
-        temperature = fit_temperature(logits[rest], labels[rest])
-        plain += float(SINGLE_LABEL.nll(logits[held].double(), labels[held])) * len(held)
-        fitted += float(SINGLE_LABEL.nll(logits[held].double() / temperature, labels[held])) * len(held)
+        temperature = fit_temperature(logits[rest], labels[rest], task)
+        plain += float(task.nll(logits[held].double(), labels[held])) * len(held)
+        fitted += float(task.nll(logits[held].double() / temperature, labels[held])) * len(held)
     return plain / len(labels), fitted / len(labels)
 
 
-def calibrate(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> Calibration:
+def calibrate(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS, task: Task = SINGLE_LABEL) -> Calibration:
     """Fit the temperature on (logits, labels) where cross-validation says it lowers held-out NLL; ECE and NLL before and after."""
     logits, labels = logits.detach().float().cpu(), labels.detach().long().cpu()
-    fitted = fit_temperature(logits, labels)
+    fitted = fit_temperature(logits, labels, task)
     cv_plain = cv_fitted = None
     if len(labels) < max(MIN_IMAGES, 2 * folds):
         reason = f"{len(labels)} val images are too few to tell whether a temperature helps (at least {MIN_IMAGES})"
     else:
-        cv_plain, cv_fitted = cross_validate(logits, labels, folds)
+        cv_plain, cv_fitted = cross_validate(logits, labels, folds, task)
         reason = (
             ""
             if cv_fitted < cv_plain
@@ -145,16 +157,16 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) ->
             f"({cv_plain:.4f} at T = 1, {cv_fitted:.4f} fitted; T on the whole split would be {fitted:.3f})"
         )
     temperature = fitted if not reason else 1.0
-    before, after = SINGLE_LABEL.probabilities(logits), SINGLE_LABEL.probabilities(logits, temperature)
+    before, after = task.probabilities(logits), task.probabilities(logits, temperature)
     return Calibration(
         temperature=temperature,
         images=len(labels),
-        ece_before=expected_calibration_error(before, labels),
-        ece_after=expected_calibration_error(after, labels),
-        nll_before=float(SINGLE_LABEL.nll(logits, labels)),
-        nll_after=float(SINGLE_LABEL.nll(logits / temperature, labels)),
-        bins_before=reliability(before, labels),
-        bins_after=reliability(after, labels),
+        ece_before=expected_calibration_error(before, labels, task=task),
+        ece_after=expected_calibration_error(after, labels, task=task),
+        nll_before=float(task.nll(logits, labels)),
+        nll_after=float(task.nll(logits / temperature, labels)),
+        bins_before=reliability(before, labels, task=task),
+        bins_after=reliability(after, labels, task=task),
         applied=not reason,
         reason=reason,
         fitted=fitted,

@@ -1,4 +1,6 @@
-"""Scores from a confusion matrix: accuracy, balanced accuracy (mean per-class recall) and macro-F1.
+"""Scores per epoch: from a confusion matrix (single-label), or from all probabilities (multi-label: tag_metrics).
+
+Single-label: accuracy, balanced accuracy (mean per-class recall) and macro-F1.
 
 Plain accuracy hides a minority class (952 of one class and 32 of another score 0.97 by always
 answering the first); the two class-averaged scores do not. A class absent from the labels has no
@@ -7,8 +9,14 @@ recall and is left out of both averages (scikit-learn's balanced_accuracy_score 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
+
+from headstart.core.errors import HeadstartError
+from headstart.tasks.tag_metrics import per_tag_table, tag_scores
 
 
 def confusion(labels, predictions, n_classes: int) -> np.ndarray:
@@ -40,6 +48,13 @@ def scores(counts: np.ndarray) -> dict[str, float]:
 LOWER_IS_BETTER = {"val_loss"}
 
 
+def check_monitor(monitor: str, task) -> None:
+    """A one-line error when run.monitor names a score the task does not have (val_map on single-label data)."""
+    if monitor.removeprefix("val_") not in task.metrics:
+        valid = ", ".join(f"val_{name}" for name in task.metrics)
+        raise HeadstartError(f"run.monitor {monitor} is not a {task.name} score; valid: {valid}")
+
+
 def improved(row: dict, best: dict | None, monitor: str) -> bool:
     """Whether epoch `row` beats `best` on `monitor` (strictly: ties keep the earlier epoch)."""
     if not best:
@@ -59,26 +74,51 @@ def best_index(history: list[dict], monitor: str) -> int:
 
 
 @torch.no_grad()
-def score_batches(module, batches, task, hw, group, n_classes: int) -> tuple[dict[str, float], torch.Tensor]:
-    """Mean loss, accuracy, balanced accuracy and macro-F1 over all processes' batches, in eval mode.
+def score_batches(
+    module, batches, task, hw, group, n_classes: int, kind: str = "", decision: TagDecision | None = None
+) -> dict[str, Any]:
+    """Mean loss and the task's scores (task.metrics) over all processes' batches, in eval mode.
 
-    Returns the scores and this process's predictions. Confusion counts are summed over the
-    processes, so the class-averaged scores are those of the whole split.
+    Single-label: confusion counts summed over the processes, so the class-averaged scores are
+    those of the whole split. Multi-label: every process's probabilities gathered (mean average
+    precision needs all of them), decided at 0.5 per tag, or by `decision` (the temperature and
+    per-tag thresholds chosen on val), which also adds the per-tag table ("per_label").
     """
     module.eval()
-    criterion = task.loss()
-    total_loss, predictions = 0.0, []
+    criterion = task.loss(kind=kind)
+    total_loss, seen = 0.0, 0
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    outputs, targets = [], []
     for inputs, labels in batches:
         inputs, labels = hw.to_input(inputs), labels.to(hw.device)
         with hw.autocast():
             logits = module(inputs).float()
         total_loss += criterion(logits, labels).item() * len(labels)
-        predicted = task.decide(logits)
-        counts += confusion(labels.cpu().numpy(), predicted.cpu().numpy(), n_classes)
-        predictions.append(predicted.cpu())
-    summed = group.sum([total_loss, *counts.ravel().tolist()])
-    totals = np.asarray(summed[1:], dtype=np.float64).reshape(counts.shape)
-    result = scores(totals)
-    result["loss"] = float(summed[0] / totals.sum()) if totals.sum() else float("nan")
-    return result, torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+        seen += len(labels)
+        if task.name == "multi-label":
+            outputs.append(task.probabilities(logits, decision.temperature if decision else None).cpu())
+            targets.append(labels.cpu())
+        else:
+            counts += confusion(labels.cpu().numpy(), task.decide(logits).cpu().numpy(), n_classes)
+    summed = group.sum([total_loss, seen, *counts.ravel().tolist()])
+    result: dict[str, Any]
+    if task.name == "multi-label":
+        empty = torch.zeros(0, n_classes)
+        probabilities = group.gather(torch.cat(outputs) if outputs else empty).numpy()
+        truth = group.gather(torch.cat(targets) if targets else empty).numpy()
+        result = dict(tag_scores(probabilities, truth, decision.thresholds if decision else None))
+        if decision is not None:
+            result["per_label"] = per_tag_table(probabilities, truth, decision.thresholds, decision.tags)
+    else:
+        result = scores(np.asarray(summed[2:], dtype=np.float64).reshape(counts.shape))
+    result["loss"] = float(summed[0] / summed[1]) if summed[1] else float("nan")
+    return result
+
+
+@dataclass(frozen=True)
+class TagDecision:
+    """How a multi-label model's outputs become tags: its temperature (None: none) and per-tag thresholds."""
+
+    temperature: float | None
+    thresholds: list[float]
+    tags: list[str]

@@ -22,9 +22,14 @@ Scores = TypeVar("Scores", torch.Tensor, np.ndarray)
 
 class SingleLabel:
     name = "single-label"
+    # What each epoch's val scoring reports (history's val_<name> columns).
+    metrics = ("loss", "acc", "balanced_acc", "f1")
 
-    def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> nn.Module:
-        """The training criterion; it also takes soft targets (Mixup/CutMix) as rows of probabilities."""
+    def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "") -> nn.Module:
+        """The training criterion; it also takes soft targets (Mixup/CutMix) as rows of probabilities.
+
+        `kind` names a multi-label loss; one class per image has the one criterion.
+        """
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
     def nll(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,9 +41,18 @@ class SingleLabel:
         logits = logits.float()
         return (logits / temperature if temperature else logits).softmax(1)
 
-    def decide(self, scores: Scores) -> Scores:
-        """The predicted class of each row of logits or probabilities (a tensor or an array)."""
+    def decide(self, scores: Scores, thresholds: Scores | None = None) -> Scores:
+        """The predicted class of each row of logits or probabilities (a tensor or an array); no thresholds here."""
         return scores.argmax(1) if isinstance(scores, torch.Tensor) else np.asarray(scores).argmax(axis=1)
+
+    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> int:
+        """Images whose top class is their label (soft Mixup targets are not labels: pass the hard ones)."""
+        return int((logits.argmax(1) == labels).sum())
+
+    def confidence_and_correct(self, probabilities: torch.Tensor, labels: torch.Tensor):
+        """The top class's probability per image, and whether that class is the label: what reliability bins."""
+        confidence, predicted = probabilities.max(1)
+        return confidence, (predicted == labels).double()
 
 
 SINGLE_LABEL = SingleLabel()

@@ -133,8 +133,8 @@ class FeatureCache:
         self._versions: tuple[int, ...] = ()
         self._train: list[np.ndarray] = []
         self._val: np.ndarray | None = None
-        self._train_labels = torch.tensor(data.train.labels)
-        self._val_labels = torch.tensor(data.val.labels)
+        self._train_labels = data.train.targets
+        self._val_labels = data.val.targets
         # The images were decoded once when the run started; their identity is taken once per cache,
         # not re-read from the file system (one stat per file) every time a batch is served.
         self._images = {

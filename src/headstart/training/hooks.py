@@ -150,6 +150,7 @@ class Checkpoints:
             epoch=row["epoch"],
             val_loss=row["val_loss"],
             val_acc=row["val_acc"],
+            task=data.split.task,
         )
 
     def save_best(self, checkpoint: Checkpoint) -> None:

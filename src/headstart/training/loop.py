@@ -25,6 +25,7 @@ from torch import nn
 from headstart.core.distributed import SOLO, Group
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import Hardware
+from headstart.tasks.registry import Task
 from headstart.tasks.single_label import SINGLE_LABEL
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -45,15 +46,24 @@ ScheduleT = TypeVar("ScheduleT", bound=StepSchedule)
 
 
 class SoftTargets:
-    """Mixup/CutMix of a batch with its soft targets; an odd-sized batch (Mixup pairs images) gets smoothed one-hot targets."""
+    """Mixup/CutMix of a batch with its soft targets; an odd-sized batch (Mixup pairs images) gets smoothed targets.
 
-    def __init__(self, mixup: float, cutmix: float, smoothing: float, classes: int):
-        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=classes)
-        self.smoothing, self.classes = smoothing, classes
+    Multi-label targets (rows of 0/1 per tag) are mixed as they are, smoothing moving each towards 0.5.
+    """
+
+    def __init__(self, mixup: float, cutmix: float, smoothing: float, classes: int, multi_label: bool = False):
+        self.mix = Mixup(
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            label_smoothing=smoothing,
+            num_classes=classes,
+            multi_label=multi_label,
+        )
+        self.smoothing, self.classes, self.multi_label = smoothing, classes, multi_label
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(labels) % 2:
-            return inputs, mixup_target(labels, self.classes, smoothing=self.smoothing)
+            return inputs, mixup_target(labels, self.classes, smoothing=self.smoothing, multi_label=self.multi_label)
         return self.mix(inputs, labels)
 
 
@@ -66,6 +76,7 @@ class Loop(Generic[ScheduleT]):
     schedule: ScheduleT
     criterion: nn.Module
     hw: Hardware
+    task: Task = SINGLE_LABEL
     group: Group = SOLO
     accumulate: int = 1
     soft_targets: SoftTargets | None = None
@@ -79,6 +90,8 @@ class Loop(Generic[ScheduleT]):
 
     def epoch(self, batches: Batches, count: int, first_step: int, where: str) -> tuple[float, float]:
         """One pass over `count` batches; returns mean loss and accuracy as seen in training, over all processes.
+
+        Accuracy is the task's: the top class right, or (multi-label) every tag right at 0.5.
 
         Optimizer steps are numbered from `first_step` for the schedule.
         """
@@ -108,7 +121,7 @@ class Loop(Generic[ScheduleT]):
                 step += 1
                 self.optimizer_step(step)
             total_loss += loss.item() * len(labels)
-            correct += (SINGLE_LABEL.decide(logits) == labels).sum().item()
+            correct += self.task.correct(logits.detach(), labels)
             seen += len(labels)
         loss_sum, correct_sum, seen_sum = self.group.sum([total_loss, correct, seen])  # over all processes
         return loss_sum / max(seen_sum, 1), correct_sum / max(seen_sum, 1)

@@ -1,7 +1,8 @@
-"""After the stages: the chosen model scored on the test split once, then its temperature fitted on val.
+"""After the stages: the chosen model's temperature fitted on val, then the test split scored once.
 
-Nothing is chosen by the test split; the temperature goes into best.pt (and every export), with
-reliability.png and a line for summary.txt.
+Nothing is chosen by the test split; the temperature (and a multi-label model's per-tag thresholds,
+chosen on val for F1) go into best.pt and every export, with reliability.png and lines for
+summary.txt; the test split is scored with them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from headstart.core.plots import plot_reliability
 from headstart.core.runs import BEST_FILE, RELIABILITY_FILE, RunFolder
 from headstart.data.batches import make_loader
 from headstart.tasks.calibration import Calibration, calibrate
-from headstart.tasks.metrics import score_batches
-from headstart.tasks.single_label import SINGLE_LABEL
+from headstart.tasks.metrics import TagDecision, score_batches
+from headstart.tasks.multi_label import MULTI_LABEL
+from headstart.tasks.tag_metrics import DEFAULT_THRESHOLD, choose_thresholds, per_tag_table, tag_scores
 from headstart.training.hooks import BestModel, Notes
 from headstart.training.session import Session
 
@@ -24,7 +26,10 @@ log = logging.getLogger("headstart")
 
 
 def score_test(session: Session, best: BestModel, run: RunFolder) -> None:
-    """Score the chosen model (best.pt's weights) on the test split, once, into history.json's test record."""
+    """Score the chosen model (best.pt's weights) on the test split, once, into history.json's test record.
+
+    A multi-label model is scored with the temperature and per-tag thresholds chosen on val (best.pt's).
+    """
     if best.state is not None:
         session.model.load_state_dict(best.state)
     data, hw, group, test_set = session.recipe.data, session.hw, session.group, session.data.test
@@ -33,13 +38,22 @@ def score_test(session: Session, best: BestModel, run: RunFolder) -> None:
     loader = make_loader(
         test_set, data.batch_size, False, data.workers, session.recipe.run.seed, pin, group.rank, group.world
     )
-    test, _ = score_batches(session.model, loader, SINGLE_LABEL, hw, group, len(session.classes))
+    decision = group.share(tag_decision(session, run)) if session.task is MULTI_LABEL else None
+    kind = session.recipe.run.multi_label_loss
+    test = score_batches(session.model, loader, session.task, hw, group, len(session.classes), kind, decision)
     chosen = f"{best.row['stage']} epoch {best.row['epoch']}"
     run.set_test({"images": len(test_set), "model": chosen, **test})
-    log.info(
-        "test (%d images, %s): loss %.4f acc %.4f balanced_acc %.4f f1 %.4f",
-        *(len(test_set), chosen, test["loss"], test["acc"], test["balanced_acc"], test["f1"]),
-    )
+    scores = " ".join(f"{name} {test[name]:.4f}" for name in session.task.metrics)
+    log.info("test (%d images, %s): %s", len(test_set), chosen, scores)
+
+
+def tag_decision(session: Session, run: RunFolder) -> TagDecision | None:
+    """best.pt's temperature and thresholds (rank 0 reads them; the caller shares them)."""
+    if not session.group.is_main or not (run.path / BEST_FILE).is_file():
+        return None
+    checkpoint = load_checkpoint(run.path / BEST_FILE)
+    thresholds = checkpoint.thresholds or [DEFAULT_THRESHOLD] * len(session.classes)
+    return TagDecision(checkpoint.temperature, thresholds, session.classes)
 
 
 def val_logits(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +84,35 @@ def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Not
         notes.add(calibration.summary_line())
         return calibration
     session.model.load_state_dict(best.state)
-    calibration = calibrate(*val_logits(session))
+    logits, labels = val_logits(session)
+    calibration = calibrate(logits, labels, task=session.task)
     checkpoint.temperature = calibration.temperature if calibration.applied else None
     checkpoint.calibration = calibration.to_dict()
+    if session.task is MULTI_LABEL:
+        checkpoint.thresholds = fit_thresholds(logits, labels, checkpoint.temperature, session.classes, notes)
     run.save_checkpoint(BEST_FILE, checkpoint)
     plot_reliability(calibration, run.path / RELIABILITY_FILE)
     notes.add(calibration.summary_line())
     return calibration
+
+
+def fit_thresholds(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float | None, tags: list[str], notes: Notes
+) -> list[float]:
+    """Per tag, the threshold with the best F1 on val (calibrated probabilities); the notes get the per-tag table."""
+    probabilities = MULTI_LABEL.probabilities(logits, temperature).numpy()
+    truth = labels.numpy()
+    thresholds = choose_thresholds(probabilities, truth)
+    plain, chosen = tag_scores(probabilities, truth), tag_scores(probabilities, truth, thresholds)
+    notes.add(
+        f"thresholds: one per tag, chosen for F1 on {len(truth)} val images: micro-F1 {plain['f1_micro']:.4f} at 0.5 "
+        f"-> {chosen['f1_micro']:.4f}, macro-F1 {plain['f1_macro']:.4f} -> {chosen['f1_macro']:.4f} "
+        f"(on the images they were chosen on: the test split, where there is one, says it honestly); mAP {chosen['map']:.4f}"
+    )
+    for row in per_tag_table(probabilities, truth, thresholds, tags):
+        ap = "n/a" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+        notes.add(
+            f"  val {row['label']}: threshold {row['threshold']:.3f} precision {row['precision']:.3f} "
+            f"recall {row['recall']:.3f} f1 {row['f1']:.3f} AP {ap} ({row['support']} positives)"
+        )
+    return [float(t) for t in thresholds]

@@ -33,6 +33,8 @@ from headstart.data.images import PreparedData, prepare_data
 from headstart.model.build import Classifier, build_model, resolve_preprocessing
 from headstart.model.freeze import FreezePlan, plan_stages
 from headstart.model.weights import default_source
+from headstart.tasks.metrics import check_monitor
+from headstart.tasks.registry import Task, task_named
 
 log = logging.getLogger("headstart")
 
@@ -49,6 +51,11 @@ class Session:
     @property
     def classes(self) -> list[str]:
         return self.data.split.classes
+
+    @property
+    def task(self) -> Task:
+        """What a label is for this data: the one object training and scoring ask (tasks.registry)."""
+        return task_named(self.data.split.task)
 
 
 def resolve(recipe: Recipe) -> Recipe:
@@ -117,7 +124,8 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
         data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
     if group.is_main and check_data:
         warn_duplicates({"train": data.split.train, "val": data.split.val, "test": data.split.test}, recipe.data.path)
-    recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, data.split.classes)
+    check_monitor(recipe.run.monitor, task_named(data.split.task))
+    recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, data.split.classes, data.split.task)
     model = build_model(recipe.model, len(data.split.classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
     plans = plan_stages(model, recipe.stages)

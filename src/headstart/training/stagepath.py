@@ -18,12 +18,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from headstart.config.recipe import Stage
-from headstart.data.balance import class_weights, sample_weights
+from headstart.data.balance import class_weights, positive_weights, sample_weights
 from headstart.data.batches import GlobalBatches, make_loader
 from headstart.data.images import train_view
 from headstart.model.cut import Cut, cache_decision
 from headstart.model.freeze import FreezePlan
-from headstart.tasks.single_label import SINGLE_LABEL
+from headstart.tasks.multi_label import MULTI_LABEL
 from headstart.training.features import FeatureCache
 from headstart.training.loop import Batches, Loop, ScheduleT, SoftTargets, StepHook
 from headstart.training.session import Session
@@ -88,7 +88,8 @@ class StageBuilder:
         self.session, recipe = session, session.recipe
         labels, n_classes = session.data.train.labels, len(session.classes)
         balance = recipe.data.balance
-        self.loss_weights = class_weights(labels, n_classes).to(session.hw.device) if balance == "weights" else None
+        weigh = positive_weights if session.task is MULTI_LABEL else class_weights
+        self.loss_weights = weigh(labels, n_classes).to(session.hw.device) if balance == "weights" else None
         self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
         full_images = sum(s.epoch_budget for s in recipe.stages if s.freeze != "backbone") * len(session.data.train)
         self.compile = should_compile(recipe.run.compile, session.hw, full_images)
@@ -183,7 +184,8 @@ class StageBuilder:
         """
         s = self.session
         mixing = stage.mixup > 0 or stage.cutmix > 0
-        soft = SoftTargets(stage.mixup, stage.cutmix, stage.label_smoothing, len(s.classes)) if mixing else None
+        multi = s.task is MULTI_LABEL
+        soft = SoftTargets(stage.mixup, stage.cutmix, stage.label_smoothing, len(s.classes), multi) if mixing else None
         # With soft targets the smoothing is already in them; the loss takes them as they are.
         smoothing = 0.0 if mixing else stage.label_smoothing
         module = path.module
@@ -194,9 +196,10 @@ class StageBuilder:
             compiled(module, path.compile),
             optimizer,
             schedule,
-            SINGLE_LABEL.loss(weight=self.loss_weights, label_smoothing=smoothing),
+            s.task.loss(weight=self.loss_weights, label_smoothing=smoothing, kind=s.recipe.run.multi_label_loss),
             s.hw,
-            s.group,
+            group=s.group,
+            task=s.task,
             accumulate=accumulate or s.recipe.run.accumulate,
             soft_targets=soft,
             ema=average,

@@ -19,7 +19,6 @@ from headstart.core.progress import progress
 from headstart.core.runs import RunFolder
 from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import score_batches
-from headstart.tasks.single_label import SINGLE_LABEL
 from headstart.training.hooks import BestModel, Checkpoints, EarlyStopping, Notes, WeightAverage
 from headstart.training.loop import Loop
 from headstart.training.optim import Schedule, build_optimizer
@@ -77,28 +76,30 @@ class Trainer:
         where = f"stage '{stage.name}', epoch {epoch}"
         train_loss, train_acc = loop.epoch(batches, path.batches_per_epoch, first_step, where)
         # Evaluation runs eagerly on the plain module: a compiled eval graph would cost a second compile for one pass.
+        s = self.session
         with self.average.scoring():
-            s = self.session
-            val, _ = score_batches(path.module, path.val_batches(), SINGLE_LABEL, s.hw, s.group, len(s.classes))
+            kind = self.recipe.run.multi_label_loss
+            val = score_batches(path.module, path.val_batches(), s.task, s.hw, s.group, len(s.classes), kind)
         row = {
             "stage": stage.name,
             "epoch": epoch,
             "train_loss": train_loss,
             "train_acc": train_acc,
-            **{f"val_{name}": val[name] for name in ("loss", "acc", "balanced_acc", "f1")},
+            **{f"val_{name}": val[name] for name in s.task.metrics},
             "lr": lr,
             "seconds": time.perf_counter() - tic,
             "path": path.name,
             "trainable_params": count_parameters(self.model)[0],
         }
         budget = total if stage.epochs != "auto" else f"auto<={total}"
+        scores = " - ".join(f"val_{name}: {val[name]:.4f}" for name in s.task.metrics)
         log.info(
-            "[%s] epoch %d/%s - %.1fs - loss: %.4f - acc: %.4f - val_loss: %.4f - val_acc: %.4f"
-            " - val_bal_acc: %.4f - val_f1: %.4f - lr: %.3g",
-            *(stage.name, epoch, budget, row["seconds"], train_loss, train_acc),
-            *(val["loss"], val["acc"], val["balanced_acc"], val["f1"], lr),
+            "[%s] epoch %d/%s - %.1fs - loss: %.4f - acc: %.4f - %s - lr: %.3g",
+            *(stage.name, epoch, budget, row["seconds"], train_loss, train_acc, scores, lr),
         )
-        self.notes.check_divergence(stage, epoch, max(train_loss, val["loss"]), lr, len(self.session.classes))
+        # A multi-label model's chance level is per tag: ln 2.
+        chance_classes = len(s.classes) if s.task.name == "single-label" else 2
+        self.notes.check_divergence(stage, epoch, max(train_loss, val["loss"]), lr, chance_classes)
         return row
 
     def record_epoch(

@@ -180,16 +180,16 @@ def has_test_split(session: Session) -> bool:
 def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started: float) -> None:
     """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished.
 
-    Then the test score and the calibration, each unless the run holds it already (a resumed run
-    that was killed between them).
+    Then the calibration (with a multi-label model's thresholds) and the test score, each unless the
+    run holds it already (a resumed run that was killed between them).
     """
     run, session = trainer.run, trainer.session
     try:
         for index in range(first, len(trainer.recipe.stages)):
             trainer.run_stage(index, started, inside if index == first else None)
+        calibrate_best(session, trainer.best, run, trainer.notes)
         if has_test_split(session) and run.test is None:
             score_test(session, trainer.best, run)  # once, with the chosen weights; nothing is chosen by it
-        calibrate_best(session, trainer.best, run, trainer.notes)
     finally:
         if run.history and session.group.is_main:
             kept = best_index(run.history, trainer.recipe.run.monitor) + 1
@@ -238,7 +238,7 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
         f"data: {recipe.data.path or 'embedded digits'} ({split.name}): {len(split.classes)} classes, "
         f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images, {len(split.skipped)} skipped",
         split.describe(),
-        f"balance: {recipe.data.balance}, monitor: {recipe.run.monitor}",
+        f"task: {split.task}, balance: {recipe.data.balance}, monitor: {recipe.run.monitor}",
         f"classes: {', '.join(split.classes)}",
         f"model: {' -> '.join([a.kind for a in recipe.model.adapters] + [recipe.model.backbone, recipe.model.head.kind])}, "
         f"weights {recipe.model.weights}, {trainable + frozen:,} parameters",
@@ -255,16 +255,19 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
 
 
 def score_lines(trainer: Trainer) -> list[str]:
-    """Balanced accuracy and macro-F1 of the best epoch, and the test split's scores when there is one."""
-    best = trainer.best.row
-    lines = [
-        f"best balanced: val_balanced_acc {best.get('val_balanced_acc', float('nan')):.4f} "
-        f"val_f1 {best.get('val_f1', float('nan')):.4f}"
-    ]
+    """The best epoch's class-averaged (or, multi-label, tag) scores, and the test split's when there is one."""
+    best, task = trainer.best.row, trainer.session.task
+    nan = float("nan")
+    more = " ".join(f"val_{name} {best.get(f'val_{name}', nan):.4f}" for name in task.metrics[2:])
+    lines = [f"best {'balanced' if task.name == 'single-label' else 'tags (at 0.5)'}: {more}"]
     test = trainer.run.test
     if test:
-        lines.append(
-            f"test ({test['images']} images, {test['model']}): loss {test['loss']:.4f} acc {test['acc']:.4f} "
-            f"balanced_acc {test['balanced_acc']:.4f} f1 {test['f1']:.4f}"
-        )
+        scores = " ".join(f"{name} {test.get(name, nan):.4f}" for name in task.metrics)
+        lines.append(f"test ({test['images']} images, {test['model']}): {scores}")
+        for row in test.get("per_label", []):
+            ap = "n/a" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+            lines.append(
+                f"  test {row['label']}: precision {row['precision']:.3f} recall {row['recall']:.3f} "
+                f"f1 {row['f1']:.3f} AP {ap} ({row['support']} positives)"
+            )
     return lines

@@ -24,7 +24,7 @@ class MLflowTracker:
         mlflow.log_params({key: str(value)[:500] for key, value in flatten(recipe.to_dict()).items()})
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
-        self.mlflow.log_metrics({name: float(row[name]) for name in METRICS}, step=step)
+        self.mlflow.log_metrics({name: float(row[name]) for name in METRICS if name in row}, step=step)
 
     def close(self) -> None:
         self.mlflow.log_artifacts(str(self.run_dir), artifact_path="run")

@@ -20,7 +20,7 @@ class TensorBoardTracker:
         self.writer.add_text("recipe", f"```\n{recipe.to_yaml()}\n```")
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
-        for name in METRICS:
+        for name in (m for m in METRICS if m in row):
             # train/ and val/ prefixes put train and val curves of one metric side by side in TensorBoard.
             tag = (
                 f"{name.split('_')[0]}/{name.split('_', 1)[1]}"
