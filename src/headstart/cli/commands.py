@@ -135,30 +135,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # a Hub folder's files belong to its model card: an evaluation of one goes to the working directory.
     png = Path(args.confusion) if args.confusion else (Path.cwd() if hub else source.parent) / result.figure_name
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "accuracy": result.accuracy,
-                    "accuracy_without_tta": result.plain_accuracy,
-                    "tta": result.tta,
-                    "scored": result.scored,
-                    "count": result.count,
-                    "per_class": result.per_class,
-                    "confusion": result.confusion.tolist(),
-                    "classes": result.classes,
-                    "notes": result.notes,
-                },
-                indent=1,
-            ),
-            flush=True,
-        )
+        print(json.dumps(result.to_json(), indent=1), flush=True)
     else:
         print(result.table(), flush=True)
-    from headstart.core.plots import plot_confusion
-
-    plot_confusion(result.confusion, result.classes, png, title=result.title)
+    result.plot(png)
     if not args.json:
-        print(f"confusion matrix: {png}")
+        print(f"{result.figure_kind}: {png}")
     return 0
 
 
@@ -175,43 +157,60 @@ def _expand_images(items: list[str]) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from headstart.deploy.loading import load
-    from headstart.deploy.predictor import prediction_entry
 
     predictor = load(args.run, device=args.device)
     paths = _expand_images(args.images)
-    predictions = predictor.predict(paths, top_k=args.top_k, tta=args.tta)
+    probabilities = predictor.probabilities_of(paths, top_k=args.top_k, tta=args.tta)
+    entries = predictor.entries([str(p) for p in paths], probabilities, args.top_k)
     if args.csv:
-        write_predictions_csv(Path(args.csv), paths, predictions)
+        write_predictions_csv(Path(args.csv), entries, predictor.classes, probabilities.tolist())
         print(f"{len(paths)} predictions written to {args.csv}")
     elif args.json:
-        print(
-            json.dumps(
-                [prediction_entry(str(p), top) for p, top in zip(paths, predictions)],
-                indent=1,
-            )
-        )
+        print(json.dumps(entries, indent=1))
     else:
-        for path, top in zip(paths, predictions):
-            print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
+        for entry in entries:
+            print(f"{entry['image']}  {entry_text(entry)}")
     return 0
 
 
-def write_predictions_csv(target: Path, paths: list[Path], predictions: list[list[tuple[str, float]]]) -> None:
-    """image,label,probability then label_2,probability_2 ... for the rest of the top k."""
+def entry_text(entry: dict) -> str:
+    """One image's answer as `predict` prints it: its top labels, or (multi-label) its tags."""
+    from headstart.deploy.tags import entry_line
+
+    if "labels" in entry:
+        return entry_line(entry)
+    return "  ".join(f"{t['label']} {t['probability']:.3f}" for t in entry["top"])
+
+
+def write_predictions_csv(
+    target: Path, entries: list[dict], classes: list[str], probabilities: list[list[float]]
+) -> None:
+    """Single-label: image,label,probability then label_2,probability_2 ... for the rest of the top k.
+
+    Multi-label: image,labels (the tags given, space-separated),unknown, then one probability column per tag.
+    """
     import csv
     import io
 
     from headstart.core.fileio import atomic_write
 
-    k = max((len(top) for top in predictions), default=1)
-    header = ["image", "label", "probability"] + [
-        f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
-    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for path, top in zip(paths, predictions):
-        writer.writerow([str(path)] + [value for label, prob in top for value in (label, f"{prob:.6f}")])
+    if entries and "labels" in entries[0]:
+        writer.writerow(["image", "labels", "unknown", *classes])
+        for entry, row in zip(entries, probabilities):
+            given = " ".join(t["label"] for t in entry["labels"])
+            writer.writerow([entry["image"], given, entry["unknown"], *(f"{p:.6f}" for p in row)])
+    else:
+        k = max((len(entry["top"]) for entry in entries), default=1)
+        header = ["image", "label", "probability"] + [
+            f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
+        ]
+        writer.writerow(header)
+        for entry in entries:
+            writer.writerow(
+                [entry["image"]] + [v for t in entry["top"] for v in (t["label"], f"{t['probability']:.6f}")]
+            )
     atomic_write(target, buffer.getvalue().encode())
 
 

@@ -158,6 +158,26 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Target, title: 
     return _save(figure, path)
 
 
+def plot_precision_recall(
+    probabilities: np.ndarray, truth: np.ndarray, classes: list[str], path: Target, title: str = ""
+) -> Target:
+    """A multi-label model's precision-recall curve per tag (legend: its average precision)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for k, name in enumerate(classes):
+        if truth[:, k].any():
+            precision, recall, _ = precision_recall_curve(truth[:, k], probabilities[:, k])
+            ap = average_precision_score(truth[:, k], probabilities[:, k])
+            axis.plot(recall, precision, label=f"{name} (AP {ap:.3f})")
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left", fontsize=8)
+    if title:
+        axis.set_title(title, fontsize=9)
+    return _save(figure, path)
+
+
 def plot_reliability(calibration, path: Path) -> Path:
     """Accuracy against confidence per bin (equal counts, each marked with its count), before and after the temperature."""
     figure, axis = plt.subplots(figsize=(5, 5))
@@ -173,7 +193,8 @@ def plot_reliability(calibration, path: Path) -> Path:
         if bins is calibration.bins_before:
             for i, (cx, cy) in zip(used, zip(x, y)):
                 axis.annotate(str(bins["count"][i]), (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
-    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    forecast = getattr(calibration, "forecast", "top class")
+    axis.set(xlabel=f"confidence ({forecast})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     shown = len([c for c in calibration.bins_before["count"] if c])
     why = "it did not lower held-out NLL" if getattr(calibration, "folds", 0) else "too few val images to tell"
     kept = "" if applied else f"\nno temperature applied: {why}"

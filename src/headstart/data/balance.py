@@ -11,6 +11,7 @@ Multi-label data: `weights` is per-label positive weights (negatives / positives
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ IMBALANCE_RATIO = 3.0
 DEFAULT_REMEDY: BalanceName = "sampler"
 
 
-def class_counts(labels: list[int], n_classes: int) -> np.ndarray:
+def class_counts(labels: Sequence[Label], n_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
 
 
@@ -47,7 +48,7 @@ def choose_balance(
                 "use weights (per-label positive weights) or none"
             )
         return setting or "none"
-    counts = class_counts(labels, len(classes))  # type: ignore[arg-type]  # single-label: class indices
+    counts = class_counts(labels, len(classes))
     big, small = int(np.flatnonzero(counts == counts.max())[0]), int(np.flatnonzero(counts == counts.min())[0])
     imbalanced = counts[small] > 0 and counts[big] >= IMBALANCE_RATIO * counts[small]
     chosen: BalanceName = setting or (DEFAULT_REMEDY if imbalanced else "none")
@@ -65,7 +66,7 @@ def choose_balance(
     return chosen
 
 
-def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+def class_weights(labels: Sequence[Label], n_classes: int) -> torch.Tensor:
     """Inverse-frequency loss weights, n / (k * n_c): 1 for every class of a balanced set."""
     counts = class_counts(labels, n_classes).astype(np.float64)
     weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros_like(counts), where=counts > 0)
@@ -80,7 +81,7 @@ def positive_weights(labels: list[Label], n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def sample_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+def sample_weights(labels: Sequence[Label], n_classes: int) -> torch.Tensor:
     """Drawing weights for GlobalBatches: 1/(k * n_c) per image, so each class fills 1/k of every epoch on average."""
     counts = class_counts(labels, n_classes).astype(np.float64)
     per_image = 1.0 / (n_classes * counts[np.asarray(labels, dtype=np.int64)])

@@ -15,6 +15,7 @@ import math
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,7 @@ def _try_decode(path: Path, short_side: int, interpolation: str) -> np.ndarray |
 
 
 def decode_all(
-    samples: list[Sample], short_side: int, interpolation: str, threads: int
+    samples: Sequence[Sample], short_side: int, interpolation: str, threads: int
 ) -> tuple[list[np.ndarray], list[Sample], list[str]]:
     """Decode every sample once (threads: Pillow releases the GIL while decoding); bad files are returned by name."""
     pool = ThreadPoolExecutor(max_workers=max(1, threads))

@@ -18,6 +18,8 @@ from headstart.config.recipe import Recipe
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.runs import CONFUSION_FILE, read_test
+from headstart.data.splits import label_counts
+from headstart.deploy.tags import TagEvaluation
 
 
 def local_name(value: str) -> str:
@@ -55,21 +57,27 @@ def data_section(
     if split.classes != classes:
         return ["The data folder's classes changed since training: counts and per-class figures omitted.", ""]
     splits = [("train", split.train), ("val", split.val)] + ([("test", split.test)] if split.test else [])
-    counts = {name: [0] * len(splits) for name in classes}
-    for column, (_, samples) in enumerate(splits):
-        for _, label in samples:
-            counts[classes[label]][column] += 1
-    lines = ["| class | " + " | ".join(f"{name} images" for name, _ in splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in counts.items()]
-    evaluation = Predictor(model, classes, checkpoint.preprocessing).evaluate_samples(
-        split.val, confusion_png=folder / CONFUSION_FILE, where="the run's validation split"
+    # Images per class (multi-label: carrying the tag) in each split.
+    counts = [label_counts([label for _, label in samples], len(classes)) for _, samples in splits]
+    kind = "tag" if checkpoint.task == "multi-label" else "class"
+    lines = [
+        f"| {kind} | " + " | ".join(f"{name} images" for name, _ in splits) + " |",
+        "|---" * (len(splits) + 1) + "|",
+    ]
+    lines += [f"| {name} | " + " | ".join(str(c[k]) for c in counts) + " |" for k, name in enumerate(classes)]
+    predictor = Predictor(
+        model, classes, checkpoint.preprocessing, task=checkpoint.task, thresholds=checkpoint.thresholds
     )
+    evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
+    evaluation.plot(folder / CONFUSION_FILE)
+    best = f"best checkpoint: stage `{checkpoint.stage}`, epoch {checkpoint.epoch}, val loss {checkpoint.val_loss:.4f}"
+    if isinstance(evaluation, TagEvaluation):
+        return lines + tag_validation_lines(evaluation, best)
     lines += [
         "",
         "## Validation",
         "",
-        f"Accuracy **{evaluation.accuracy:.4f}** on the {evaluation.count} validation images "
-        f"(best checkpoint: stage `{checkpoint.stage}`, epoch {checkpoint.epoch}, val loss {checkpoint.val_loss:.4f}).",
+        f"Accuracy **{evaluation.accuracy:.4f}** on the {evaluation.count} validation images ({best}).",
         "",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -79,6 +87,28 @@ def data_section(
         for r in evaluation.per_class
     ]
     return lines + ["", "![confusion matrix on the validation split](confusion.png)", ""]
+
+
+def tag_validation_lines(evaluation: TagEvaluation, best: str) -> list[str]:
+    """A multi-label model's validation scores and per-tag table (its thresholds were chosen on these images)."""
+    scores = evaluation.scores
+    lines = [
+        "",
+        "## Validation",
+        "",
+        f"Multi-label: mAP **{scores['map']:.4f}**, micro-F1 {scores['f1_micro']:.4f}, macro-F1 {scores['f1_macro']:.4f}, "
+        f"exact match {scores['exact_match']:.4f} on the {evaluation.count} validation images ({best}); the per-tag "
+        "thresholds were chosen on these images for F1.",
+        "",
+        "| tag | threshold | precision | recall | f1 | AP | support |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in evaluation.per_label:
+        ap = "n/a" if r["average_precision"] is None else f"{r['average_precision']:.4f}"
+        lines.append(
+            f"| {r['label']} | {r['threshold']:.3f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {ap} | {r['support']} |"
+        )
+    return lines + ["", "![precision-recall per tag on the validation split](confusion.png)", ""]
 
 
 def loading_section(layout: str, backbone: str) -> list[str]:
@@ -113,7 +143,16 @@ def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
     """The test split's score (when the run had one) and the calibration (when the checkpoint has a temperature)."""
     lines = []
     test = read_test(checkpoint_path.parent)
-    if test:  # scored once by train with the chosen model; nothing was chosen by it
+    if test and checkpoint.task == "multi-label":
+        lines += [
+            "## Test",
+            "",
+            f"On the held-out test split ({test['images']} images, scored once after training with the val-chosen "
+            f"thresholds): mAP **{test['map']:.4f}**, micro-F1 {test['f1_micro']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
+            f"exact match {test['exact_match']:.4f}, loss {test['loss']:.4f}.",
+            "",
+        ]
+    elif test:  # scored once by train with the chosen model; nothing was chosen by it
         lines += [
             "## Test",
             "",
@@ -123,6 +162,7 @@ def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
             "",
         ]
     if checkpoint.temperature is not None:
+        activation = "softmax" if checkpoint.task == "single-label" else "per-tag sigmoid"
         found = checkpoint.calibration or {}
         ece = (
             f" Expected calibration error on the val split: {found['ece_before']:.3f} before, {found['ece_after']:.3f} after."
@@ -133,10 +173,22 @@ def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
             "## Calibration",
             "",
             f"Temperature scaling with T = {checkpoint.temperature:.4f}, already folded into the classifier's last "
-            f"layer: the logits this model returns are divided by T, so its softmax is calibrated as it is.{ece}",
+            f"layer: the logits this model returns are divided by T, so its {activation} is calibrated as it is.{ece}",
             "",
         ]
     return lines
+
+
+def task_line(checkpoint: Checkpoint) -> str:
+    """What the outputs mean: one class per image, or any number of tags per image with their thresholds."""
+    if checkpoint.task != "multi-label":
+        return "Task: **single-label** classification (softmax over the classes: one class per image)."
+    thresholds = checkpoint.thresholds or [0.5] * len(checkpoint.classes)
+    given = ", ".join(f"{c} {t:.3f}" for c, t in zip(checkpoint.classes, thresholds))
+    return (
+        "Task: **multi-label** tagging: one sigmoid per tag; an image carries every tag whose probability reaches "
+        f"the tag's threshold (chosen on the validation split for F1: {given}), and none of them when no tag does."
+    )
 
 
 def write_card(folder: Path, checkpoint: Checkpoint, checkpoint_path: Path, layout: str, model: nn.Module) -> Path:
@@ -158,6 +210,8 @@ def write_card(folder: Path, checkpoint: Checkpoint, checkpoint_path: Path, layo
         "",
         f"`{recipe.model.backbone}` fine-tuned with headstart on `{local_name(recipe.data.path or 'digits')}`:"
         f" {len(classes)} classes ({', '.join(classes)}).",
+        "",
+        task_line(checkpoint),
         "",
         "## Data",
         "",

@@ -21,10 +21,10 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from headstart.config.recipe import Preprocessing, describe_validation_error
 from headstart.core.checkpoint import Checkpoint, load_checkpoint
@@ -107,6 +107,8 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
     }
     if checkpoint.temperature is not None:  # already folded into the output layer: recorded for the reader
         sidecar.update(temperature=checkpoint.temperature, temperature_applied=True)
+    if checkpoint.task == "multi-label":  # a sigmoid per output, each tag given at or above its threshold
+        sidecar.update(task=checkpoint.task, activation="sigmoid", thresholds=checkpoint.thresholds)
     return sidecar
 
 
@@ -120,6 +122,8 @@ class _Description(BaseModel):
     preprocessing: Preprocessing
     temperature: float | None = Field(None, ge=0.01, le=100)
     temperature_applied: bool = False  # folded into the weights (files from before: applied by the loader)
+    task: Literal["single-label", "multi-label"] = "single-label"
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] | None = None
 
     @field_validator("classes")
     @classmethod
@@ -127,6 +131,12 @@ class _Description(BaseModel):
         if len(set(classes)) != len(classes):
             raise ValueError("class names repeat")
         return classes
+
+    @model_validator(mode="after")
+    def _thresholds_per_tag(self) -> _Description:
+        if self.thresholds is not None and len(self.thresholds) != len(self.classes):
+            raise ValueError(f"thresholds lists {len(self.thresholds)} values for {len(self.classes)} classes")
+        return self
 
 
 def read_sidecar(model_file: Path) -> dict[str, Any]:

@@ -97,6 +97,8 @@ def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
     }
     if checkpoint.temperature is not None:  # calibration, folded into the classifier's weights (export_hub)
         block.update(temperature=checkpoint.temperature, temperature_applied=True)
+    if checkpoint.task != "single-label":  # sigmoid outputs and the per-tag thresholds chosen on val
+        block.update(task=checkpoint.task, thresholds=checkpoint.thresholds)
     return block
 
 
@@ -171,6 +173,12 @@ def hub_temperature(folder: Path) -> float | None:
     whose weights already have it folded in (every folder written since the temperature was folded)."""
     block = read_hub_config(folder).headstart
     return None if block is None or block.temperature_applied else block.temperature
+
+
+def hub_task(folder: Path) -> tuple[str | None, list[float] | None]:
+    """What the outputs mean (task) and a multi-label model's thresholds; (None, None) for other timm folders."""
+    block = read_hub_config(folder).headstart
+    return (None, None) if block is None else (block.task, block.thresholds)
 
 
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:

@@ -66,6 +66,19 @@ class HeadstartBlock(BaseModel):
     preprocessing: Preprocessing
     temperature: Annotated[float, Field(strict=True, ge=0.01, le=100)] | None = None
     temperature_applied: StrictBool = False  # folded into the classifier's weights: for the reader only
+    # What an output means: softmax over classes, or one sigmoid per tag given at or above its threshold.
+    task: Literal["single-label", "multi-label"] = "single-label"
+    thresholds: list[Annotated[float, Field(strict=False, ge=0, le=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _thresholds_per_tag(self) -> HeadstartBlock:
+        if self.thresholds is not None and len(self.thresholds) != len(self.classes):
+            raise ValueError(
+                f"headstart.thresholds lists {len(self.thresholds)} values for {len(self.classes)} classes"
+            )
+        if self.thresholds is not None and self.task != "multi-label":
+            raise ValueError("headstart.thresholds are for a multi-label model, but headstart.task is single-label")
+        return self
 
 
 class HubConfig(BaseModel):

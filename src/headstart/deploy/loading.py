@@ -9,7 +9,7 @@ from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
 from headstart.deploy.export import load_exported, sidecar_path
 from headstart.deploy.formats import model_suffixes
-from headstart.deploy.hub import hub_temperature, is_hub_folder, load_hub
+from headstart.deploy.hub import hub_task, hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
 
 
@@ -17,9 +17,19 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
     """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
     path = user_path(source)
     if is_hub_folder(path) and not (path / BEST_FILE).is_file():
-        return Predictor.from_module(*load_hub(path), device=device, temperature=hub_temperature(path))
+        task, thresholds = hub_task(path)
+        return Predictor.from_module(
+            *load_hub(path), device=device, temperature=hub_temperature(path), task=task, thresholds=thresholds
+        )
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         temperature = None if info["temperature_applied"] else info["temperature"]  # never divided twice
-        return Predictor(forward, info["classes"], info["preprocessing"], temperature=temperature)
+        return Predictor(
+            forward,
+            info["classes"],
+            info["preprocessing"],
+            temperature=temperature,
+            task=info["task"],
+            thresholds=info["thresholds"],
+        )
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

@@ -12,84 +12,29 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from headstart.config.recipe import DataConfig
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.core.paths import user_path
-from headstart.core.plots import plot_confusion
 from headstart.data.holdout import held_out, overlap_note, same_source
 from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
-from headstart.data.splits import Sample, list_class_folders
+from headstart.data.layouts import list_images
+from headstart.data.splits import Sample, label_tensor, list_class_folders
+from headstart.deploy.evaluation import Evaluation, evaluate_classes
+from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry, thresholds_or_default
+from headstart.tasks.multi_label import MULTI_LABEL
+from headstart.tasks.registry import task_named
 from headstart.tasks.single_label import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Evaluation:
-    accuracy: float
-    classes: list[str]
-    per_class: list[dict[str, Any]]  # class, precision, recall, f1, support
-    confusion: np.ndarray
-    count: int
-    plain_accuracy: float | None = None  # without test-time augmentation, when it was used
-    tta: str | None = None
-    paths: list[Path] | None = None  # the images evaluated, in order
-    probabilities: np.ndarray | None = None  # [images, classes]
-    truth: np.ndarray | None = None  # true label index per image
-    # Which images were scored, when that is not simply "all of DATA" (headstart.data.holdout), and warnings.
-    notes: list[str] = field(default_factory=list)
-    scored: str = ""  # what was scored, in words: "the run's held-out test split", "folder ants/val"
-    tag: str = ""  # the same as a file name part: "test", "val", "folder-ants-val"
-
-    @property
-    def title(self) -> str:
-        """A figure's title: what was scored, with or without TTA, and the accuracy."""
-        tta = f"TTA ({self.tta})" if self.tta else "no TTA"
-        return f"{self.scored or 'evaluation'}, {tta}\naccuracy {self.accuracy:.3f} on {self.count} images"
-
-    @property
-    def figure_name(self) -> str:
-        """confusion-<what was scored>[-tta-<mode>].png: never a run's or a Hub folder's own file name."""
-        return f"confusion-{self.tag or 'data'}" + (f"-tta-{self.tta}" if self.tta else "") + ".png"
-
-    def most_confident_mistakes(self, count: int) -> list[tuple[Path, str, str, float]]:
-        """(image, true label, predicted label, its probability) for the wrong predictions made with the most confidence."""
-        probabilities, truth, paths = self.probabilities, self.truth, self.paths
-        assert probabilities is not None and truth is not None and paths is not None  # evaluate_samples keeps them
-        predicted = SINGLE_LABEL.decide(probabilities)
-        wrong = [i for i in range(len(predicted)) if predicted[i] != truth[i]]
-        wrong.sort(key=lambda i: -probabilities[i, predicted[i]])
-        return [
-            (
-                paths[i],
-                self.classes[truth[i]],
-                self.classes[predicted[i]],
-                float(probabilities[i, predicted[i]]),
-            )
-            for i in wrong[:count]
-        ]
-
-    def table(self) -> str:
-        headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
-        if self.plain_accuracy is not None:
-            headline += f" with TTA ({self.tta}); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
-        lines = [*self.notes, headline, f"{'class':<20} precision  recall  f1      support"]
-        for row in self.per_class:
-            lines.append(
-                f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}"
-            )
-        return "\n".join(lines)
 
 
 TTA_MODES = ("flip", "crops")
@@ -140,6 +85,8 @@ class Predictor:
         to_input: Callable | None = None,
         temperature: float | None = None,
         recipe: dict[str, Any] | None = None,
+        task: str | None = None,
+        thresholds: list[float] | None = None,
     ):
         self.forward = forward
         self.classes = list(classes)
@@ -152,6 +99,9 @@ class Predictor:
         _, self.transform = build_transforms(self.preprocessing, "none")
         # The training recipe (checkpoints only): evaluate keeps the run's training images out of its score.
         self.recipe = recipe
+        # What an output means: a class (softmax) or a tag (sigmoid, given at or above its threshold).
+        self.task = task_named(task)
+        self.thresholds = thresholds
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str = "auto") -> Predictor:
@@ -159,7 +109,14 @@ class Predictor:
 
         model = model_from_checkpoint(checkpoint)
         return cls.from_module(
-            model, checkpoint.classes, checkpoint.preprocessing, device, checkpoint.temperature, checkpoint.recipe
+            model,
+            checkpoint.classes,
+            checkpoint.preprocessing,
+            device,
+            checkpoint.temperature,
+            checkpoint.recipe,
+            checkpoint.task,
+            checkpoint.thresholds,
         )
 
     @classmethod
@@ -171,15 +128,16 @@ class Predictor:
         device: str = "auto",
         temperature: float | None = None,
         recipe: dict[str, Any] | None = None,
+        task: str | None = None,
+        thresholds: list[float] | None = None,
     ) -> Predictor:
         hw = pick_hardware(device, "fp32", channels_last=False)
         model.to(hw.device)
-        return cls(model, classes, preprocessing, hw.to_input, temperature, recipe)
+        return cls(model, classes, preprocessing, hw.to_input, temperature, recipe, task, thresholds)
 
     def to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from logits, divided by the fitted temperature first when the model has one."""
-        logits = logits.float()
-        return SINGLE_LABEL.probabilities(logits, self.temperature)
+        return self.task.probabilities(logits.float(), self.temperature)
 
     @torch.no_grad()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -219,11 +177,31 @@ class Predictor:
     def predict(
         self, images: Sequence[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
     ) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) for each image (paths or Pillow images)."""
+        """Top-k (label, probability) for each image (paths or Pillow images).
+
+        A multi-label model gives each image its tags instead: every (tag, probability) at or above
+        the tag's threshold, most probable first; an empty list is its "none of these".
+        """
+        probabilities = self.probabilities_of(images, top_k, tta)
+        if self.task is MULTI_LABEL:
+            limits = thresholds_or_default(self.thresholds, self.classes)
+            return [given_tags(row, self.classes, limits) for row in probabilities.numpy()]
+        return self.top_labels(probabilities, top_k)
+
+    def probabilities_of(
+        self, images: Sequence[str | Path | Image.Image], top_k: int = 1, tta: str | bool | None = None
+    ) -> torch.Tensor:
+        """Probabilities for images given as paths or Pillow images (top_k is checked here, for every caller)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
-        loaded = [_open(image) for image in images]
-        return self.top_labels(self.probabilities(loaded, tta=tta), top_k)
+        return self.probabilities([_open(image) for image in images], tta=tta)
+
+    def entries(self, names: list[str], probabilities: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """`predict --json` and the server's answers: per image its top labels (multi-label: its tags too)."""
+        if self.task is MULTI_LABEL:
+            limits = thresholds_or_default(self.thresholds, self.classes)
+            return [tag_entry(n, row, self.classes, limits, top_k) for n, row in zip(names, probabilities.numpy())]
+        return [prediction_entry(name, top) for name, top in zip(names, self.top_labels(probabilities, top_k))]
 
     def top_labels(self, probabilities: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
         """The k most probable (label, probability) pairs of each row of `probabilities`."""
@@ -235,10 +213,11 @@ class Predictor:
 
     def evaluate(
         self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None
-    ) -> Evaluation:
+    ) -> Evaluation | TagEvaluation:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/).
 
-        For a run's checkpoint, DATA being the run's own data source means its held-out split is scored,
+        A multi-label model is scored on a tags CSV (every row): mAP, micro-/macro-F1, exact match and
+        the per-tag table at its thresholds (deploy.tags.TagEvaluation). For a run's checkpoint, DATA being the run's own data source means its held-out split is scored,
         and on another folder the files that are the run's training files are counted in a warning.
         """
         cfg = self._training_data()
@@ -248,7 +227,8 @@ class Predictor:
             result = self.evaluate_samples(samples, confusion_png, tta, where=str(data), scored=scored, tag=name)
             result.notes.append(note)
             return result
-        result = self._evaluate_folder(data, confusion_png, tta)
+        evaluate_other = self._evaluate_tags_csv if self.task is MULTI_LABEL else self._evaluate_folder
+        result = evaluate_other(data, confusion_png, tta)
         assert result.paths is not None  # evaluate_samples keeps them
         warning = overlap_note(result.paths, cfg) if cfg is not None else None
         if warning:
@@ -261,7 +241,27 @@ class Predictor:
         except (ValueError, KeyError, TypeError):  # a checkpoint from an older recipe format: score as given
             return None
 
-    def _evaluate_folder(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None) -> Evaluation:
+    def _evaluate_tags_csv(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None):
+        path = user_path(data)
+        if path.suffix.lower() != ".csv":
+            raise HeadstartError(
+                f"{path}: a multi-label model is evaluated on a CSV of path,labels (or one 0/1 column per tag)"
+            )
+        split = list_images(DataConfig(path=str(path), task="multi-label"))
+        index = {name: i for i, name in enumerate(self.classes)}
+        samples: list[Sample] = []
+        for image, label in split.train + split.val + split.test:
+            names = [split.classes[k] for k in (label if isinstance(label, tuple) else (label,))]
+            unknown = [name for name in names if name not in index]
+            if unknown:
+                raise HeadstartError(
+                    f"{path} has tag '{unknown[0]}' the model does not know; its tags: {', '.join(self.classes)}"
+                )
+            samples.append((image, tuple(sorted(index[name] for name in names))))
+        tag = "csv-" + (re.sub(r"[^A-Za-z0-9_.]+", "-", path.stem).strip("-.") or "data")
+        return self.evaluate_samples(samples, confusion_png, tta, where=str(path), scored=f"CSV {path.name}", tag=tag)
+
+    def _evaluate_folder(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None):
         root = user_path(data)
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)
@@ -277,13 +277,13 @@ class Predictor:
 
     def evaluate_samples(
         self,
-        samples: list[Sample],
+        samples: Sequence[Sample],
         confusion_png: Path | None = None,
         tta: str | bool | None = None,
         where: str = "",
         scored: str = "",
         tag: str = "",
-    ) -> Evaluation:
+    ) -> Evaluation | TagEvaluation:
         """The same figures for (path, label index) pairs: a run's own validation split, say.
 
         `where` names the samples in messages, `scored` in figure titles (default: `where`), `tag` in file names.
@@ -300,35 +300,20 @@ class Predictor:
         probabilities, without = self._scores(
             [Image.fromarray(a) for a in arrays], 32, mode, plain_too=mode is not None
         )
-        truth = np.array([label for _, label in samples])
-        predicted = SINGLE_LABEL.decide(probabilities).numpy()
-        plain = float((SINGLE_LABEL.decide(without).numpy() == truth).mean()) if without is not None else None
-        labels = list(range(len(self.classes)))
-        precision, recall, f1, support = precision_recall_fscore_support(
-            truth, predicted, labels=labels, zero_division=0
-        )
-        matrix = confusion_matrix(truth, predicted, labels=labels)
-        per_class = [
-            {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(self.classes, precision, recall, f1, support)
-        ]
-        evaluation = Evaluation(
-            float((truth == predicted).mean()),
-            self.classes,
-            per_class,
-            matrix,
-            len(samples),
-            plain,
-            mode,
-            [path for path, _ in samples],
-            probabilities.numpy(),
-            truth,
-            scored=scored or where,
-            tag=tag,
-        )
+        paths = [path for path, _ in samples]
+        if self.task is MULTI_LABEL:
+            truth = label_tensor([label for _, label in samples], len(self.classes), MULTI_LABEL.name).numpy()
+            result: Evaluation | TagEvaluation = evaluate_tags(
+                probabilities.numpy(), truth, self.classes, self.thresholds
+            )
+        else:
+            truth = np.array([label for _, label in samples])
+            plain = float((SINGLE_LABEL.decide(without).numpy() == truth).mean()) if without is not None else None
+            result = evaluate_classes(probabilities.numpy(), truth, self.classes, plain)
+        result.tta, result.paths, result.scored, result.tag = mode, paths, scored or where, tag
         if confusion_png is not None:
-            plot_confusion(matrix, self.classes, confusion_png, title=evaluation.title)
-        return evaluation
+            result.plot(confusion_png)
+        return result
 
 
 def _open(image: str | Path | Image.Image) -> Image.Image:

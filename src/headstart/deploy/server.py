@@ -31,7 +31,7 @@ import torch
 
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
-from headstart.deploy.predictor import Predictor, prediction_entry
+from headstart.deploy.predictor import Predictor
 from headstart.deploy.server_limits import (
     DEFAULT_MAX_BYTES,
     BadUpload,
@@ -262,8 +262,7 @@ class Answers:
         except ShuttingDown:
             log.info("shutting down: dropped an upload that was still arriving")
             return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
-        top = self.predictor.top_labels(probabilities, top_k)
-        entries = [prediction_entry(name, labels) for (name, _), labels in zip(uploads, top)]
+        entries = self.predictor.entries([name for name, _ in uploads], probabilities, top_k)
         return entries[0] if single else entries
 
 

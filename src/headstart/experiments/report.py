@@ -36,6 +36,7 @@ from headstart.core.runs import (
     read_history,
     read_test,
 )
+from headstart.deploy.tags import TagEvaluation
 
 log = logging.getLogger("headstart")
 
@@ -95,6 +96,25 @@ def model_summary(model, recipe, image_size: int) -> str:
     return summarize(model, recipe.stages, plans, image_size)
 
 
+def tag_validation_section(checkpoint: Checkpoint, evaluation: TagEvaluation) -> str:
+    """A multi-label model on its validation split: the scores, the per-tag table and precision-recall curves."""
+    buffer = io.BytesIO()
+    evaluation.plot(buffer)
+    rows = [
+        [r["label"], f"{r['threshold']:.3f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}"]
+        + ["n/a" if r["average_precision"] is None else f"{r['average_precision']:.4f}", r["support"]]
+        for r in evaluation.per_label
+    ]
+    table = _table(["tag", "threshold", "precision", "recall", "f1", "AP", "support"], rows)
+    scores = evaluation.scores
+    return (
+        f"<h2>Validation (best checkpoint: {html.escape(str(checkpoint.stage))} epoch {checkpoint.epoch})</h2>"
+        f"<p>mAP {scores['map']:.4f}, micro-F1 {scores['f1_micro']:.4f}, macro-F1 {scores['f1_macro']:.4f}, "
+        f"exact match {scores['exact_match']:.4f} on {evaluation.count} images (thresholds chosen on these images)</p>"
+        f'{table}<h2>Precision-recall per tag</h2><img class="plot" src="{_png(buffer.getvalue())}" alt="precision-recall curves">'
+    )
+
+
 def validation_section(checkpoint: Checkpoint, model, recipe) -> str:
     """Per-class metrics, confusion matrix and confident mistakes of `model` on the run's own validation split."""
     from headstart.core.plots import plot_confusion
@@ -107,8 +127,12 @@ def validation_section(checkpoint: Checkpoint, model, recipe) -> str:
         return f"<h2>Validation</h2><p class=note>validation images not at hand ({html.escape(str(err))}): metrics and mistakes omitted</p>"
     if split.classes != checkpoint.classes:
         return "<h2>Validation</h2><p class=note>the data folder's classes changed since training: metrics omitted</p>"
-    predictor = Predictor(model, checkpoint.classes, checkpoint.preprocessing)
+    predictor = Predictor(
+        model, checkpoint.classes, checkpoint.preprocessing, task=checkpoint.task, thresholds=checkpoint.thresholds
+    )
     evaluation = predictor.evaluate_samples(split.val, where="the run's validation split")
+    if isinstance(evaluation, TagEvaluation):
+        return tag_validation_section(checkpoint, evaluation)
     buffer = io.BytesIO()
     plot_confusion(evaluation.confusion, evaluation.classes, buffer, title=evaluation.title)
     metrics = _table(

@@ -101,6 +101,7 @@ class Calibration:
     cv_nll_plain: float | None = None  # mean held-out NLL at T = 1 and with the temperatures fitted on the other folds
     cv_nll_fitted: float | None = None
     folds: int = 0
+    forecast: str = "top class"  # what one binned confidence is: an image's top class, or (multi-label) each tag
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,4 +174,5 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS, ta
         cv_nll_plain=cv_plain,
         cv_nll_fitted=cv_fitted,
         folds=folds if cv_plain is not None else 0,
+        forecast="top class" if task is SINGLE_LABEL else "each tag",
     )
