@@ -176,7 +176,10 @@ def test_evaluate_never_replaces_the_runs_own_files_and_names_what_it_scored(tra
     (run / "confusion.png").write_bytes(b"the run's own picture")
     titles = []
     original = plots.plot_confusion
-    monkeypatch.setattr(plots, "plot_confusion", lambda *a, title="": titles.append(title) or original(*a, title=title))
+    monkeypatch.setattr(
+        "headstart.deploy.evaluation.plot_confusion",
+        lambda *a, title="": titles.append(title) or original(*a, title=title),
+    )
     assert main(["evaluate", str(run), str(trained[1])]) == 0
     assert main(["evaluate", str(run), str(trained[1]), "--tta"]) == 0
     out = capsys.readouterr().out

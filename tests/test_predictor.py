@@ -138,7 +138,7 @@ def test_an_evaluations_figure_says_what_it_scored_and_names_its_file_so(tmp_pat
             half_bright(side).save(folder / side / f"{seed}.png")
     titles = []
     monkeypatch.setattr(
-        "headstart.deploy.predictor.plot_confusion",
+        "headstart.deploy.evaluation.plot_confusion",
         lambda matrix, classes, path, title="": (
             titles.append(title) or plots.plot_confusion(matrix, classes, path, title)
         ),

@@ -236,11 +236,11 @@ def set_stage_field(recipe: Recipe, field: str | tuple[str, ...], spec: str, fla
     if "=" in spec:
         parts = [part for part in spec.split(",") if part]
         if not all("=" in part and part.split("=", 1)[0] for part in parts):
-            raise HeadstartError(f"{flag} '{spec}': give one VALUE for every stage, or NAME=VALUE,NAME=VALUE")
+            raise HeadstartError(f"{flag} {spec!r}: give one VALUE for every stage, or NAME=VALUE,NAME=VALUE")
         assignments = dict(part.split("=", 1) for part in parts)
         unknown = [name for name in assignments if name not in names]
         if unknown:
-            raise HeadstartError(f"{flag}: no stage named '{unknown[0]}'; stages: {', '.join(names)}")
+            raise HeadstartError(f"{flag}: no stage named {unknown[0]!r}; stages: {', '.join(names)}")
     else:
         assignments = {name: spec for name in names}
     values = recipe.to_dict()

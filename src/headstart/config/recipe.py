@@ -97,6 +97,8 @@ else:
     TrackerName = Literal[tuple(TRACKERS)]
 AugmentName = Literal["none", "light", "standard", "randaugment", "trivialaugment"]
 BalanceName = Literal["none", "weights", "sampler"]
+SingleLabelScore = Literal["val_acc", "val_balanced_acc", "val_f1"]
+MonitorName = Literal["val_loss", SingleLabelScore, "val_map", "val_f1_micro", "val_f1_macro", "val_exact_match"]
 
 Adapter = Annotated[NoiseAdapter | ResizeAdapter | ConvAdapter, Field(discriminator="kind")]
 
@@ -279,16 +281,7 @@ class RunConfig(_Strict):
     # What "best" means for best.pt: the lowest val loss, or the highest of the others. Single-label:
     # accuracy, balanced accuracy (mean per-class recall), macro-F1. Multi-label: mean average
     # precision (macro over labels), micro-/macro-F1 and exact-match ratio at 0.5.
-    monitor: Literal[
-        "val_loss",
-        "val_acc",
-        "val_balanced_acc",
-        "val_f1",
-        "val_map",
-        "val_f1_micro",
-        "val_f1_macro",
-        "val_exact_match",
-    ] = "val_loss"
+    monitor: MonitorName = "val_loss"
     # Multi-label loss: binary cross-entropy, or timm's asymmetric loss (Ridnik et al. 2021), which
     # down-weights the many easy negatives.
     multi_label_loss: Literal["bce", "asymmetric"] = "bce"

@@ -83,7 +83,8 @@ def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> np.ndar
         f1 = np.divide(
             2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
         )
-        best = int(np.argmax(f1[:-1]))  # the last point (recall 0) has no threshold
+        scored = f1[:-1]  # the last point (recall 0) has no threshold
+        best = int(np.flatnonzero(scored == scored.max())[0])
         below = probabilities[:, k][probabilities[:, k] < cuts[best]]
         chosen[k] = (cuts[best] + below.max()) / 2 if len(below) else cuts[best]
     return chosen
