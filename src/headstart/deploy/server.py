@@ -4,7 +4,7 @@
 
     POST /predict        one image (multipart field `file`, or the raw body) -> {"image", "top": [{"label", "probability"}]}
     POST /predict/batch  several (multipart fields `files`) -> a list of the same entries
-    GET  /health, GET /metadata (classes, preprocessing, batching; calibration when the model has one), GET / (a page)
+    GET  /health, GET /metadata (classes, task, preprocessing, batching; calibration and thresholds when the model has them), GET / (a page)
 
 Concurrent requests wait up to `window_ms` for each other and run as one batch of at most
 `max_batch` images (`max_batch=1` runs them one by one). Every upload is decoded as `headstart
@@ -189,6 +189,7 @@ MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers on top of the image
 def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) -> dict:
     info = {
         "classes": predictor.classes,
+        "task": predictor.task.name,
         "preprocessing": predictor.preprocessing,
         "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window * 1000},
         "limits": {
@@ -201,6 +202,8 @@ def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) ->
     temperature = getattr(predictor, "temperature", None)
     if temperature is not None:  # calibration is reported only when the model has one
         info["calibration"] = {"temperature": temperature}
+    if predictor.thresholds is not None:  # a multi-label model gives each tag at or above its threshold
+        info["thresholds"] = dict(zip(predictor.classes, predictor.thresholds))
     return info
 
 

@@ -21,19 +21,23 @@ body { font-family: system-ui, sans-serif; max-width: 40em; margin: 2em auto; co
 <div id="drop">drop an image here<input id="file" type="file" accept="image/*" hidden></div>
 <img id="preview" alt="the image sent">
 <p id="error"></p>
+<p id="note"></p>
 <ol id="top"></ol>
 <script>
 const drop = document.getElementById('drop'), input = document.getElementById('file');
 const top_ = document.getElementById('top'), error = document.getElementById('error');
-const preview = document.getElementById('preview');
+const preview = document.getElementById('preview'), note = document.getElementById('note');
 
 async function send(file) {
-  top_.innerHTML = ''; error.textContent = '';
+  top_.innerHTML = ''; error.textContent = ''; note.textContent = '';
   preview.src = URL.createObjectURL(file); preview.style.display = 'block';
   const form = new FormData(); form.append('file', file, file.name);
   const response = await fetch('predict?top_k=5', {method: 'POST', body: form});
   const body = await response.json();
   if (!response.ok) { error.textContent = body.detail || response.statusText; return; }
+  // A multi-label model answers with its tags; "unknown" is either kind of model's "none of these".
+  if (body.labels) note.textContent = 'tags: ' + (body.labels.map(t => t.label).join(', ') || 'none');
+  if (body.unknown) note.textContent = 'none of these' + (body.labels ? ' (no tag reaches its threshold)' : '');
   for (const {label, probability} of body.top) {
     const item = document.createElement('li');
     item.className = 'prediction';
