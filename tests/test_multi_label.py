@@ -263,3 +263,53 @@ def test_a_run_killed_before_its_thresholds_gets_them_when_resumed(tagged, tmp_p
     best.save(run / "best.pt")
     headstart.train(resume=run, quiet=True)
     assert load_checkpoint(run / "best.pt").thresholds == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def test_tag_errors_are_found_by_cleanlabs_multi_label_method():
+    """Embeddings that encode each image's true tags; five images have one tag dropped or added."""
+    from pathlib import Path
+
+    from headstart.data.duplicates import Item
+    from headstart.inspection.evidence import Evidence
+    from headstart.inspection.tag_issues import tag_issue_rows
+
+    rng = np.random.default_rng(0)
+    tags = ["cat", "dog", "hat", "sky"]
+    truth = (rng.random((200, 4)) < 0.35).astype(int)
+    vectors = np.hstack([truth * 3.0, np.zeros((200, 28))]) + rng.normal(0, 0.6, (200, 32))
+    given = truth.copy()
+    flipped = [3, 40, 77, 120, 161]
+    for row, tag in zip(flipped, [0, 1, 2, 3, 0]):
+        given[row, tag] = 1 - given[row, tag]
+    items = [
+        Item("all", Path(f"{i}.png"), f"{i}.png", " ".join(t for t, on in zip(tags, row) if on))
+        for i, row in enumerate(given)
+    ]
+    evidence = Evidence(items, [], list(range(200)), vectors, None, 0, multi_label=True)  # type: ignore[arg-type]
+    found = tag_issue_rows(evidence)
+    top = [f.path for f in found[: 2 * len(flipped)]]
+    assert sum(f"{row}.png" in top for row in flipped) >= 4
+    first = next(f for f in found if f.path == f"{flipped[0]}.png")
+    assert first.extra["add"] == "cat" or first.extra["drop"] == "cat"
+    assert 0 < first.extra["margin"] <= 1
+
+
+def test_inspect_reads_a_tags_csv_and_its_duplicate_checks_work_unchanged(tmp_path):
+    import shutil
+
+    rows = write_tag_images(tmp_path / "images", count=40, size=48)
+    shutil.copyfile(tmp_path / rows[0][0], tmp_path / "images" / "copy.png")
+    other = ("red",) if rows[0][1] != ("red",) else ("blue",)
+    table = write_csv(
+        tmp_path / "tags.csv",
+        ["path", "labels"],
+        [(p, " ".join(t)) for p, t in rows] + [("images/copy.png", "red" if other == ("red",) else "blue")],
+    )
+    result = headstart.inspect(table, tmp_path / "out", image_size=64, quiet=True)
+    conflicts = {frozenset(pair) for pair in [(f.path, f.other) for f in result.of("conflicting_label")]}
+    assert frozenset((rows[0][0], "images/copy.png")) in conflicts
+    assert {f.extra.get("label") for f in result.of("exact_duplicate")} <= {" ".join(rows[0][1]), *other, None}
+    assert (tmp_path / "out" / "findings.csv").is_file()

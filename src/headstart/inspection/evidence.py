@@ -31,6 +31,7 @@ class Evidence:
     vectors: np.ndarray  # their embeddings, one row each
     thresholds: Thresholds  # near duplicates meet all three
     seed: int
+    multi_label: bool = False  # labels are space-joined tags (an image's whole tag set is its label for duplicates)
 
     @property
     def embedded(self) -> list[Item]:

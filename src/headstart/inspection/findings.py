@@ -14,6 +14,7 @@ from headstart.data.duplicates import Finding
 from headstart.inspection.evidence import Evidence
 from headstart.inspection.inventory import odd_images, unreadable
 from headstart.inspection.label_issues import label_issue_rows, outlier_rows
+from headstart.inspection.tag_issues import tag_issue_rows
 
 Finder = Callable[[Evidence], list[Finding]]
 
@@ -75,9 +76,10 @@ KINDS: tuple[FindingKind, ...] = (
     ),
     FindingKind(
         "label_issue",
-        "out-of-fold heads predict another class; score 1 - p(given), most suspicious first; "
+        "out-of-fold heads predict another class (multi-label: other tags, found by cleanlab's multi-label "
+        "method); score 1 - p(given) (multi-label: 1 - label quality), most suspicious first; "
         "confident: flagged by confident learning",
-        label_issue_rows,
+        lambda evidence: tag_issue_rows(evidence) if evidence.multi_label else label_issue_rows(evidence),
         drop_confident,
     ),
     FindingKind("outlier", "far from every class in embedding space (score: robust z below the median)", outlier_rows),

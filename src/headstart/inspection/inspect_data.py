@@ -41,7 +41,7 @@ from headstart.data.duplicates import (
 )
 from headstart.data.images import decode_all, warn_skipped
 from headstart.data.layouts import list_images
-from headstart.data.splits import DataSplit
+from headstart.data.splits import MULTI, DataSplit
 from headstart.inspection.embeddings import Embedder
 from headstart.inspection.evidence import Evidence
 from headstart.inspection.findings import find_all
@@ -67,7 +67,9 @@ def split_items(split: DataSplit, root: Path) -> list[Item]:
     items = []
     for name, samples in parts.items():
         for path, label in samples:
-            items.append(Item(name if given else "all", path, relative_to(path, root), split.classes[label]))
+            # A multi-label image's label is its tags joined by spaces: two copies with other tags conflict.
+            named = " ".join(split.classes[k] for k in label) if isinstance(label, tuple) else split.classes[label]
+            items.append(Item(name if given else "all", path, relative_to(path, root), named))
     return sorted(items, key=lambda item: item.relative)
 
 
@@ -214,7 +216,7 @@ def inspect(
     thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed)
     if near_threshold is not None:
         thresholds.embedding = near_threshold
-    findings = find_all(Evidence(items, facts, rows, vectors, thresholds, seed))
+    findings = find_all(Evidence(items, facts, rows, vectors, thresholds, seed, split.task == MULTI))
     warn_if_inseparable(sum(f.kind == "near_duplicate" for f in findings), len(rows), thresholds)
     result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
     write_outputs(result, items, root, label_margin)

@@ -1,0 +1,162 @@
+"""Multi-label on mosaics of a single-label set: the default recipe against a linear probe, BCE against ASL.
+
+Each image of the set is a 2x2 mosaic of photos from one to three of its classes; its tags are the
+classes it shows. The photos are split into train/val/test pools first (70/10/20, per class,
+seeded), and each split's mosaics are made from its own pool only, so no photo is seen in
+training and scored in test. The CSV (path,labels,split) and mosaics are written once into --work.
+
+    probe       the default recipe's cached head stage alone: a linear layer on the frozen,
+                pooled backbone features, early-stopped (the linear probe)
+    default     whatever `headstart train tags.csv` does in the code at hand
+    asymmetric  the default with run.multi_label_loss asymmetric (timm's ASL)
+
+Each run is scored once on the test mosaics with the thresholds it chose on val. One JSON line per
+run goes to --out; `--table` prints mean +- std of test mAP, micro-F1, macro-F1 and exact match.
+
+Usage:
+    python benchmarks/multi_label.py --seeds 0,1,2 --work /tmp/ml --out ml.jsonl ../shared/data/textures
+    python benchmarks/multi_label.py --table ml.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import headstart
+
+TILE = 160  # each photo's share of a 320 x 320 mosaic
+PROBE = {
+    "stages": [
+        {
+            "name": "head",
+            "epochs": "auto",
+            "freeze": "backbone",
+            "lr": 2e-3,
+            "schedule": "constant",
+            "augment": "none",
+            "bn": "frozen",
+            "max_epochs": 60,
+            "early_stop": {"patience": 5},
+        }
+    ]
+}
+VARIANTS = {"probe": PROBE, "default": {}, "asymmetric": {"run": {"multi_label_loss": "asymmetric"}}}
+MOSAICS = {"train": 420, "val": 80, "test": 160}
+
+
+def photos(root: Path) -> dict[str, list[Path]]:
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
+        if files:
+            found[folder.name] = files
+    return found
+
+
+def tile(path: Path) -> Image.Image:
+    image = Image.open(path).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((TILE, TILE), Image.BICUBIC)
+
+
+def build(data: Path, work: Path, seed: int = 0) -> Path:
+    """Mosaics and tags.csv under work/<data name>/ (reused when present)."""
+    folder = work / data.name
+    table = folder / "tags.csv"
+    if table.is_file():
+        return table
+    rng = np.random.default_rng(seed)
+    pools: dict[str, dict[str, list[Path]]] = {s: {} for s in MOSAICS}
+    for name, files in photos(data).items():
+        order = [files[i] for i in rng.permutation(len(files))]
+        cut = [round(len(order) * 0.7), round(len(order) * 0.8)]
+        pools["train"][name], pools["val"][name], pools["test"][name] = (
+            order[: cut[0]],
+            order[cut[0] : cut[1]],
+            order[cut[1] :],
+        )
+    rows = []
+    for split, count in MOSAICS.items():
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        classes = sorted(pools[split])
+        for index in range(count):
+            shown = list(rng.choice(classes, size=int(rng.integers(1, 4)), replace=False))
+            cells = shown + list(rng.choice(shown, size=4 - len(shown)))
+            mosaic = Image.new("RGB", (2 * TILE, 2 * TILE))
+            for place, name in zip(rng.permutation(4), cells):
+                photo = pools[split][name][int(rng.integers(len(pools[split][name])))]
+                mosaic.paste(tile(photo), ((place % 2) * TILE, (place // 2) * TILE))
+            target = folder / split / f"{index:04d}.jpg"
+            mosaic.save(target, quality=92)
+            rows.append([f"{split}/{target.name}", " ".join(sorted(set(shown))), split])
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "labels", "split"], *rows])
+    return table
+
+
+def run(table: Path, variant: str, seed: int, out_dir: Path) -> dict:
+    overrides = VARIANTS[variant]
+    recipe: dict = {"data": {"path": str(table)}}  # every other field at its default, as `headstart train` has it
+    for section, values in overrides.items():
+        recipe[section] = values if section == "stages" else {**recipe.get(section, {}), **values}
+    recipe.setdefault("run", {}).update(seed=seed, out_dir=str(out_dir), name=f"{table.parent.name}-{variant}-{seed}")
+    tic = time.perf_counter()
+    result = headstart.train(recipe, quiet=True)
+    test = result.test or {}
+    return {
+        "data": table.parent.name,
+        "variant": variant,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - tic, 1),
+        "epochs": len(result.history),
+        **{k: test.get(k) for k in ("map", "f1_micro", "f1_macro", "exact_match", "loss")},
+    }
+
+
+def table(path: Path) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    print("| data | variant | runs | test mAP | test micro-F1 | test macro-F1 | test exact match |")
+    print("|---|---|---|---|---|---|---|")
+    for key in sorted({(r["data"], r["variant"]) for r in rows}):
+        group = [r for r in rows if (r["data"], r["variant"]) == key]
+        cells = []
+        for metric in ("map", "f1_micro", "f1_macro", "exact_match"):
+            values = [r[metric] for r in group]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
+        print(f"| {key[0]} | {key[1]} | {len(group)} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="*", type=Path)
+    parser.add_argument("--variants", default="probe,default,asymmetric")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/headstart-multi-label"))
+    parser.add_argument("--out", type=Path, default=Path("multi_label.jsonl"))
+    parser.add_argument("--table", type=Path)
+    args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
+    for data in args.data:
+        csv_path = build(data, args.work)
+        for seed in map(int, args.seeds.split(",")):
+            for variant in args.variants.split(","):
+                record = run(csv_path, variant, seed, args.work / "runs")
+                print(json.dumps(record), flush=True)
+                with args.out.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
