@@ -313,3 +313,15 @@ def test_inspect_reads_a_tags_csv_and_its_duplicate_checks_work_unchanged(tmp_pa
     assert frozenset((rows[0][0], "images/copy.png")) in conflicts
     assert {f.extra.get("label") for f in result.of("exact_duplicate")} <= {" ".join(rows[0][1]), *other, None}
     assert (tmp_path / "out" / "findings.csv").is_file()
+
+
+def test_compare_and_report_show_tag_scores(tagged, tmp_path):
+    from headstart.experiments.compare import compare
+    from headstart.experiments.report import report
+
+    result, _ = tagged
+    comparison = compare([result.run_dir])
+    assert "best.pt val mAP" in comparison.markdown and "test micro-F1" in comparison.markdown
+    assert "balanced" not in comparison.markdown
+    page = report(result.run_dir, out=tmp_path / "report.html").read_text()
+    assert "val mAP" in page and "Precision-recall per tag" in page and "exact match" in page

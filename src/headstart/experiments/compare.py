@@ -67,6 +67,25 @@ METRICS = [
     "seconds",
     "trainable_params",
 ]
+# Multi-label runs (history rows with val_map) are compared on their own scores.
+TAG_METRICS = [
+    "best_val_loss",
+    "best_val_map",
+    "best_val_f1_micro",
+    "best_val_f1_macro",
+    "best_val_exact_match",
+    "final_val_loss",
+    "final_val_map",
+    "test_loss",
+    "test_map",
+    "test_f1_micro",
+    "test_f1_macro",
+    "test_exact_match",
+    "epochs",
+    "seconds",
+    "trainable_params",
+]
+TAG_SCORES = {"map": "mAP", "f1_micro": "micro-F1", "f1_macro": "macro-F1", "exact_match": "exact match"}
 # "best" is the epoch the run kept as best.pt (by its run.monitor), not the highest value of each column.
 HEADERS = {
     "best_val_loss": "best.pt val loss",
@@ -85,6 +104,11 @@ HEADERS = {
     "seconds": "run wall time (s)",
     "trainable_params": "trainable params (last stage)",
 }
+for _score, _name in TAG_SCORES.items():
+    HEADERS.update(
+        {f"best_val_{_score}": f"best.pt val {_name}", f"final_val_{_score}": f"last epoch val {_name}"}
+        | {f"test_{_score}": f"test {_name}"}
+    )
 
 
 @dataclass
@@ -110,10 +134,10 @@ class RunRecord:
         best, last = self.history[best_index(self.history, self.monitor)], self.history[-1]
         test = self.test or {}
         nan = float("nan")  # a run from before a metric existed, or without a test split
-        scores = ("val_loss", "val_acc", "val_balanced_acc", "val_f1")
+        scores = ("val_loss", "val_acc", "val_balanced_acc", "val_f1", *(f"val_{k}" for k in TAG_SCORES))
         return {
             **{f"best_{key}": best.get(key, nan) for key in scores},
-            **{f"test_{key}": test.get(key, nan) for key in ("loss", "acc", "balanced_acc", "f1")},
+            **{f"test_{key}": test.get(key, nan) for key in ("loss", "acc", "balanced_acc", "f1", *TAG_SCORES)},
             **{f"final_{key}": last.get(key, nan) for key in scores},
             "epochs": len(self.history),
             "seconds": run_seconds(self.path),
@@ -148,11 +172,17 @@ class Comparison:
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
+    def metrics(self) -> list[str]:
+        """The columns: multi-label scores when every run is multi-label, else the single-label ones."""
+        tagged = self.records and all(all("val_map" in row for row in r.history) for r in self.records)
+        return TAG_METRICS if tagged else METRICS
+
+    @property
     def markdown(self) -> str:
-        header = ["variant", "runs"] + [HEADERS[m] for m in METRICS]
+        header = ["variant", "runs"] + [HEADERS[m] for m in self.metrics]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
-            cells = [row["variant"], str(row["runs"])] + [cell(metric, *row[metric]) for metric in METRICS]
+            cells = [row["variant"], str(row["runs"])] + [cell(metric, *row[metric]) for metric in self.metrics]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in self.notes] + [f"- failed: {item}" for item in self.failed]
         return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -161,11 +191,11 @@ class Comparison:
     def csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["variant", "runs", "seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+        writer.writerow(["variant", "runs", "seeds"] + [f"{m}_{s}" for m in self.metrics for s in ("mean", "std")])
         for row in self.rows:
             writer.writerow(
                 [row["variant"], row["runs"], " ".join(map(str, row["seeds"]))]
-                + [_number(v) for m in METRICS for v in row[m]]
+                + [_number(v) for m in self.metrics for v in row[m]]
             )
         return buffer.getvalue()
 

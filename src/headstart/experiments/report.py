@@ -191,6 +191,9 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
             f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / CURVES_FILE)}" alt="learning curves">'
         )
     sections += calibration_section(run_dir, prefix)
+    # A multi-label run's history has mAP and micro-F1 where a single-label one has balanced accuracy and F1.
+    tagged = bool(history) and all("val_map" in r for r in history)
+    extra = ("val_map", "val_f1_micro") if tagged else ("val_balanced_acc", "val_f1")
     rows = [
         [
             r["stage"],
@@ -199,8 +202,7 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
             f"{r['train_acc']:.4f}",
             f"{r['val_loss']:.4f}",
             f"{r['val_acc']:.4f}",
-            f"{r.get('val_balanced_acc', float('nan')):.4f}",
-            f"{r.get('val_f1', float('nan')):.4f}",
+            *(f"{r.get(key, float('nan')):.4f}" for key in extra),
             f"{r['lr']:.3g}",
             f"{r['seconds']:.1f}",
             r.get("path", ""),
@@ -210,13 +212,21 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
     sections.append(
         f"<h2>{prefix}History</h2>"
         + _table(
-            ["stage", "epoch", "loss", "acc", "val loss", "val acc", "val bal. acc", "val F1", "lr", "s", "path"], rows
+            ["stage", "epoch", "loss", "acc", "val loss", "val acc"]
+            + (["val mAP", "val micro-F1"] if tagged else ["val bal. acc", "val F1"])
+            + ["lr", "s", "path"],
+            rows,
         )
     )
     test = read_test(run_dir)
     if test:
-        cells = [[test["images"], test["model"]] + [f"{test[k]:.4f}" for k in ("loss", "acc", "balanced_acc", "f1")]]
-        heads = ["images", "model", "loss", "acc", "balanced acc", "macro-F1"]
+        names = (
+            {"loss": "loss", "map": "mAP", "f1_micro": "micro-F1", "f1_macro": "macro-F1", "exact_match": "exact match"}
+            if tagged
+            else {"loss": "loss", "acc": "acc", "balanced_acc": "balanced acc", "f1": "macro-F1"}
+        )
+        cells = [[test["images"], test["model"]] + [f"{test.get(k, float('nan')):.4f}" for k in names]]
+        heads = ["images", "model", *names.values()]
         sections.append(f"<h2>{prefix}Test split (scored once, after training)</h2>" + _table(heads, cells))
     if not heading:
         checkpoint = load_checkpoint(run_dir)
@@ -238,16 +248,16 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
 
 
 def sweep_sections(sweep_dir: Path) -> list[str]:
-    from headstart.experiments.compare import HEADERS, METRICS, cell, compare
+    from headstart.experiments.compare import HEADERS, cell, compare
 
     comparison = compare([sweep_dir])
-    rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in METRICS] for row in comparison.rows]
+    rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in comparison.metrics] for row in comparison.rows]
     notes = "".join(
         f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed]
     )
     sections = [
         "<h2>Comparison (mean ± std over seeds)</h2>"
-        + _table(["variant", "runs"] + [HEADERS[m] for m in METRICS], rows)
+        + _table(["variant", "runs"] + [HEADERS[m] for m in comparison.metrics], rows)
         + f"<ul>{notes}</ul>",
         f'<h2>Curves overlaid</h2><img class="plot" src="{_png(comparison.files["png"])}" alt="overlaid curves">',
         f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / SWEEP_FILE).read_text(errors='replace'))}</pre>",
