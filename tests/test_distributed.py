@@ -8,7 +8,7 @@ import yaml
 import headstart
 from headstart.cli import main
 from headstart.data.batches import GlobalBatches
-from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images, write_tag_images
 
 
 def test_global_batches_split_evenly_and_agree_with_one_process():
@@ -27,8 +27,15 @@ def test_global_batches_split_evenly_and_agree_with_one_process():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
+@pytest.mark.parametrize("task", ["single-label", "multi-label"])
+def test_two_processes_match_one_process(tmp_path, task):
+    multi = task == "multi-label"
+    if multi:  # tags gathered from both processes for mAP; thresholds chosen once, shared for the test split
+        rows = write_tag_images(tmp_path / "data" / "images", count=60)
+        folder = tmp_path / "data" / "tags.csv"
+        folder.write_text("path,labels\n" + "".join(f"{p},{' '.join(t)}\n" for p, t in rows))
+    else:
+        folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
     # No BatchNorm and no dropout: each process's BatchNorm would see only its half-batch.
     recipe = tiny_recipe(
         folder,
@@ -43,18 +50,27 @@ def test_two_processes_match_one_process(tmp_path):
         ],
         run={"deterministic": True, "name": "one", "device": "cpu"},  # gloo on CPUs, GPU or not
     )
+    if multi:
+        recipe["data"]["test_fraction"] = 0.2
     single = headstart.train(recipe, quiet=True)
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe))
     assert main(["train", "--recipe", str(recipe_file), "--name", "two", "--devices", "2", "--quiet"]) == 0
 
-    two = json.loads((tmp_path / "runs" / "two" / "history.json").read_text())
+    records = json.loads((tmp_path / "runs" / "two" / "history.json").read_text())
+    two = [r for r in records if "record" not in r]
     assert [(r["stage"], r["epoch"], r["path"]) for r in two] == [
         (r["stage"], r["epoch"], r["path"]) for r in single.history
     ]
     for got, want in zip(two, single.history):
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr") + (
+            ("val_map", "val_f1_micro") if multi else ()
+        ):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["stage"], got["epoch"], key)
     # Rank 0 alone made the folder and wrote its files; the other process wrote nothing beside it.
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
     assert {p.name for p in (tmp_path / "runs" / "two").iterdir()} == {p.name for p in single.run_dir.iterdir()}
+    if multi:
+        test = records[-1]
+        assert test["record"] == "test" and test["map"] == pytest.approx(single.test["map"], abs=1e-6)
+        assert test["f1_micro"] == pytest.approx(single.test["f1_micro"], abs=1e-6)
