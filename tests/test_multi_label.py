@@ -325,3 +325,12 @@ def test_compare_and_report_show_tag_scores(tagged, tmp_path):
     assert "balanced" not in comparison.markdown
     page = report(result.run_dir, out=tmp_path / "report.html").read_text()
     assert "val mAP" in page and "Precision-recall per tag" in page and "exact match" in page
+
+
+def test_auto_monitor_is_the_tasks_own(tagged, colour_folder, tmp_path):
+    result, _ = tagged
+    assert result.monitor == "val_map"
+    assert "monitor: val_map" in (result.run_dir / "recipe.yaml").read_text()
+    stages = [{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05}]
+    single = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages), quiet=True)
+    assert single.monitor == "val_loss"

@@ -280,8 +280,9 @@ class RunConfig(_Strict):
     feature_cache_memory_mb: int = Field(2048, ge=0)
     # What "best" means for best.pt: the lowest val loss, or the highest of the others. Single-label:
     # accuracy, balanced accuracy (mean per-class recall), macro-F1. Multi-label: mean average
-    # precision (macro over labels), micro-/macro-F1 and exact-match ratio at 0.5.
-    monitor: MonitorName = "val_loss"
+    # precision (macro over labels), micro-/macro-F1 and exact-match ratio at 0.5. auto: val_loss for
+    # single-label data, val_map for multi-label data (BENCHMARKS.md, multi-label).
+    monitor: MonitorName | Literal["auto"] = "auto"
     # Multi-label loss: binary cross-entropy, or timm's asymmetric loss (Ridnik et al. 2021), which
     # down-weights the many easy negatives.
     multi_label_loss: Literal["bce", "asymmetric"] = "bce"

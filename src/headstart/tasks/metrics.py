@@ -48,11 +48,17 @@ def scores(counts: np.ndarray) -> dict[str, float]:
 LOWER_IS_BETTER = {"val_loss"}
 
 
-def check_monitor(monitor: str, task) -> None:
-    """A one-line error when run.monitor names a score the task does not have (val_map on single-label data)."""
+def choose_monitor(monitor: str, task) -> str:
+    """run.monitor for this task: 'auto' is the task's own (task.monitor); a score the task lacks is a one-line error.
+
+    E.g. val_map on single-label data.
+    """
+    if monitor == "auto":
+        return task.monitor
     if monitor.removeprefix("val_") not in task.metrics:
         valid = ", ".join(f"val_{name}" for name in task.metrics)
         raise HeadstartError(f"run.monitor {monitor} is not a {task.name} score; valid: {valid}")
+    return monitor
 
 
 def improved(row: dict, best: dict | None, monitor: str) -> bool:

@@ -37,6 +37,9 @@ class MultiLabel:
     name = "multi-label"
     # What each epoch's val scoring reports (history's val_<name> columns), at a 0.5 threshold per tag.
     metrics = ("loss", "acc", "map", "f1_micro", "f1_macro", "exact_match")
+    # run.monitor 'auto': mean average precision. The val BCE is mostly the many easy negatives and
+    # rose early in fine-tuning while mAP still climbed (BENCHMARKS.md, multi-label).
+    monitor = "val_map"
 
     def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "bce") -> nn.Module:
         """BCE, or the asymmetric loss (Ridnik et al. 2021) on its paper's defaults; `weight` weighs each tag's positives."""

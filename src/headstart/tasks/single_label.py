@@ -24,6 +24,7 @@ class SingleLabel:
     name = "single-label"
     # What each epoch's val scoring reports (history's val_<name> columns).
     metrics = ("loss", "acc", "balanced_acc", "f1")
+    monitor = "val_loss"  # what run.monitor 'auto' means for this task
 
     def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "") -> nn.Module:
         """The training criterion; it also takes soft targets (Mixup/CutMix) as rows of probabilities.

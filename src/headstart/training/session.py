@@ -33,7 +33,7 @@ from headstart.data.images import PreparedData, prepare_data
 from headstart.model.build import Classifier, build_model, resolve_preprocessing
 from headstart.model.freeze import FreezePlan, plan_stages
 from headstart.model.weights import default_source
-from headstart.tasks.metrics import check_monitor
+from headstart.tasks.metrics import choose_monitor
 from headstart.tasks.registry import Task, task_named
 
 log = logging.getLogger("headstart")
@@ -115,7 +115,7 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     """Seed, list/split/decode the data, build the model and every stage's freeze plan; model on its device.
 
     check_data: warn about duplicate files and leaks across splits (a resumed run already did).
-    The balance remedy chosen for the data is written into the recipe, so the saved recipe says what ran.
+    The balance remedy and monitor chosen for the data are written into the recipe, so the saved recipe says what ran.
     """
     hw = hw or pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
     seed_everything(recipe.run.seed, recipe.run.deterministic)
@@ -124,7 +124,7 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
         data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
     if group.is_main and check_data:
         warn_duplicates({"train": data.split.train, "val": data.split.val, "test": data.split.test}, recipe.data.path)
-    check_monitor(recipe.run.monitor, task_named(data.split.task))
+    recipe.run.monitor = choose_monitor(recipe.run.monitor, task_named(data.split.task))
     recipe.data.balance = choose_balance(recipe.data.balance, data.train.labels, data.split.classes, data.split.task)
     model = build_model(recipe.model, len(data.split.classes), preprocessing["image_size"])
     # Every stage's freeze point is checked before anything trains or is written.
