@@ -10,11 +10,12 @@ recall and is left out of both averages (scikit-learn's balanced_accuracy_score 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from headstart.config.recipe import MonitorName
 from headstart.core.errors import HeadstartError
 from headstart.tasks.tag_metrics import per_tag_table, tag_scores
 
@@ -48,7 +49,7 @@ def scores(counts: np.ndarray) -> dict[str, float]:
 LOWER_IS_BETTER = {"val_loss"}
 
 
-def choose_monitor(monitor: str, task) -> str:
+def choose_monitor(monitor: MonitorName | Literal["auto"], task) -> MonitorName:
     """run.monitor for this task: 'auto' is the task's own (task.monitor); a score the task lacks is a one-line error.
 
     E.g. val_map on single-label data.

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
+from headstart.config.recipe import MonitorName
 from headstart.tasks.single_label import Scores
 
 
@@ -39,7 +40,7 @@ class MultiLabel:
     metrics = ("loss", "acc", "map", "f1_micro", "f1_macro", "exact_match")
     # run.monitor 'auto': mean average precision. The val BCE is mostly the many easy negatives and
     # rose early in fine-tuning while mAP still climbed (BENCHMARKS.md, multi-label).
-    monitor = "val_map"
+    monitor: MonitorName = "val_map"
 
     def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "bce") -> nn.Module:
         """BCE, or the asymmetric loss (Ridnik et al. 2021) on its paper's defaults; `weight` weighs each tag's positives."""

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.config.recipe import MonitorName
+
 # Scores and decisions come as the same kind: tensors in training, arrays in prediction and inspection.
 Scores = TypeVar("Scores", torch.Tensor, np.ndarray)
 
@@ -24,7 +26,7 @@ class SingleLabel:
     name = "single-label"
     # What each epoch's val scoring reports (history's val_<name> columns).
     metrics = ("loss", "acc", "balanced_acc", "f1")
-    monitor = "val_loss"  # what run.monitor 'auto' means for this task
+    monitor: MonitorName = "val_loss"  # what run.monitor 'auto' means for this task
 
     def loss(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "") -> nn.Module:
         """The training criterion; it also takes soft targets (Mixup/CutMix) as rows of probabilities.
