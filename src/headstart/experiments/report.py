@@ -174,23 +174,9 @@ def calibration_section(run_dir: Path, prefix: str) -> list[str]:
     return [f"<h2>{prefix}Calibration</h2><p>{line}</p>{image}"]
 
 
-def run_sections(run_dir: Path, heading: str = "") -> list[str]:
-    from headstart.config.recipe import Recipe
-    from headstart.core.checkpoint import load_checkpoint
-    from headstart.model.build import model_from_checkpoint
-
-    history = read_history(run_dir)
-    prefix = f"{html.escape(heading)}: " if heading else ""
+def history_sections(run_dir: Path, history: list[dict], prefix: str) -> list[str]:
+    """The epoch table and the test split's record, with the task's own scores."""
     sections = []
-    if (run_dir / SUMMARY_FILE).is_file():
-        sections.append(
-            f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text(errors='replace'))}</pre>"
-        )
-    if (run_dir / CURVES_FILE).is_file():
-        sections.append(
-            f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / CURVES_FILE)}" alt="learning curves">'
-        )
-    sections += calibration_section(run_dir, prefix)
     # A multi-label run's history has mAP and micro-F1 where a single-label one has balanced accuracy and F1.
     tagged = bool(history) and all("val_map" in r for r in history)
     extra = ("val_map", "val_f1_micro") if tagged else ("val_balanced_acc", "val_f1")
@@ -228,6 +214,27 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
         cells = [[test["images"], test["model"]] + [f"{test.get(k, float('nan')):.4f}" for k in names]]
         heads = ["images", "model", *names.values()]
         sections.append(f"<h2>{prefix}Test split (scored once, after training)</h2>" + _table(heads, cells))
+    return sections
+
+
+def run_sections(run_dir: Path, heading: str = "") -> list[str]:
+    from headstart.config.recipe import Recipe
+    from headstart.core.checkpoint import load_checkpoint
+    from headstart.model.build import model_from_checkpoint
+
+    history = read_history(run_dir)
+    prefix = f"{html.escape(heading)}: " if heading else ""
+    sections = []
+    if (run_dir / SUMMARY_FILE).is_file():
+        sections.append(
+            f"<h2>{prefix}Summary</h2><pre>{html.escape((run_dir / 'summary.txt').read_text(errors='replace'))}</pre>"
+        )
+    if (run_dir / CURVES_FILE).is_file():
+        sections.append(
+            f'<h2>{prefix}Curves</h2><img class="plot" src="{_png(run_dir / CURVES_FILE)}" alt="learning curves">'
+        )
+    sections += calibration_section(run_dir, prefix)
+    sections += history_sections(run_dir, history, prefix)
     if not heading:
         checkpoint = load_checkpoint(run_dir)
         # One model, rebuilt from the best checkpoint on the CPU, for both the layer table and the validation figures.
@@ -248,7 +255,8 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
 
 
 def sweep_sections(sweep_dir: Path) -> list[str]:
-    from headstart.experiments.compare import HEADERS, cell, compare
+    from headstart.experiments.columns import HEADERS, cell
+    from headstart.experiments.compare import compare
 
     comparison = compare([sweep_dir])
     rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in comparison.metrics] for row in comparison.rows]
