@@ -16,6 +16,7 @@ run goes to --out; `--table` prints mean +- std of test mAP, micro-F1, macro-F1 
 Usage:
     python benchmarks/multi_label.py --seeds 0,1,2 --work /tmp/ml --out ml.jsonl ../shared/data/textures
     python benchmarks/multi_label.py --table ml.jsonl
+    python benchmarks/multi_label.py --calibration /tmp/ml/runs/textures-default-*
 """
 
 from __future__ import annotations
@@ -122,6 +123,53 @@ def run(table: Path, variant: str, seed: int, out_dir: Path) -> dict:
     }
 
 
+def calibration(run_dirs: list[Path]) -> None:
+    """Test NLL and ECE of each run's sigmoids: uncalibrated, one temperature, one temperature per tag (fitted on val)."""
+    import torch
+
+    from headstart.config.recipe import DataConfig
+    from headstart.core.checkpoint import load_checkpoint
+    from headstart.data.layouts import list_images
+    from headstart.data.splits import label_tensor
+    from headstart.tasks.calibration import expected_calibration_error, fit_temperature
+    from headstart.tasks.multi_label import MULTI_LABEL
+
+    print("| run | test NLL: none / one T / per-tag T | test ECE: none / one T / per-tag T |")
+    print("|---|---|---|")
+    for run_dir in run_dirs:
+        checkpoint = load_checkpoint(run_dir / "best.pt")
+        predictor = headstart.load(run_dir)
+        predictor.temperature = None
+        split = list_images(DataConfig.model_validate(checkpoint.recipe["data"]))
+        logits, targets = {}, {}
+        for name, samples in (("val", split.val), ("test", split.test)):
+            p = predictor.probabilities([Image.open(path).convert("RGB") for path, _ in samples]).clamp(1e-6, 1 - 1e-6)
+            logits[name] = torch.log(p / (1 - p)).double()
+            targets[name] = label_tensor([y for _, y in samples], len(split.classes), "multi-label").double()
+        one = fit_temperature(logits["val"], targets["val"], MULTI_LABEL)
+        per_tag = torch.tensor(
+            [
+                fit_temperature(
+                    logits["val"][:, k : k + 1].repeat(1, 2), targets["val"][:, k : k + 1].repeat(1, 2), MULTI_LABEL
+                )
+                for k in range(len(split.classes))
+            ],
+            dtype=torch.float64,
+        )
+        nll, ece = [], []
+        for t in (torch.tensor(1.0, dtype=torch.float64), torch.tensor(one, dtype=torch.float64), per_tag):
+            scaled = logits["test"] / t
+            nll.append(float(MULTI_LABEL.nll(scaled, targets["test"])))
+            ece.append(expected_calibration_error(scaled.sigmoid(), targets["test"], task=MULTI_LABEL))
+        print(
+            f"| {run_dir.name} (T {one:.2f}) | "
+            + " / ".join(f"{v:.4f}" for v in nll)
+            + " | "
+            + " / ".join(f"{v:.4f}" for v in ece)
+            + " |"
+        )
+
+
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print("| data | variant | runs | test mAP | test micro-F1 | test macro-F1 | test exact match |")
@@ -144,9 +192,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/headstart-multi-label"))
     parser.add_argument("--out", type=Path, default=Path("multi_label.jsonl"))
     parser.add_argument("--table", type=Path)
+    parser.add_argument(
+        "--calibration", type=Path, nargs="+", help="run folders: compare one temperature with one per tag"
+    )
     args = parser.parse_args()
     if args.table:
         table(args.table)
+        return
+    if args.calibration:
+        calibration(args.calibration)
         return
     for data in args.data:
         csv_path = build(data, args.work)
