@@ -51,6 +51,7 @@ PROBE = {
 }
 VARIANTS = {"probe": PROBE, "default": {}, "asymmetric": {"run": {"multi_label_loss": "asymmetric"}}}
 MOSAICS = {"train": 420, "val": 80, "test": 160}
+PRIORS = (0, 10, 30, 100)  # pseudo-positives pulling a tag's threshold toward the shared one
 
 
 def photos(root: Path) -> dict[str, list[Path]]:
@@ -170,6 +171,38 @@ def calibration(run_dirs: list[Path]) -> None:
         )
 
 
+def thresholds(run_dirs: list[Path]) -> None:
+    """Test micro-/macro-F1 at 0.5, at one threshold for all tags and at one per tag, both chosen on val for F1."""
+    from headstart.config.recipe import DataConfig
+    from headstart.core.checkpoint import load_checkpoint
+    from headstart.data.layouts import list_images
+    from headstart.data.splits import label_tensor
+    from headstart.tasks.tag_metrics import choose_thresholds, tag_scores
+
+    rules = "0.5 / one for all / " + " / ".join(f"per tag, prior {p:g}" for p in PRIORS)
+    print(f"| run | test micro-F1: {rules} | test macro-F1: {rules} |")
+    print("|---|---|---|")
+    for run_dir in run_dirs:
+        checkpoint = load_checkpoint(run_dir / "best.pt")
+        predictor = headstart.load(run_dir)
+        split = list_images(DataConfig.model_validate(checkpoint.recipe["data"]))
+        scored = {}
+        for name, samples in (("val", split.val), ("test", split.test)):
+            p = predictor.probabilities([Image.open(path).convert("RGB") for path, _ in samples]).numpy()
+            scored[name] = p, label_tensor([y for _, y in samples], len(split.classes), "multi-label").numpy()
+        val_p, val_y = scored["val"]
+        flat = choose_thresholds(val_p, val_y, prior=1e9)[0]  # one cut for every (image, tag)
+        rules = [0.5, np.full(val_p.shape[1], flat)] + [choose_thresholds(val_p, val_y, prior) for prior in PRIORS]
+        results = [tag_scores(*scored["test"], rule) for rule in rules]
+        print(
+            f"| {run_dir.name} (one cut {flat:.2f}) | "
+            + " / ".join(f"{r['f1_micro']:.4f}" for r in results)
+            + " | "
+            + " / ".join(f"{r['f1_macro']:.4f}" for r in results)
+            + " |"
+        )
+
+
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print("| data | variant | runs | test mAP | test micro-F1 | test macro-F1 | test exact match |")
@@ -195,12 +228,16 @@ def main() -> None:
     parser.add_argument(
         "--calibration", type=Path, nargs="+", help="run folders: compare one temperature with one per tag"
     )
+    parser.add_argument("--thresholds", type=Path, nargs="+", help="run folders: compare threshold rules")
     args = parser.parse_args()
     if args.table:
         table(args.table)
         return
     if args.calibration:
         calibration(args.calibration)
+        return
+    if args.thresholds:
+        thresholds(args.thresholds)
         return
     for data in args.data:
         csv_path = build(data, args.work)

@@ -133,9 +133,14 @@ def test_scores_thresholds_and_positive_weights_by_hand():
     # Tag 1's positives score 0.4 and 0.45: below 0.5, so at 0.5 it finds neither; both tags rank perfectly.
     assert at_half["map"] == pytest.approx(1.0) and at_half["f1_macro"] == pytest.approx(0.5)
     assert at_half["exact_match"] == pytest.approx(0.5) and at_half["acc"] == pytest.approx(6 / 8)
-    thresholds = choose_thresholds(probabilities, truth)
-    assert 0.3 < thresholds[0] <= 0.6 and 0.2 < thresholds[1] <= 0.4
-    assert tag_scores(probabilities, truth, thresholds)["exact_match"] == 1.0
+    own = choose_thresholds(probabilities, truth, prior=0)
+    assert 0.3 < own[0] <= 0.6 and 0.2 < own[1] <= 0.4
+    assert tag_scores(probabilities, truth, own)["exact_match"] == 1.0
+    # With few positives each tag's cut is pulled to the one shared cut (best micro-F1 over every pair).
+    shared = choose_thresholds(probabilities, truth, prior=1e9)
+    assert shared[0] == pytest.approx(shared[1]) and 0.3 < shared[0] <= 0.4
+    between = choose_thresholds(probabilities, truth, prior=2)  # 2 positives each: halfway
+    assert between == pytest.approx((own + shared) / 2)
     labels = [(0,), (0, 1), (), (1,), (1,)]
     assert positive_weights(labels, 2).tolist() == pytest.approx([3 / 2, 2 / 3])
 
