@@ -6,7 +6,7 @@ import argparse
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headstart.cli.flags import recipe_from_args
 from headstart.config.defaults import default_recipe, is_data
@@ -14,6 +14,9 @@ from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
+
+if TYPE_CHECKING:  # the deploy modules load torch: only the commands that predict import them
+    from headstart.deploy.unknown import Prediction
 
 
 def without_devices(argv: list[str]) -> list[str]:
@@ -128,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = user_path(args.run)
     hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
-    predictor = load(source, device=args.device)
+    predictor = load(source, device=args.device, unknown=args.unknown)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
@@ -147,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "confusion": result.confusion.tolist(),
                     "classes": result.classes,
                     "notes": result.notes,
+                    **({"unknown": result.unknown} if result.unknown is not None else {}),
                 },
                 indent=1,
             ),
@@ -177,7 +181,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from headstart.deploy.loading import load
     from headstart.deploy.predictor import prediction_entry
 
-    predictor = load(args.run, device=args.device)
+    predictor = load(args.run, device=args.device, unknown=args.unknown)
     paths = _expand_images(args.images)
     predictions = predictor.predict(paths, top_k=args.top_k, tta=args.tta)
     if args.csv:
@@ -192,26 +196,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         for path, top in zip(paths, predictions):
-            print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top))
+            flag = f"  UNKNOWN (score {top.unknown_score:.4g})" if top.unknown else ""
+            print(f"{path}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in top) + flag)
     return 0
 
 
-def write_predictions_csv(target: Path, paths: list[Path], predictions: list[list[tuple[str, float]]]) -> None:
-    """image,label,probability then label_2,probability_2 ... for the rest of the top k."""
+def write_predictions_csv(target: Path, paths: list[Path], predictions: list[Prediction]) -> None:
+    """image,label,probability then label_2,probability_2 ... for the rest of the top k; unknown,unknown_score
+    after them where the model has an unknown-image detector."""
     import csv
     import io
 
     from headstart.core.fileio import atomic_write
 
     k = max((len(top) for top in predictions), default=1)
+    marked = any(top.unknown is not None for top in predictions)
     header = ["image", "label", "probability"] + [
         f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
     ]
+    header += ["unknown", "unknown_score"] if marked else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for path, top in zip(paths, predictions):
-        writer.writerow([str(path)] + [value for label, prob in top for value in (label, f"{prob:.6f}")])
+        row = [str(path)] + [value for label, prob in top for value in (label, f"{prob:.6f}")]
+        unknown = [str(top.unknown).lower(), f"{top.unknown_score:.6g}"] if top.unknown is not None else ["", ""]
+        writer.writerow(row + (unknown if marked else []))
     atomic_write(target, buffer.getvalue().encode())
 
 
@@ -250,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
         read_seconds=args.timeout,
         dry_run=args.dry_run,
+        unknown=args.unknown,
     )
     return 0
 

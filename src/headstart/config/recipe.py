@@ -274,6 +274,9 @@ class RunConfig(_Strict):
     # What "best" means for best.pt: the lowest val loss, or the highest val accuracy,
     # balanced accuracy (mean per-class recall) or macro-F1.
     monitor: Literal["val_loss", "val_acc", "val_balanced_acc", "val_f1"] = "val_loss"
+    # After training, fit the unknown-image detector on the train and val images' features, so
+    # predict, serve and exports mark images unlike any class (headstart.tasks.unknown).
+    unknown: bool = True
     # Optimizer steps accumulate gradients over this many batches: an effective batch of
     # accumulate x data.batch_size on a device that holds only data.batch_size.
     accumulate: int = Field(1, ge=1)

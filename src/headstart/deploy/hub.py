@@ -36,7 +36,9 @@ from headstart.core.fileio import default_permissions, writing
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.card import shareable_recipe
 from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
+from headstart.deploy.unknown import description_fields, detector_of, hub_scored, write_hub_detector
 from headstart.model.build import Classifier, build_model
+from headstart.tasks.unknown import UnknownRule
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
     }
     if checkpoint.temperature is not None:  # calibration, folded into the classifier's weights (export_hub)
         block.update(temperature=checkpoint.temperature, temperature_applied=True)
-    return block
+    unknown = description_fields(detector_of(checkpoint)).get("unknown")
+    return block if unknown is None else {**block, "unknown": unknown}
 
 
 def write_headstart_layout(model: Classifier, checkpoint: Checkpoint, folder: Path) -> None:
@@ -157,6 +160,9 @@ def write_folder(
             )
         else:
             write_headstart_layout(model, checkpoint, staging)
+        detector = detector_of(checkpoint)
+        if detector is not None:  # beside timm's weights file, which timm would refuse with extra tensors in it
+            write_hub_detector(staging, detector)
         write_card(staging, checkpoint, checkpoint_path, "timm" if net is not None else "headstart", model)
         default_permissions(staging)  # a folder to share: readable by others as the umask allows, not 0700 / 0600
         if target.exists():
@@ -173,8 +179,16 @@ def hub_temperature(folder: Path) -> float | None:
     return None if block is None or block.temperature_applied else block.temperature
 
 
+def hub_rule(folder: Path) -> UnknownRule | None:
+    """The unknown-image threshold of a headstart Hub folder (None for other timm folders and folders without one)."""
+    block = read_hub_config(folder).headstart
+    return None if block is None or block.unknown is None else block.unknown.rule()
+
+
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one.
+
+    With an unknown-image detector the model returns (logits, score) (headstart.deploy.unknown).
 
     config.json and the weights' header are checked before anything is built (headstart.hubconfig).
     """
@@ -197,4 +211,4 @@ def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
         raise HeadstartError(
             f"cannot load the Hub folder {folder}: the weights do not fit config.json ({why})"
         ) from None
-    return model.eval(), config.labels, config.preprocessing
+    return hub_scored(folder, model.eval(), config.headstart), config.labels, config.preprocessing

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter, describe_validation_error
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.fileio import read_capped
+from headstart.deploy.unknown import RuleFields
 
 HUB_FORMAT = "headstart-hub-1"
 MAX_CONFIG_BYTES = 16 << 20  # a million class names fit; a config is a few KB
@@ -66,6 +67,7 @@ class HeadstartBlock(BaseModel):
     preprocessing: Preprocessing
     temperature: Annotated[float, Field(strict=True, ge=0.01, le=100)] | None = None
     temperature_applied: StrictBool = False  # folded into the classifier's weights: for the reader only
+    unknown: RuleFields | None = None  # the unknown-image threshold; its tensors are in unknown.safetensors
 
 
 class HubConfig(BaseModel):
