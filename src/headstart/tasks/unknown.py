@@ -34,7 +34,8 @@ RIDGE = 1e-6  # times the mean variance, added to the covariance's diagonal
 
 
 def normalised(features: torch.Tensor) -> torch.Tensor:
-    return features / features.norm(dim=1, keepdim=True).clamp_min(MIN_NORM)
+    # Written out rather than .norm(): onnxruntime's shape inference (run before int8 quantization) fails on ReduceL2.
+    return features / (features * features).sum(1, keepdim=True).sqrt().clamp_min(MIN_NORM)
 
 
 class UnknownScore(nn.Module):
