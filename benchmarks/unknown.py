@@ -41,6 +41,7 @@ from headstart.core.checkpoint import load_checkpoint
 from headstart.data.images import build_transforms, decode_all, short_side_for
 from headstart.data.layouts import list_images
 from headstart.model.build import model_from_checkpoint
+from headstart.tasks.unknown import fit_unknown
 
 QUANTILE = 0.95
 FOREIGN_OTHER = 200
@@ -196,6 +197,11 @@ def measure(data: Path, others: list[Path], out: Path) -> dict:
     methods["mahalanobis-l2"] = lambda f, _: maha_n(f)
     methods["knn10"] = lambda f, _: knn10(f)
     methods["knn1"] = lambda f, _: knn1(f)
+    # What headstart ships (headstart.tasks.unknown): mahalanobis-l2 with a ridge, in float64, in torch.
+    shipped = fit_unknown(
+        torch.from_numpy(train_feats), torch.from_numpy(train_labels), torch.from_numpy(computed["val"][0])
+    )
+    methods["headstart"] = lambda f, _: shipped.score(torch.from_numpy(f)).numpy()
     methods["energy"] = lambda _, logit: energy(logit)
     methods["max-softmax"] = lambda _, logit: max_softmax(logit)
     row: dict = {"data": data.name, "classes": len(split.classes), "acc_val": None, "methods": {}}

@@ -61,11 +61,14 @@ def int8_threshold(model_file: Path, batches: list[np.ndarray], fitted: dict[str
     int8 features lie a little off the float ones, which the whitened distance magnifies: the float
     threshold would flag more of the images the model knows.
     """
-    from headstart.deploy.format_onnx import load
+    import onnxruntime
+
     from headstart.tasks.unknown import QUANTILE
 
-    forward = load(model_file)
-    scores = torch.cat([forward(torch.from_numpy(batch))[1] for batch in batches]).double()
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    scores = torch.cat(
+        [torch.from_numpy(session.run(["unknown_score"], {"image": batch})[0]) for batch in batches]
+    ).double()
     threshold = float(torch.quantile(scores, QUANTILE))
     rate = float((scores > threshold).double().mean())
     return {**fitted, "threshold": threshold, "val_rate": rate, "refitted": f"for int8 on {len(scores)} val images"}

@@ -34,6 +34,8 @@ async function send(file) {
   const response = await fetch('predict?top_k=5', {method: 'POST', body: form});
   const body = await response.json();
   if (!response.ok) { error.textContent = body.detail || response.statusText; return; }
+  if (body.unknown) error.textContent = 'unknown: this image looks like none of the classes (score ' +
+    body.unknown_score.toPrecision(4) + '); the closest labels:';
   for (const {label, probability} of body.top) {
     const item = document.createElement('li');
     item.className = 'prediction';
