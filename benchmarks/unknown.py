@@ -12,7 +12,8 @@ logits of the run's train, val and test images and of foreign images:
               not used to choose the method
     digits    50 of scikit-learn's 8x8 handwritten digits, enlarged: held out too
 
-Each method's threshold is the 95th percentile of its val scores (what training fits). Printed per
+Each method's threshold is the ceil((n + 1) * 0.95)-th smallest of its n val scores (what training
+fits, headstart.tasks.unknown.threshold_for). Printed per
 method: the val flagged rate (5-fold: threshold from four folds, counted on the fifth), the test
 flagged rate, the flagged rate of each foreign group, and the AUROC of own (val + test) vs foreign.
 
@@ -41,9 +42,8 @@ from headstart.core.checkpoint import load_checkpoint
 from headstart.data.images import build_transforms, decode_all, short_side_for
 from headstart.data.layouts import list_images
 from headstart.model.build import model_from_checkpoint
-from headstart.tasks.unknown import fit_unknown
+from headstart.tasks.unknown import fit_unknown, threshold_for
 
-QUANTILE = 0.95
 FOREIGN_OTHER = 200
 
 
@@ -145,13 +145,18 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
     return 1 - (e / e.sum(1, keepdims=True)).max(1)
 
 
+def threshold(val: np.ndarray) -> float:
+    """What headstart uses: the ⌈(n + 1) · 0.95⌉-th smallest val score (headstart.tasks.unknown.threshold_for)."""
+    return threshold_for(torch.from_numpy(np.asarray(val, dtype=np.float64)))
+
+
 def heldout_val_rate(val: np.ndarray, folds: int = 5) -> float:
     """Flagged rate on val when each fold's threshold comes from the other folds."""
     order = np.random.default_rng(0).permutation(len(val))
     flagged = 0
     for held in np.array_split(order, folds):
         rest = np.setdiff1d(order, held)
-        flagged += int((val[held] > np.quantile(val[rest], QUANTILE)).sum())
+        flagged += int((val[held] > threshold(val[rest])).sum())
     return flagged / len(val)
 
 
@@ -209,15 +214,15 @@ def measure(data: Path, others: list[Path], out: Path) -> dict:
     row["acc_val"] = float((val_logits.argmax(1) == np.array([label for _, label in split.val])).mean())
     for name, method in methods.items():
         scores = {group: method(*fl) for group, fl in computed.items()}
-        threshold = np.quantile(scores["val"], QUANTILE)
+        cut = threshold(scores["val"])
         own = np.concatenate([scores["val"]] + ([scores["test"]] if "test" in scores else []))
         foreign_main = np.concatenate([scores[g] for g in ("other", "noise", "flat")])
         foreign_all = np.concatenate([scores[g] for g in ("other", "noise", "flat", "photos", "digits")])
         result = {
             "val": heldout_val_rate(scores["val"]),
-            "test": float((scores["test"] > threshold).mean()) if "test" in scores else None,
-            **{g: float((scores[g] > threshold).mean()) for g in ("other", "noise", "flat", "photos", "digits")},
-            "foreign": float((foreign_main > threshold).mean()),
+            "test": float((scores["test"] > cut).mean()) if "test" in scores else None,
+            **{g: float((scores[g] > cut).mean()) for g in ("other", "noise", "flat", "photos", "digits")},
+            "foreign": float((foreign_main > cut).mean()),
             "auroc": float(
                 roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(foreign_main))], np.r_[own, foreign_main])
             ),

@@ -13,7 +13,7 @@ from PIL import Image
 import headstart
 from headstart.cli import main
 from headstart.core.checkpoint import load_checkpoint
-from headstart.tasks.unknown import QUANTILE, UnknownDetector, fit_unknown
+from headstart.tasks.unknown import QUANTILE, UnknownDetector, fit_unknown, threshold_for
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 
 
@@ -36,6 +36,13 @@ def test_the_fit_keeps_95_percent_of_known_features_and_flags_far_ones():
     flat = torch.ones(10, 16)
     assert bool((detector.score(other_direction) > detector.threshold).all())
     assert bool((detector.score(flat) > detector.threshold).all())
+
+
+def test_the_threshold_is_the_conformal_rank_of_the_val_scores():
+    """⌈(n + 1) · 0.95⌉-th smallest: 19 val images leave none above it, 100 leave 4 (not the 95th percentile's 5)."""
+    assert threshold_for(torch.arange(1.0, 20.0)) == 19.0
+    assert threshold_for(torch.arange(1.0, 101.0)) == 96.0
+    assert threshold_for(torch.tensor([3.0])) == 3.0
 
 
 def test_a_detector_survives_a_weights_only_checkpoint(tmp_path):

@@ -63,13 +63,13 @@ def int8_threshold(model_file: Path, batches: list[np.ndarray], fitted: dict[str
     """
     import onnxruntime
 
-    from headstart.tasks.unknown import QUANTILE
+    from headstart.tasks.unknown import threshold_for
 
     session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     scores = torch.cat(
         [torch.from_numpy(session.run(["unknown_score"], {"image": batch})[0]) for batch in batches]
     ).double()
-    threshold = float(torch.quantile(scores, QUANTILE))
+    threshold = threshold_for(scores)
     rate = float((scores > threshold).double().mean())
     return {**fitted, "threshold": threshold, "val_rate": rate, "refitted": f"for int8 on {len(scores)} val images"}
 

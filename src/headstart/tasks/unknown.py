@@ -11,8 +11,10 @@ through the eval transform:
            shared covariance, shrunk towards a multiple of the identity (Ledoit-Wolf), since a
            run has fewer training images than feature dimensions
 
-The threshold is the QUANTILE of the val images' scores, so about 5 % of the images the model
-knows are flagged; an image scoring above it is "unknown" (its top labels are still given).
+The threshold is the ⌈(n + 1) · QUANTILE⌉-th smallest of the n val images' scores (split
+conformal prediction): a new image from the same distribution as val then stays known with
+probability at least QUANTILE, where the plain 95th percentile of val holds that only on val
+itself. An image scoring above it is "unknown" (its top labels are still given).
 P is stored as its Cholesky factor W (P = W W^T) and the class means already multiplied by it,
 so the score is a squared distance between two matrix products: a few ops any runtime has, which
 ONNX and torch.export graphs compute beside the logits (`UnknownScore`).
@@ -20,6 +22,7 @@ ONNX and torch.export graphs compute beside the logits (`UnknownScore`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +139,13 @@ class UnknownDetector:
         )
 
 
+def threshold_for(scores: torch.Tensor, keep: float = QUANTILE) -> float:
+    """The ⌈(n + 1) · keep⌉-th smallest of n known images' scores: new known images stay below it with probability ≥ keep."""
+    ordered = scores.double().flatten().sort().values
+    rank = min(len(ordered), math.ceil((len(ordered) + 1) * keep))
+    return float(ordered[rank - 1])
+
+
 def shrunk_covariance(centred: np.ndarray) -> np.ndarray:
     """Ledoit-Wolf: the sample covariance shrunk towards a multiple of the identity, by the optimal amount."""
     from sklearn.covariance import ledoit_wolf  # only fitting needs scikit-learn's estimator
@@ -166,6 +176,6 @@ def fit_unknown(
         train_images=len(train_features),
     )
     val_scores = detector.score(val_features)
-    detector.threshold = float(torch.quantile(val_scores.double(), QUANTILE))
+    detector.threshold = threshold_for(val_scores)
     detector.val_rate = float((val_scores > detector.threshold).double().mean())
     return detector
