@@ -49,19 +49,17 @@ class UnknownScore(nn.Module):
 
     def __init__(self, whitening: torch.Tensor, centres: torch.Tensor):
         super().__init__()
-        # float64: in-distribution images lie close to a class mean, so the score is a small difference of
-        # large squared norms; float32 left it changing by a few tenths with the batch an image came in.
-        self.register_buffer("whitening", whitening.double())  # W [D, D], P = W W^T
-        self.register_buffer("centres", centres.double())  # class means times W [C, D]
+        # Stored in float32 (half the bytes in every checkpoint and export), computed in float64: a
+        # known image lies close to a class mean, so the score is a small difference of large squared
+        # norms, which float32 arithmetic left changing by a few tenths with the batch it came in.
+        self.register_buffer("whitening", whitening.float())  # W [D, D], P = W W^T
+        self.register_buffer("centres", centres.float())  # class means times W [C, D]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        whitened = normalised(features.double()) @ self.whitening
+        whitening, centres = self.whitening.double(), self.centres.double()
+        whitened = normalised(features.double()) @ whitening
         # |y - m|^2 = |y|^2 - 2 y.m + |m|^2, as matrix products (no [N, C, D] intermediate)
-        squared = (
-            (whitened * whitened).sum(1, keepdim=True)
-            - 2 * whitened @ self.centres.T
-            + (self.centres * self.centres).sum(1)
-        )
+        squared = (whitened * whitened).sum(1, keepdim=True) - 2 * whitened @ centres.T + (centres * centres).sum(1)
         return squared.min(1).values.clamp_min(0).float()
 
 
@@ -168,8 +166,9 @@ def fit_unknown(
     precision = np.linalg.inv(shrunk_covariance(centred))
     whitening = np.linalg.cholesky((precision + precision.T) / 2)  # symmetric up to rounding
     detector = UnknownDetector(
-        whitening=torch.from_numpy(whitening),
-        centres=torch.from_numpy(means @ whitening),
+        # float32 as stored, so the threshold below is that of the scores predictions will compute
+        whitening=torch.from_numpy(whitening).float(),
+        centres=torch.from_numpy(means @ whitening).float(),
         threshold=0.0,
         val_rate=0.0,
         val_images=len(val_features),
