@@ -156,7 +156,7 @@ def test_a_timm_layout_hub_folder_carries_the_detector(data_for_timm, tmp_path):
     run_dir = headstart.train(recipe, quiet=True).run_dir
     folder = headstart.export(run_dir, format="hub", out=tmp_path / "hub")
     assert json.loads((folder / "config.json").read_text())["headstart"]["layout"] == "timm"
-    assert (folder / "unknown.safetensors").is_file()
+    assert (folder / "unknown.safetensors").is_file() and "## Unknown images" in (folder / "README.md").read_text()
     images = [*sorted(data_for_timm.rglob("*.png"))[::6], *foreign_images()]
     expected = headstart.load(run_dir, device="cpu").predict(images)
     got = headstart.load(folder).predict(images)
