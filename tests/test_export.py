@@ -77,7 +77,8 @@ def test_predict_on_exported_model_writes_csv(lite0_run, tmp_path, capsys):
         == 0
     )
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    assert len(rows) == 8 and set(rows[0]) == {"image", "label", "probability", "label_2", "probability_2"}
+    columns = {"image", "label", "probability", "label_2", "probability_2", "unknown", "unknown_score"}
+    assert len(rows) == 8 and set(rows[0]) == columns
     assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
     from_checkpoint = headstart.load(run_dir).predict(sorted((folder / "red").iterdir()), top_k=1)
     assert [r["label"] for r in rows] == [top[0][0] for top in from_checkpoint]
