@@ -15,6 +15,7 @@ import headstart
 from headstart.cli import main
 from headstart.core.checkpoint import load_checkpoint
 from headstart.deploy.loading import load
+from headstart.deploy.unknown import split_outputs
 from headstart.model.build import model_from_checkpoint
 from tests.conftest import tiny_recipe
 
@@ -52,12 +53,17 @@ def test_exported_model_matches_pytorch_on_real_images(lite0_run, fmt):
     batch = torch.stack([original.transform(image) for image in real_images()])
     with torch.no_grad():
         reference = model_from_checkpoint(load_checkpoint(run_dir))(batch)
-    got = exported.forward(batch)
+    got, score = split_outputs(exported.forward(batch))
     assert got.shape == reference.shape == (3, 3)
     assert (got - reference).abs().max().item() < 1e-4
+    # the graph's second output is the run's unknown-image score, and both mark the same images
+    assert score is not None and score.shape == (3,)
+    with torch.no_grad():
+        assert score == pytest.approx(split_outputs(original.forward(batch))[1], rel=1e-3)
     for mine, theirs in zip(exported.predict(real_images()), original.predict(real_images())):
         assert [label for label, _ in mine] == [label for label, _ in theirs]
         assert [p for _, p in mine] == pytest.approx([p for _, p in theirs], abs=1e-4)
+        assert mine.unknown == theirs.unknown is not None
 
 
 @pytest.mark.slow
@@ -71,7 +77,8 @@ def test_predict_on_exported_model_writes_csv(lite0_run, tmp_path, capsys):
         == 0
     )
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    assert len(rows) == 8 and set(rows[0]) == {"image", "label", "probability", "label_2", "probability_2"}
+    columns = {"image", "label", "probability", "label_2", "probability_2", "unknown", "unknown_score"}
+    assert len(rows) == 8 and set(rows[0]) == columns
     assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
     from_checkpoint = headstart.load(run_dir).predict(sorted((folder / "red").iterdir()), top_k=1)
     assert [r["label"] for r in rows] == [top[0][0] for top in from_checkpoint]
@@ -105,7 +112,9 @@ def test_tta_crops_average_ten_views(colour_folder, tmp_path):
     assert views.shape == (10, 3, 16, 16)
     # The second five are crops of the mirror image: its top-left corner is the top-right one mirrored.
     assert torch.equal(views[5], views[1].flip(2)) and torch.equal(views[6], views[0].flip(2))
-    expected = predictor.to_probabilities(predictor.forward(views)).mean(0)  # with the run's fitted temperature
+    expected = predictor.to_probabilities(split_outputs(predictor.forward(views))[0]).mean(
+        0
+    )  # with the run's fitted temperature
     assert torch.allclose(predictor.probabilities([image], tta="crops")[0], expected, atol=1e-6)
     assert headstart.load(result.run_dir).evaluate(colour_folder, tta="crops").tta == "crops"
 
@@ -129,7 +138,7 @@ if model_file.endswith(".onnx"):
     logits = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
     logits = torch.from_numpy(logits)
 else:
-    logits = torch.export.load(model_file).module()(torch.from_numpy(batch))
+    logits = torch.export.load(model_file).module()(torch.from_numpy(batch))[0]  # (logits, unknown score)
 print(json.dumps(logits.softmax(1).tolist()))
 """
 

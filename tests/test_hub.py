@@ -159,6 +159,7 @@ def test_int8_onnx_is_calibrated_on_the_validation_images_and_agrees(data, tmp_p
     assert path.name == "model.int8.onnx" and (path.parent / "model.onnx").is_file()
     described = json.loads((path.parent / "model.int8.onnx.json").read_text())
     assert "calibrated on 3 validation images" in described["quantization"]
+    assert described["unknown"]["refitted"] == "for int8 on 3 val images"  # its own unknown-image threshold
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}

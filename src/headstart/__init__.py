@@ -22,11 +22,15 @@ from headstart.training.lr_find import lr_find
 from headstart.training.train import TrainResult, train
 
 
-def load(source, device: str = "auto"):
-    """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder)."""
+def load(source, device: str = "auto", unknown: bool = True):
+    """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder).
+
+    Each prediction's `.unknown` says whether the image looks like none of the classes (where the run
+    fitted an unknown-image detector); unknown=False turns that off.
+    """
     from headstart.deploy.loading import load as load_predictor  # sklearn's metrics load only when needed
 
-    return load_predictor(source, device=device)
+    return load_predictor(source, device=device, unknown=unknown)
 
 
 def serve(
@@ -39,6 +43,7 @@ def serve(
     device: str = "auto",
     allowed_hosts: tuple[str, ...] | None = None,
     read_seconds: float = 30.0,
+    unknown: bool = True,
 ) -> None:
     """Serve a run folder, checkpoint, exported file or Hub folder over HTTP (FastAPI + uvicorn) until interrupted.
 
@@ -57,6 +62,7 @@ def serve(
         device=device,
         allowed_hosts=allowed_hosts,
         read_seconds=read_seconds,
+        unknown=unknown,
     )
 
 

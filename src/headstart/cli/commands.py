@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = user_path(args.run)
     hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
-    predictor = load(source, device=args.device)
+    predictor = load(source, device=args.device, unknown=args.unknown)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
@@ -158,10 +158,10 @@ def _expand_images(items: list[str]) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from headstart.deploy.loading import load
 
-    predictor = load(args.run, device=args.device)
+    predictor = load(args.run, device=args.device, unknown=args.unknown)
     paths = _expand_images(args.images)
-    probabilities = predictor.probabilities_of(paths, top_k=args.top_k, tta=args.tta)
-    entries = predictor.entries([str(p) for p in paths], probabilities, args.top_k)
+    probabilities, scores = predictor.outputs_of(paths, top_k=args.top_k, tta=args.tta)
+    entries = predictor.entries([str(p) for p in paths], probabilities, args.top_k, scores)
     if args.csv:
         write_predictions_csv(Path(args.csv), entries, predictor.classes, probabilities.tolist())
         print(f"{len(paths)} predictions written to {args.csv}")
@@ -179,13 +179,15 @@ def entry_text(entry: dict) -> str:
 
     if "labels" in entry:
         return entry_line(entry)
-    return "  ".join(f"{t['label']} {t['probability']:.3f}" for t in entry["top"])
+    flag = f"  UNKNOWN (score {entry['unknown_score']:.4g})" if entry.get("unknown") else ""
+    return "  ".join(f"{t['label']} {t['probability']:.3f}" for t in entry["top"]) + flag
 
 
 def write_predictions_csv(
     target: Path, entries: list[dict], classes: list[str], probabilities: list[list[float]]
 ) -> None:
-    """Single-label: image,label,probability then label_2,probability_2 ... for the rest of the top k.
+    """Single-label: image,label,probability then label_2,probability_2 ... for the rest of the top k; unknown,
+    unknown_score after them where the model has an unknown-image detector.
 
     Multi-label: image,labels (the tags given, space-separated),unknown, then one probability column per tag.
     """
@@ -203,14 +205,15 @@ def write_predictions_csv(
             writer.writerow([entry["image"], given, entry["unknown"], *(f"{p:.6f}" for p in row)])
     else:
         k = max((len(entry["top"]) for entry in entries), default=1)
+        marked = any("unknown" in entry for entry in entries)
         header = ["image", "label", "probability"] + [
             f"{field}_{i}" for i in range(2, k + 1) for field in ("label", "probability")
         ]
-        writer.writerow(header)
+        writer.writerow(header + (["unknown", "unknown_score"] if marked else []))
         for entry in entries:
-            writer.writerow(
-                [entry["image"]] + [v for t in entry["top"] for v in (t["label"], f"{t['probability']:.6f}")]
-            )
+            row = [entry["image"]] + [v for t in entry["top"] for v in (t["label"], f"{t['probability']:.6f}")]
+            flag = [str(entry["unknown"]).lower(), f"{entry['unknown_score']:.6g}"] if "unknown" in entry else ["", ""]
+            writer.writerow(row + (flag if marked else []))
     atomic_write(target, buffer.getvalue().encode())
 
 
@@ -249,6 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
         read_seconds=args.timeout,
         dry_run=args.dry_run,
+        unknown=args.unknown,
     )
     return 0
 

@@ -91,6 +91,12 @@ def add_model_source(parser: argparse.ArgumentParser, tta_help: str) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--tta", nargs="?", const="flip", choices=["flip", "crops"], help=tta_help)
+    parser.add_argument(
+        "--no-unknown",
+        dest="unknown",
+        action="store_false",
+        help="do not mark images unlike every class as unknown (the run's detector is not applied)",
+    )
 
 
 def add_evaluate(sub) -> None:
@@ -153,6 +159,12 @@ def add_serve(sub) -> None:
         help="a Host name to answer (repeat; default: loopback names on a loopback address, else any)",
     )
     serve.add_argument("--device", default="auto")
+    serve.add_argument(
+        "--no-unknown",
+        dest="unknown",
+        action="store_false",
+        help="do not mark images unlike every class as unknown (the run's detector is not applied)",
+    )
     serve.add_argument("--dry-run", action="store_true", help="check the settings, load the model, then exit")
     serve.set_defaults(func=commands.cmd_serve)
 

@@ -283,9 +283,11 @@ class RunConfig(_Strict):
     # precision (macro over labels), micro-/macro-F1 and exact-match ratio at 0.5. auto: val_loss for
     # single-label data, val_map for multi-label data (BENCHMARKS.md, multi-label).
     monitor: MonitorName | Literal["auto"] = "auto"
-    # Multi-label loss: binary cross-entropy, or timm's asymmetric loss (Ridnik et al. 2021), which
-    # down-weights the many easy negatives.
+    # Multi-label loss: binary cross-entropy, or timm's asymmetric loss (Ridnik et al. 2021, easy negatives down-weighted).
     multi_label_loss: Literal["bce", "asymmetric"] = "bce"
+    # Single-label: fit the unknown-image detector after training, so predict, serve and exports mark
+    # images unlike any class (headstart.tasks.unknown).
+    unknown: bool = True
     # Optimizer steps accumulate gradients over this many batches: an effective batch of
     # accumulate x data.batch_size on a device that holds only data.batch_size.
     accumulate: int = Field(1, ge=1)

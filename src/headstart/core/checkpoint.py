@@ -9,6 +9,7 @@ weights_only=True)` reads it without running code, and anything (timm, a noteboo
     recipe, classes, preprocessing, stage, epoch, val_loss, val_acc
     temperature, calibration   fitted on the val split after training (best.pt)
     task        "single-label" or "multi-label"; thresholds: a multi-label model's per-tag thresholds
+    unknown     the unknown-image detector fitted after them: tensors, threshold (best.pt; absent before it)
     resume      (last.pt) where to continue: stage index, epoch, optimizer state by parameter name,
                 schedule, RNG states, early-stopping state, elapsed seconds, the summary's notes
 
@@ -66,6 +67,7 @@ class Checkpoint:
     raw_model: dict[str, torch.Tensor] | None = None
     temperature: float | None = None
     calibration: dict[str, Any] | None = None
+    unknown: dict[str, Any] | None = None  # the unknown-image detector (headstart.tasks.unknown), best.pt only
     resume: ResumeState | None = None
     version: int = STATE_VERSION
     task: str = "single-label"  # what a label is (tasks.registry): "single-label" or "multi-label"

@@ -176,6 +176,16 @@ def scores_section(checkpoint: Checkpoint, checkpoint_path: Path) -> list[str]:
             f"layer: the logits this model returns are divided by T, so its {activation} is calibrated as it is.{ece}",
             "",
         ]
+    if checkpoint.unknown is not None:
+        found = checkpoint.unknown
+        lines += [
+            "## Unknown images",
+            "",
+            f"`headstart.load` marks an image unknown (like none of the classes) when its {found['method']} score "
+            f"on the penultimate features is above {found['threshold']:.4g}, which {found['val_rate']:.1%} of the "
+            f"{found['val_images']} val images were; the detector is in `unknown.safetensors` (timm ignores it).",
+            "",
+        ]
     return lines
 
 

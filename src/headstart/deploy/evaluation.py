@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from headstart.core.plots import plot_confusion
+from headstart.deploy.unknown import unknown_line
 from headstart.tasks.single_label import SINGLE_LABEL
 
 
@@ -32,6 +33,7 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     scored: str = ""  # what was scored, in words: "the run's held-out test split", "folder ants/val"
     tag: str = ""  # the same as a file name part: "test", "val", "folder-ants-val"
+    unknown: dict[str, Any] | None = None  # flagged, rate, threshold, method, val_rate: with a detector
 
     figure_kind = "confusion matrix"
 
@@ -67,7 +69,8 @@ class Evaluation:
         headline = f"accuracy {self.accuracy:.4f} on {self.count} images"
         if self.plain_accuracy is not None:
             headline += f" with TTA ({self.tta}); without: {self.plain_accuracy:.4f}, change {self.accuracy - self.plain_accuracy:+.4f}"
-        lines = [*self.notes, headline, f"{'class':<20} precision  recall  f1      support"]
+        unknown = [unknown_line(self.unknown, self.count)] if self.unknown else []
+        lines = [*self.notes, headline, *unknown, f"{'class':<20} precision  recall  f1      support"]
         for row in self.per_class:
             lines.append(
                 f"{row['class']:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}"
@@ -86,6 +89,7 @@ class Evaluation:
             "confusion": self.confusion.tolist(),
             "classes": self.classes,
             "notes": self.notes,
+            **({"unknown": self.unknown} if self.unknown is not None else {}),
         }
 
     def plot(self, path: Path) -> Path:

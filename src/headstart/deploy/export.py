@@ -33,6 +33,7 @@ from headstart.core.fileio import atomic_write, writing
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.formats import FORMATS, Format, runtimes
+from headstart.deploy.unknown import RuleFields, description_fields, detector_of, scored_model, split_outputs
 from headstart.model.build import fold_temperature, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ def export(
 def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> None:
     """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
     assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
-    model = model_from_checkpoint(checkpoint)
+    classifier = model_from_checkpoint(checkpoint)
     if checkpoint.temperature is not None:  # every runtime then gives headstart's calibrated probabilities
-        fold_temperature(model, checkpoint.temperature)
+        fold_temperature(classifier, checkpoint.temperature)
+    # The detector scores the penultimate features, which the folded temperature leaves as they are.
+    model = scored_model(classifier, detector_of(checkpoint))
     size = checkpoint.preprocessing["image_size"]
     example = torch.zeros(2, 3, size, size)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
@@ -109,7 +112,7 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
         sidecar.update(temperature=checkpoint.temperature, temperature_applied=True)
     if checkpoint.task == "multi-label":  # a sigmoid per output, each tag given at or above its threshold
         sidecar.update(task=checkpoint.task, activation="sigmoid", thresholds=checkpoint.thresholds)
-    return sidecar
+    return {**sidecar, **description_fields(detector_of(checkpoint))}
 
 
 class _Description(BaseModel):
@@ -124,6 +127,7 @@ class _Description(BaseModel):
     temperature_applied: bool = False  # folded into the weights (files from before: applied by the loader)
     task: Literal["single-label", "multi-label"] = "single-label"
     thresholds: list[Annotated[float, Field(ge=0, le=1)]] | None = None
+    unknown: RuleFields | None = None  # the graph's second output is the unknown-image score
 
     @field_validator("classes")
     @classmethod
@@ -159,10 +163,11 @@ def read_sidecar(model_file: Path) -> dict[str, Any]:
 
 
 def check_outputs(forward, info: dict[str, Any], model_file: Path) -> None:
-    """One forward pass on a blank image: the model must take the described input and return one logit per class."""
+    """One forward pass on a blank image: one logit per class, and an unknown score where the description has a threshold."""
     size = info["preprocessing"]["image_size"]
     try:
-        shape = tuple(forward(torch.zeros(1, 3, size, size)).shape)
+        logits, score = split_outputs(forward(torch.zeros(1, 3, size, size)))
+        shape = tuple(logits.shape)
     except Exception as err:  # noqa: BLE001 - whatever the runtime raises, the file and its description disagree
         raise HeadstartError(
             f"{model_file} does not run on [1, 3, {size}, {size}] images as {sidecar_path(model_file).name} says "
@@ -172,6 +177,11 @@ def check_outputs(forward, info: dict[str, Any], model_file: Path) -> None:
         raise HeadstartError(
             f"{model_file} returns {shape[-1] if shape else 0} outputs but {sidecar_path(model_file).name} lists "
             f"{len(info['classes'])} classes: the description does not belong to this model"
+        )
+    if (info.get("unknown") is not None) != (score is not None and tuple(score.shape) == (1,)):
+        raise HeadstartError(
+            f"{model_file} and {sidecar_path(model_file).name} disagree on the unknown-image score output: "
+            "the description does not belong to this model"
         )
 
 

@@ -10,6 +10,7 @@ import torch
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
+from headstart.model.build import WithScore
 
 
 def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
@@ -20,7 +21,8 @@ def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
             (example,),
             str(target),
             input_names=["image"],
-            output_names=["logits"],
+            # A model with an unknown-image detector returns its score as a second output.
+            output_names=["logits", "unknown_score"] if isinstance(model, WithScore) else ["logits"],
             dynamic_shapes={"x": {0: batch}},
             external_data=False,
             dynamo=True,
@@ -33,7 +35,7 @@ def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
 
 
 def load(model_file: Path):
-    """images [N,3,S,S] -> logits, run by onnxruntime on the CPU."""
+    """images [N,3,S,S] -> logits (and the unknown score, where the graph has that output), run by onnxruntime on the CPU."""
     try:
         import onnxruntime
     except ImportError:
@@ -43,8 +45,12 @@ def load(model_file: Path):
     except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types: a file it cannot read
         raise HeadstartError(f"cannot load {model_file} with onnxruntime: {str(err).splitlines()[0][:160]}") from None
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(["logits"], {"image": batch.numpy()})[0])
+    names = [output.name for output in session.get_outputs()]
+    wanted = ["logits", "unknown_score"] if "unknown_score" in names else ["logits"]
+
+    def forward(batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = [torch.from_numpy(o) for o in session.run(wanted, {"image": batch.numpy()})]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     return forward
 

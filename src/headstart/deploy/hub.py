@@ -36,7 +36,9 @@ from headstart.core.fileio import default_permissions, writing
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.card import shareable_recipe
 from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
+from headstart.deploy.unknown import description_fields, detector_of, hub_scored, write_hub_detector
 from headstart.model.build import Classifier, build_model
+from headstart.tasks.unknown import UnknownRule
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
         block.update(temperature=checkpoint.temperature, temperature_applied=True)
     if checkpoint.task != "single-label":  # sigmoid outputs and the per-tag thresholds chosen on val
         block.update(task=checkpoint.task, thresholds=checkpoint.thresholds)
-    return block
+    unknown = description_fields(detector_of(checkpoint)).get("unknown")
+    return block if unknown is None else {**block, "unknown": unknown}
 
 
 def write_headstart_layout(model: Classifier, checkpoint: Checkpoint, folder: Path) -> None:
@@ -159,6 +162,9 @@ def write_folder(
             )
         else:
             write_headstart_layout(model, checkpoint, staging)
+        detector = detector_of(checkpoint)
+        if detector is not None:  # beside timm's weights file, which timm would refuse with extra tensors in it
+            write_hub_detector(staging, detector)
         write_card(staging, checkpoint, checkpoint_path, "timm" if net is not None else "headstart", model)
         default_permissions(staging)  # a folder to share: readable by others as the umask allows, not 0700 / 0600
         if target.exists():
@@ -181,8 +187,16 @@ def hub_task(folder: Path) -> tuple[str | None, list[float] | None]:
     return (None, None) if block is None else (block.task, block.thresholds)
 
 
+def hub_rule(folder: Path) -> UnknownRule | None:
+    """The unknown-image threshold of a headstart Hub folder (None for other timm folders and folders without one)."""
+    block = read_hub_config(folder).headstart
+    return None if block is None or block.unknown is None else block.unknown.rule()
+
+
 def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """(model in eval mode, classes, preprocessing) for a Hub folder: headstart's own or any timm one.
+
+    With an unknown-image detector the model returns (logits, score) (headstart.deploy.unknown).
 
     config.json and the weights' header are checked before anything is built (headstart.hubconfig).
     """
@@ -205,4 +219,4 @@ def load_hub(folder: Path) -> tuple[nn.Module, list[str], dict[str, Any]]:
         raise HeadstartError(
             f"cannot load the Hub folder {folder}: the weights do not fit config.json ({why})"
         ) from None
-    return model.eval(), config.labels, config.preprocessing
+    return hub_scored(folder, model.eval(), config.headstart), config.labels, config.preprocessing

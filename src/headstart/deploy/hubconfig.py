@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter, describe_validation_error
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.fileio import read_capped
+from headstart.deploy.unknown import RuleFields
 
 HUB_FORMAT = "headstart-hub-1"
 MAX_CONFIG_BYTES = 16 << 20  # a million class names fit; a config is a few KB
@@ -69,6 +70,7 @@ class HeadstartBlock(BaseModel):
     # What an output means: softmax over classes, or one sigmoid per tag given at or above its threshold.
     task: Literal["single-label", "multi-label"] = "single-label"
     thresholds: list[Annotated[float, Field(strict=False, ge=0, le=1)]] | None = None
+    unknown: RuleFields | None = None  # the unknown-image threshold; its tensors are in unknown.safetensors
 
     @model_validator(mode="after")
     def _thresholds_per_tag(self) -> HeadstartBlock:

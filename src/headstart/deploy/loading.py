@@ -9,17 +9,32 @@ from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
 from headstart.deploy.export import load_exported, sidecar_path
 from headstart.deploy.formats import model_suffixes
-from headstart.deploy.hub import hub_task, hub_temperature, is_hub_folder, load_hub
+from headstart.deploy.hub import hub_rule, hub_task, hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
+from headstart.deploy.unknown import rule_from_description
 
 
-def load(source: str | Path, device: str = "auto") -> Predictor:
-    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder."""
-    path = user_path(source)
+def load(source: str | Path, device: str = "auto", unknown: bool = True) -> Predictor:
+    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder.
+
+    unknown=False: predictions are not marked unknown even where the model has an unknown-image detector.
+    """
+    predictor = _load(user_path(source), device)
+    if not unknown:
+        predictor.unknown = None
+    return predictor
+
+
+def _load(path: Path, device: str) -> Predictor:
     if is_hub_folder(path) and not (path / BEST_FILE).is_file():
         task, thresholds = hub_task(path)
         return Predictor.from_module(
-            *load_hub(path), device=device, temperature=hub_temperature(path), task=task, thresholds=thresholds
+            *load_hub(path),
+            device=device,
+            temperature=hub_temperature(path),
+            task=task,
+            thresholds=thresholds,
+            unknown=hub_rule(path),
         )
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
@@ -31,5 +46,6 @@ def load(source: str | Path, device: str = "auto") -> Predictor:
             temperature=temperature,
             task=info["task"],
             thresholds=info["thresholds"],
+            unknown=rule_from_description(info),
         )
     return Predictor.from_checkpoint(load_checkpoint(path), device=device)

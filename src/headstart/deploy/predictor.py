@@ -30,9 +30,19 @@ from headstart.data.layouts import list_images
 from headstart.data.splits import Sample, label_tensor, list_class_folders
 from headstart.deploy.evaluation import Evaluation, evaluate_classes
 from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry, thresholds_or_default
+from headstart.deploy.unknown import (
+    Prediction,
+    detector_of,
+    entry_fields,
+    mark,
+    scored_model,
+    split_outputs,
+    unknown_summary,
+)
 from headstart.tasks.multi_label import MULTI_LABEL
 from headstart.tasks.registry import task_named
 from headstart.tasks.single_label import SINGLE_LABEL
+from headstart.tasks.unknown import UnknownRule
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +51,9 @@ TTA_MODES = ("flip", "crops")
 
 
 def prediction_entry(image: str, top: list[tuple[str, float]]) -> dict[str, Any]:
-    """One image's entry in `predict --json` (and the server's answer): its name and its top labels."""
-    return {"image": image, "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+    """One image's entry in `predict --json` (and the server's answer): its name, its top labels, and unknown if known."""
+    entry = {"image": image, "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+    return {**entry, **entry_fields(top)}
 
 
 def tta_mode(tta: str | bool | None) -> str | None:
@@ -87,7 +98,9 @@ class Predictor:
         recipe: dict[str, Any] | None = None,
         task: str | None = None,
         thresholds: list[float] | None = None,
+        unknown: UnknownRule | None = None,
     ):
+        # forward returns logits, or (logits, unknown-image score) for a model with a detector.
         self.forward = forward
         self.classes = list(classes)
         self.preprocessing: dict[str, Any] = {
@@ -102,14 +115,16 @@ class Predictor:
         # What an output means: a class (softmax) or a tag (sigmoid, given at or above its threshold).
         self.task = task_named(task)
         self.thresholds = thresholds
+        # The threshold on forward's score above which an image is "unknown"; None: nothing is flagged.
+        self.unknown = unknown
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str = "auto") -> Predictor:
         from headstart.model.build import model_from_checkpoint
 
-        model = model_from_checkpoint(checkpoint)
+        model, detector = model_from_checkpoint(checkpoint), detector_of(checkpoint)
         return cls.from_module(
-            model,
+            scored_model(model, detector),
             checkpoint.classes,
             checkpoint.preprocessing,
             device,
@@ -117,6 +132,7 @@ class Predictor:
             checkpoint.recipe,
             checkpoint.task,
             checkpoint.thresholds,
+            detector.rule if detector is not None else None,
         )
 
     @classmethod
@@ -130,10 +146,11 @@ class Predictor:
         recipe: dict[str, Any] | None = None,
         task: str | None = None,
         thresholds: list[float] | None = None,
+        unknown: UnknownRule | None = None,
     ) -> Predictor:
         hw = pick_hardware(device, "fp32", channels_last=False)
         model.to(hw.device)
-        return cls(model, classes, preprocessing, hw.to_input, temperature, recipe, task, thresholds)
+        return cls(model, classes, preprocessing, hw.to_input, temperature, recipe, task, thresholds, unknown)
 
     def to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from logits, divided by the fitted temperature first when the model has one."""
@@ -142,7 +159,14 @@ class Predictor:
     @torch.no_grad()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities for images already transformed with `self.transform` and stacked [N, 3, S, S]."""
-        return self.to_probabilities(self.forward(self.to_input(batch))).cpu()
+        return self.batch_outputs(batch)[0]
+
+    @torch.no_grad()
+    def batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(class probabilities, unknown-image scores or None) for a transformed batch, from one pass."""
+        logits, scores = split_outputs(self.forward(self.to_input(batch)))
+        known = scores is not None and self.unknown is not None
+        return self.to_probabilities(logits).cpu(), scores.float().cpu() if known else None  # type: ignore[union-attr]
 
     def probabilities(
         self, images: list[Image.Image], batch_size: int = 32, tta: str | bool | None = None
@@ -150,66 +174,84 @@ class Predictor:
         """Class probabilities per image, averaged over the test-time augmentation's views if one is named."""
         return self._scores(images, batch_size, tta_mode(tta), plain_too=False)[0]
 
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return split_outputs(self.forward(batch))[0]
+
     @torch.no_grad()
     def _scores(
         self, images: list[Image.Image], batch_size: int, mode: str | None, plain_too: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(probabilities with `mode`, and without it when plain_too), in one pass: flip TTA reuses the plain forward."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(probabilities with `mode`, without it when plain_too, unknown-image scores or None), in one pass.
+
+        Flip TTA reuses the plain forward; the unknown score is always the plain image's, as its threshold was fitted.
+        """
         crops = ten_crops(self.preprocessing) if mode == "crops" else None
-        augmented, plain = [], []
+        augmented, plain, unknown = [], [], []
         for start in range(0, len(images), batch_size):
             chunk = [to_rgb(image) for image in images[start : start + batch_size]]
-            if mode != "crops" or plain_too:
-                batch = self.to_input(torch.stack([self.transform(image) for image in chunk]))
-                plain.append(self.to_probabilities(self.forward(batch)).cpu())
+            if mode != "crops" or plain_too or self.unknown is not None:
+                batch = torch.stack([self.transform(image) for image in chunk])
+                probabilities, scores = self.batch_outputs(batch)
+                plain.append(probabilities)
+                unknown += [] if scores is None else [scores]
+                batch = self.to_input(batch)
             if mode == "flip":
-                augmented.append((plain[-1] + self.to_probabilities(self.forward(batch.flip(3))).cpu()) / 2)
+                augmented.append((plain[-1] + self.to_probabilities(self._logits(batch.flip(3))).cpu()) / 2)
             elif crops is not None:
                 views = torch.stack([crops(image) for image in chunk])  # [images, 10, 3, S, S]
-                logits = self.forward(self.to_input(views.flatten(0, 1))).float()
+                logits = self._logits(self.to_input(views.flatten(0, 1))).float()
                 augmented.append(self.to_probabilities(logits).unflatten(0, views.shape[:2]).mean(1).cpu())
         empty = torch.empty(0, len(self.classes))
         plain_all = torch.cat(plain) if plain else empty
+        unknown_all = torch.cat(unknown) if unknown else (torch.empty(0) if self.unknown and not images else None)
         if mode is None:
-            return plain_all, None
-        return (torch.cat(augmented) if augmented else empty), (plain_all if plain_too else None)
+            return plain_all, None, unknown_all
+        return (torch.cat(augmented) if augmented else empty), (plain_all if plain_too else None), unknown_all
 
     def predict(
         self, images: Sequence[str | Path | Image.Image], top_k: int = 3, tta: str | bool | None = None
-    ) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) for each image (paths or Pillow images).
+    ) -> list[Prediction]:
+        """Top-k (label, probability) for each image (paths or Pillow images), each marked `.unknown` (see Prediction).
 
         A multi-label model gives each image its tags instead: every (tag, probability) at or above
-        the tag's threshold, most probable first; an empty list is its "none of these".
+        the tag's threshold, most probable first; an empty list (`.unknown` true) is its "none of these".
         """
-        probabilities = self.probabilities_of(images, top_k, tta)
+        probabilities, scores = self.outputs_of(images, top_k, tta)
         if self.task is MULTI_LABEL:
             limits = thresholds_or_default(self.thresholds, self.classes)
-            return [given_tags(row, self.classes, limits) for row in probabilities.numpy()]
-        return self.top_labels(probabilities, top_k)
+            tagged = [given_tags(row, self.classes, limits) for row in probabilities.numpy()]
+            return [Prediction(tags, unknown=not tags) for tags in tagged]
+        return self.top_labels(probabilities, top_k, scores)
 
-    def probabilities_of(
+    def outputs_of(
         self, images: Sequence[str | Path | Image.Image], top_k: int = 1, tta: str | bool | None = None
-    ) -> torch.Tensor:
-        """Probabilities for images given as paths or Pillow images (top_k is checked here, for every caller)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, unknown-image scores or None) for images as paths or Pillow images (top_k checked here)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
-        return self.probabilities([_open(image) for image in images], tta=tta)
+        probabilities, _, scores = self._scores([_open(image) for image in images], 32, tta_mode(tta), plain_too=False)
+        return probabilities, scores
 
-    def entries(self, names: list[str], probabilities: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
-        """`predict --json` and the server's answers: per image its top labels (multi-label: its tags too)."""
+    def entries(
+        self, names: list[str], probabilities: torch.Tensor, top_k: int, scores: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
+        """`predict --json` and the server's answers: per image its top labels and, where known, `unknown`
+        (multi-label: its tags, unknown when none reaches its threshold)."""
         if self.task is MULTI_LABEL:
             limits = thresholds_or_default(self.thresholds, self.classes)
             return [tag_entry(n, row, self.classes, limits, top_k) for n, row in zip(names, probabilities.numpy())]
-        return [prediction_entry(name, top) for name, top in zip(names, self.top_labels(probabilities, top_k))]
+        return [prediction_entry(name, top) for name, top in zip(names, self.top_labels(probabilities, top_k, scores))]
 
-    def top_labels(self, probabilities: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
-        """The k most probable (label, probability) pairs of each row of `probabilities`."""
+    def top_labels(
+        self, probabilities: torch.Tensor, top_k: int, unknown_scores: torch.Tensor | None = None
+    ) -> list[Prediction]:
+        """The k most probable (label, probability) pairs of each row, flagged unknown where its score is above the threshold."""
         values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
-        return [
+        top = [
             [(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values.tolist(), indices.tolist())
         ]
+        return mark(top, unknown_scores, self.unknown)
 
     def evaluate(
         self, data: str | Path, confusion_png: Path | None = None, tta: str | bool | None = None
@@ -297,7 +339,7 @@ class Predictor:
             raise HeadstartError(f"no readable images in {where or 'the given samples'}")
         mode = tta_mode(tta)
         # With TTA the plain accuracy is measured too, so the change it makes is reported, not assumed.
-        probabilities, without = self._scores(
+        probabilities, without, unknown = self._scores(
             [Image.fromarray(a) for a in arrays], 32, mode, plain_too=mode is not None
         )
         paths = [path for path, _ in samples]
@@ -310,6 +352,7 @@ class Predictor:
             truth = np.array([label for _, label in samples])
             plain = float((SINGLE_LABEL.decide(without).numpy() == truth).mean()) if without is not None else None
             result = evaluate_classes(probabilities.numpy(), truth, self.classes, plain)
+            result.unknown = unknown_summary(unknown, self.unknown)
         result.tta, result.paths, result.scored, result.tag = mode, paths, scored or where, tag
         if confusion_png is not None:
             result.plot(confusion_png)

@@ -3,6 +3,7 @@
     headstart serve RUN_OR_EXPORT [--host 127.0.0.1] [--port 8000]
 
     POST /predict        one image (multipart field `file`, or the raw body) -> {"image", "top": [{"label", "probability"}]}
+                         (+ "unknown", "unknown_score" where the model has an unknown-image detector)
     POST /predict/batch  several (multipart fields `files`) -> a list of the same entries
     GET  /health, GET /metadata (classes, task, preprocessing, batching; calibration and thresholds when the model has them), GET / (a page)
 
@@ -25,6 +26,7 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -76,15 +78,17 @@ class Batcher:
         task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def probabilities(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Probabilities for transformed images [3, S, S], computed in whichever batches they land in."""
+    async def probabilities(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities (and unknown-image scores, or None) for transformed images [3, S, S], in whichever batches they land in."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in inputs]
         queue = self.queue
         assert queue is not None  # lifespan creates it before the app serves a request
         for tensor, future in zip(inputs, futures):
             queue.put_nowait((tensor, future))
-        return torch.stack(await asyncio.gather(*futures))
+        rows = await asyncio.gather(*futures)
+        scores = [score for _, score in rows if score is not None]
+        return torch.stack([row for row, _ in rows]), torch.stack(scores) if len(scores) == len(rows) else None
 
     async def collect(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
         queue = self.queue
@@ -111,16 +115,16 @@ class Batcher:
             items = await self.collect()
             batch = torch.stack([tensor for tensor, _ in items])
             try:
-                rows = await loop.run_in_executor(self.executor, self.predictor.batch_probabilities, batch)
+                rows, scores = await loop.run_in_executor(self.executor, self.predictor.batch_outputs, batch)
             except Exception as err:  # noqa: BLE001 - the waiting requests get the error, the loop goes on
                 for _, future in items:
                     if not future.done():
                         future.set_exception(err)
                 continue
             self.batches += 1
-            for (_, future), row in zip(items, rows):
+            for index, ((_, future), row) in enumerate(zip(items, rows)):
                 if not future.done():
-                    future.set_result(row)
+                    future.set_result((row, None if scores is None else scores[index]))
 
 
 class ClientGone(Exception):
@@ -192,18 +196,15 @@ def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) ->
         "task": predictor.task.name,
         "preprocessing": predictor.preprocessing,
         "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window * 1000},
-        "limits": {
-            "max_bytes": limits.max_bytes,
-            "max_pixels": limits.max_pixels,
-            "max_request_pixels": limits.max_request_pixels,
-            "max_files": limits.max_files,
-        },
+        "limits": limits.per_request(),
     }
     temperature = getattr(predictor, "temperature", None)
     if temperature is not None:  # calibration is reported only when the model has one
         info["calibration"] = {"temperature": temperature}
     if predictor.thresholds is not None:  # a multi-label model gives each tag at or above its threshold
         info["thresholds"] = dict(zip(predictor.classes, predictor.thresholds))
+    if predictor.unknown is not None:  # answers carry "unknown" and "unknown_score" (headstart.deploy.unknown)
+        info["unknown"] = asdict(predictor.unknown)
     return info
 
 
@@ -242,7 +243,9 @@ class Answers:
             raise BadUpload(400, "one image per /predict request; use /predict/batch for several")
         return uploads, check_request([data for _, data in uploads], self.limits)
 
-    async def probabilities(self, uploads: list[tuple[str, bytes]], pixels: list[int]) -> torch.Tensor:
+    async def probabilities(
+        self, uploads: list[tuple[str, bytes]], pixels: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         loop, tensors = asyncio.get_running_loop(), []
         async with self.in_flight.holding(len(uploads)):
             for (_, data), count in zip(uploads, pixels):
@@ -255,7 +258,7 @@ class Answers:
 
         try:
             uploads, pixels = await self.uploads(request, fields, single)
-            probabilities = await self.probabilities(uploads, pixels)
+            probabilities, scores = await self.probabilities(uploads, pixels)
         except BadUpload as err:
             log.info("refused an upload (%d): %s", err.status, err.reason)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
@@ -265,7 +268,7 @@ class Answers:
         except ShuttingDown:
             log.info("shutting down: dropped an upload that was still arriving")
             return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
-        entries = self.predictor.entries([name for name, _ in uploads], probabilities, top_k)
+        entries = self.predictor.entries([name for name, _ in uploads], probabilities, top_k, scores)
         return entries[0] if single else entries
 
 
@@ -343,6 +346,7 @@ def serve(
     allowed_hosts: tuple[str, ...] | None = None,
     read_seconds: float = ServerLimits.read_seconds,
     dry_run: bool = False,
+    unknown: bool = True,
 ) -> None:
     """Serve a run folder, checkpoint, exported file or Hub folder over HTTP until interrupted (or SIGTERM).
 
@@ -368,7 +372,7 @@ def serve(
     Batcher.check(max_batch, window_ms)
     if allowed_hosts is None:
         allowed_hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else ("*",)
-    predictor = load(source, device=device)
+    predictor = load(source, device=device, unknown=unknown)
     app = create_app(
         predictor, max_batch, window_ms, title=Path(source).name, limits=limits, allowed_hosts=allowed_hosts
     )

@@ -53,6 +53,10 @@ class ServerLimits:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise HeadstartError(f"server limit {name}={value!r}: give a finite number above 0")
 
+    def per_request(self) -> dict[str, int]:
+        """What a client must stay within (GET /metadata's "limits")."""
+        return {name: getattr(self, name) for name in ("max_bytes", "max_pixels", "max_request_pixels", "max_files")}
+
 
 def image_pixels(data: bytes, limits: ServerLimits) -> int:
     """Pixels of an upload, read from its header alone; BadUpload for anything refused before decoding."""

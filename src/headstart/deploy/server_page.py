@@ -37,7 +37,9 @@ async function send(file) {
   if (!response.ok) { error.textContent = body.detail || response.statusText; return; }
   // A multi-label model answers with its tags; "unknown" is either kind of model's "none of these".
   if (body.labels) note.textContent = 'tags: ' + (body.labels.map(t => t.label).join(', ') || 'none');
-  if (body.unknown) note.textContent = 'none of these' + (body.labels ? ' (no tag reaches its threshold)' : '');
+  if (body.unknown && body.labels) note.textContent = 'none of these (no tag reaches its threshold)';
+  else if (body.unknown) note.textContent = 'unknown: this image looks like none of the classes (score ' +
+    body.unknown_score.toPrecision(4) + '); the closest labels:';
   for (const {label, probability} of body.top) {
     const item = document.createElement('li');
     item.className = 'prediction';

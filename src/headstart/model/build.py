@@ -143,6 +143,31 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head's last Linear takes (every head kind ends in one): the features unknown images are told by."""
+        return self.head[:-1](self.features(x))
+
+
+class WithScore(nn.Module):
+    """A classifier with a second output from the same pass: `score` of its penultimate features.
+
+    What predicting and every exported graph run when the model has an unknown-image detector
+    (headstart.tasks.unknown): (logits [N, classes], score [N]).
+    """
+
+    def __init__(self, classifier: nn.Module, score: nn.Module):
+        super().__init__()
+        self.classifier, self.score = classifier, score
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.classifier
+        if isinstance(net, Classifier):
+            penultimate, output = net.penultimate(x), net.head[-1]
+        else:  # a stock timm classifier (a Hub folder in timm's layout): its pooled features, then its classifier
+            penultimate = net.forward_head(net.forward_features(x), pre_logits=True)  # type: ignore[operator]
+            output = net.get_classifier()  # type: ignore[operator]
+        return output(penultimate), self.score(penultimate)
+
 
 def check_backbone_name(name: str) -> None:
     if not timm.is_model(name):

@@ -36,6 +36,7 @@ from headstart.core.runs import (
 )
 from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import best_index
+from headstart.training.fit_unknown import fit_unknown_best, wants_unknown
 from headstart.training.hooks import Notes
 from headstart.training.resume import ResumePoint, set_rng_state
 from headstart.training.scoring import calibrate_best, score_test
@@ -166,8 +167,11 @@ def missing_after_stages(session: Session, run: RunFolder) -> list[str]:
     """What a run whose stages all finished still lacks (killed before it): its test score, calibration, summary."""
     missing = ["test score"] if has_test_split(session) and run.test is None else []
     # Read on every process, so that all of them go on (or stop) together.
-    if (run.path / BEST_FILE).is_file() and load_checkpoint(run.path / BEST_FILE).calibration is None:
+    best = load_checkpoint(run.path / BEST_FILE) if (run.path / BEST_FILE).is_file() else None
+    if best is not None and best.calibration is None:
         missing.append("calibration")
+    if best is not None and best.unknown is None and wants_unknown(session):
+        missing.append("unknown-image detector")
     if not (run.path / SUMMARY_FILE).is_file():  # killed after calibrating, before the summary was written
         missing.append("summary")
     return missing
@@ -180,8 +184,8 @@ def has_test_split(session: Session) -> bool:
 def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started: float) -> None:
     """Every stage from `first` on; the curves and summary are written whatever happens, once an epoch finished.
 
-    Then the calibration (with a multi-label model's thresholds) and the test score, each unless the
-    run holds it already (a resumed run that was killed between them).
+    Then the calibration (with a multi-label model's thresholds), the unknown-image detector and the
+    test score, each unless the run holds it already (a resumed run that was killed between them).
     """
     run, session = trainer.run, trainer.session
     try:
@@ -190,6 +194,7 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
         calibrate_best(session, trainer.best, run, trainer.notes)
         if has_test_split(session) and run.test is None:
             score_test(session, trainer.best, run)  # once, with the chosen weights; nothing is chosen by it
+        fit_unknown_best(session, trainer.best, run, trainer.notes)
     finally:
         if run.history and session.group.is_main:
             kept = best_index(run.history, trainer.recipe.run.monitor) + 1
