@@ -172,6 +172,7 @@ def test_training_records_tag_scores_thresholds_and_an_honest_test(tagged):
     assert "val_map" in header and "val_balanced_acc" not in header
     best = load_checkpoint(run / "best.pt")
     assert best.task == "multi-label" and len(best.thresholds) == 3
+    assert best.unknown is None  # no tag above its threshold is its own "none of these": no detector is fitted
     assert all(0 < t < 1 for t in best.thresholds)
     # Colour tags are easy: well above chance (a random ranking's mAP is about the positive rate, ~0.45).
     assert result.test["map"] > 0.9 and result.test["f1_micro"] > 0.8
@@ -213,7 +214,8 @@ def test_a_photo_with_no_tag_above_its_threshold_is_none_of_these(tagged, tmp_pa
     result, _ = tagged
     grey = tmp_path / "grey.png"
     Image.new("RGB", (24, 24), (128, 128, 128)).save(grey)
-    assert headstart.load(result.run_dir).predict([grey]) == [[]]
+    answer = headstart.load(result.run_dir).predict([grey])
+    assert answer == [[]] and answer[0].unknown is True
     assert main(["predict", str(result.run_dir), str(grey)]) == 0
     assert "none of these (no tag reaches its threshold" in capsys.readouterr().out
 
