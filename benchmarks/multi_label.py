@@ -29,26 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from defaults import HEAD_ALONE  # benchmarks/ is on the path when this script runs
 from PIL import Image
 
 import headstart
 
 TILE = 160  # each photo's share of a 320 x 320 mosaic
-PROBE = {
-    "stages": [
-        {
-            "name": "head",
-            "epochs": "auto",
-            "freeze": "backbone",
-            "lr": 2e-3,
-            "schedule": "constant",
-            "augment": "none",
-            "bn": "frozen",
-            "max_epochs": 60,
-            "early_stop": {"patience": 5},
-        }
-    ]
-}
+# The default recipe's cached head stage alone (benchmarks/defaults.py's, capped at 60 epochs as the default caps it).
+PROBE = {"stages": [{**HEAD_ALONE["stages"][0], "augment": "none", "bn": "frozen", "max_epochs": 60}]}
 VARIANTS = {"probe": PROBE, "default": {}, "asymmetric": {"run": {"multi_label_loss": "asymmetric"}}}
 MOSAICS = {"train": 420, "val": 80, "test": 160}
 PRIORS = (0, 10, 30, 100)  # pseudo-positives pulling a tag's threshold toward the shared one
@@ -124,36 +112,49 @@ def run(table: Path, variant: str, seed: int, out_dir: Path) -> dict:
     }
 
 
-def calibration(run_dirs: list[Path]) -> None:
-    """Test NLL and ECE of each run's sigmoids: uncalibrated, one temperature, one temperature per tag (fitted on val)."""
-    import torch
-
+def val_and_test(run_dir: Path, temperature: bool = True) -> dict:
+    """split -> (probabilities, 0/1 targets) of a run's val and test mosaics, through headstart.load in fp32."""
     from headstart.config.recipe import DataConfig
     from headstart.core.checkpoint import load_checkpoint
     from headstart.data.layouts import list_images
     from headstart.data.splits import label_tensor
+
+    checkpoint = load_checkpoint(run_dir / "best.pt")
+    predictor = headstart.load(run_dir)
+    predictor.temperature = predictor.temperature if temperature else None
+    split = list_images(DataConfig.model_validate(checkpoint.recipe["data"]))
+    scored = {}
+    for name, samples in (("val", split.val), ("test", split.test)):
+        probabilities = predictor.probabilities([Image.open(path).convert("RGB") for path, _ in samples])
+        scored[name] = probabilities, label_tensor([y for _, y in samples], len(split.classes), "multi-label")
+    return scored
+
+
+def print_row(name: str, *groups: list[float]) -> None:
+    print(f"| {name} | " + " | ".join(" / ".join(f"{v:.4f}" for v in group) for group in groups) + " |")
+
+
+def calibration(run_dirs: list[Path]) -> None:
+    """Test NLL and ECE of each run's sigmoids: uncalibrated, one temperature, one temperature per tag (fitted on val)."""
+    import torch
+
     from headstart.tasks.calibration import expected_calibration_error, fit_temperature
     from headstart.tasks.multi_label import MULTI_LABEL
 
     print("| run | test NLL: none / one T / per-tag T | test ECE: none / one T / per-tag T |")
     print("|---|---|---|")
     for run_dir in run_dirs:
-        checkpoint = load_checkpoint(run_dir / "best.pt")
-        predictor = headstart.load(run_dir)
-        predictor.temperature = None
-        split = list_images(DataConfig.model_validate(checkpoint.recipe["data"]))
         logits, targets = {}, {}
-        for name, samples in (("val", split.val), ("test", split.test)):
-            p = predictor.probabilities([Image.open(path).convert("RGB") for path, _ in samples]).clamp(1e-6, 1 - 1e-6)
-            logits[name] = torch.log(p / (1 - p)).double()
-            targets[name] = label_tensor([y for _, y in samples], len(split.classes), "multi-label").double()
+        for name, (p, y) in val_and_test(run_dir, temperature=False).items():
+            p = p.clamp(1e-6, 1 - 1e-6)
+            logits[name], targets[name] = torch.log(p / (1 - p)).double(), y.double()
         one = fit_temperature(logits["val"], targets["val"], MULTI_LABEL)
         per_tag = torch.tensor(
             [
                 fit_temperature(
                     logits["val"][:, k : k + 1].repeat(1, 2), targets["val"][:, k : k + 1].repeat(1, 2), MULTI_LABEL
                 )
-                for k in range(len(split.classes))
+                for k in range(targets["val"].shape[1])
             ],
             dtype=torch.float64,
         )
@@ -162,44 +163,24 @@ def calibration(run_dirs: list[Path]) -> None:
             scaled = logits["test"] / t
             nll.append(float(MULTI_LABEL.nll(scaled, targets["test"])))
             ece.append(expected_calibration_error(scaled.sigmoid(), targets["test"], task=MULTI_LABEL))
-        print(
-            f"| {run_dir.name} (T {one:.2f}) | "
-            + " / ".join(f"{v:.4f}" for v in nll)
-            + " | "
-            + " / ".join(f"{v:.4f}" for v in ece)
-            + " |"
-        )
+        print_row(f"{run_dir.name} (T {one:.2f})", nll, ece)
 
 
 def thresholds(run_dirs: list[Path]) -> None:
     """Test micro-/macro-F1 at 0.5, at one threshold for all tags and at one per tag, both chosen on val for F1."""
-    from headstart.config.recipe import DataConfig
-    from headstart.core.checkpoint import load_checkpoint
-    from headstart.data.layouts import list_images
-    from headstart.data.splits import label_tensor
     from headstart.tasks.tag_metrics import choose_thresholds, tag_scores
 
     rules = "0.5 / one for all / " + " / ".join(f"per tag, prior {p:g}" for p in PRIORS)
     print(f"| run | test micro-F1: {rules} | test macro-F1: {rules} |")
     print("|---|---|---|")
     for run_dir in run_dirs:
-        checkpoint = load_checkpoint(run_dir / "best.pt")
-        predictor = headstart.load(run_dir)
-        split = list_images(DataConfig.model_validate(checkpoint.recipe["data"]))
-        scored = {}
-        for name, samples in (("val", split.val), ("test", split.test)):
-            p = predictor.probabilities([Image.open(path).convert("RGB") for path, _ in samples]).numpy()
-            scored[name] = p, label_tensor([y for _, y in samples], len(split.classes), "multi-label").numpy()
+        scored = {name: (p.numpy(), y.numpy()) for name, (p, y) in val_and_test(run_dir).items()}
         val_p, val_y = scored["val"]
         flat = choose_thresholds(val_p, val_y, prior=1e9)[0]  # one cut for every (image, tag)
         rules = [0.5, np.full(val_p.shape[1], flat)] + [choose_thresholds(val_p, val_y, prior) for prior in PRIORS]
         results = [tag_scores(*scored["test"], rule) for rule in rules]
-        print(
-            f"| {run_dir.name} (one cut {flat:.2f}) | "
-            + " / ".join(f"{r['f1_micro']:.4f}" for r in results)
-            + " | "
-            + " / ".join(f"{r['f1_macro']:.4f}" for r in results)
-            + " |"
+        print_row(
+            f"{run_dir.name} (one cut {flat:.2f})", [r["f1_micro"] for r in results], [r["f1_macro"] for r in results]
         )
 
 

@@ -15,7 +15,7 @@ from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
 from headstart.data import tags_csv
-from headstart.data.splits import SPLIT_NAMES, SPLITS, DataSplit, carve, check_classes, merge_splits, split_here
+from headstart.data.splits import DataSplit, carve, check_classes, csv_image_and_split, merge_splits, split_here
 
 log = logging.getLogger("headstart")
 
@@ -61,16 +61,8 @@ def read_csv(path: Path, rows: list[list[str]]) -> tuple[dict[str, dict[str, lis
             continue
         if len(row) <= max(columns["path"], columns["label"]):
             raise HeadstartError(f"{path}, line {number}: expected 'path,label[,split]', got {','.join(row)!r}")
-        image = Path(row[columns["path"]].strip())
-        image = image if image.is_absolute() else path.parent / image
+        image, split = csv_image_and_split(row, columns, path, number)
         label = safe_component(row[columns["label"]].strip(), f"{path}, line {number}: label")
-        given = row[columns["split"]].strip() if "split" in columns and len(row) > columns["split"] else ""
-        split = SPLIT_NAMES.get(given.lower(), "?") if given else ""
-        if split == "?":
-            raise HeadstartError(
-                f"{path}, line {number}: split {given!r} is not one of train, val, test "
-                f"(or {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)})"
-            )
         if image in seen:
             if seen[image][:2] != (label, split):
                 raise HeadstartError(

@@ -87,6 +87,20 @@ def label_tensor(labels: list[Label], n_classes: int, task: str) -> torch.Tensor
     return hot
 
 
+def csv_image_and_split(row: list[str], columns: dict[str, int], where: Path, number: int) -> tuple[Path, str]:
+    """A CSV row's image (relative to the CSV's folder) and split ('' when the row names none)."""
+    image = Path(row[columns["path"]].strip())
+    at = columns.get("split")
+    given = row[at].strip() if at is not None and len(row) > at else ""
+    split = SPLIT_NAMES.get(given.lower(), "?") if given else ""
+    if split == "?":
+        raise HeadstartError(
+            f"{where}, line {number}: split {given!r} is not one of train, val, test "
+            f"(or {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)})"
+        )
+    return (image if image.is_absolute() else where.parent / image), split
+
+
 # ----------------------------------------------------------------------------- class folders
 
 

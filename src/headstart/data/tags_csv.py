@@ -23,7 +23,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
-from headstart.data.splits import MULTI, SPLIT_NAMES, SPLITS, DataSplit, Label, label_counts
+from headstart.data.splits import MULTI, SPLITS, DataSplit, Label, csv_image_and_split, label_counts
 
 log = logging.getLogger("headstart")
 
@@ -108,14 +108,8 @@ def read_rows(
             continue
         if len(row) <= needed:
             raise HeadstartError(f"{where}, line {number}: expected {len(rows[0])} columns, got {','.join(row)!r}")
-        image = Path(row[form.columns["path"]].strip())
-        image = image if image.is_absolute() else where.parent / image
+        image, split = csv_image_and_split(row, form.columns, where, number)
         tags = wide_tags(row, form, where, number) if form.kind == "wide" else long_tags(row, form, cfg, where, number)
-        at = form.columns.get("split")
-        given = row[at].strip() if at is not None and len(row) > at else ""
-        split = SPLIT_NAMES.get(given.lower(), "?") if given else ""
-        if split == "?":
-            raise HeadstartError(f"{where}, line {number}: split {given!r} is not one of train, val, test")
         if image in seen:
             if seen[image][:2] != (tags, split):
                 raise HeadstartError(

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, pre
 DEFAULT_THRESHOLD = 0.5
 # Pseudo-positives pulling each tag's own threshold toward the shared one. On mosaics of textures and
 # cat_breeds (80 val images, 15-30 positives per tag) a tag's own F1-best cut overfit val: test
-# micro-F1 0.731 / 0.643 with each tag's own, 0.756 / 0.647 with one shared cut, 0.757 / 0.650 at
+# micro-F1 0.735 / 0.643 with each tag's own, 0.760 / 0.647 with one shared cut, 0.760 / 0.650 at
 # prior 100 (BENCHMARKS.md, multi-label). With thousands of positives a tag keeps its own.
 THRESHOLD_PRIOR = 100.0
 

@@ -17,22 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from headstart.config.trackers import TRACKERS
+from headstart.core.runs import HISTORY_FIELDS
 
 # Logged where the row has them (single-label rows have balanced accuracy and F1, multi-label rows mAP and the rest).
-METRICS = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_balanced_acc",
-    "val_f1",
-    "val_map",
-    "val_f1_micro",
-    "val_f1_macro",
-    "val_exact_match",
-    "lr",
-    "seconds",
-)
+METRICS = tuple(f for f in HISTORY_FIELDS if f.startswith(("train_", "val_")) or f in ("lr", "seconds"))
 
 
 class Tracker(Protocol):
