@@ -341,3 +341,9 @@ def test_auto_monitor_is_the_tasks_own(tagged, colour_folder, tmp_path):
     stages = [{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05}]
     single = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", stages=stages), quiet=True)
     assert single.monitor == "val_loss"
+
+
+def test_the_label_delimiters_default_space_shows_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default: ' ')" in capsys.readouterr().out

@@ -138,7 +138,9 @@ def with_default(help_text: str | None, default: Any) -> str | None:
         return help_text
     if help_text and "default" in help_text:
         return help_text
-    shown = f"(default: {default})".replace("%", "%%")  # argparse %-formats help lines
+    # A default with blanks at its ends (data.label_delim's space) is quoted, or the help shows nothing.
+    value = repr(default) if isinstance(default, str) and default != default.strip() else default
+    shown = f"(default: {value})".replace("%", "%%")  # argparse %-formats help lines
     return f"{help_text} {shown}" if help_text else shown
 
 
