@@ -82,6 +82,30 @@ def test_ema_warms_up_so_a_short_run_averages_recent_weights_not_the_initial_one
         assert not torch.equal(averaged, raw)
 
 
+def test_the_ema_of_the_trained_part_equals_timms_whole_model_ema_across_a_stage_change():
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    ours, timms = weight_average(model, 0.9), ModelEmaV3(model, decay=0.9, use_warmup=True)
+    step = 0
+    for frozen in ((0, 1), ()):  # a head stage (conv and BatchNorm frozen), then everything
+        for index, p in enumerate(model.parameters()):
+            p.requires_grad = index // 2 not in frozen
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        for _ in range(3):
+            model.train()
+            model(torch.randn(8, 3, 6, 6)).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            ours.update(model, step=step)
+            timms.update(model, step=step)
+    for (name, a), b in zip(ours.module.state_dict().items(), timms.module.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
 def test_mixup_targets_are_soft_and_sum_to_one():
     torch.manual_seed(0)
     mix = SoftTargets(mixup=0.4, cutmix=0.0, smoothing=0.1, classes=5)

@@ -24,7 +24,7 @@ from headstart.config.recipe import Stage
 from headstart.core.checkpoint import Checkpoint, ResumeState, load_checkpoint
 from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
 from headstart.tasks.metrics import best_index, improved
-from headstart.training.loop import divergence, weight_average
+from headstart.training.loop import changing_names, divergence, weight_average
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -85,12 +85,19 @@ class WeightAverage:
         if self.ema is None:
             yield
             return
-        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.ema.module.state_dict())
+        # Only what training changes differs between the two (frozen weights are equal): swap just that.
+        state, averaged = self.model.state_dict(), self.ema.module.state_dict()
+        names = [name for name in changing_names(self.model) if name in state]
+        raw = {name: state[name].clone() for name in names}
+        with torch.no_grad():
+            for name in names:
+                state[name].copy_(averaged[name])
         try:
             yield
         finally:
-            self.model.load_state_dict(raw)
+            with torch.no_grad():
+                for name in names:
+                    state[name].copy_(raw[name])
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         if self.ema is not None:
