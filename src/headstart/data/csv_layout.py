@@ -15,7 +15,15 @@ from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
 from headstart.data import tags_csv
-from headstart.data.splits import DataSplit, carve, check_classes, csv_image_and_split, merge_splits, split_here
+from headstart.data.splits import (
+    DataSplit,
+    ListedOnce,
+    carve,
+    check_classes,
+    csv_image_and_split,
+    merge_splits,
+    split_here,
+)
 
 log = logging.getLogger("headstart")
 
@@ -54,8 +62,7 @@ def read_csv(path: Path, rows: list[list[str]]) -> tuple[dict[str, dict[str, lis
     the same image under two labels is an error.
     """
     columns, first = csv_columns(rows)
-    seen: dict[Path, tuple[str, str, int]] = {}
-    duplicates = 0
+    seen = ListedOnce(path, "label")
     for number, row in enumerate(rows[first:], start=first + 1):
         if not any(cell.strip() for cell in row):
             continue
@@ -63,23 +70,12 @@ def read_csv(path: Path, rows: list[list[str]]) -> tuple[dict[str, dict[str, lis
             raise HeadstartError(f"{path}, line {number}: expected 'path,label[,split]', got {','.join(row)!r}")
         image, split = csv_image_and_split(row, columns, path, number)
         label = safe_component(row[columns["label"]].strip(), f"{path}, line {number}: label")
-        if image in seen:
-            if seen[image][:2] != (label, split):
-                raise HeadstartError(
-                    f"{path}, line {number}: {image.name} is listed again with another label or split "
-                    f"(line {seen[image][2]}: {seen[image][0]}); list each image once"
-                )
-            duplicates += 1
-            continue
-        seen[image] = (label, split, number)
-    if duplicates:
-        log.warning(
-            "%s lists %d row(s) twice; each image is used once (a repeat could land in train and val)", path, duplicates
-        )
+        seen.add(image, label, split, number)
+    seen.warn_repeats()
     splits: dict[str, dict[str, list[Path]]] = {}
-    for image, (label, split, _) in seen.items():
+    for image, (label, split, _) in seen.rows.items():
         splits.setdefault(split, {}).setdefault(label, []).append(image)
-    return splits, any(split for _, split, _ in seen.values())
+    return splits, any(split for _, split, _ in seen.rows.values())
 
 
 def list_csv(path: Path, cfg: DataConfig) -> DataSplit:

@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +100,37 @@ def csv_image_and_split(row: list[str], columns: dict[str, int], where: Path, nu
             f"(or {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)})"
         )
     return (image if image.is_absolute() else where.parent / image), split
+
+
+class ListedOnce:
+    """A CSV's rows by image: a row repeated exactly is kept once (one warning for all), one that differs is an error.
+
+    `what` names the value in messages ("label", "tags"); a repeat could otherwise land in train and val.
+    """
+
+    def __init__(self, where: Path, what: str):
+        self.where, self.what = where, what
+        self.rows: dict[Path, tuple[Any, str, int]] = {}  # image -> (value, split, line)
+        self.repeats = 0
+
+    def add(self, image: Path, value: Any, split: str, number: int) -> None:
+        if image in self.rows:
+            if self.rows[image][:2] != (value, split):
+                raise HeadstartError(
+                    f"{self.where}, line {number}: {image.name} is listed again with another {self.what} or split "
+                    f"(line {self.rows[image][2]}: {self.rows[image][0]}); list each image once"
+                )
+            self.repeats += 1
+            return
+        self.rows[image] = (value, split, number)
+
+    def warn_repeats(self) -> None:
+        if self.repeats:
+            log.warning(
+                "%s lists %d row(s) twice; each image is used once (a repeat could land in train and val)",
+                self.where,
+                self.repeats,
+            )
 
 
 # ----------------------------------------------------------------------------- class folders

@@ -23,7 +23,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
-from headstart.data.splits import MULTI, SPLITS, DataSplit, Label, csv_image_and_split, label_counts
+from headstart.data.splits import MULTI, SPLITS, DataSplit, Label, ListedOnce, csv_image_and_split, label_counts
 
 log = logging.getLogger("headstart")
 
@@ -100,8 +100,7 @@ def read_rows(
     rows: list[list[str]], form: Form, cfg: DataConfig, where: Path
 ) -> dict[Path, tuple[tuple[str, ...], str]]:
     """image -> (its tags, its split ('' when none)); a repeated identical row is kept once, a conflicting one refused."""
-    seen: dict[Path, tuple[tuple[str, ...], str, int]] = {}
-    repeats = 0
+    seen = ListedOnce(where, "tags")
     needed = max(form.columns.values()) if form.kind == "wide" else max(form.columns["path"], form.columns["label"])
     for number, row in enumerate(rows[form.first :], start=form.first + 1):
         if not any(cell.strip() for cell in row):
@@ -110,18 +109,9 @@ def read_rows(
             raise HeadstartError(f"{where}, line {number}: expected {len(rows[0])} columns, got {','.join(row)!r}")
         image, split = csv_image_and_split(row, form.columns, where, number)
         tags = wide_tags(row, form, where, number) if form.kind == "wide" else long_tags(row, form, cfg, where, number)
-        if image in seen:
-            if seen[image][:2] != (tags, split):
-                raise HeadstartError(
-                    f"{where}, line {number}: {image.name} is listed again with other tags or split "
-                    f"(line {seen[image][2]}); list each image once"
-                )
-            repeats += 1
-            continue
-        seen[image] = (tags, split, number)
-    if repeats:
-        log.warning("%s lists %d row(s) twice; each image is used once", where, repeats)
-    return {image: (tags, split) for image, (tags, split, _) in seen.items()}
+        seen.add(image, tags, split, number)
+    seen.warn_repeats()
+    return {image: (tags, split) for image, (tags, split, _) in seen.rows.items()}
 
 
 def long_tags(row: list[str], form: Form, cfg: DataConfig, where: Path, number: int) -> tuple[str, ...]:
