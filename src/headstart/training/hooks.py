@@ -24,7 +24,7 @@ from headstart.config.recipe import Stage
 from headstart.core.checkpoint import Checkpoint, ResumeState, load_checkpoint
 from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
 from headstart.tasks.metrics import best_index, improved
-from headstart.training.loop import changing_names, divergence, weight_average
+from headstart.training.loop import divergence, weight_average
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -87,7 +87,7 @@ class WeightAverage:
             return
         # Only what training changes differs between the two (frozen weights are equal): swap just that.
         state, averaged = self.model.state_dict(), self.ema.module.state_dict()
-        names = [name for name in changing_names(self.model) if name in state]
+        names = self.ema.moving(self.model)
         raw = {name: state[name].clone() for name in names}
         with torch.no_grad():
             for name in names:
