@@ -188,3 +188,19 @@ def test_evaluate_never_replaces_the_runs_own_files_and_names_what_it_scored(tra
     assert f"confusion matrix: {run / 'confusion-val-tta-flip.png'}" in out
     assert titles[0].startswith("the run's held-out val split, no TTA")
     assert titles[1].startswith("the run's held-out val split, TTA (flip)")
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`headstart backbones | head -1`: the reader goes away early; no traceback, no 'Exception ignored'."""
+    import os
+    import subprocess
+    import sys
+
+    script = "import sys; from headstart.cli import main; sys.exit(main(['backbones']))"
+    # A pipe closed before anything is written: the first write fails, as with `| head` on long output.
+    reader, writer = os.pipe()
+    os.close(reader)
+    done = subprocess.run([sys.executable, "-c", script], stdout=writer, stderr=subprocess.PIPE, text=True)
+    os.close(writer)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

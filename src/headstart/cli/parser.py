@@ -6,6 +6,7 @@ import argparse
 import errno
 import io
 import logging
+import os
 import sys
 
 from headstart.cli import commands
@@ -302,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"headstart: {interrupted_message(err)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`headstart predict … | head`): stop quietly, as other command-line tools do.
+        quiet_stdout()
+        return 1
     except OSError as err:
         # A write this command has no guard for (a tracker's files, say) on a full or read-only disk.
         if err.errno not in WRITE_ERRNOS:
@@ -316,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         log.propagate = saved[1]
         for stream, errors in strict:
             stream.reconfigure(errors=errors)
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not hit the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's captured stream)
+        pass
 
 
 if __name__ == "__main__":
