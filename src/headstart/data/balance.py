@@ -28,10 +28,6 @@ IMBALANCE_RATIO = 3.0
 DEFAULT_REMEDY: BalanceName = "sampler"
 
 
-def class_counts(labels: Sequence[Label], n_classes: int) -> np.ndarray:
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
-
-
 def choose_balance(
     setting: BalanceName | None, labels: list[Label], classes: list[str], task: str = SINGLE
 ) -> BalanceName:
@@ -48,7 +44,7 @@ def choose_balance(
                 "use weights (per-label positive weights) or none"
             )
         return setting or "none"
-    counts = class_counts(labels, len(classes))
+    counts = label_counts(labels, len(classes))
     big, small = int(np.flatnonzero(counts == counts.max())[0]), int(np.flatnonzero(counts == counts.min())[0])
     imbalanced = counts[small] > 0 and counts[big] >= IMBALANCE_RATIO * counts[small]
     chosen: BalanceName = setting or (DEFAULT_REMEDY if imbalanced else "none")
@@ -68,7 +64,7 @@ def choose_balance(
 
 def class_weights(labels: Sequence[Label], n_classes: int) -> torch.Tensor:
     """Inverse-frequency loss weights, n / (k * n_c): 1 for every class of a balanced set."""
-    counts = class_counts(labels, n_classes).astype(np.float64)
+    counts = label_counts(labels, n_classes).astype(np.float64)
     weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros_like(counts), where=counts > 0)
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -83,6 +79,6 @@ def positive_weights(labels: list[Label], n_classes: int) -> torch.Tensor:
 
 def sample_weights(labels: Sequence[Label], n_classes: int) -> torch.Tensor:
     """Drawing weights for GlobalBatches: 1/(k * n_c) per image, so each class fills 1/k of every epoch on average."""
-    counts = class_counts(labels, n_classes).astype(np.float64)
+    counts = label_counts(labels, n_classes).astype(np.float64)
     per_image = 1.0 / (n_classes * counts[np.asarray(labels, dtype=np.int64)])
     return torch.tensor(per_image, dtype=torch.float64)

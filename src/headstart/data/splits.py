@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,11 @@ class DataSplit:
         return f"layout: {self.layout} \u2192 {sizes}"
 
 
-def label_counts(labels: list[Label], n_classes: int) -> np.ndarray:
+def label_counts(labels: Sequence[Label], n_classes: int) -> np.ndarray:
     """Images per class: of that class (single-label) or carrying that tag (multi-label)."""
-    counts = np.zeros(n_classes, dtype=np.int64)
-    for label in labels:
-        counts[list(label) if isinstance(label, tuple) else label] += 1
-    return counts
+    if any(isinstance(label, tuple) for label in labels):
+        labels = [k for label in labels for k in (label if isinstance(label, tuple) else (label,))]
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
 
 
 def label_tensor(labels: list[Label], n_classes: int, task: str) -> torch.Tensor:
