@@ -20,6 +20,7 @@ from headstart.core.errors import HeadstartError
 from headstart.core.runs import CONFUSION_FILE, read_test
 from headstart.data.splits import label_counts
 from headstart.deploy.tags import TagEvaluation
+from headstart.tasks.tag_metrics import thresholds_or_default
 
 
 def local_name(value: str) -> str:
@@ -193,7 +194,7 @@ def task_line(checkpoint: Checkpoint) -> str:
     """What the outputs mean: one class per image, or any number of tags per image with their thresholds."""
     if checkpoint.task != "multi-label":
         return "Task: **single-label** classification (softmax over the classes: one class per image)."
-    thresholds = checkpoint.thresholds or [0.5] * len(checkpoint.classes)
+    thresholds = thresholds_or_default(checkpoint.thresholds, len(checkpoint.classes))
     given = ", ".join(f"{c} {t:.3f}" for c, t in zip(checkpoint.classes, thresholds))
     return (
         "Task: **multi-label** tagging: one sigmoid per tag; an image carries every tag whose probability reaches "

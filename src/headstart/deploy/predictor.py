@@ -29,7 +29,7 @@ from headstart.data.images import build_transforms, decode_all, open_image, shor
 from headstart.data.layouts import list_images
 from headstart.data.splits import Sample, label_tensor, list_class_folders
 from headstart.deploy.evaluation import Evaluation, evaluate_classes
-from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry, thresholds_or_default
+from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry
 from headstart.deploy.unknown import (
     Prediction,
     detector_of,
@@ -42,6 +42,7 @@ from headstart.deploy.unknown import (
 from headstart.tasks.multi_label import MULTI_LABEL
 from headstart.tasks.registry import task_named
 from headstart.tasks.single_label import SINGLE_LABEL
+from headstart.tasks.tag_metrics import thresholds_or_default
 from headstart.tasks.unknown import UnknownRule
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ class Predictor:
         """
         probabilities, scores = self.outputs_of(images, top_k, tta)
         if self.task is MULTI_LABEL:
-            limits = thresholds_or_default(self.thresholds, self.classes)
+            limits = thresholds_or_default(self.thresholds, len(self.classes))
             tagged = [given_tags(row, self.classes, limits) for row in probabilities.numpy()]
             return [Prediction(tags, unknown=not tags) for tags in tagged]
         return self.top_labels(probabilities, top_k, scores)
@@ -238,7 +239,7 @@ class Predictor:
         """`predict --json` and the server's answers: per image its top labels and, where known, `unknown`
         (multi-label: its tags, unknown when none reaches its threshold)."""
         if self.task is MULTI_LABEL:
-            limits = thresholds_or_default(self.thresholds, self.classes)
+            limits = thresholds_or_default(self.thresholds, len(self.classes))
             return [tag_entry(n, row, self.classes, limits, top_k) for n, row in zip(names, probabilities.numpy())]
         return [prediction_entry(name, top) for name, top in zip(names, self.top_labels(probabilities, top_k, scores))]
 
@@ -259,8 +260,9 @@ class Predictor:
         """Accuracy, per-class precision/recall and confusion matrix on DATA/val/<class>/ (or DATA/<class>/).
 
         A multi-label model is scored on a tags CSV (every row): mAP, micro-/macro-F1, exact match and
-        the per-tag table at its thresholds (deploy.tags.TagEvaluation). For a run's checkpoint, DATA being the run's own data source means its held-out split is scored,
-        and on another folder the files that are the run's training files are counted in a warning.
+        the per-tag table at its thresholds (deploy.tags.TagEvaluation). For a run's checkpoint, DATA
+        being the run's own data source means its held-out split is scored, and on another folder the
+        files that are the run's training files are counted in a warning.
         """
         cfg = self._training_data()
         if cfg is not None and same_source(data, cfg):

@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 
 from headstart.core.plots import Target, plot_precision_recall
-from headstart.tasks.tag_metrics import DEFAULT_THRESHOLD, per_tag_table, tag_scores
-
-
-def thresholds_or_default(thresholds: list[float] | None, classes: list[str]) -> np.ndarray:
-    return np.asarray(thresholds if thresholds is not None else [DEFAULT_THRESHOLD] * len(classes), dtype=np.float64)
+from headstart.tasks.multi_label import MULTI_LABEL
+from headstart.tasks.tag_metrics import per_tag_table, tag_scores, thresholds_or_default
 
 
 def given_tags(row: np.ndarray, classes: list[str], thresholds: np.ndarray) -> list[tuple[str, float]]:
     """(tag, probability) for every tag at or above its threshold, most probable first."""
-    chosen = [k for k in range(len(classes)) if row[k] >= thresholds[k]]
+    chosen = np.flatnonzero(MULTI_LABEL.decide(row, thresholds))
     return [(classes[k], float(row[k])) for k in sorted(chosen, key=lambda k: -row[k])]
 
 
@@ -124,8 +121,8 @@ class TagEvaluation:
 def evaluate_tags(
     probabilities: np.ndarray, truth: np.ndarray, classes: list[str], thresholds: list[float] | None
 ) -> TagEvaluation:
-    limits = thresholds_or_default(thresholds, classes)
-    decided = probabilities >= limits
+    limits = thresholds_or_default(thresholds, len(classes))
+    decided = MULTI_LABEL.decide(probabilities, limits).astype(bool)
     return TagEvaluation(
         classes=classes,
         count=len(truth),

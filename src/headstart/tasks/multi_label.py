@@ -17,6 +17,8 @@ from torch import nn
 from headstart.config.recipe import MonitorName
 from headstart.tasks.single_label import Scores
 
+DEFAULT_THRESHOLD = 0.5  # a tag's threshold while training, and for a model without chosen ones
+
 
 class SmoothedBCE(nn.Module):
     """Binary cross-entropy on logits, the targets moved towards 0.5 by `smoothing`, positives weighted per tag."""
@@ -59,9 +61,9 @@ class MultiLabel:
     def decide(self, probabilities: Scores, thresholds: Scores | None = None) -> Scores:
         """0/1 per (image, tag): the probability at or above the tag's threshold (0.5 where none is given)."""
         if isinstance(probabilities, torch.Tensor):
-            limit = thresholds if thresholds is not None else torch.full((probabilities.shape[1],), 0.5)
+            limit = thresholds if thresholds is not None else torch.full((probabilities.shape[-1],), DEFAULT_THRESHOLD)
             return (probabilities >= limit.to(probabilities.device)).long()
-        limit = np.asarray(thresholds) if thresholds is not None else 0.5
+        limit = np.asarray(thresholds) if thresholds is not None else DEFAULT_THRESHOLD
         return (np.asarray(probabilities) >= limit).astype(np.int64)
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> int:

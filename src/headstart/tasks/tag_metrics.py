@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
 
-DEFAULT_THRESHOLD = 0.5
+from headstart.tasks.multi_label import DEFAULT_THRESHOLD, MULTI_LABEL
+
 # Pseudo-positives pulling each tag's own threshold toward the shared one. On mosaics of textures and
 # cat_breeds (80 val images, 15-30 positives per tag) a tag's own F1-best cut overfit val: test
 # micro-F1 0.735 / 0.643 with each tag's own, 0.760 / 0.647 with one shared cut, 0.760 / 0.650 at
@@ -20,13 +21,17 @@ DEFAULT_THRESHOLD = 0.5
 THRESHOLD_PRIOR = 100.0
 
 
+def thresholds_or_default(thresholds: list[float] | None, count: int) -> np.ndarray:
+    """A model's per-tag thresholds, or DEFAULT_THRESHOLD for each of its `count` tags where it has none."""
+    return np.asarray(thresholds if thresholds is not None else [DEFAULT_THRESHOLD] * count, dtype=np.float64)
+
+
 def tag_scores(probabilities: np.ndarray, targets: np.ndarray, thresholds=None) -> dict[str, float]:
     """acc, map, f1_micro, f1_macro and exact_match of [images, tags] probabilities against 0/1 targets."""
     probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets).astype(np.int64)
     if not len(targets):
         return {k: float("nan") for k in ("acc", "map", "f1_micro", "f1_macro", "exact_match")}
-    limit = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds)
-    decided = (probabilities >= limit).astype(np.int64)
+    decided = MULTI_LABEL.decide(probabilities, thresholds)
     present = targets.sum(0) > 0
     f1 = {
         average: float(precision_recall_fscore_support(targets, decided, average=average, zero_division=0)[2])
@@ -54,7 +59,7 @@ def per_tag_ap(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def per_tag_table(probabilities: np.ndarray, targets: np.ndarray, thresholds, tags: list[str]) -> list[dict]:
     """One row per tag: its threshold, precision, recall, F1, average precision and support (positives)."""
     probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets).astype(np.int64)
-    decided = (probabilities >= np.asarray(thresholds)).astype(np.int64)
+    decided = MULTI_LABEL.decide(probabilities, thresholds)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, decided, average=None, labels=list(range(len(tags))), zero_division=0
     )
@@ -73,17 +78,20 @@ def per_tag_table(probabilities: np.ndarray, targets: np.ndarray, thresholds, ta
     ]
 
 
-def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray, prior: float = THRESHOLD_PRIOR) -> np.ndarray:
+def choose_thresholds(
+    probabilities: np.ndarray, targets: np.ndarray, prior: float = THRESHOLD_PRIOR, shared: float | None = None
+) -> np.ndarray:
     """Per tag, the probability threshold with the best F1 on these images, shrunk toward one shared threshold.
 
     The shared threshold is the one best for micro-F1 over every (image, tag); a tag's own is
     pulled toward it by `prior` pseudo-positives: t = (n * own + prior * shared) / (n + prior) for
     a tag with n positives here (prior 0: each tag's own; a tag without positives, or with nothing
-    but positives, takes the shared one). A cut is placed halfway between the chosen score and the
-    next lower one, so an image near the boundary is not decided by a tie.
+    but positives, takes the shared one; `shared` is shared_cut's, where the caller has it). A cut is
+    placed halfway between the chosen score and the next lower one, so an image near the boundary
+    is not decided by a tie.
     """
     probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets).astype(np.int64)
-    shared = best_cut(probabilities.reshape(-1), targets.reshape(-1))
+    shared = shared_cut(probabilities, targets) if shared is None else shared
     chosen = np.full(targets.shape[1], shared)
     for k in range(targets.shape[1]):
         positives = int(targets[:, k].sum())
@@ -91,6 +99,11 @@ def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray, prior: flo
             own = best_cut(probabilities[:, k], targets[:, k])
             chosen[k] = (positives * own + prior * shared) / (positives + prior)
     return chosen
+
+
+def shared_cut(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The one threshold best for micro-F1 over every (image, tag)."""
+    return best_cut(np.asarray(probabilities).reshape(-1), np.asarray(targets).reshape(-1))
 
 
 def best_cut(scores: np.ndarray, truth: np.ndarray) -> float:

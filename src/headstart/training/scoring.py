@@ -18,7 +18,13 @@ from headstart.data.batches import make_loader
 from headstart.tasks.calibration import Calibration, calibrate
 from headstart.tasks.metrics import TagDecision, score_batches
 from headstart.tasks.multi_label import MULTI_LABEL
-from headstart.tasks.tag_metrics import DEFAULT_THRESHOLD, best_cut, choose_thresholds, per_tag_table, tag_scores
+from headstart.tasks.tag_metrics import (
+    choose_thresholds,
+    per_tag_table,
+    shared_cut,
+    tag_scores,
+    thresholds_or_default,
+)
 from headstart.training.hooks import BestModel, Notes
 from headstart.training.session import Session
 
@@ -52,7 +58,7 @@ def tag_decision(session: Session, run: RunFolder) -> TagDecision | None:
     if not session.group.is_main or not (run.path / BEST_FILE).is_file():
         return None
     checkpoint = load_checkpoint(run.path / BEST_FILE)
-    thresholds = checkpoint.thresholds or [DEFAULT_THRESHOLD] * len(session.classes)
+    thresholds = thresholds_or_default(checkpoint.thresholds, len(session.classes)).tolist()
     return TagDecision(checkpoint.temperature, thresholds, session.classes)
 
 
@@ -96,10 +102,6 @@ def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Not
     return calibration
 
 
-def thresholds_shared(probabilities, truth) -> float:
-    return best_cut(probabilities.reshape(-1), truth.reshape(-1))
-
-
 def fit_thresholds(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float | None, tags: list[str], notes: Notes
 ) -> list[float]:
@@ -107,11 +109,12 @@ def fit_thresholds(
     THRESHOLD_PRIOR pseudo-positives (tasks.tag_metrics); the notes get the per-tag table."""
     probabilities = MULTI_LABEL.probabilities(logits, temperature).numpy()
     truth = labels.numpy()
-    thresholds = choose_thresholds(probabilities, truth)
+    shared = shared_cut(probabilities, truth)
+    thresholds = choose_thresholds(probabilities, truth, shared=shared)
     plain, chosen = tag_scores(probabilities, truth), tag_scores(probabilities, truth, thresholds)
     notes.add(
         f"thresholds: one per tag, chosen for F1 on {len(truth)} val images (each shrunk toward the shared "
-        f"{thresholds_shared(probabilities, truth):.3f} by its positives): micro-F1 {plain['f1_micro']:.4f} at 0.5 "
+        f"{shared:.3f} by its positives): micro-F1 {plain['f1_micro']:.4f} at 0.5 "
         f"-> {chosen['f1_micro']:.4f}, macro-F1 {plain['f1_macro']:.4f} -> {chosen['f1_macro']:.4f} "
         f"(on the images they were chosen on: the test split, where there is one, says it honestly); mAP {chosen['map']:.4f}"
     )
