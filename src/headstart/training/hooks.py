@@ -101,7 +101,7 @@ class WeightAverage:
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         if self.ema is not None:
-            self.ema.module.load_state_dict(state)
+            self.ema.load(state)
 
 
 class BestModel:

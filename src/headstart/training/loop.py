@@ -152,12 +152,13 @@ class TrainedPartEma(ModelEmaV3):
     """
 
     _moving: list[str]
+    _moving_for: tuple[int, ...] | None = None  # the model and frozen set `_moving` was worked out for
     _pairs: tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]] | None
 
     def moving(self, model: nn.Module) -> list[str]:
         """The state names the EMA steps (and scoring swaps), worked out again whenever the frozen set changes."""
         key = (id(model), *(not p.requires_grad for p in model.parameters()))
-        if getattr(self, "_moving_for", None) != key:
+        if self._moving_for != key:
             ema_state, model_state = self.module.state_dict(), model.state_dict()
             can_change = changing_names(model)
             self._moving = [
@@ -167,6 +168,11 @@ class TrainedPartEma(ModelEmaV3):
             ]
             self._moving_for, self._pairs = key, None
         return self._moving
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Averaged weights from a checkpoint; what moves is worked out again, as they may differ where they did not."""
+        self.module.load_state_dict(state)
+        self._moving_for = None
 
     def apply_update_(self, model: nn.Module, decay: float) -> None:
         names = self.moving(model)
