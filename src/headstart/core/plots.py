@@ -169,7 +169,8 @@ def plot_precision_recall(
         if truth[:, k].any():
             precision, recall, _ = precision_recall_curve(truth[:, k], probabilities[:, k])
             ap = average_precision_score(truth[:, k], probabilities[:, k])
-            axis.plot(recall, precision, label=f"{name} (AP {ap:.3f})")
+            # A step: precision holds until recall next rises (average precision sums these rectangles).
+            axis.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AP {ap:.3f})")
     axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left", fontsize=8)
@@ -194,12 +195,13 @@ def plot_reliability(calibration, path: Path) -> Path:
             for i, (cx, cy) in zip(used, zip(x, y)):
                 axis.annotate(str(bins["count"][i]), (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
     forecast = getattr(calibration, "forecast", "top class")
+    counted = "images" if forecast == "top class" else "(image, tag) pairs"  # what one binned confidence is
     axis.set(xlabel=f"confidence ({forecast})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     shown = len([c for c in calibration.bins_before["count"] if c])
     why = "it did not lower held-out NLL" if getattr(calibration, "folds", 0) else "too few val images to tell"
     kept = "" if applied else f"\nno temperature applied: {why}"
     axis.set_title(
-        f"reliability on {calibration.images} val images, {shown} bins (numbers: images per bin){kept}", fontsize=9
+        f"reliability on {calibration.images} val images, {shown} bins (numbers: {counted} per bin){kept}", fontsize=9
     )
     axis.legend(loc="upper left")
     return _save(figure, path)
