@@ -11,6 +11,8 @@ goes to --out; `--table` prints mean +- std per data set and variant from that f
     default  whatever `headstart train DATA` does in the code at hand
     ema, mixup, randaugment, randaugment-acc4
              the default with one of timm's pieces switched on (see knobs())
+    fp32, bf16
+             the default with its precision fixed (channels_last), whatever the measurement would pick
 
 Usage:
     python benchmarks/defaults.py --variants old,default --seeds 0,1,2 --out defaults.jsonl DATA [DATA ...]
@@ -131,7 +133,10 @@ def knobs() -> dict[str, dict]:
     }
 
 
-VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES, **knobs()}
+# The default under each precision the measurement can pick (issue 22: the choice must not cost accuracy).
+PRECISIONS = {name: {"run": {"precision": name, "channels_last": True}} for name in ("fp32", "bf16")}
+
+VARIANTS = {"old": OLD_DEFAULT, "head": HEAD_ALONE, "default": {}, **CANDIDATES, **knobs(), **PRECISIONS}
 
 
 def data_path(data: str, work: Path) -> tuple[str, float]:

@@ -1,7 +1,10 @@
 """Data-parallel training: two CPU processes (gloo) under torchrun give the one-process history."""
 
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -74,3 +77,44 @@ def test_two_processes_match_one_process(tmp_path, task):
         test = records[-1]
         assert test["record"] == "test" and test["map"] == pytest.approx(single.test["map"], abs=1e-6)
         assert test["f1_micro"] == pytest.approx(single.test["f1_micro"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_feature_pass_is_split_between_processes(tmp_path, monkeypatch, capfd):
+    """Each process computes its share of the one feature pass (augmented views included); the run equals one process's."""
+    folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
+    recipe = tiny_recipe(
+        folder,
+        tmp_path / "runs",
+        data={"augment": "light", "feature_views": 2},
+        model={
+            "backbone": "headstart_cnn",
+            "backbone_args": {"widths": [8, 16], "convs_per_block": 1, "dropout": 0.0, "batch_norm": False},
+        },
+        stages=[
+            {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
+            {"name": "top", "epochs": 2, "freeze": "top:1", "lr": 0.02},
+        ],
+        run={"deterministic": True, "name": "one", "device": "cpu"},
+    )
+    single = headstart.train(recipe, quiet=True)
+    assert [r["path"] for r in single.history] == ["cached-features"] * 4
+    one_cache = tmp_path / "cache-one"
+    (Path(os.environ["HEADSTART_CACHE"]) / "features").rename(one_cache)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    capfd.readouterr()
+    assert main(["train", "--recipe", str(recipe_file), "--name", "two", "--devices", "2"]) == 0
+    assert "feature pass split over 2 processes: 27 + 27 train images each" in "".join(capfd.readouterr())
+
+    two = [r for r in json.loads((tmp_path / "runs" / "two" / "history.json").read_text()) if "record" not in r]
+    for got, want in zip(two, single.history, strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["stage"], got["epoch"], key)
+    # The same entries (head and top:1, two augmented train views, val, test) with the same rows.
+    entries = [e for e in (Path(os.environ["HEADSTART_CACHE"]) / "features").iterdir() if not e.name.startswith(".")]
+    assert len(entries) == 2
+    for entry in entries:
+        assert sorted(a.name for a in entry.glob("*.npy")) == ["train0.npy", "train1.npy", "val.npy"]
+        for array in entry.glob("*.npy"):
+            np.testing.assert_allclose(np.load(array), np.load(one_cache / entry.name / array.name), atol=1e-5)

@@ -295,7 +295,7 @@ TAMPERED = {"truncated": truncate, "shorter": shorter, "reversed": reversed_rows
 def test_a_damaged_feature_cache_entry_is_rebuilt_never_reused(colour_folder, caplog, how, file):
     fresh = feature_cache_for(colour_folder)
     first = fresh()
-    expected = [np.array(a) for a in first._train] + [np.array(first._val)]
+    expected = {name: np.array(a) for name, a in first._arrays.items()}
     [entry] = list((Path(os.environ["HEADSTART_CACHE"]) / "features").iterdir())
     TAMPERED[how](entry / file)
     caplog.clear()
@@ -303,8 +303,9 @@ def test_a_damaged_feature_cache_entry_is_rebuilt_never_reused(colour_folder, ca
         again = fresh()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert again.reused is False and len(warnings) == 1 and "rebuilding" in warnings[0], warnings
-    for stored, wanted in zip([*again._train, again._val], expected):
-        assert np.array_equal(stored, wanted)
+    assert again._arrays.keys() == expected.keys()
+    for name, stored in again._arrays.items():
+        assert np.array_equal(stored, expected[name])
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert fresh().reused  # repaired: the next run reuses it without a word

@@ -16,7 +16,7 @@ from headstart.model.build import build_model
 from headstart.model.cut import find_cut, head_split
 from headstart.model.freeze import plan_freeze
 from headstart.training.features import FeatureCache
-from tests.conftest import tiny_recipe
+from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 
 RUN_FILES = ["recipe.yaml", "history.csv", "history.json", "curves.png", "best.pt", "last.pt", "summary.txt"]
 
@@ -383,3 +383,40 @@ def test_a_missing_data_folder_is_the_one_message_before_any_busy_cpu_note(tmp_p
     with caplog.at_level("WARNING", logger="headstart"), pytest.raises(HeadstartError, match="not found"):
         headstart.train(tiny_recipe(tmp_path / "no-such-folder", tmp_path / "runs"), quiet=True)
     assert "the CPU is busy" not in caplog.text
+
+
+def test_staged_recipe_looks_at_each_image_once(tmp_path):
+    """Head and top-stage caches come from one backbone pass; calibration, test and the detector reuse the stored features."""
+    folder = write_images(tmp_path / "data", CLASS_COLOURS, per_class=20, size=24)
+    recipe = tiny_recipe(
+        folder,
+        tmp_path / "runs",
+        data={"test_fraction": 0.2},
+        stages=[
+            {"name": "head", "epochs": 3, "freeze": "backbone", "lr": 0.05},
+            {"name": "finetune", "epochs": 2, "freeze": "top:1", "lr": 0.01},
+        ],
+        run={"channels_last": True},  # nothing to measure: the model sees the images alone
+    )
+    seen = []
+
+    def count_images(module, inputs, _output):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            seen.append(len(inputs[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count_images)
+    try:
+        result = headstart.train(recipe, quiet=True)
+    finally:
+        hook.remove()
+    split = result.run_dir / "summary.txt"
+    counts = split.read_text().split("\n")[1]
+    assert "42 train / 6 val / 12 test images" in counts
+    # Every image through the stem once: no second pass, no scoring pass. One-image calls are shape probes
+    # of random input (build_model, backbone_chain); no batch of these splits has one image.
+    assert sum(n for n in seen if n > 1) == 42 + 6 + 12
+    assert [r["path"] for r in result.history] == ["cached-features"] * 5
+    # The test score from stored features is the whole model's on the images.
+    evaluation = headstart.load(result.run_dir).evaluate(folder)
+    assert evaluation.scored == "the run's held-out test split" and evaluation.count == 12
+    assert evaluation.accuracy == pytest.approx(result.test["acc"], abs=1e-6)

@@ -97,6 +97,11 @@ def type_and_choices(annotation: Any) -> tuple[type | None, tuple | None]:
         return str, typing.get_args(annotation)
     if origin is list and typing.get_origin(typing.get_args(annotation)[0]) is Literal:
         return list, typing.get_args(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if bool in members and all(m is bool or typing.get_origin(m) is Literal for m in members):
+            # bool | 'auto': the words the recipe's validator reads
+            return str, (*(v for m in members if m is not bool for v in typing.get_args(m)), "true", "false")
     if origin in (typing.Union, types.UnionType, typing.Annotated):
         return str, None  # int | 'auto', str | int: the recipe's validator reads the text
     if annotation in (bool, int, float, str):

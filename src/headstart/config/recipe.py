@@ -267,9 +267,9 @@ class RunConfig(_Strict):
     # history on the same machine, at some cost in speed on GPUs.
     deterministic: bool = False
     device: str = "auto"
-    # auto: bf16 autocast where the CPU/GPU has fast bf16, else fp32.
+    # auto: on a CPU the faster of fp32 and bf16 autocast, measured (training.precision); on a GPU bf16 where supported.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    channels_last: bool | Literal["auto"] = "auto"  # auto: measured on a CPU, on elsewhere
     # torch.compile for stages that train the backbone. auto: on a CPU only when the run pushes
     # enough images through full-model training to repay the compile (about 100 s on 2 cores for
     # EfficientNet-Lite0); off on GPUs, where it measured slower than eager (BENCHMARKS.md).

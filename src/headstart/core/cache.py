@@ -14,6 +14,7 @@ by a full disk) is removed by the next build in that folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,38 @@ def remove_stale_staging(parent: Path) -> list[str]:
     return removed
 
 
+def reusable(folder: Path, meta: dict[str, Any], what: str, check: Callable[[Path], str | None] | None = None) -> bool:
+    """Whether the entry at `folder` verifies (see `ensure`); a broken one is removed with one warning."""
+    if not folder.exists():
+        return False
+    reason = problem(folder, meta) or (check(folder) if check else None)
+    if reason is None:
+        return True
+    log.warning("%s cache entry %s is broken (%s): rebuilding it", what, folder, reason)
+    shutil.rmtree(folder)
+    return False
+
+
+@contextlib.contextmanager
+def building(folder: Path, meta: dict[str, Any], checksums: bool = True) -> Iterator[Path]:
+    """A staging folder to fill; when the block ends normally it gets its manifest and is published at `folder`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{folder.name}-", dir=folder.parent))
+    try:
+        yield staging
+        write_manifest(staging, meta, checksums)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process published the same entry first
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-built entry filling the disk
+        raise
+
+
 def ensure(
     folder: Path,
     build: Callable[[Path], None],
@@ -168,23 +201,8 @@ def ensure(
     with writing(folder, "cache"):
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(folder.parent)
-        if folder.exists():
-            reason = problem(folder, meta) or (check(folder) if check else None)
-            if reason is None:
-                return folder
-            log.warning("%s cache entry %s is broken (%s): rebuilding it", what, folder, reason)
-            shutil.rmtree(folder)
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{folder.name}-", dir=folder.parent))
-        try:
+        if reusable(folder, meta, what, check):
+            return folder
+        with building(folder, meta, checksums) as staging:
             build(staging)
-            write_manifest(staging, meta, checksums)
-            try:
-                staging.rename(folder)
-            except OSError:
-                if not folder.exists():
-                    raise
-                shutil.rmtree(staging, ignore_errors=True)  # another process published the same entry first
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # never leave a half-built entry filling the disk
-            raise
     return folder

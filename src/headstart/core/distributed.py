@@ -3,7 +3,10 @@
 Started by any standard launcher (`torchrun`, `accelerate launch`) or by `headstart train
 --devices N`, which runs torchrun. The launcher sets RANK, WORLD_SIZE, LOCAL_RANK and the
 rendezvous address; each process joins the group here (gloo on CPU, NCCL on CUDA). Rank 0 alone
-writes files and prints; caches on disk are built by rank 0 first and then read by the others.
+writes files and prints. Decoded images are cached by rank 0 first and then read by the others; the
+feature pass is split between all processes and written by rank 0 (headstart.training.feature_pass).
+The cache folder must be one every process can read: on several machines, set HEADSTART_CACHE to
+shared storage.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ class Group:
         parts: list[torch.Tensor | None] = [None] * self.world
         dist.all_gather_object(parts, tensor.cpu())
         return torch.cat([part for part in parts if part is not None])
+
+    def collect(self, value: object) -> list[object] | None:
+        """Every process's `value` in rank order, on rank 0 alone (None on the others): one writer, no copies elsewhere."""
+        if not self.active:
+            return [value]
+        parts: list[object] | None = [None] * self.world if self.is_main else None
+        dist.gather_object(value, parts, dst=0)
+        return parts
 
     def any(self, flag: bool) -> bool:
         return self.sum([float(flag)])[0] > 0 if self.active else flag

@@ -69,7 +69,7 @@ def head_only(recipe: Recipe) -> Recipe:
 @torch.no_grad()
 def throughput(recipe: Recipe, classes: int, batch: int = 16, batches: int = 3) -> tuple[float, int, int]:
     """(images per second in eval mode, parameter count, input size) for the recipe's backbone on this machine."""
-    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
+    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     size = resolve_preprocessing(recipe.data, recipe.model)["image_size"]
     # Speed does not depend on the weights' values: none are loaded for this.
     model = build_model(recipe.model.model_copy(update={"weights": "none"}), classes, size).eval().to(hw.device)

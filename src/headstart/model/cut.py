@@ -19,11 +19,19 @@ from headstart.model.freeze import FreezePlan
 
 @dataclass
 class Cut:
-    """The model split at a stage's cut point: `prefix` is fixed and cached, `suffix` trains on its outputs."""
+    """The model split at a stage's cut point: `prefix` is fixed and cached, `suffix` trains on its outputs.
+
+    `penultimate` is the suffix up to (not including) the head's last Linear: what the unknown-image
+    detector reads. `to_head` (a cut inside the backbone only) runs the rest of the backbone and the
+    head's pooling on this cut's outputs, giving the head cut's outputs: the one pass that fills this
+    cut's cache fills the head stage's too (headstart.training.features).
+    """
 
     name: str
     prefix: nn.Module
     suffix: nn.Module
+    penultimate: nn.Module
+    to_head: nn.Module | None = None
 
 
 class _Chain(nn.Module):
@@ -105,9 +113,10 @@ def backbone_chain(model: Classifier, image_size: int) -> list[tuple[str, nn.Mod
 def find_cut(model: Classifier, plan: FreezePlan, image_size: int) -> Cut | None:
     """Where a stage's fixed prefix ends: after the head's pooling when only the head trains, else at the
     first trainable module of the backbone's chain (None when the backbone is no plain chain there)."""
+    split = head_split(model)
     if plan.start == "head":
-        split = head_split(model)
-        return Cut("head", nn.Sequential(_Features(model), *model.head[:split]), model.head[split:])
+        suffix = model.head[split:]
+        return Cut("head", nn.Sequential(_Features(model), *model.head[:split]), suffix, suffix[:-1])
     if plan.start is None or not plan.start.startswith("backbone."):
         return None
     chain = backbone_chain(model, image_size)
@@ -131,8 +140,11 @@ def find_cut(model: Classifier, plan: FreezePlan, image_size: int) -> Cut | None
         return None  # the freeze point falls inside an element that cannot be opened
     to_nchw = model.nhwc_features
     prefix = _Chain([model.adapter, *(m for _, m in chain[:holder])])
-    suffix = nn.Sequential(_Chain([m for _, m in chain[holder:]], to_nchw), model.head)
-    return Cut(chain[holder][0], prefix, suffix)
+    rest = _Chain([m for _, m in chain[holder:]], to_nchw)
+    suffix = nn.Sequential(rest, model.head)
+    return Cut(
+        chain[holder][0], prefix, suffix, nn.Sequential(rest, model.head[:-1]), nn.Sequential(rest, *model.head[:split])
+    )
 
 
 def cache_decision(
@@ -147,7 +159,10 @@ def cache_decision(
     if cut is None:
         return None, f"the backbone's forward is not a plain chain of modules at '{plan.start}'"
     prefix_modules = list(cut.prefix.modules())
-    if any(p.requires_grad for p in cut.prefix.parameters()):
+    # Read from the plan, not from requires_grad: a later stage's cut is decided before its plan is applied.
+    if plan.bn_mode != "frozen" and any(
+        isinstance(m, _BatchNorm) and any(True for _ in m.parameters(recurse=False)) for m in prefix_modules
+    ):
         return None, f"BatchNorm gamma/beta in the frozen part train (bn={plan.bn_mode})"
     if plan.bn_mode == "train" and any(isinstance(m, _BatchNorm) for m in prefix_modules):
         return None, "frozen BatchNorm updates its running statistics (bn=train)"

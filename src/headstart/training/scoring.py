@@ -14,7 +14,6 @@ import torch
 from headstart.core.checkpoint import load_checkpoint
 from headstart.core.plots import plot_reliability
 from headstart.core.runs import BEST_FILE, RELIABILITY_FILE, RunFolder
-from headstart.data.batches import make_loader
 from headstart.tasks.calibration import Calibration, calibrate
 from headstart.tasks.metrics import TagDecision, score_batches
 from headstart.tasks.multi_label import MULTI_LABEL
@@ -26,27 +25,25 @@ from headstart.tasks.tag_metrics import (
     thresholds_or_default,
 )
 from headstart.training.hooks import BestModel, Notes
+from headstart.training.outputs import ModelOutputs
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
 
 
-def score_test(session: Session, best: BestModel, run: RunFolder) -> None:
+def score_test(session: Session, best: BestModel, run: RunFolder, outputs: ModelOutputs) -> None:
     """Score the chosen model (best.pt's weights) on the test split, once, into history.json's test record.
 
     A multi-label model is scored with the temperature and per-tag thresholds chosen on val (best.pt's).
     """
     if best.state is not None:
         session.model.load_state_dict(best.state)
-    data, hw, group, test_set = session.recipe.data, session.hw, session.group, session.data.test
+    hw, group, test_set = session.hw, session.group, session.data.test
     assert test_set is not None  # run_stages scores only a run that has a test split
-    pin = hw.device.type == "cuda"
-    loader = make_loader(
-        test_set, data.batch_size, False, data.workers, session.recipe.run.seed, pin, group.rank, group.world
-    )
+    module, batches = outputs.scoring("test")
     decision = group.share(tag_decision(session, run)) if session.task is MULTI_LABEL else None
     kind = session.recipe.run.multi_label_loss
-    test = score_batches(session.model, loader, session.task, hw, group, len(session.classes), kind, decision)
+    test = score_batches(module, batches, session.task, hw, group, len(session.classes), kind, decision)
     chosen = f"{best.row['stage']} epoch {best.row['epoch']}"
     run.set_test({"images": len(test_set), "model": chosen, **test})
     scores = " ".join(f"{name} {test[name]:.4f}" for name in session.task.metrics)
@@ -62,21 +59,9 @@ def tag_decision(session: Session, run: RunFolder) -> TagDecision | None:
     return TagDecision(checkpoint.temperature, thresholds, session.classes)
 
 
-def val_logits(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
-    """The current model's logits and the labels over the whole val split (one process: calibration is rank 0's)."""
-    data, hw, model = session.recipe.data, session.hw, session.model
-    loader = make_loader(session.data.val, data.batch_size, False, data.workers, session.recipe.run.seed)
-    model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for inputs, targets in loader:
-            with hw.autocast():
-                logits.append(model(hw.to_input(inputs)).float().cpu())
-            labels.append(targets)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Notes) -> Calibration | None:
+def calibrate_best(
+    session: Session, best: BestModel, run: RunFolder, notes: Notes, outputs: ModelOutputs
+) -> Calibration | None:
     """Fit the temperature of best.pt's weights on the val split; best.pt, reliability.png and the notes get it.
 
     best.pt holds a temperature only where cross-validation on the val split found that it helps;
@@ -90,7 +75,7 @@ def calibrate_best(session: Session, best: BestModel, run: RunFolder, notes: Not
         notes.add(calibration.summary_line())
         return calibration
     session.model.load_state_dict(best.state)
-    logits, labels = val_logits(session)
+    logits, labels = outputs.val_logits()
     calibration = calibrate(logits, labels, task=session.task)
     checkpoint.temperature = calibration.temperature if calibration.applied else None
     checkpoint.calibration = calibration.to_dict()

@@ -35,6 +35,7 @@ from headstart.model.freeze import FreezePlan, plan_stages
 from headstart.model.weights import default_source
 from headstart.tasks.metrics import choose_monitor
 from headstart.tasks.registry import Task, task_named
+from headstart.training.precision import candidates, measured
 
 log = logging.getLogger("headstart")
 
@@ -47,6 +48,8 @@ class Session:
     data: PreparedData
     model: Classifier
     plans: list[FreezePlan]
+    # How the precision and layout were chosen, where they were measured (training.precision).
+    hardware_note: str = ""
 
     @property
     def classes(self) -> list[str]:
@@ -90,7 +93,7 @@ def ensure_console(quiet: bool) -> None:
 
 def open_hardware(recipe: Recipe) -> tuple[Hardware, Group]:
     """The device and precision, and this process's place in a data-parallel group (SOLO without a launcher)."""
-    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
+    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     group = join(hw.device.type)
     if group.active and hw.device.type == "cuda":
         if group.local_rank >= torch.cuda.device_count():
@@ -117,7 +120,7 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     check_data: warn about duplicate files and leaks across splits (a resumed run already did).
     The balance remedy and monitor chosen for the data are written into the recipe, so the saved recipe says what ran.
     """
-    hw = hw or pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last)
+    hw = hw or pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     seed_everything(recipe.run.seed, recipe.run.deterministic)
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     with group.main_first():
@@ -130,6 +133,11 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     # Every stage's freeze point is checked before anything trains or is written.
     plans = plan_stages(model, recipe.stages)
     model.to(hw.device)
-    if hw.channels_last:
+    options = candidates(recipe.run.precision, recipe.run.channels_last) if hw.device.type == "cpu" else []
+    note = ""
+    if len(options) > 1:
+        hw, note = measured(model, hw, preprocessing["image_size"], recipe.model.backbone, options, group)
+        log.info(note)
+    elif hw.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Session(recipe, hw, group, data, model, plans)
+    return Session(recipe, hw, group, data, model, plans, note)

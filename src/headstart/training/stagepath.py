@@ -102,8 +102,18 @@ class StageBuilder:
             self._feature_cache = FeatureCache.for_recipe(s.model, s.data, s.hw, s.recipe, s.group, self.sample_weights)
         return self._feature_cache
 
+    @property
+    def cache_in_use(self) -> FeatureCache | None:
+        """The feature cache if a stage used it (it then holds that stage's cut), else None."""
+        return self._feature_cache
+
     def path(self, index: int, plan: FreezePlan) -> StagePath:
         """The cached path where everything before the stage's cut is a fixed function, else the full model."""
+        cut, reason = self.decide(index, plan)
+        return self.cached_path(index, cut, reason) if cut is not None else self.full_path(index, plan, reason)
+
+    def decide(self, index: int, plan: FreezePlan) -> tuple[Cut | None, str]:
+        """Stage `index`'s cut to cache at (None: the full model), and why."""
         recipe, stage = self.session.recipe, self.session.recipe.stages[index]
         augment = stage_augment(self.session, stage)
         cut, reason = cache_decision(
@@ -118,12 +128,21 @@ class StageBuilder:
             cut, reason = None, "CutMix mixes image regions, which cached features no longer have"
         if cut is not None and augment != "none" and recipe.data.random_erasing > 0:
             cut, reason = None, "random erasing draws new regions every step"
-        return self.cached_path(cut, stage, reason) if cut is not None else self.full_path(index, plan, reason)
+        return cut, reason
 
-    def cached_path(self, cut: Cut, stage: Stage, reason: str) -> StagePath:
+    def later_cut(self, index: int) -> Cut | None:
+        """The first later stage's cut inside the backbone, if it caches the same views: one pass fills both entries."""
+        stages, augment = self.session.recipe.stages, stage_augment(self.session, self.session.recipe.stages[index])
+        for later in range(index + 1, len(stages)):
+            cut, _ = self.decide(later, self.session.plans[later])
+            if cut is not None and cut.to_head is not None and stage_augment(self.session, stages[later]) == augment:
+                return cut
+        return None
+
+    def cached_path(self, index: int, cut: Cut, reason: str) -> StagePath:
         """Train the part after the cut alone, on stored outputs of the fixed part before it."""
-        s, cache = self.session, self.feature_cache
-        cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views)
+        s, cache, stage = self.session, self.feature_cache, self.session.recipe.stages[index]
+        cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views, along=self.later_cut(index))
         return StagePath(
             name="cached-features",
             reason=reason,

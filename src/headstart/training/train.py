@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ from headstart.model.freeze import count_parameters
 from headstart.tasks.metrics import best_index
 from headstart.training.fit_unknown import fit_unknown_best, wants_unknown
 from headstart.training.hooks import Notes
+from headstart.training.outputs import ModelOutputs
+from headstart.training.precision import cpu_name
 from headstart.training.resume import ResumePoint, set_rng_state
 from headstart.training.scoring import calibrate_best, score_test
 from headstart.training.session import Session, ensure_console, open_hardware, prepare, resolve, warn_if_cpu_busy
@@ -191,10 +192,12 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
     try:
         for index in range(first, len(trainer.recipe.stages)):
             trainer.run_stage(index, started, inside if index == first else None)
-        calibrate_best(session, trainer.best, run, trainer.notes)
+        # From the last cached stage's stored features where they hold for the chosen weights: no image runs again.
+        outputs = ModelOutputs(session, trainer.build.cache_in_use)
+        calibrate_best(session, trainer.best, run, trainer.notes, outputs)
         if has_test_split(session) and run.test is None:
-            score_test(session, trainer.best, run)  # once, with the chosen weights; nothing is chosen by it
-        fit_unknown_best(session, trainer.best, run, trainer.notes)
+            score_test(session, trainer.best, run, outputs)  # once, with the chosen weights; nothing is chosen by it
+        fit_unknown_best(session, trainer.best, run, trainer.notes, outputs)
     finally:
         if run.history and session.group.is_main:
             kept = best_index(run.history, trainer.recipe.run.monitor) + 1
@@ -248,7 +251,8 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
         f"model: {' -> '.join([a.kind for a in recipe.model.adapters] + [recipe.model.backbone, recipe.model.head.kind])}, "
         f"weights {recipe.model.weights}, {trainable + frozen:,} parameters",
         f"preprocessing: {trainer.session.data.preprocessing}",
-        f"hardware: {trainer.session.hw.describe()}, torch {torch.__version__}, {platform.processor() or platform.machine()}",
+        f"hardware: {trainer.session.hw.describe()}, torch {torch.__version__}, {cpu_name()}",
+        *([trainer.session.hardware_note] if trainer.session.hardware_note else []),
         *trainer.notes.lines,
         f"best: epoch {trainer.best.epoch} ({best['stage']} {best['epoch']}) "
         f"val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}",
