@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 import headstart
 from headstart.cli import main
-from headstart.data.duplicates import Item, exact_findings, similar_pairs, train_check
+from headstart.data.duplicates import Item, exact_findings, nearest, train_check
 from headstart.inspection.label_issues import confident_suspects
 from tests.conftest import tiny_recipe
 
@@ -95,8 +95,8 @@ def test_near_duplicate_is_found_with_its_threshold(planted):
     _, result, _ = planted
     near = {frozenset(pair) for pair in rows_of(result, "near_duplicate")}
     assert frozenset(("train/green/004.png", "train/green/004_small.jpg")) in near
-    assert 0 < result.thresholds.embedding < 1 and 0 < result.thresholds.signature < 1
-    assert all(f.score >= result.thresholds.embedding for f in result.of("near_duplicate"))
+    assert 0.88 <= result.thresholds.match <= 0.95 and 0 < result.thresholds.copies <= 1
+    assert all(f.score >= result.thresholds.match for f in result.of("near_duplicate"))
 
 
 def test_flipped_label_outlier_unreadable_and_odd_image_are_found(planted):
@@ -192,10 +192,10 @@ def test_train_warns_about_copies_and_leaks(split_folder, tmp_path, caplog):
 
 def test_bad_threshold_is_a_one_line_error(colour_folder, capsys):
     assert main(["inspect", str(colour_folder), "--near-threshold", "1.5"]) == 2
-    assert capsys.readouterr().err.startswith("headstart: error: near threshold 1.5: give a cosine similarity")
+    assert capsys.readouterr().err.startswith("headstart: error: near threshold 1.5: give a pixel match in (0, 1]")
 
 
-def test_blocked_search_equals_all_pairs(monkeypatch):
+def test_blocked_neighbour_search_equals_brute_force(monkeypatch):
     import headstart.data.duplicates as duplicates
 
     rng = np.random.default_rng(0)
@@ -204,15 +204,13 @@ def test_blocked_search_equals_all_pairs(monkeypatch):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     monkeypatch.setattr(duplicates, "ROW_BLOCK", 7)
     monkeypatch.setattr(duplicates, "COLUMN_BLOCK", 5)
-    found = {(i, j) for i, j, _ in similar_pairs(vectors, 0.6)}
+    found = nearest(vectors, 4)
     full = vectors @ vectors.T
-    expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.6}
-    assert found == expected and (3, 7) in found
-    signatures = rng.normal(size=(50, 4)).astype(np.float32)
-    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
-    both = {(i, j) for i, j, _ in similar_pairs(vectors, 0.6, signatures, 0.2)}
-    agree = signatures @ signatures.T
-    assert both == {(i, j) for i, j in expected if agree[i, j] >= 0.2} and both < expected
+    np.fill_diagonal(full, -np.inf)
+    expected = np.argsort(-full, axis=1)[:, :4]
+    assert [set(row) for row in found.tolist()] == [set(row) for row in expected.tolist()]
+    assert 7 in found[3] and 3 in found[7]
+    assert nearest(vectors[:1], 4).shape == (1, 0)  # one picture has no neighbour
 
 
 def test_exact_findings_keep_the_train_copy():
@@ -252,7 +250,7 @@ def test_too_many_near_pairs_warn(caplog):
     from headstart.inspection.inspect_data import warn_if_inseparable
 
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        warn_if_inseparable(10, 10, Thresholds(0.5, 0.9, 2.0))
+        warn_if_inseparable(10, 10, Thresholds(0.9, 0.95))
         assert not caplog.records
-        warn_if_inseparable(11, 10, Thresholds(0.33, 0.9, 2.0))
+        warn_if_inseparable(11, 10, Thresholds(0.9, 0.95))
     assert "11 near-duplicate pairs among 10 images" in caplog.records[0].getMessage()

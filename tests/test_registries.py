@@ -51,7 +51,7 @@ def cli_choices(command: str, flag: str) -> tuple[str, ...]:
 def summary_kinds() -> tuple[str, ...]:
     """The kinds the console summary (and so inspect.html) lists, one line each."""
     inventory = {"images": 0, "classes": 0, "per_split": {}, "imbalance": 0, "grayscale": 0, "cmyk": 0}
-    result = InspectResult(Path("out"), [], dict(inventory, sixteen_bit=0), Thresholds(0.9, 0.9, 2.0))
+    result = InspectResult(Path("out"), [], dict(inventory, sixteen_bit=0), Thresholds(0.9, 0.9))
     return tuple(line.split()[0] for line in summary(result).splitlines() if line.startswith("  "))
 
 

@@ -7,7 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
-from headstart.data.duplicates import Finding, Item, Looks, Thresholds, exact_findings, near_findings
+from headstart.data.duplicates import Finding, Item, Thresholds, exact_findings, near_findings
 
 
 @dataclass
@@ -19,8 +19,7 @@ class Facts:
     mode: str = ""
     digest: str | None = None
     error: str = ""
-    signature: np.ndarray | None = None
-    colour: np.ndarray | None = None
+    thumbnail: np.ndarray | None = None  # 64x64 grayscale, squashed (headstart.data.pixel_match.thumbnail)
 
 
 @dataclass
@@ -29,7 +28,7 @@ class Evidence:
     facts: list[Facts]  # one per item, in order
     rows: list[int]  # the items read and embedded, in order
     vectors: np.ndarray  # their embeddings, one row each
-    thresholds: Thresholds  # near duplicates meet all three
+    thresholds: Thresholds  # a near duplicate's pixels match at least this well
     seed: int
     multi_label: bool = False  # labels are space-joined tags (an image's whole tag set is its label for duplicates)
 
@@ -45,8 +44,9 @@ class Evidence:
         """
         found = exact_findings(self.items, [f.digest for f in self.facts])
         facts = [self.facts[i] for i in self.rows]
-        pixels = [(f.signature, f.colour) for f in facts if f.signature is not None and f.colour is not None]
-        assert len(pixels) == len(facts)  # the rows are the items read, and reading sets both
-        looks = Looks(np.stack([s for s, _ in pixels]), np.stack([c for _, c in pixels]))
+        thumbs = [f.thumbnail for f in facts if f.thumbnail is not None]
+        assert len(thumbs) == len(facts)  # the rows are the items read, and reading sets the thumbnail
+        if not thumbs:
+            return found
         digests = [f.digest for f in facts]
-        return found + near_findings(self.embedded, self.vectors, digests, looks, self.thresholds)
+        return found + near_findings(self.embedded, self.vectors, digests, np.stack(thumbs), self.thresholds)

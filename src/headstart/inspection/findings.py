@@ -70,8 +70,8 @@ KINDS: tuple[FindingKind, ...] = (
     ),
     FindingKind(
         "near_duplicate",
-        "re-encoded, resized or slightly cropped copies: close in embedding, in a 16x16 pixel signature "
-        "and in mean colour, each threshold calibrated so 99 % of generated copies meet it",
+        "copies of one picture, resized (aspect kept or squashed), cropped, re-encoded or recoloured: their "
+        "fine detail matches once one is aligned on the other",
         duplicate_rows("near_duplicate"),
     ),
     FindingKind(

@@ -6,8 +6,8 @@ Findings (one row each in findings.csv: kind, path, other, score, then extra col
 registered in headstart.inspection.findings):
     unreadable, odd_image      files Pillow cannot read; tiny, huge or extreme-aspect pictures
     exact_duplicate            the same decoded pixels (`path` is the copy, `other` the one kept)
-    near_duplicate             cosine similarity of embeddings at or above a threshold calibrated
-                               on generated copies (JPEG re-encode, 0.8x resize, 3 % crop)
+    near_duplicate             nearest neighbours (by embedding or pixel layout) whose fine detail matches
+                               once aligned, at or above a threshold calibrated on generated copies
     leak                       a duplicate across user-given splits; `path` is the held-out copy
     conflicting_label          a duplicate filed under another class
     label_issue                confident learning on out-of-fold probabilities (headstart.inspection.label_issues)
@@ -30,17 +30,10 @@ from PIL import Image
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
-from headstart.data.duplicates import (
-    CALIBRATION_QUANTILE,
-    Item,
-    Thresholds,
-    calibrated_threshold,
-    degraded_copies,
-    mean_colour,
-    signature,
-)
+from headstart.data.duplicates import Item, Thresholds, calibrated_threshold, degraded_copies
 from headstart.data.images import decode_all, warn_skipped
 from headstart.data.layouts import list_images
+from headstart.data.pixel_match import thumbnail
 from headstart.data.splits import MULTI, DataSplit
 from headstart.inspection.embeddings import Embedder
 from headstart.inspection.evidence import Evidence
@@ -111,41 +104,39 @@ def data_root(data: str | None, split: DataSplit) -> Path:
 
 
 def fit_thresholds(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
-    """The near-duplicate thresholds: 99 % of generated copies of sampled images reach each of them."""
+    """The near-duplicate threshold, and what 99 % of generated copies of sampled images reach."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(items), size=min(CALIBRATION_IMAGES, len(items)), replace=False)
     samples = [(items[i].path, 0) for i in sorted(chosen)]
     pictures, _, _ = decode_all(samples, embedder.short_side, embedder.preprocessing["interpolation"], 2)
     if not pictures:
         raise HeadstartError("no readable image to calibrate the near-duplicate threshold on")
-    copies = []
-    for number, picture in enumerate(pictures):
-        copies += degraded_copies(Image.fromarray(picture), seed + number)
-    originals = [signature(Image.fromarray(p)) for p in pictures]
-    per = len(copies) // len(pictures)
-    colour_apart = [
-        np.abs(mean_colour(Image.fromarray(pictures[n // per])) - mean_colour(copy)).max()
-        for n, copy in enumerate(copies)
-    ]
-    return Thresholds(
-        calibrated_threshold(embedder.arrays(pictures), embedder.arrays([np.asarray(c) for c in copies])),
-        calibrated_threshold(np.stack(originals), np.stack([signature(c) for c in copies])),
-        # At least 2 levels: the calibration copies come from already-resized pictures.
-        max(2.0, float(np.quantile(colour_apart, 1 - CALIBRATION_QUANTILE))),
-    )
+    originals = [Image.fromarray(p) for p in pictures]
+    copies = [copy for number, picture in enumerate(originals) for copy in degraded_copies(picture, seed + number)]
+    return calibrated_threshold(np.stack([thumbnail(p) for p in originals]), np.stack([thumbnail(c) for c in copies]))
+
+
+def warn_if_copies_missed(thresholds: Thresholds) -> None:
+    if thresholds.copies < thresholds.match:
+        log.warning(
+            "generated copies of these pictures match at %.3f (1 %% of them lower), under the near-duplicate "
+            "threshold %.3f: copies changed as much are missed (small or noisy pictures lose the detail the "
+            "match needs); --near-threshold lowers it",
+            thresholds.copies,
+            thresholds.match,
+        )
 
 
 def warn_if_inseparable(pairs: int, images: int, thresholds: Thresholds) -> None:
-    # More near-duplicate pairs than images: generated copies differ from their originals as much
-    # as different pictures differ from each other (tiny or look-alike images), so the pairs say little.
+    # More near-duplicate pairs than images: the set holds many pictures of one scene (one object under
+    # several lightings, a burst of frames) or pictures whose fine detail matches by chance.
     if pairs > images:
         log.warning(
-            "%d near-duplicate pairs among %d images: copies of these pictures are no closer than different "
-            "pictures (calibrated embedding cosine %.3f), so near_duplicate rows are unreliable here; "
-            "exact duplicates and leaks by digest are not affected",
+            "%d near-duplicate pairs among %d images (pixel match >= %.3f): many pictures here show the same "
+            "scene; look at inspect.html's pairs before trusting them, or raise --near-threshold",
             pairs,
             images,
-            thresholds.embedding,
+            thresholds.match,
         )
 
 
@@ -187,13 +178,11 @@ def inspect(
 
     Args:
         out: output folder (default runs/<data name>-inspect).
-        near_threshold: cosine similarity for near duplicates; None calibrates it on generated copies.
+        near_threshold: pixel match (aligned detail correlation) for near duplicates; None calibrates it on generated copies.
         label_margin: label suspects with p(suggested) - p(given) at or above it are left out of clean.csv.
     """
     if near_threshold is not None and not 0 < near_threshold <= 1:
-        raise HeadstartError(
-            f"near threshold {near_threshold}: give a cosine similarity in (0, 1], or none to calibrate"
-        )
+        raise HeadstartError(f"near threshold {near_threshold}: give a pixel match in (0, 1], or none to calibrate")
     if not 0 <= label_margin <= 1:
         raise HeadstartError(f"label margin {label_margin}: give a probability margin in [0, 1]")
     from headstart.training.session import ensure_console
@@ -215,7 +204,8 @@ def inspect(
     vectors = np.asarray(embedded[np.nonzero(ok)[0]], dtype=np.float32)
     thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed)
     if near_threshold is not None:
-        thresholds.embedding = near_threshold
+        thresholds.match = near_threshold
+    warn_if_copies_missed(thresholds)
     findings = find_all(Evidence(items, facts, rows, vectors, thresholds, seed, split.task == MULTI))
     warn_if_inseparable(sum(f.kind == "near_duplicate" for f in findings), len(rows), thresholds)
     result = InspectResult(out, sorted_findings(findings), inventory(items, facts), thresholds)
