@@ -200,7 +200,7 @@ def add_inspect(sub) -> None:
     inspect.add_argument(
         "--near-threshold",
         type=float,
-        help="cosine similarity for near duplicates (default: calibrated on generated copies)",
+        help="pixel match (aligned fine detail, 0-1) a near duplicate reaches (default 0.88)",
     )
     inspect.add_argument(
         "--label-margin",

@@ -37,9 +37,9 @@ SPLIT_ORDER = {"all": 0, "train": 0, "val": 1, "valid": 1, "validation": 1, "tes
 # copies (benchmarks/planted_faults.py): copies reach 0.9 and more (crops up to 10 % a side, JPEG 30,
 # squashes), different photographs under 0.8, different tiles of a look-alike set under 0.85.
 MATCH_THRESHOLD = 0.88
-# What generated copies of the set's own pictures reach is measured too (the share below it): where
-# it falls under the threshold (small or noisy pictures), inspect warns that such copies are missed.
-CALIBRATION_QUANTILE = 0.01
+# The share of generated copies of the set's own pictures that reach the threshold is measured too:
+# under this (small or noisy pictures lose the detail the match needs), inspect warns that copies are missed.
+COPIES_FOUND_WARNING = 0.9
 # Nearest neighbours by embedding, and by pixel layout, that each picture is compared with.
 NEIGHBOURS = 10
 # A near duplicate's mismatch (1 - match) is at most this share of each picture's typical mismatch with
@@ -241,22 +241,20 @@ def recoloured(image: Image.Image, factors: list[float]) -> Image.Image:
 
 @dataclass
 class Thresholds:
-    """A near duplicate's pixel match (headstart.data.pixel_match) reaches `match`; 99 % of generated copies
-    of the data set's own pictures reach `copies`."""
+    """A near duplicate's pixel match (headstart.data.pixel_match) reaches `match`; `copies` is the share of
+    generated copies of the data set's own pictures (degraded_copies) that reach it."""
 
     match: float
     copies: float
 
 
-def calibrated_threshold(
-    originals: np.ndarray, copies: np.ndarray, quantile: float = CALIBRATION_QUANTILE
-) -> Thresholds:
+def calibrated_threshold(originals: np.ndarray, copies: np.ndarray, match: float = MATCH_THRESHOLD) -> Thresholds:
     """Thresholds from thumbnails of originals (N, 64, 64) and of their copies, len(copies) // N each, in order."""
     per = len(copies) // len(originals)
     thumbs = np.concatenate([originals, copies])
     pairs = np.stack([np.repeat(np.arange(len(originals)), per), len(originals) + np.arange(len(copies))], axis=1)
-    reached = float(np.quantile(Matcher(thumbs, shared_detail(originals)).scores(pairs), quantile))
-    return Thresholds(MATCH_THRESHOLD, reached)
+    scores = Matcher(thumbs, shared_detail(originals)).scores(pairs)
+    return Thresholds(match, round(float(np.mean(scores >= match)), 4))
 
 
 # ----------------------------------------------------------------------------- the cheap check in train

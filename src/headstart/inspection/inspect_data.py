@@ -7,7 +7,7 @@ registered in headstart.inspection.findings):
     unreadable, odd_image      files Pillow cannot read; tiny, huge or extreme-aspect pictures
     exact_duplicate            the same decoded pixels (`path` is the copy, `other` the one kept)
     near_duplicate             nearest neighbours (by embedding or pixel layout) whose fine detail matches
-                               once aligned, at or above a threshold calibrated on generated copies
+                               once aligned (headstart.data.pixel_match), whatever the resize or crop
     leak                       a duplicate across user-given splits; `path` is the held-out copy
     conflicting_label          a duplicate filed under another class
     label_issue                confident learning on out-of-fold probabilities (headstart.inspection.label_issues)
@@ -30,7 +30,14 @@ from PIL import Image
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
-from headstart.data.duplicates import Item, Thresholds, calibrated_threshold, degraded_copies
+from headstart.data.duplicates import (
+    COPIES_FOUND_WARNING,
+    MATCH_THRESHOLD,
+    Item,
+    Thresholds,
+    calibrated_threshold,
+    degraded_copies,
+)
 from headstart.data.images import decode_all, warn_skipped
 from headstart.data.layouts import list_images
 from headstart.data.pixel_match import thumbnail
@@ -103,8 +110,8 @@ def data_root(data: str | None, split: DataSplit) -> Path:
     return Path(os.path.commonpath([str(p) for p, _ in split.train + split.val]))
 
 
-def fit_thresholds(embedder: Embedder, items: list[Item], seed: int) -> Thresholds:
-    """The near-duplicate threshold, and what 99 % of generated copies of sampled images reach."""
+def fit_thresholds(embedder: Embedder, items: list[Item], seed: int, match: float) -> Thresholds:
+    """The near-duplicate threshold, and the share of generated copies of sampled images that reach it."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(items), size=min(CALIBRATION_IMAGES, len(items)), replace=False)
     samples = [(items[i].path, 0) for i in sorted(chosen)]
@@ -113,16 +120,18 @@ def fit_thresholds(embedder: Embedder, items: list[Item], seed: int) -> Threshol
         raise HeadstartError("no readable image to calibrate the near-duplicate threshold on")
     originals = [Image.fromarray(p) for p in pictures]
     copies = [copy for number, picture in enumerate(originals) for copy in degraded_copies(picture, seed + number)]
-    return calibrated_threshold(np.stack([thumbnail(p) for p in originals]), np.stack([thumbnail(c) for c in copies]))
+    return calibrated_threshold(
+        np.stack([thumbnail(p) for p in originals]), np.stack([thumbnail(c) for c in copies]), match
+    )
 
 
 def warn_if_copies_missed(thresholds: Thresholds) -> None:
-    if thresholds.copies < thresholds.match:
+    if thresholds.copies < COPIES_FOUND_WARNING:
         log.warning(
-            "generated copies of these pictures match at %.3f (1 %% of them lower), under the near-duplicate "
-            "threshold %.3f: copies changed as much are missed (small or noisy pictures lose the detail the "
-            "match needs); --near-threshold lowers it",
-            thresholds.copies,
+            "only %.0f %% of generated copies of these pictures (resized, cropped, re-encoded) match at %.2f or "
+            "more: near duplicates changed as much are missed here (small or noisy pictures lose the detail the "
+            "match needs); --near-threshold lowers the bar",
+            100 * thresholds.copies,
             thresholds.match,
         )
 
@@ -178,11 +187,11 @@ def inspect(
 
     Args:
         out: output folder (default runs/<data name>-inspect).
-        near_threshold: pixel match (aligned detail correlation) for near duplicates; None calibrates it on generated copies.
+        near_threshold: pixel match (headstart.data.pixel_match) a near duplicate reaches; None: 0.88.
         label_margin: label suspects with p(suggested) - p(given) at or above it are left out of clean.csv.
     """
     if near_threshold is not None and not 0 < near_threshold <= 1:
-        raise HeadstartError(f"near threshold {near_threshold}: give a pixel match in (0, 1], or none to calibrate")
+        raise HeadstartError(f"near threshold {near_threshold}: give a pixel match in (0, 1], or none for 0.88")
     if not 0 <= label_margin <= 1:
         raise HeadstartError(f"label margin {label_margin}: give a probability margin in [0, 1]")
     from headstart.training.session import ensure_console
@@ -202,9 +211,8 @@ def inspect(
     embedded, ok = embedder.files([items[i].path for i in readable], quiet=quiet)
     rows = [readable[k] for k in np.nonzero(ok)[0]]
     vectors = np.asarray(embedded[np.nonzero(ok)[0]], dtype=np.float32)
-    thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed)
-    if near_threshold is not None:
-        thresholds.match = near_threshold
+    match = MATCH_THRESHOLD if near_threshold is None else near_threshold
+    thresholds = fit_thresholds(embedder, [items[i] for i in rows], seed, match)
     warn_if_copies_missed(thresholds)
     findings = find_all(Evidence(items, facts, rows, vectors, thresholds, seed, split.task == MULTI))
     warn_if_inseparable(sum(f.kind == "near_duplicate" for f in findings), len(rows), thresholds)

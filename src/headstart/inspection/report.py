@@ -75,7 +75,7 @@ def summary(result: InspectResult) -> str:
         note = ""
         if kind == "near_duplicate":
             t = result.thresholds
-            note = f" (pixel match >= {t.match:.2f}; 99 % of generated copies reach {t.copies:.3f})"
+            note = f" (pixel match >= {t.match:.2f}, reached by {100 * t.copies:.0f} % of generated copies)"
         lines.append(f"  {kind:<18} {counts.get(kind, 0)}{note}")
     lines.append(f"clean.csv keeps {result.kept} of {inv['images']} images; details in {result.out / 'inspect.html'}")
     return "\n".join(lines)
