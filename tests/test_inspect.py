@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -256,3 +257,35 @@ def test_too_many_near_pairs_warn(caplog):
         assert not caplog.records
         warn_if_inseparable(11, 10, Thresholds(0.9, 0.95))
     assert "11 near-duplicate pairs among 10 images" in caplog.records[0].getMessage()
+
+
+def test_the_page_ranks_caps_says_what_clean_csv_drops_and_ends_with_the_next_command(tmp_path):
+    """The page's words, not its pixels: label issues most sure first, capped with a count of the rest, each saying
+    in plain words what is wrong and whether clean.csv keeps it; the page ends with the command to train on clean.csv."""
+    from headstart.data.duplicates import Finding, Thresholds
+    from headstart.inspection.report import SHOWN_PER_KIND, InspectResult, page, sorted_findings
+
+    def suspect(number: int, p_given: float) -> Finding:
+        p_suggested = 1 - p_given
+        extra = {"label": "bees", "suggested": "ants", "p_given": p_given, "p_suggested": p_suggested,
+                 "margin": round(p_suggested - p_given, 4), "confident": True}  # fmt: skip
+        return Finding("label_issue", f"train/bees/{number:03d}.jpg", "", round(1 - p_given, 4), extra)
+
+    findings = [suspect(n, p) for n, p in enumerate(np.linspace(0.5, 0.02, SHOWN_PER_KIND + 6))]
+    findings.append(
+        Finding("leak", "val/ants/a.jpg", "train/ants/a.jpg", 0.98, {"split": "val", "other_split": "train"})
+    )
+    inventory = {"images": 100, "classes": 2, "per_split": {"train": {"ants": 50, "bees": 50}}, "modes": {"RGB": 100}}
+    result = InspectResult(tmp_path / "report", sorted_findings(findings), inventory, Thresholds(0.9, 0.95))
+    text = re.sub(r"<[^>]+>", " ", page(result, tmp_path, label_margin=0.5))
+    text = re.sub(r"\s+", " ", text)
+    assert "details in" not in text and "clean.csv keeps" not in text  # the console line stays in the console
+    # Most sure first: the lowest p(given) leads; the rest are counted, not shown.
+    first = text.index("train/bees/029.jpg")
+    assert first < text.index("train/bees/028.jpg") and "train/bees/005.jpg" not in text
+    assert f"{SHOWN_PER_KIND} of 30 shown, the 6 others are in findings.csv" in text
+    assert "filed as bees, looks like ants (98 % sure)" in text
+    shown = result.of("label_issue")[:SHOWN_PER_KIND]
+    assert text.count("left out of clean.csv") == 1 + sum(f.extra["margin"] >= 0.5 for f in shown)  # the leak too
+    assert "kept in clean.csv" in text
+    assert text.rstrip().endswith(f"headstart train {tmp_path / 'report' / 'clean.csv'}")

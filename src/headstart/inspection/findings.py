@@ -40,51 +40,97 @@ def duplicate_rows(kind: str) -> Finder:
     return lambda evidence: [f for f in evidence.duplicate_pairs if f.kind == kind]
 
 
+def percent(probability: float) -> str:
+    return f"{round(100 * probability)} %"
+
+
+def label_words(finding: Finding) -> str:
+    extra = finding.extra
+    if "p_suggested" not in extra:  # multi-label: tags to add and to drop
+        changes = [
+            f"add {extra['add']}" if extra.get("add") else "",
+            f"drop {extra['drop']}" if extra.get("drop") else "",
+        ]
+        return f"tagged {extra['label']}; looks like it should {' and '.join(c for c in changes if c)}"
+    return f"filed as {extra['label']}, looks like {extra['suggested']} ({percent(extra['p_suggested'])} sure)"
+
+
+def copy_words(finding: Finding) -> str:
+    extra = finding.extra
+    if finding.kind == "exact_duplicate":
+        return "the same pixels as the picture on the right"
+    if finding.kind == "conflicting_label":
+        return f"filed as {extra['label']}; its copy (right) as {extra['other_label']}"
+    copy = "a copy" if finding.kind == "near_duplicate" or extra.get("via") == "near_duplicate" else "an exact copy"
+    where = f"in {extra['split']}, {copy} of a {extra['other_split']} picture" if finding.kind == "leak" else copy
+    return where + (f" (pixel match {finding.score:.2f})" if finding.score < 1 else "")
+
+
 @dataclass(frozen=True)
 class FindingKind:
     name: str  # findings.csv's kind column
-    caption: str  # one line in plain words under the kind's heading in inspect.html
+    caption: str  # what the kind means, in plain words, under its heading in inspect.html
     find: Finder
     # The relative paths a finding leaves out of clean.csv (given the label margin); `keep` leaves none out.
     leaves_out: Callable[[Finding, float], tuple[str, ...]] = keep
+    # One finding in plain words, under its pictures in inspect.html.
+    describe: Callable[[Finding], str] = lambda finding: finding.extra.get("reason", "")
 
 
 KINDS: tuple[FindingKind, ...] = (
     FindingKind(
         "leak",
-        "the same picture in two splits: the held-out copy (left) inflates every score measured on it",
+        "Pictures in a held-out split that copy a picture of an earlier split (train before val before test): "
+        "every score measured on them is too good. clean.csv leaves the held-out copy (left) out.",
         duplicate_rows("leak"),
         drop_path,
+        copy_words,
     ),
     FindingKind(
         "exact_duplicate",
-        "identical decoded pixels: the copy (left) and the one kept (right)",
+        "Files with identical pixels: clean.csv keeps the one on the right and leaves the copy (left) out.",
         duplicate_rows("exact_duplicate"),
         drop_path,
+        copy_words,
     ),
     FindingKind(
         "conflicting_label",
-        "the same picture filed under two classes",
+        "The same picture filed under two classes: clean.csv leaves both out until you decide which is right.",
         duplicate_rows("conflicting_label"),
         drop_both,
+        copy_words,
     ),
     FindingKind(
         "near_duplicate",
-        "copies of one picture, resized (aspect kept or squashed), cropped, re-encoded or recoloured: their "
-        "fine detail matches once one is aligned on the other",
+        "Copies of one picture, resized (aspect kept or squashed), cropped, re-encoded or recoloured: their fine "
+        "detail matches once one is aligned on the other. clean.csv keeps both (leaks aside): delete one "
+        "if they should not count twice.",
         duplicate_rows("near_duplicate"),
+        keep,
+        copy_words,
     ),
     FindingKind(
         "label_issue",
-        "out-of-fold heads predict another class (multi-label: other tags, found by cleanlab's multi-label "
-        "method); score 1 - p(given) (multi-label: 1 - label quality), most suspicious first; "
-        "confident: flagged by confident learning",
+        "Pictures whose class looks wrong: models trained without them put them in another class. Most sure "
+        "first. clean.csv leaves out those where the suggested class beats the given one by the label margin.",
         lambda evidence: tag_issue_rows(evidence) if evidence.multi_label else label_issue_rows(evidence),
         drop_confident,
+        label_words,
     ),
-    FindingKind("outlier", "far from every class in embedding space (score: robust z below the median)", outlier_rows),
-    FindingKind("unreadable", "files Pillow cannot decode (training skips them)", unreadable, drop_path),
-    FindingKind("odd_image", "tiny, huge or extreme-aspect pictures", odd_images),
+    FindingKind(
+        "outlier",
+        "Pictures unlike every class: perhaps from another data set, blank, or a class of their own. clean.csv keeps them.",
+        outlier_rows,
+        keep,
+        lambda finding: f"filed as {finding.extra['label']}, unlike every class",
+    ),
+    FindingKind(
+        "unreadable",
+        "Files that cannot be opened as pictures: training skips them, and clean.csv leaves them out.",
+        unreadable,
+        drop_path,
+    ),
+    FindingKind("odd_image", "Tiny, huge or very elongated pictures: clean.csv keeps them.", odd_images),
 )
 
 

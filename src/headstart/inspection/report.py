@@ -1,12 +1,14 @@
 """What `headstart inspect` writes: findings.csv, clean.csv, one self-contained inspect.html, the console summary.
 
-findings.csv   kind,path,other,score then extra columns (label, other_label, split, suggested, ...);
-               paths relative to DATA
+findings.csv   kind,path,other,score,clean (whether clean.csv keeps `path`: kept / left out) then
+               extra columns (label, other_label, split, suggested, ...); paths relative to DATA
 clean.csv      path,label,split of the images worth training on: exact copies, unreadable files,
                the held-out copy of every leak, both sides of a conflicting label and label
                suspects at or above the stated margin are left out. `headstart train clean.csv`
                takes it; paths are absolute, split is empty where the user gave none.
-inspect.html   the inventory and a grid of pictures per kind of finding; every picture inlined.
+inspect.html   what was found per kind, the inventory, then per kind the most certain findings (at most
+               24) with their pictures, what each one is in plain words and whether clean.csv keeps
+               it; it ends with the command that trains on clean.csv. Every picture is inlined.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import csv
 import html
 import io
 import os
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +27,9 @@ from PIL import Image
 
 from headstart.core.fileio import atomic_write
 from headstart.data.duplicates import Finding, Item, Thresholds
-from headstart.inspection.findings import KINDS, kind_names
+from headstart.inspection.findings import KINDS, FindingKind, kind_names
 
-FIXED_COLUMNS = ["kind", "path", "other", "score"]
+FIXED_COLUMNS = ["kind", "path", "other", "score", "clean"]
 SHOWN_PER_KIND = 24
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -36,6 +39,7 @@ table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px soli
 figure { margin: 0; font-size: 0.75em; width: 260px; overflow-wrap: anywhere; }
 figure img { width: 128px; height: 128px; object-fit: cover; } .note { color: #666; }
 .missing { display: inline-block; width: 128px; height: 128px; background: #eee; }
+.out { color: #a40000; } .kept { color: #2a6f2a; } pre { background: #f4f4f4; padding: 0.6em; }
 """
 
 
@@ -89,9 +93,19 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     atomic_write(path, buffer.getvalue().encode())
 
 
-def findings_rows(findings: list[Finding]) -> tuple[list[str], list[list]]:
+def findings_rows(findings: list[Finding], dropped: set[str]) -> tuple[list[str], list[list]]:
     extras = list(dict.fromkeys(key for f in findings for key in f.extra))
-    rows = [[f.kind, f.path, f.other, f.score, *(f.extra.get(k, "") for k in extras)] for f in findings]
+    rows = [
+        [
+            f.kind,
+            f.path,
+            f.other,
+            f.score,
+            "left out" if f.path in dropped else "kept",
+            *(f.extra.get(k, "") for k in extras),
+        ]
+        for f in findings
+    ]
     return FIXED_COLUMNS + extras, rows
 
 
@@ -104,9 +118,9 @@ def left_out(findings: list[Finding], label_margin: float) -> set[str]:
 def write_outputs(result: InspectResult, items: list[Item], root: Path, label_margin: float) -> None:
     """findings.csv, clean.csv and inspect.html in result.out; sets result.kept."""
     result.out.mkdir(parents=True, exist_ok=True)
-    header, rows = findings_rows(result.findings)
-    write_csv(result.out / "findings.csv", header, rows)
     dropped = left_out(result.findings, label_margin)
+    header, rows = findings_rows(result.findings, dropped)
+    write_csv(result.out / "findings.csv", header, rows)
     kept = [item for item in items if item.relative not in dropped]
     # Relative to clean.csv's own folder, as train reads a CSV's paths: the data and the report can move together.
     here = result.out.resolve()
@@ -120,7 +134,7 @@ def write_outputs(result: InspectResult, items: list[Item], root: Path, label_ma
         f"clean.csv leaves out {len(items) - len(kept)} images: exact copies, unreadable files, held-out leak copies, "
         f"both sides of conflicting labels, label suspects with margin >= {label_margin}"
     )
-    atomic_write(result.out / "inspect.html", page(result, root).encode())
+    atomic_write(result.out / "inspect.html", page(result, root, label_margin).encode())
 
 
 # ----------------------------------------------------------------------------- the HTML page
@@ -147,13 +161,39 @@ def picture(root: Path, relative: str) -> str:
     return f'<img src="{source}" alt="{html.escape(relative)}">'
 
 
-def figure(root: Path, finding: Finding) -> str:
+def verdict(finding: Finding, dropped: set[str]) -> str:
+    """Whether clean.csv keeps the finding's picture (both pictures, for a conflicting label), in words."""
+    if finding.kind == "conflicting_label" and {finding.path, finding.other} <= dropped:
+        return '<span class="out">both left out of clean.csv</span>'
+    if finding.path in dropped:
+        return '<span class="out">left out of clean.csv</span>'
+    return '<span class="kept">kept in clean.csv</span>'
+
+
+def figure(root: Path, kind: FindingKind, finding: Finding, dropped: set[str]) -> str:
     pictures = picture(root, finding.path) + (picture(root, finding.other) if finding.other else "")
-    details = ", ".join(f"{k}: {v}" for k, v in finding.extra.items() if k != "via")
-    caption = html.escape(f"{finding.path}" + (f" | {finding.other}" if finding.other else ""))
+    names = html.escape(finding.path + (f" | {finding.other}" if finding.other else ""))
+    words = html.escape(kind.describe(finding))
     return (
-        f'<figure><div class="pair">{pictures}</div><figcaption>{caption}<br>score {finding.score}'
-        f"{'; ' + html.escape(details) if details else ''}</figcaption></figure>"
+        f'<figure><div class="pair">{pictures}</div><figcaption>{names}<br><b>{words}</b><br>'
+        f"{verdict(finding, dropped)}</figcaption></figure>"
+    )
+
+
+def found_table(result: InspectResult, dropped: set[str]) -> str:
+    """One row per kind found: how many, and how many of their pictures clean.csv leaves out."""
+    rows = []
+    for kind in KINDS:
+        found = result.of(kind.name)
+        if found:
+            out = len({f.path for f in found} & dropped)
+            rows.append(f"<tr><td>{kind.name}</td><td>{len(found)}</td><td>{out}</td></tr>")
+    if not rows:
+        return "<p>Nothing found.</p>"
+    return (
+        "<table><tr><th>finding</th><th>found</th><th>pictures clean.csv leaves out</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 
@@ -170,24 +210,31 @@ def inventory_table(inventory: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def page(result: InspectResult, root: Path) -> str:
+def kind_section(result: InspectResult, root: Path, kind: FindingKind, dropped: set[str]) -> str:
+    """The kind's heading, what it means, and its most certain findings (findings are sorted, surest first)."""
+    found = result.of(kind.name)
+    shown = "".join(figure(root, kind, f, dropped) for f in found[:SHOWN_PER_KIND])
+    more = f" {SHOWN_PER_KIND} of {len(found)} shown, the {len(found) - SHOWN_PER_KIND} others are in findings.csv."
+    note = html.escape(kind.caption + (more if len(found) > SHOWN_PER_KIND else ""))
+    return f"<h2>{kind.name} ({len(found)})</h2><p class='note'>{note}</p><div class=\"grid\">{shown}</div>"
+
+
+def page(result: InspectResult, root: Path, label_margin: float) -> str:
+    """inspect.html: what was found, the inventory, each kind's findings, and the command to train on clean.csv."""
     inv = result.inventory
+    dropped = left_out(result.findings, label_margin)
     sections = [
-        f"<p>{html.escape(summary(result)).replace(chr(10), '<br>')}</p>",
+        "<h2>Found</h2>" + found_table(result, dropped),
         f"<p class='note'>{html.escape(' '.join(result.notes))}</p>",
         "<h2>Inventory</h2>" + inventory_table(inv),
         f"<p>colour modes: {html.escape(str(inv['modes']))}</p>",
     ]
-    for kind in KINDS:
-        found = result.of(kind.name)
-        if not found:
-            continue
-        shown = "".join(figure(root, f) for f in found[:SHOWN_PER_KIND])
-        more = f" (the first {SHOWN_PER_KIND} shown; all in findings.csv)" if len(found) > SHOWN_PER_KIND else ""
-        sections.append(
-            f"<h2>{kind.name} ({len(found)})</h2><p class='note'>{html.escape(kind.caption)}{more}</p>"
-            f'<div class="grid">{shown}</div>'
-        )
+    sections += [kind_section(result, root, kind, dropped) for kind in KINDS if result.of(kind.name)]
+    command = f"headstart train {shlex.quote(str(result.out / 'clean.csv'))}"
+    sections.append(
+        f"<h2>Next</h2><p>Train on the {result.kept} of {inv['images']} images that clean.csv kept:</p>"
+        f"<pre>{html.escape(command)}</pre>"
+    )
     title = f"inspect: {root.name}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
