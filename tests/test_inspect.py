@@ -284,7 +284,7 @@ def test_the_page_ranks_caps_says_what_clean_csv_drops_and_ends_with_the_next_co
     first = text.index("train/bees/029.jpg")
     assert first < text.index("train/bees/028.jpg") and "train/bees/005.jpg" not in text
     assert f"{SHOWN_PER_KIND} of 30 shown, the 6 others are in findings.csv" in text
-    assert "filed as bees, looks like ants (98 % sure)" in text
+    assert "filed as bees, looks like ants (98 % ants, 2 % bees)" in text
     shown = result.of("label_issue")[:SHOWN_PER_KIND]
     assert text.count("left out of clean.csv") == 1 + sum(f.extra["margin"] >= 0.5 for f in shown)  # the leak too
     assert "kept in clean.csv" in text

@@ -52,7 +52,11 @@ def label_words(finding: Finding) -> str:
             f"drop {extra['drop']}" if extra.get("drop") else "",
         ]
         return f"tagged {extra['label']}; looks like it should {' and '.join(c for c in changes if c)}"
-    return f"filed as {extra['label']}, looks like {extra['suggested']} ({percent(extra['p_suggested'])} sure)"
+    label, suggested = extra["label"], extra["suggested"]
+    return (
+        f"filed as {label}, looks like {suggested} "
+        f"({percent(extra['p_suggested'])} {suggested}, {percent(extra['p_given'])} {label})"
+    )
 
 
 def copy_words(finding: Finding) -> str:

@@ -93,7 +93,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     atomic_write(path, buffer.getvalue().encode())
 
 
-def findings_rows(findings: list[Finding], dropped: set[str]) -> tuple[list[str], list[list]]:
+def findings_rows(findings: list[Finding], dropped: dict[str, str]) -> tuple[list[str], list[list]]:
     extras = list(dict.fromkeys(key for f in findings for key in f.extra))
     rows = [
         [
@@ -109,10 +109,16 @@ def findings_rows(findings: list[Finding], dropped: set[str]) -> tuple[list[str]
     return FIXED_COLUMNS + extras, rows
 
 
-def left_out(findings: list[Finding], label_margin: float) -> set[str]:
-    """Relative paths clean.csv leaves out: what each kind's `leaves_out` says (headstart.inspection.findings)."""
+def left_out(findings: list[Finding], label_margin: float) -> dict[str, str]:
+    """Relative paths clean.csv leaves out, each with the first kind (in KINDS order) that leaves it out:
+    what each kind's `leaves_out` says (headstart.inspection.findings)."""
     rule = {kind.name: kind.leaves_out for kind in KINDS}
-    return {path for f in findings for path in rule[f.kind](f, label_margin)}
+    order = {kind.name: i for i, kind in enumerate(KINDS)}
+    dropped: dict[str, str] = {}
+    for f in sorted(findings, key=lambda f: order[f.kind]):
+        for path in rule[f.kind](f, label_margin):
+            dropped.setdefault(path, f.kind)
+    return dropped
 
 
 def write_outputs(result: InspectResult, items: list[Item], root: Path, label_margin: float) -> None:
@@ -161,16 +167,19 @@ def picture(root: Path, relative: str) -> str:
     return f'<img src="{source}" alt="{html.escape(relative)}">'
 
 
-def verdict(finding: Finding, dropped: set[str]) -> str:
-    """Whether clean.csv keeps the finding's picture (both pictures, for a conflicting label), in words."""
-    if finding.kind == "conflicting_label" and {finding.path, finding.other} <= dropped:
+def verdict(finding: Finding, dropped: dict[str, str]) -> str:
+    """Whether clean.csv keeps the finding's picture (both pictures, for a conflicting label), in words,
+    naming the finding that leaves it out where that is another kind's."""
+    if finding.kind == "conflicting_label" and finding.path in dropped and finding.other in dropped:
         return '<span class="out">both left out of clean.csv</span>'
-    if finding.path in dropped:
-        return '<span class="out">left out of clean.csv</span>'
-    return '<span class="kept">kept in clean.csv</span>'
+    if finding.path not in dropped:
+        return '<span class="kept">kept in clean.csv</span>'
+    reason = dropped[finding.path]
+    because = "" if reason == finding.kind else f" (as a {reason.replace('_', ' ')})"
+    return f'<span class="out">left out of clean.csv{because}</span>'
 
 
-def figure(root: Path, kind: FindingKind, finding: Finding, dropped: set[str]) -> str:
+def figure(root: Path, kind: FindingKind, finding: Finding, dropped: dict[str, str]) -> str:
     pictures = picture(root, finding.path) + (picture(root, finding.other) if finding.other else "")
     names = html.escape(finding.path + (f" | {finding.other}" if finding.other else ""))
     words = html.escape(kind.describe(finding))
@@ -180,13 +189,13 @@ def figure(root: Path, kind: FindingKind, finding: Finding, dropped: set[str]) -
     )
 
 
-def found_table(result: InspectResult, dropped: set[str]) -> str:
+def found_table(result: InspectResult, dropped: dict[str, str]) -> str:
     """One row per kind found: how many, and how many of their pictures clean.csv leaves out."""
     rows = []
     for kind in KINDS:
         found = result.of(kind.name)
         if found:
-            out = len({f.path for f in found} & dropped)
+            out = len({f.path for f in found} & dropped.keys())
             rows.append(f"<tr><td>{kind.name}</td><td>{len(found)}</td><td>{out}</td></tr>")
     if not rows:
         return "<p>Nothing found.</p>"
@@ -210,7 +219,7 @@ def inventory_table(inventory: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def kind_section(result: InspectResult, root: Path, kind: FindingKind, dropped: set[str]) -> str:
+def kind_section(result: InspectResult, root: Path, kind: FindingKind, dropped: dict[str, str]) -> str:
     """The kind's heading, what it means, and its most certain findings (findings are sorted, surest first)."""
     found = result.of(kind.name)
     shown = "".join(figure(root, kind, f, dropped) for f in found[:SHOWN_PER_KIND])
