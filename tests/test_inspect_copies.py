@@ -114,3 +114,33 @@ def test_look_alike_set_reports_its_one_copy_and_no_other_pair(tmp_path):
     jpeg(cropped(original, 0.05, 0.04, 0.02, 0.06), 75).save(data / "free/003_copy.jpg")
     result = headstart.inspect(data, tmp_path / "out", image_size=64, quiet=True)
     assert [(f.path, f.other) for f in result.of("near_duplicate")] == [("free/003_copy.jpg", "free/003.png")]
+
+
+def stripes(period: int, colours: tuple, seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """Vertical stripes of two colours, a little grain: a texture set's look-alikes."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    band = (np.arange(width) // period) % 2
+    pixels = np.array(colours, dtype=np.float64)[band][None, :, :].repeat(height, axis=0)
+    pixels += rng.normal(0, 4, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_the_same_stripes_in_other_colours_are_not_copies(tmp_path):
+    """Periodic textures match in detail once aligned; a mean colour far apart says they are other pictures."""
+    rng = np.random.default_rng(7)
+    schemes: list[np.ndarray] = []
+    while len(schemes) < 12:  # colour pairs whose means lie at least 50 levels apart in some channel
+        scheme = rng.integers(0, 256, (2, 3))
+        if all(np.abs(scheme.mean(0) - other.mean(0)).max() >= 50 for other in schemes):
+            schemes.append(scheme)
+    data = tmp_path / "textures"
+    for number, (name, period) in enumerate((("banded", 9), ("striped", 11))):
+        (data / name).mkdir(parents=True)
+        for index in range(6):
+            scheme = tuple(tuple(int(v) for v in colour) for colour in schemes[number * 6 + index])
+            stripes(period, scheme, seed=index).save(data / name / f"{index:03d}.png")
+    copy = ImageEnhance.Brightness(Image.open(data / "banded/002.png")).enhance(1.1)
+    jpeg(copy, 80).save(data / "banded/002_copy.jpg")
+    result = headstart.inspect(data, tmp_path / "out", image_size=64, quiet=True)
+    assert [(f.path, f.other) for f in result.of("near_duplicate")] == [("banded/002_copy.jpg", "banded/002.png")]

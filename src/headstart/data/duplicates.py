@@ -40,6 +40,9 @@ MATCH_THRESHOLD = 0.88
 # The share of generated copies of the set's own pictures that reach the threshold is measured too:
 # under this (small or noisy pictures lose the detail the match needs), inspect warns that copies are missed.
 COPIES_FOUND_WARNING = 0.9
+# The colour tolerance: what this share of generated copies' mean colours stay within (brightness,
+# contrast and saturation changed up to 15 % among them), and at least MIN_COLOUR levels.
+COLOUR_QUANTILE, MIN_COLOUR = 0.99, 4.0
 # Nearest neighbours by embedding, and by pixel layout, that each picture is compared with.
 NEIGHBOURS = 10
 # A near duplicate's mismatch (1 - match) is at most this share of each picture's typical mismatch with
@@ -161,13 +164,20 @@ def typical_match(pairs: np.ndarray, scores: np.ndarray, count: int) -> np.ndarr
 
 
 def near_findings(
-    items: list[Item], embeddings: np.ndarray, digests: list[str | None], thumbs: np.ndarray, thresholds: Thresholds
+    items: list[Item],
+    embeddings: np.ndarray,
+    digests: list[str | None],
+    looks: tuple[np.ndarray, np.ndarray],
+    thresholds: Thresholds,
 ) -> list[Finding]:
     """near_duplicate rows (plus leak / conflicting_label rows) for the pairs whose pixels match, exact copies aside.
+
+    `looks`: (N, 64, 64) grayscale thumbnails and (N, 3) mean colours (headstart.data.pixel_match.looks).
 
     Only one picture of each exact-duplicate group is compared: its copies are already reported, and
     would otherwise fill each other's nearest-neighbour lists.
     """
+    thumbs, colours = looks
     first: dict[str, int] = {}
     for index in keeper_first(items, list(range(len(items)))):
         first.setdefault(digests[index] or f"unread-{index}", index)
@@ -184,8 +194,12 @@ def near_findings(
     stands_out = (mismatch <= STAND_OUT * (1.0 - typical[pairs[:, 0]])) & (
         mismatch <= STAND_OUT * (1.0 - typical[pairs[:, 1]])
     )
+    # A recoloured variant (the same stripes in other colours) is not a copy: mean colours stay within
+    # what a mild colour change of the set's own pictures moves them. Checked after `typical`, which
+    # is over all of a picture's candidates.
+    close = np.abs(colours[pairs[:, 0]] - colours[pairs[:, 1]]).max(axis=1) <= thresholds.colour
     found = []
-    for (i, j), score, clear in zip(pairs.tolist(), scores.tolist(), stands_out.tolist()):
+    for (i, j), score, clear in zip(pairs.tolist(), scores.tolist(), (stands_out & close).tolist()):
         if score >= thresholds.match and clear:
             keep, copy = keeper_first(items, [i, j])
             found += pair_findings(items, keep, copy, "near_duplicate", round(score, 4))
@@ -198,7 +212,7 @@ def near_findings(
 def degraded_copies(image: Image.Image, seed: int) -> list[Image.Image]:
     """The near copies real folders hold, one of each: re-encoded as JPEG (quality 40-70), downscaled
     0.5-0.8x, squashed to 224x224 (aspect changed), each side cropped 0-10 %, brightness, contrast and
-    saturation changed 0-12 %, and 3 % a side cropped + 0.8x + JPEG 70."""
+    saturation changed 0-15 %, and 3 % a side cropped + 0.8x + JPEG 70."""
     rng = np.random.default_rng(seed)
     image = image.convert("RGB")
     width, height = image.size
@@ -208,7 +222,7 @@ def degraded_copies(image: Image.Image, seed: int) -> list[Image.Image]:
         resized(image, float(rng.uniform(0.5, 0.8))),
         image.resize(square, Image.Resampling.BILINEAR),
         cut(image, rng.uniform(0.0, 0.10, 4).tolist()),
-        recoloured(image, rng.uniform(0.88, 1.12, 3).tolist()),
+        recoloured(image, rng.uniform(0.85, 1.15, 3).tolist()),
         jpeg(resized(cut(image, [0.03] * 4), 0.8), 70),
     ]
     return copies
@@ -241,20 +255,28 @@ def recoloured(image: Image.Image, factors: list[float]) -> Image.Image:
 
 @dataclass
 class Thresholds:
-    """A near duplicate's pixel match (headstart.data.pixel_match) reaches `match`; `copies` is the share of
-    generated copies of the data set's own pictures (degraded_copies) that reach it."""
+    """A near duplicate's pixel match (headstart.data.pixel_match) reaches `match` and its mean colours differ
+    by at most `colour` (0-255, largest channel); `copies` is the share of generated copies of the data set's
+    own pictures (degraded_copies) that pass both."""
 
     match: float
     copies: float
+    colour: float = 255.0
 
 
-def calibrated_threshold(originals: np.ndarray, copies: np.ndarray, match: float = MATCH_THRESHOLD) -> Thresholds:
-    """Thresholds from thumbnails of originals (N, 64, 64) and of their copies, len(copies) // N each, in order."""
-    per = len(copies) // len(originals)
-    thumbs = np.concatenate([originals, copies])
-    pairs = np.stack([np.repeat(np.arange(len(originals)), per), len(originals) + np.arange(len(copies))], axis=1)
-    scores = Matcher(thumbs, shared_detail(originals)).scores(pairs)
-    return Thresholds(match, round(float(np.mean(scores >= match)), 4))
+def calibrated_threshold(
+    originals: tuple[np.ndarray, np.ndarray], copies: tuple[np.ndarray, np.ndarray], match: float = MATCH_THRESHOLD
+) -> Thresholds:
+    """Thresholds from the looks (thumbnails, mean colours) of originals and of their copies, len(copies) // N
+    each, in order: the colour tolerance is what 99 % of the copies' mean colours stay within."""
+    (thumbs, colours), (copy_thumbs, copy_colours) = originals, copies
+    per = len(copy_thumbs) // len(thumbs)
+    everything = np.concatenate([thumbs, copy_thumbs])
+    pairs = np.stack([np.repeat(np.arange(len(thumbs)), per), len(thumbs) + np.arange(len(copy_thumbs))], axis=1)
+    scores = Matcher(everything, shared_detail(thumbs)).scores(pairs)
+    apart = np.abs(np.repeat(colours, per, axis=0) - copy_colours).max(axis=1)
+    colour = max(MIN_COLOUR, float(np.quantile(apart, COLOUR_QUANTILE)))
+    return Thresholds(match, round(float(np.mean((scores >= match) & (apart <= colour))), 4), round(colour, 2))
 
 
 # ----------------------------------------------------------------------------- the cheap check in train

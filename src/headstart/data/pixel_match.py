@@ -33,6 +33,13 @@ BLUR_SIGMA = 1.0
 PAIR_BATCH = 2048
 
 
+def looks(rgb: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(64x64 grayscale thumbnail, uint8; mean colour, float32 RGB 0-255) of an RGB picture, from one small copy."""
+    small = rgb.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    colour = np.asarray(small, dtype=np.float32).reshape(-1, 3).mean(axis=0)
+    return np.asarray(small.convert("L"), dtype=np.uint8), colour
+
+
 def thumbnail(rgb: Image.Image) -> np.ndarray:
     """The picture in grayscale, squashed to 64x64 (uint8; Pillow's bilinear filter averages when it shrinks): what every comparison starts from."""
     return np.asarray(rgb.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -19,7 +19,8 @@ class Facts:
     mode: str = ""
     digest: str | None = None
     error: str = ""
-    thumbnail: np.ndarray | None = None  # 64x64 grayscale, squashed (headstart.data.pixel_match.thumbnail)
+    thumbnail: np.ndarray | None = None  # 64x64 grayscale, squashed (headstart.data.pixel_match.looks)
+    colour: np.ndarray | None = None  # mean RGB
 
 
 @dataclass
@@ -44,9 +45,10 @@ class Evidence:
         """
         found = exact_findings(self.items, [f.digest for f in self.facts])
         facts = [self.facts[i] for i in self.rows]
-        thumbs = [f.thumbnail for f in facts if f.thumbnail is not None]
-        assert len(thumbs) == len(facts)  # the rows are the items read, and reading sets the thumbnail
-        if not thumbs:
+        looks = [(f.thumbnail, f.colour) for f in facts if f.thumbnail is not None and f.colour is not None]
+        assert len(looks) == len(facts)  # the rows are the items read, and reading sets both
+        if not looks:
             return found
+        thumbs, colours = np.stack([t for t, _ in looks]), np.stack([c for _, c in looks])
         digests = [f.digest for f in facts]
-        return found + near_findings(self.embedded, self.vectors, digests, np.stack(thumbs), self.thresholds)
+        return found + near_findings(self.embedded, self.vectors, digests, (thumbs, colours), self.thresholds)

@@ -106,9 +106,9 @@ KINDS: tuple[FindingKind, ...] = (
     ),
     FindingKind(
         "near_duplicate",
-        "Copies of one picture, resized (aspect kept or squashed), cropped, re-encoded or recoloured: their fine "
-        "detail matches once one is aligned on the other. clean.csv keeps both (leaks aside): delete one "
-        "if they should not count twice.",
+        "Copies of one picture, resized (aspect kept or squashed), cropped, re-encoded or mildly recoloured: "
+        "their fine detail matches once one is aligned on the other, and their colours are close. clean.csv "
+        "keeps both (leaks aside): delete one if they should not count twice.",
         duplicate_rows("near_duplicate"),
         keep,
         copy_words,

@@ -40,7 +40,7 @@ from headstart.data.duplicates import (
 )
 from headstart.data.images import decode_all, warn_skipped
 from headstart.data.layouts import list_images
-from headstart.data.pixel_match import thumbnail
+from headstart.data.pixel_match import looks
 from headstart.data.splits import MULTI, DataSplit
 from headstart.inspection.embeddings import Embedder
 from headstart.inspection.evidence import Evidence
@@ -120,17 +120,20 @@ def fit_thresholds(embedder: Embedder, items: list[Item], seed: int, match: floa
         raise HeadstartError("no readable image to calibrate the near-duplicate threshold on")
     originals = [Image.fromarray(p) for p in pictures]
     copies = [copy for number, picture in enumerate(originals) for copy in degraded_copies(picture, seed + number)]
+    original_looks, copy_looks = [looks(p) for p in originals], [looks(c) for c in copies]
     return calibrated_threshold(
-        np.stack([thumbnail(p) for p in originals]), np.stack([thumbnail(c) for c in copies]), match
+        (np.stack([t for t, _ in original_looks]), np.stack([c for _, c in original_looks])),
+        (np.stack([t for t, _ in copy_looks]), np.stack([c for _, c in copy_looks])),
+        match,
     )
 
 
 def warn_if_copies_missed(thresholds: Thresholds) -> None:
     if thresholds.copies < COPIES_FOUND_WARNING:
         log.warning(
-            "only %.0f %% of generated copies of these pictures (resized, cropped, re-encoded) match at %.2f or "
-            "more: near duplicates changed as much are missed here (small or noisy pictures lose the detail the "
-            "match needs); --near-threshold lowers the bar",
+            "only %.0f %% of generated copies of these pictures (resized, cropped, re-encoded, recoloured) match "
+            "at %.2f or more: near duplicates changed as much are missed here (small or noisy pictures lose the "
+            "detail the match needs); --near-threshold lowers the bar",
             100 * thresholds.copies,
             thresholds.match,
         )

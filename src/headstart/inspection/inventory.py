@@ -2,8 +2,8 @@
 
 Each file is opened once at full resolution: its size and mode are read, its pixels decoded to
 RGB (EXIF rotation applied, as training sees them) and digested, so a PNG re-saved from a
-JPEG's pixels has the same digest as the JPEG, and reduced to a 64x64 grayscale thumbnail
-(headstart.data.pixel_match.thumbnail) that near duplicates are matched on. Files that fail are `unreadable` findings.
+JPEG's pixels has the same digest as the JPEG, and reduced to a 64x64 grayscale thumbnail and a
+mean colour (headstart.data.pixel_match.looks) that near duplicates are matched on. Files that fail are `unreadable` findings.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 
 from headstart.data.duplicates import Finding, Item
 from headstart.data.images import MAX_ASPECT_RATIO, to_rgb
-from headstart.data.pixel_match import thumbnail
+from headstart.data.pixel_match import looks
 from headstart.inspection.evidence import Evidence, Facts
 
 # Shorter side below this is `tiny` (a model upsamples it into blur); above HUGE_PIXELS is `huge`.
@@ -51,7 +51,8 @@ def examine(item: Item) -> Facts:
                 )
                 return facts
             rgb = to_rgb(image)
-            facts.digest, facts.thumbnail = digest_rgb(rgb), thumbnail(rgb)
+            facts.digest = digest_rgb(rgb)
+            facts.thumbnail, facts.colour = looks(rgb)
             return facts
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return Facts(error=f"{type(err).__name__}: {err}"[:200])

@@ -79,7 +79,10 @@ def summary(result: InspectResult) -> str:
         note = ""
         if kind == "near_duplicate":
             t = result.thresholds
-            note = f" (pixel match >= {t.match:.2f}, reached by {100 * t.copies:.0f} % of generated copies)"
+            note = (
+                f" (pixel match >= {t.match:.2f}, mean colours within {t.colour:.0f}: "
+                f"{100 * t.copies:.0f} % of generated copies pass)"
+            )
         lines.append(f"  {kind:<18} {counts.get(kind, 0)}{note}")
     lines.append(f"clean.csv keeps {result.kept} of {inv['images']} images; details in {result.out / 'inspect.html'}")
     return "\n".join(lines)
