@@ -71,7 +71,7 @@ class Clock(logging.Handler):
 logging.getLogger("headstart").addHandler(Clock())
 logging.getLogger("headstart").setLevel(logging.INFO)
 tic = time.perf_counter()
-result = headstart.train({"data": {"path": sys.argv[1], "test_fraction": 0.1}, "run": {"out_dir": sys.argv[2]}}, quiet=True)
+result = headstart.train({"data": {"path": sys.argv[1], "test_fraction": 0.1}, "run": {"out_dir": sys.argv[2]}}, quiet=False)
 wall = time.perf_counter() - tic
 def at(prefix):
     return next((t - tic for t, m in events if m.startswith(prefix)), None)
