@@ -1,6 +1,7 @@
 """CPU precision and layout chosen by measuring the model, stored per machine, said in the log and summary."""
 
 import pytest
+import torch
 
 import headstart
 from headstart.config.recipe import ModelConfig
@@ -56,3 +57,12 @@ def test_fixed_settings_are_not_measured(colour_folder, tmp_path, monkeypatch, f
     monkeypatch.setattr(precision, "seconds_per_image", lambda *_: pytest.fail("measured a fixed choice"))
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", run=fixed), quiet=True)
     assert "precision: " not in (result.run_dir / "summary.txt").read_text()
+
+
+def test_measuring_draws_nothing_from_the_run_s_random_streams():
+    model = build_model(TINY, 2, 16)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    precision.seconds_per_image(model, pick_hardware("cpu", "fp32", True), 16)
+    assert torch.equal(torch.rand(4), expected)

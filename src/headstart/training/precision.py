@@ -56,7 +56,9 @@ def seconds_per_image(model: Classifier, hw: Hardware, image_size: int) -> float
     """The fastest of REPEATS forward passes of a batch of BATCH images, per image, after one warm-up pass."""
     model.eval()
     model.to(memory_format=torch.channels_last if hw.channels_last else torch.contiguous_format)
-    images = hw.to_input(torch.randn(BATCH, 3, image_size, image_size))
+    # A generator of its own: a run that measures must draw the same random numbers as one that reads the figures.
+    noise = torch.Generator().manual_seed(0)
+    images = hw.to_input(torch.randn(BATCH, 3, image_size, image_size, generator=noise))
     times = []
     for _ in range(REPEATS + 1):
         tic = time.perf_counter()
