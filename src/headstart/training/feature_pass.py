@@ -28,14 +28,11 @@ from headstart.data.batches import GlobalBatches
 
 log = logging.getLogger(__name__)
 
-# numpy has no bfloat16: such features are stored as their raw 16-bit patterns.
-STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
-
 Forward = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 def stored(chunk: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A batch of outputs as the numpy array the cache stores (bfloat16 as its raw bits)."""
+    """A batch of outputs as the numpy array the cache stores (numpy has no bfloat16: its raw 16-bit patterns)."""
     chunk = chunk.to("cpu", dtype).contiguous()
     return chunk.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else chunk.numpy()
 

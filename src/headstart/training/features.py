@@ -208,7 +208,12 @@ class FeatureCache:
         """Whether the stored entry still holds the current prefix's outputs (after weights were loaded), without a pass."""
         if self.cut is None or self._key is None:
             return False
-        return cache.content_key(self.key_fields()) == self._key
+        versions = tensor_versions(self.current_cut.prefix)
+        if versions != self._versions:
+            if cache.content_key(self.key_fields()) != self._key:
+                return False
+            self._versions = versions  # the same weights written again: the next batches need no second checksum
+        return True
 
     def _rows(self) -> dict[str, int]:
         """Each file of an entry and its row count: what stored arrays must match before reuse."""
@@ -271,8 +276,7 @@ class FeatureCache:
             stagings = None
             if self.group.is_main:
                 stagings = [
-                    stack.enter_context(cache.building(folder, self._meta(cache.content_key(fields))))
-                    for _, fields, folder in jobs
+                    stack.enter_context(cache.building(folder, self._meta(folder.name))) for _, _, folder in jobs
                 ]
             counts = " + ".join(map(str, shares(len(self.data.train), self.group.world)))
             if self.group.active:

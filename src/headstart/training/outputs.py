@@ -32,27 +32,22 @@ class ModelOutputs:
         """The feature cache when its entry holds for the current weights (checked on every call), else None."""
         return self.cache if self.cache is not None and self.cache.serves_current_weights() else None
 
-    def scoring(self, split: str) -> tuple[nn.Module, Batches]:
-        """The module and this process's share of batches that score_batches runs for the val or test split."""
+    def scoring(self, split: str, everything: bool = False) -> tuple[nn.Module, Batches]:
+        """The module and the batches of the val or test split that score it: this process's share, or all of them."""
         s = self.session
         if (cache := self.cached()) is not None:
-            return cache.current_cut.suffix, cache.split_batches(split)
+            return cache.current_cut.suffix, cache.split_batches(split, everything)
         dataset = s.data.val if split == "val" else s.data.test
         assert dataset is not None
-        data = s.recipe.data
-        pin = s.hw.device.type == "cuda"
-        loader = make_loader(
-            dataset, data.batch_size, False, data.workers, s.recipe.run.seed, pin, s.group.rank, s.group.world
-        )
+        rank, world = (0, 1) if everything else (s.group.rank, s.group.world)
+        data, pin = s.recipe.data, s.hw.device.type == "cuda"
+        loader = make_loader(dataset, data.batch_size, False, data.workers, s.recipe.run.seed, pin, rank, world)
         return s.model, iter(loader)
 
     def val_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels over the whole val split, on this process alone (calibration is rank 0's)."""
         s = self.session
-        if (cache := self.cached()) is not None:
-            module, batches = cache.current_cut.suffix, cache.split_batches("val", everything=True)
-        else:
-            module, batches = s.model, iter(self._loader(s.data.val))
+        module, batches = self.scoring("val", everything=True)
         module.eval()
         logits, labels = [], []
         with torch.no_grad():
@@ -68,7 +63,7 @@ class ModelOutputs:
         In float32 without the run's autocast: predict runs float32, and the detector's threshold must hold there.
         """
         s = self.session
-        self.session.model.eval()
+        s.model.eval()
         cache = self.cached()
         if cache is not None and (split == "val" or cache.augment == "none"):
             stored = cache.split_rows(split, rows)
@@ -81,16 +76,13 @@ class ModelOutputs:
             known = cache.labels(split)
             return torch.cat(computed), known if rows is None else known[rows]
         dataset: Dataset = s.data.val if split == "val" else _plain_train(s, rows)
+        data = s.recipe.data
         features, labels = [], []
         with torch.no_grad():
-            for inputs, targets in self._loader(dataset):
+            for inputs, targets in make_loader(dataset, data.batch_size, False, data.workers, s.recipe.run.seed):
                 features.append(s.model.penultimate(s.hw.to_input(inputs)).float().cpu())
                 labels.append(targets)
         return torch.cat(features), torch.cat(labels)
-
-    def _loader(self, dataset: Dataset):
-        data = self.session.recipe.data
-        return make_loader(dataset, data.batch_size, False, data.workers, self.session.recipe.run.seed)
 
 
 def _plain_train(session: Session, rows: list[int] | None) -> Dataset:
