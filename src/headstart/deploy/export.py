@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from headstart.config.recipe import Preprocessing, describe_validation_error
+from headstart.config.describe import describe_validation_error
+from headstart.config.recipe import Preprocessing
 from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write, writing

@@ -18,7 +18,8 @@ import timm
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 from safetensors import SafetensorError, safe_open
 
-from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter, describe_validation_error
+from headstart.config.describe import describe_validation_error
+from headstart.config.recipe import MAX_IMAGE_SIZE, ModelConfig, Preprocessing, ResizeAdapter
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.fileio import read_capped
 from headstart.deploy.unknown import RuleFields

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.config.recipe import Recipe, flatten
+from headstart.config.describe import flatten
+from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component, user_path
 from headstart.core.runs import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headstart.config.recipe import Recipe, flatten
+from headstart.config.describe import flatten
+from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.training.tracking import METRICS
 
