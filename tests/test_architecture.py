@@ -22,7 +22,20 @@ ALLOWED = {
     "deploy": {"core", "config", "data", "model", "tasks"},  # a served model never needs the trainer
     "inspection": {"core", "config", "data", "model", "tasks", "training"},
     "experiments": {"core", "config", "data", "model", "tasks", "training", "deploy"},
-    "cli": {"core", "config", "data", "model", "tasks", "training", "deploy", "inspection", "experiments", ""},
+    "labeling": {"core", "config", "data", "model", "tasks", "training", "deploy"},
+    "cli": {
+        "core",
+        "config",
+        "data",
+        "model",
+        "tasks",
+        "training",
+        "deploy",
+        "inspection",
+        "experiments",
+        "labeling",
+        "",
+    },
 }
 
 

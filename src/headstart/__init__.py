@@ -18,6 +18,7 @@ from headstart.experiments.probe import probe
 from headstart.experiments.report import report
 from headstart.experiments.sweep import sweep
 from headstart.inspection.inspect_data import inspect
+from headstart.labeling.suggest import suggest
 from headstart.training.lr_find import lr_find
 from headstart.training.train import TrainResult, train
 
@@ -86,6 +87,7 @@ __all__ = [
     "push",
     "report",
     "serve",
+    "suggest",
     "sweep",
     "train",
 ]

@@ -329,6 +329,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from headstart.labeling.suggest import suggest
+
+    options = ("run", "out", "backbone", "batch_size", "device", "seed", "quiet")
+    result = suggest(args.folder, args.budget, **{name: getattr(args, name) for name in options})
+    print(f"{len(result.picks)} images to label: {result.csv} (fill in its label column), {result.html}")
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.experiments.probe import probe
 

@@ -55,6 +55,8 @@ HELP = {
     "log": "experiment tracker; repeat for both",
     "accumulate": "optimizer step every K batches (effective batch K x batch size)",
     "ema-decay": "weight EMA decay, e.g. 0.999 (validation and best.pt use the averaged weights)",
+    "unlabeled": "FOLDER or CSV of unlabelled images to pseudo-label and train on too",
+    "add-labeled": "CSV of path,label to add to train (suggest's to_label.csv); repeat for more",
 }
 SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataConfig,
@@ -97,6 +99,8 @@ def type_and_choices(annotation: Any) -> tuple[type | None, tuple | None]:
         return str, typing.get_args(annotation)
     if origin is list and typing.get_origin(typing.get_args(annotation)[0]) is Literal:
         return list, typing.get_args(typing.get_args(annotation)[0])
+    if origin is list and typing.get_args(annotation)[0] is str:
+        return list, None  # repeatable: --add-labeled A.csv --add-labeled B.csv
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(annotation)
         if bool in members and all(m is bool or typing.get_origin(m) is Literal for m in members):

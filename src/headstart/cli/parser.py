@@ -223,6 +223,24 @@ def add_probe(sub) -> None:
     probe.set_defaults(func=commands.cmd_probe)
 
 
+def add_suggest(sub) -> None:
+    suggest = sub.add_parser("suggest", help="rank unlabelled images to label next; write to_label.csv and .html")
+    suggest.add_argument(
+        "folder", help="folder of unlabelled images (searched recursively) or a CSV with a path column"
+    )
+    suggest.add_argument("--budget", type=int, required=True, help="how many images to pick")
+    suggest.add_argument("--run", help="a run (or model) to pick where it is least sure; none: typical images")
+    suggest.add_argument("--out", help="folder for to_label.csv and to_label.html (default runs/<folder>-suggest)")
+    suggest.add_argument(
+        "--backbone", default="tf_efficientnet_lite0", help="backbone for the embeddings without --run"
+    )
+    suggest.add_argument("--batch-size", type=int, default=64)
+    suggest.add_argument("--device", default="auto")
+    suggest.add_argument("--seed", type=int, default=0, help="k-means' seed")
+    suggest.add_argument("--quiet", action="store_true")
+    suggest.set_defaults(func=commands.cmd_suggest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headstart", description="Fine-tune pretrained image classifiers on your own images."
@@ -243,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_backbones,
         add_inspect,
         add_probe,
+        add_suggest,
     ):
         add(sub)
     for command in [parser, *sub.choices.values()]:

@@ -158,6 +158,12 @@ class DataConfig(_Strict):
     # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
     # smallest, else none (BENCHMARKS.md, imbalance).
     balance: BalanceName | None = None
+    # Images nobody has labelled (a folder, searched recursively, or a CSV with a path column): pseudo-labelled
+    # from the frozen backbone's embeddings and added to train only (headstart.training.pseudo_labels).
+    unlabeled: str | None = None
+    # More labelled training images: CSVs of path,label (suggest's to_label.csv once filled in); rows
+    # whose label is still empty are left out.
+    add_labeled: list[str] = Field(default_factory=list)
     # What a label is: one class per image, or a set of tags per image. auto reads it from the data
     # (a CSV 'labels' column, cells holding several tags, or one 0/1 column per label: multi-label).
     task: Literal["auto", "single-label", "multi-label"] = "auto"

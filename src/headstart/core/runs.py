@@ -59,6 +59,7 @@ SUMMARY_FILE = "summary.txt"
 CONFUSION_FILE = "confusion.png"
 SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
 ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
+PSEUDO_FILE = "pseudo_labels.csv"  # the unlabelled images trained on, with their pseudo-labels (data.unlabeled)
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).
 RUN_FILES = frozenset(
     {
@@ -71,6 +72,7 @@ RUN_FILES = frozenset(
         LAST_FILE,
         SUMMARY_FILE,
         ERROR_FILE,
+        PSEUDO_FILE,
     }
 )
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
-from headstart.core.paths import safe_component
+from headstart.core.paths import safe_component, user_path
 from headstart.data import tags_csv
 from headstart.data.splits import (
+    SINGLE,
     DataSplit,
     ListedOnce,
     carve,
@@ -63,15 +64,21 @@ def read_csv(path: Path, rows: list[list[str]]) -> tuple[dict[str, dict[str, lis
     """
     columns, first = csv_columns(rows)
     seen = ListedOnce(path, "label")
+    unlabelled = 0
     for number, row in enumerate(rows[first:], start=first + 1):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(columns["path"], columns["label"]):
             raise HeadstartError(f"{path}, line {number}: expected 'path,label[,split]', got {','.join(row)!r}")
+        if first and row[columns["path"]].strip() and not row[columns["label"]].strip():
+            unlabelled += 1  # a to_label.csv (headstart suggest) not filled in to the end
+            continue
         image, split = csv_image_and_split(row, columns, path, number)
         label = safe_component(row[columns["label"]].strip(), f"{path}, line {number}: label")
         seen.add(image, label, split, number)
     seen.warn_repeats()
+    if unlabelled:
+        log.info("%s: %d row(s) have no label yet: left out", path, unlabelled)
     splits: dict[str, dict[str, list[Path]]] = {}
     for image, (label, split, _) in seen.rows.items():
         splits.setdefault(split, {}).setdefault(label, []).append(image)
@@ -108,3 +115,35 @@ def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
         )
         layout += f" (val {cfg.val_fraction:g} of train rows)"
     return merge_splits(by_split, where, path.stem, layout, path)
+
+
+def with_added_labels(split: DataSplit, csv_files: list[str]) -> DataSplit:
+    """Add the rows of more path,label CSVs (suggest's to_label.csv, filled in) to the train split.
+
+    A label that is not one of the data's classes is an error (the sheet came from other data); an
+    image the splits already list keeps its place and its label there.
+    """
+    if not csv_files:
+        return split
+    if split.task != SINGLE:
+        raise HeadstartError("data.add_labeled adds single-label rows; this data set is multi-label")
+    listed = {path.resolve() for samples in (split.train, split.val, split.test) for path, _ in samples}
+    index = {name: k for k, name in enumerate(split.classes)}
+    added = 0
+    for name in csv_files:
+        path = user_path(name)
+        if not path.is_file():
+            raise HeadstartError(f"added labels: CSV file not found: {path}")
+        by_split, _ = read_csv(path, read_csv_rows(path))
+        for classes in by_split.values():
+            for label, files in classes.items():
+                if label not in index:
+                    raise HeadstartError(
+                        f"{path}: label {label!r} is not a class of {split.name} (classes: {', '.join(split.classes)})"
+                    )
+                fresh = [f for f in files if f.resolve() not in listed]
+                split.train.extend((f, index[label]) for f in fresh)
+                listed.update(f.resolve() for f in fresh)
+                added += len(fresh)
+    split.layout += f" + {added:,} added train labels"
+    return split

@@ -339,13 +339,18 @@ def warn_skipped(bad: list[str]) -> None:
 
 
 def prepare_data(
-    cfg: DataConfig, preprocessing: dict, threads: int | None = None, on_disk: bool = False
+    cfg: DataConfig,
+    preprocessing: dict,
+    threads: int | None = None,
+    on_disk: bool = False,
+    split: DataSplit | None = None,
 ) -> PreparedData:
     """List, split, decode once (unreadable files skipped with one warning) and wrap in datasets.
 
     on_disk: decode to the shared memory-mapped file whatever the size (data-parallel processes read one copy).
+    split: the listing, where the caller made it already (pseudo-labels joined its train split).
     """
-    split = list_images(cfg)
+    split = split or list_images(cfg)
     log.info(split.describe())
     short_side = short_side_for(preprocessing)
     interpolation = preprocessing["interpolation"]

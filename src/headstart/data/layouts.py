@@ -60,5 +60,5 @@ def list_images(cfg: DataConfig) -> DataSplit:
                     "multi-label data comes as a CSV: path,labels with tags separated by data.label_delim, "
                     "or one 0/1 column per label"
                 )
-            return split
+            return csv_layout.with_added_labels(split, cfg.add_labeled)
     raise HeadstartError(f"data folder not found: {root}")

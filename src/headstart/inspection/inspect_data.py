@@ -42,12 +42,12 @@ from headstart.data.images import decode_all, warn_skipped
 from headstart.data.layouts import list_images
 from headstart.data.pixel_match import looks
 from headstart.data.splits import MULTI, DataSplit
-from headstart.inspection.embeddings import Embedder
 from headstart.inspection.evidence import Evidence
 from headstart.inspection.findings import find_all
 from headstart.inspection.inventory import examine_all, inventory
 from headstart.inspection.report import InspectResult, sorted_findings, summary, write_outputs
 from headstart.model.build import resolve_preprocessing
+from headstart.training.embeddings import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ inspect.html   what was found per kind, the inventory, then per kind the most ce
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -23,10 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from headstart.core.fileio import atomic_write
 from headstart.data.duplicates import Finding, Item, Thresholds
+from headstart.data.thumbnails import thumbnail
 from headstart.inspection.findings import KINDS, FindingKind, kind_names
 
 FIXED_COLUMNS = ["kind", "path", "other", "score", "clean"]
@@ -147,20 +145,6 @@ def write_outputs(result: InspectResult, items: list[Item], root: Path, label_ma
 
 
 # ----------------------------------------------------------------------------- the HTML page
-
-
-def thumbnail(path: Path, size: int = 128) -> str:
-    from headstart.data.images import to_rgb
-
-    try:
-        with Image.open(path) as image:
-            rgb = to_rgb(image)
-            rgb.thumbnail((size * 2, size * 2))
-            buffer = io.BytesIO()
-            rgb.save(buffer, "JPEG", quality=80)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return ""
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def picture(root: Path, relative: str) -> str:

@@ -30,12 +30,14 @@ from headstart.core.hardware import Hardware, busy_cpu_note, load_average, pick_
 from headstart.data.balance import choose_balance
 from headstart.data.duplicates import warn_duplicates
 from headstart.data.images import PreparedData, prepare_data
+from headstart.data.layouts import list_images
 from headstart.model.build import Classifier, build_model, resolve_preprocessing
 from headstart.model.freeze import FreezePlan, plan_stages
 from headstart.model.weights import default_source
 from headstart.tasks.metrics import choose_monitor
 from headstart.tasks.registry import Task, task_named
 from headstart.training.precision import candidates, measured
+from headstart.training.pseudo_labels import PseudoLabels, pseudo_label
 
 log = logging.getLogger("headstart")
 
@@ -50,6 +52,8 @@ class Session:
     plans: list[FreezePlan]
     # How the precision and layout were chosen, where they were measured (training.precision).
     hardware_note: str = ""
+    # What data.unlabeled's images gave (training.pseudo_labels); None without unlabelled images.
+    pseudo: PseudoLabels | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -124,7 +128,10 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     seed_everything(recipe.run.seed, recipe.run.deterministic)
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
     with group.main_first():
-        data = prepare_data(recipe.data, preprocessing, on_disk=group.active)
+        split = list_images(recipe.data)
+        pseudo = pseudo_label(split, recipe, preprocessing, hw) if recipe.data.unlabeled else None
+        split.train.extend(pseudo.samples if pseudo else [])
+        data = prepare_data(recipe.data, preprocessing, on_disk=group.active, split=split)
     if group.is_main and check_data:
         warn_duplicates({"train": data.split.train, "val": data.split.val, "test": data.split.test}, recipe.data.path)
     recipe.run.monitor = choose_monitor(recipe.run.monitor, task_named(data.split.task))
@@ -140,4 +147,4 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
         log.info(note)
     elif hw.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Session(recipe, hw, group, data, model, plans, note)
+    return Session(recipe, hw, group, data, model, plans, note, pseudo)

@@ -26,6 +26,7 @@ from headstart.core.runs import (
     BEST_FILE,
     CURVES_FILE,
     LAST_FILE,
+    PSEUDO_FILE,
     RECIPE_FILE,
     RUN_FILES,
     SUMMARY_FILE,
@@ -114,6 +115,8 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
             said = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
             log.info("%s finished all its stages but not its %s: doing that now", run.path, said)
     log_start(session, run, point)
+    if session.pseudo is not None and group.is_main:
+        run.write_text(PSEUDO_FILE, session.pseudo.csv_text(classes))
     trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
     trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None))
     started = time.perf_counter() - (point.state.elapsed if point else 0.0)
@@ -253,6 +256,7 @@ def run_summary(trainer: Trainer, seconds: float) -> str:
         f"preprocessing: {trainer.session.data.preprocessing}",
         f"hardware: {trainer.session.hw.describe()}, torch {torch.__version__}, {cpu_name()}",
         *([trainer.session.hardware_note] if trainer.session.hardware_note else []),
+        *([trainer.session.pseudo.describe(split.classes)] if trainer.session.pseudo else []),
         *trainer.notes.lines,
         f"best: epoch {trainer.best.epoch} ({best['stage']} {best['epoch']}) "
         f"val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}",

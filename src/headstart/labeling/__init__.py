@@ -1,0 +1,1 @@
+"""What to label next: `headstart suggest` ranks unlabelled images for a person to label."""
