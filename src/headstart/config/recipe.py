@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from headstart.config.hf_columns import HuggingFaceColumns
 from headstart.config.trackers import TRACKERS
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.yamlfile import read_yaml
@@ -146,17 +147,16 @@ class ModelConfig(_Strict):
         raise ValueError(f"unknown weights source '{value}'; valid: hub, package, none, file:PATH")
 
 
-class DataConfig(_Strict):
-    # A folder (train/ + val/ of class folders, or class folders to split), or a CSV of path,label.
-    # Empty means the embedded default: scikit-learn's handwritten digits.
+class DataConfig(_Strict, HuggingFaceColumns):
+    # A folder (train/ + val/ of class folders, or class folders to split), a CSV of path,label, a Hugging Face
+    # data set (a save_to_disk or parquet folder, or hf://datasets/NAME); empty: scikit-learn's digits.
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     # Carve a test split (scored once, after training, never used for choosing) out of class folders.
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
-    # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws
-    # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
-    # smallest, else none (BENCHMARKS.md, imbalance).
+    # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws class-balanced batches;
+    # empty picks the measured winner when the largest class is >= 3x the smallest, else none (BENCHMARKS.md).
     balance: BalanceName | None = None
     # What a label is: one class per image, or a set of tags per image. auto reads it from the data
     # (a CSV 'labels' column, cells holding several tags, or one 0/1 column per label: multi-label).

@@ -24,6 +24,7 @@ from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.core.paths import user_path
+from headstart.data.hf_source import hf_folder, is_hf_dataset
 from headstart.data.holdout import held_out, overlap_note, same_source
 from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
 from headstart.data.layouts import list_images
@@ -326,6 +327,8 @@ class Predictor:
 
     def _evaluate_folder(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None):
         root = user_path(data)
+        if is_hf_dataset(root):  # its images as split or class folders (data.hf_source), scored as a folder is
+            root = hf_folder(root, DataConfig(path=str(root)))
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)
         unknown = sorted(set(found) - set(self.classes))
