@@ -87,7 +87,10 @@ def planted_sources(tmp: Path) -> dict[str, Path]:
         (cifar / name).write_bytes(b"")
     folder = tmp / "photos"
     folder.mkdir()
-    return {"cifar": cifar, "csv": tmp / "labels.csv", "folder": folder}
+    saved = tmp / "hf-saved"  # a datasets save_to_disk folder
+    saved.mkdir()
+    (saved / "dataset_dict.json").write_text("{}")
+    return {"cifar": cifar, "csv": tmp / "labels.csv", "hf": saved, "folder": folder}
 
 
 def test_each_data_source_is_the_first_to_recognise_its_layout(tmp_path):

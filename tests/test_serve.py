@@ -177,6 +177,8 @@ def test_page_shows_a_prediction_for_a_dropped_image_in_chromium(run):
     shown = re.findall(r'<li class="prediction">([^<]*)<', result.stdout)
     assert shown, f"no prediction on the page: {result.stdout[-800:]} {result.stderr[-500:]}"
     assert shown[0].startswith(expected + " ") and len(shown) == 3
+    # the top label's heatmap (POST /explain) is shown below the labels
+    assert re.search(r'<img id="heatmap"[^>]*src="blob:', result.stdout), result.stdout[-800:]
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@
 >>> result = headstart.train({"data": {"path": "photos/"}})
 >>> predictor = headstart.load(result.run_dir)
 >>> predictor.predict(["photos/cats/1.jpg"])
+>>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
 >>> headstart.export(result.run_dir, format="onnx")
 """
 
@@ -24,7 +25,8 @@ from headstart.training.train import TrainResult, train
 
 
 def load(source, device: str = "auto", unknown: bool = True):
-    """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder).
+    """A Predictor for a run folder (its best.pt), a checkpoint or an exported model: .predict(images), .evaluate(folder),
+    .explain(images, out_dir) (Grad-CAM heatmaps; not for exported files).
 
     Each prediction's `.unknown` says whether the image looks like none of the classes (where the run
     fitted an unknown-image detector); unknown=False turns that off.

@@ -129,6 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
     source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device, unknown=args.unknown)
+    if args.explain:
+        check_explainable(predictor, mistakes=True)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
@@ -141,7 +143,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result.plot(png)
     if not args.json:
         print(f"{result.figure_kind}: {png}")
+    if args.explain:
+        from headstart.deploy.explain import explain_mistakes
+
+        grid = explain_mistakes(predictor, result, user_path(args.explain))
+        if not args.json:
+            print(f"most confident mistakes: {grid}" if grid else "no mistakes to explain")
     return 0
+
+
+def check_explainable(predictor, mistakes: bool = False) -> None:
+    """--explain's one-line error before any work: a model without PyTorch layers, no grad-cam, no mistakes grid."""
+    from headstart.deploy.explain import check_explainable as check
+
+    check(predictor)
+    if mistakes and predictor.task.name != "single-label":
+        raise HeadstartError(
+            "evaluate --explain draws a single-label model's most confident mistakes; for a multi-label model use predict --explain"
+        )
 
 
 def _expand_images(items: list[str]) -> list[Path]:
@@ -159,9 +178,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from headstart.deploy.loading import load
 
     predictor = load(args.run, device=args.device, unknown=args.unknown)
+    if args.explain:
+        check_explainable(predictor)
     paths = _expand_images(args.images)
-    probabilities, scores = predictor.outputs_of(paths, top_k=args.top_k, tta=args.tta)
-    entries = predictor.entries([str(p) for p in paths], probabilities, args.top_k, scores)
+    top_k = 3 if args.top_k is None else args.top_k
+    probabilities, scores = predictor.outputs_of(paths, top_k=top_k, tta=args.tta)
+    entries = predictor.entries([str(p) for p in paths], probabilities, top_k, scores)
     if args.csv:
         write_predictions_csv(Path(args.csv), entries, predictor.classes, probabilities.tolist())
         print(f"{len(paths)} predictions written to {args.csv}")
@@ -170,6 +192,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for entry in entries:
             print(f"{entry['image']}  {entry_text(entry)}")
+    if args.explain:
+        written = predictor.explain(paths, args.explain, top_k=1 if args.top_k is None else args.top_k)
+        if not args.json:
+            print(f"{len(written)} heatmap(s) written to {args.explain}")
     return 0
 
 

@@ -52,7 +52,7 @@ HELP = {
     "feature-views": "augmented views to cache for stages on cached features",
     "monitor": "what best.pt is chosen by (and early stopping watches)",
     "compile": "torch.compile for stages that train the backbone",
-    "log": "experiment tracker; repeat for both",
+    "log": "experiment tracker; repeat for several",
     "accumulate": "optimizer step every K batches (effective batch K x batch size)",
     "ema-decay": "weight EMA decay, e.g. 0.999 (validation and best.pt use the averaged weights)",
     "unlabeled": "FOLDER or CSV of unlabelled images to pseudo-label and train on too",

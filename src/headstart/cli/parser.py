@@ -105,6 +105,9 @@ def add_evaluate(sub) -> None:
     add_model_source(evaluate, "test-time augmentation (flip, or ten crops); reports the accuracy with and without")
     evaluate.add_argument("data", help="labelled folder (its val/ if present)")
     evaluate.add_argument("--confusion", help="where to write the confusion matrix PNG")
+    evaluate.add_argument(
+        "--explain", metavar="DIR", help="write the most confident mistakes with their Grad-CAM heatmaps to DIR"
+    )
     evaluate.set_defaults(func=commands.cmd_evaluate)
 
 
@@ -114,8 +117,13 @@ def add_predict(sub) -> None:
         predict, "test-time augmentation: flip (default) averages with the mirror image, crops over ten crops"
     )
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--top-k", type=int, help="labels per image (default 3); heatmaps: the predicted label's unless given"
+    )
     predict.add_argument("--csv", help="write image,label,probability,... rows to this file instead of printing")
+    predict.add_argument(
+        "--explain", metavar="DIR", help="also write each image with its Grad-CAM heatmap per top-k label to DIR"
+    )
     predict.set_defaults(func=commands.cmd_predict)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from headstart.config.hf_path import HF_PREFIX
 from headstart.config.recipe import Recipe
 from headstart.core.yamlfile import parse
 
@@ -24,8 +25,8 @@ def builtin_recipe(name: str) -> Recipe:
 
 
 def is_data(target: str | Path) -> bool:
-    """A folder of images or a CSV listing them (anything else is read as a recipe file)."""
-    return Path(target).is_dir() or Path(target).suffix.lower() == ".csv"
+    """A folder of images, a CSV listing them or hf://datasets/NAME (anything else is read as a recipe file)."""
+    return str(target).startswith(HF_PREFIX) or Path(target).is_dir() or Path(target).suffix.lower() == ".csv"
 
 
 def default_recipe(data: str | Path | None = None) -> Recipe:

@@ -147,16 +147,19 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    # A folder (train/ + val/ of class folders, or class folders to split), or a CSV of path,label.
-    # Empty means the embedded default: scikit-learn's handwritten digits.
+    # A folder (train/ + val/ of class folders, or class folders to split), a CSV of path,label, a Hugging Face
+    # data set (a save_to_disk or parquet folder, or hf://datasets/NAME); empty: scikit-learn's digits.
     path: str | None = None
+    # A Hugging Face data set's columns. Empty: its one column with an Image feature, and its one ClassLabel
+    # column (names from the feature); a label column of plain ints or strings gives its values as class names.
+    image_column: str | None = Field(None, min_length=1, max_length=200)
+    label_column: str | None = Field(None, min_length=1, max_length=200)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     # Carve a test split (scored once, after training, never used for choosing) out of class folders.
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
-    # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws
-    # class-balanced batches; empty picks the measured winner when the largest class is >= 3x the
-    # smallest, else none (BENCHMARKS.md, imbalance).
+    # Class imbalance: 'weights' weighs the loss by inverse class frequency, 'sampler' draws class-balanced batches;
+    # empty picks the measured winner when the largest class is >= 3x the smallest, else none (BENCHMARKS.md).
     balance: BalanceName | None = None
     # Images nobody has labelled (a folder, searched recursively, or a CSV with a path column): pseudo-labelled
     # from the frozen backbone's embeddings and added to train only (headstart.training.pseudo_labels).

@@ -12,4 +12,5 @@ from __future__ import annotations
 TRACKERS: dict[str, str] = {
     "tensorboard": "headstart.training.trackers.tensorboard:TensorBoardTracker",
     "mlflow": "headstart.training.trackers.mlflow:MLflowTracker",
+    "wandb": "headstart.training.trackers.wandb:WandbTracker",
 }

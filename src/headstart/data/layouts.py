@@ -3,8 +3,10 @@
 SOURCES is consulted in order; the first whose `detect(path)` holds lists the path:
     cifar     cifar-10-batches-py/, cifar-100-python/: CIFAR python batch files (datasets.py)
     csv       FILE.csv: columns path,label[,split] (csv_layout.py)
+    hf        a Hugging Face data set: a save_to_disk folder or a folder of parquet files (hf_source.py)
     folder    DATA/<split>/<class>/* or DATA/<class>/* (folder_layout.py)
-Before that, a missing path is the embedded digits and `cifar10` / `cifar100` are downloaded (datasets.py).
+Before that, a missing path is the embedded digits, `cifar10` / `cifar100` are downloaded (datasets.py) and
+so is hf://datasets/NAME (hf_source.py).
 A new layout is one module with `detect` and `list` functions plus one `Source(...)` line in SOURCES.
 The listing is the public API other commands build on: list_images(cfg) -> DataSplit.
 """
@@ -15,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from headstart.config.hf_path import HF_PREFIX
 from headstart.config.recipe import DataConfig
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
-from headstart.data import csv_layout, datasets, folder_layout
+from headstart.data import csv_layout, datasets, folder_layout, hf_source
 from headstart.data.splits import DataSplit
 
 
@@ -35,6 +38,7 @@ class Source:
 SOURCES: tuple[Source, ...] = (
     Source("cifar", datasets.is_cifar_folder, datasets.list_cifar),
     Source("csv", csv_layout.is_csv, csv_layout.list_csv),
+    Source("hf", hf_source.is_hf_dataset, hf_source.list_hf),
     Source("folder", folder_layout.is_folder, folder_layout.list_folder),
 )
 
@@ -45,6 +49,8 @@ def data_root(cfg: DataConfig) -> Path:
         return datasets.digits_folder()
     if cfg.path in datasets.CIFAR:
         return datasets.download_cifar(cfg.path)
+    if cfg.path.startswith(HF_PREFIX):
+        return hf_source.download(cfg.path)
     return user_path(cfg.path)
 
 

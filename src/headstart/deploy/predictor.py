@@ -24,11 +24,13 @@ from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
 from headstart.core.paths import user_path
+from headstart.data.hf_source import hf_folder, is_hf_dataset
 from headstart.data.holdout import held_out, overlap_note, same_source
 from headstart.data.images import build_transforms, decode_all, open_image, short_side_for, to_rgb
 from headstart.data.layouts import list_images
 from headstart.data.splits import Sample, label_tensor, list_class_folders
 from headstart.deploy.evaluation import Evaluation, evaluate_classes
+from headstart.deploy.explain import Heatmap, heatmaps, write_explanations
 from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry
 from headstart.deploy.unknown import (
     Prediction,
@@ -228,10 +230,28 @@ class Predictor:
         self, images: Sequence[str | Path | Image.Image], top_k: int = 1, tta: str | bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities, unknown-image scores or None) for images as paths or Pillow images (top_k checked here)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
+        self._check_top_k(top_k)
         probabilities, _, scores = self._scores([_open(image) for image in images], 32, tta_mode(tta), plain_too=False)
         return probabilities, scores
+
+    def _check_top_k(self, top_k: int) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise HeadstartError(f"top-k {top_k!r}: give 1 or more (the model knows {len(self.classes)} classes)")
+
+    def heatmaps(self, images: Sequence[str | Path | Image.Image], top_k: int = 1) -> list[list[Heatmap]]:
+        """Per image, the Grad-CAM heatmap (deploy.explain.Heatmap) of each of its top-k labels, most probable first."""
+        self._check_top_k(top_k)
+        return heatmaps(self, [to_rgb(_open(image)) for image in images], top_k)
+
+    def explain(self, images: Sequence[str | Path | Image.Image], out_dir: str | Path, top_k: int = 1) -> list[Path]:
+        """One PNG per image in `out_dir` (named after it): the image under its heatmap for each of its top-k labels.
+
+        Example:
+            >>> predictor.explain(["ant.jpg"], "heatmaps/", top_k=2)
+            [PosixPath('heatmaps/ant.png')]
+        """
+        names = [f"image-{n}" if isinstance(image, Image.Image) else str(image) for n, image in enumerate(images)]
+        return write_explanations(self.heatmaps(images, top_k), names, user_path(out_dir))
 
     def entries(
         self, names: list[str], probabilities: torch.Tensor, top_k: int, scores: torch.Tensor | None = None
@@ -307,6 +327,8 @@ class Predictor:
 
     def _evaluate_folder(self, data: str | Path, confusion_png: Path | None, tta: str | bool | None):
         root = user_path(data)
+        if is_hf_dataset(root):  # its images as split or class folders (data.hf_source), scored as a folder is
+            root = hf_folder(root, DataConfig(path=str(root)))
         folder = root / "val" if (root / "val").is_dir() else root
         found = list_class_folders(folder)
         unknown = sorted(set(found) - set(self.classes))

@@ -5,6 +5,7 @@
     POST /predict        one image (multipart field `file`, or the raw body) -> {"image", "top": [{"label", "probability"}]}
                          (+ "unknown", "unknown_score" where the model has an unknown-image detector)
     POST /predict/batch  several (multipart fields `files`) -> a list of the same entries
+    POST /explain        one image [?label=NAME] -> a PNG of its Grad-CAM heatmap (server_explain.py)
     GET  /health, GET /metadata (classes, task, preprocessing, batching; calibration and thresholds when the model has them), GET / (a page)
 
 Concurrent requests wait up to `window_ms` for each other and run as one batch of at most
@@ -34,6 +35,7 @@ import torch
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
 from headstart.deploy.predictor import Predictor
+from headstart.deploy.server_explain import add_explain
 from headstart.deploy.server_limits import (
     DEFAULT_MAX_BYTES,
     BadUpload,
@@ -43,6 +45,7 @@ from headstart.deploy.server_limits import (
     decode_upload,
 )
 from headstart.deploy.server_page import PAGE
+from headstart.deploy.server_uploads import ClientGone, ShuttingDown, read_uploads
 
 log = logging.getLogger(__name__)
 
@@ -127,69 +130,6 @@ class Batcher:
                     future.set_result((row, None if scores is None else scores[index]))
 
 
-class ClientGone(Exception):
-    """The client closed the connection before its upload was all read."""
-
-
-class ShuttingDown(Exception):
-    """The server stopped (SIGTERM) while an upload was still arriving: uvicorn cancelled the read."""
-
-
-async def read_body(request, limit: int, seconds: float) -> bytes:
-    """The request body, refused past `limit` bytes before it is all read, or when it is slower than `seconds`."""
-    from starlette.requests import ClientDisconnect
-
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise BadUpload(413, f"request of {int(length):,} bytes is over the {limit:,}-byte limit")
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BadUpload(413, f"request is over the {limit:,}-byte limit")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise BadUpload(408, f"the upload did not arrive within {seconds:g} s") from None
-    except ClientDisconnect:
-        raise ClientGone() from None
-    except asyncio.CancelledError:  # uvicorn's graceful-shutdown timeout: one log line, not a traceback
-        raise ShuttingDown() from None
-    return b"".join(chunks)
-
-
-async def read_uploads(request, limits: ServerLimits, fields: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each uploaded file: multipart fields `fields`, or the whole body as one image."""
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    body = await read_body(request, limits.max_bytes + MULTIPART_OVERHEAD, limits.read_seconds)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return [(request.query_params.get("name", "body"), body)]
-
-    async def once():
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, once(), max_files=limits.max_files + 1).parse()
-    except MultiPartException as err:
-        status = 413 if "Too many files" in err.message else 400
-        raise BadUpload(status, f"malformed multipart upload: {err.message}") from None
-    items = [item for field in fields for item in form.getlist(field)]
-    if not items:
-        raise BadUpload(400, f"no image: send multipart field '{fields[0]}' or the image itself as the body")
-    uploads = []
-    for item in items:
-        if not isinstance(item, UploadFile):
-            raise BadUpload(400, f"field '{fields[0]}' must be a file upload, not text")
-        uploads.append((item.filename or "upload", await item.read()))
-    return uploads
-
-
-MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers on top of the image bytes
-
-
 def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) -> dict:
     info = {
         "classes": predictor.classes,
@@ -254,11 +194,20 @@ class Answers:
             return await self.batcher.probabilities(tensors)
 
     async def answer(self, request, top_k: int, fields: tuple[str, ...], single: bool):
+        async def entries():
+            uploads, pixels = await self.uploads(request, fields, single)
+            probabilities, scores = await self.probabilities(uploads, pixels)
+            found = self.predictor.entries([name for name, _ in uploads], probabilities, top_k, scores)
+            return found[0] if single else found
+
+        return await self.guarded(entries())
+
+    async def guarded(self, work):
+        """`work`'s answer, or the refusal: a 4xx with a one-line detail for a bad upload, 503 when shutting down."""
         from fastapi.responses import JSONResponse, Response
 
         try:
-            uploads, pixels = await self.uploads(request, fields, single)
-            probabilities, scores = await self.probabilities(uploads, pixels)
+            return await work
         except BadUpload as err:
             log.info("refused an upload (%d): %s", err.status, err.reason)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
@@ -268,8 +217,6 @@ class Answers:
         except ShuttingDown:
             log.info("shutting down: dropped an upload that was still arriving")
             return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
-        entries = self.predictor.entries([name for name, _ in uploads], probabilities, top_k, scores)
-        return entries[0] if single else entries
 
 
 def create_app(
@@ -305,6 +252,8 @@ def create_app(
     @app.post("/predict/batch")
     async def predict_batch(request: Request, top_k: int = Query(3, ge=1)):
         return await answers.answer(request, top_k, ("files", "file"), single=False)
+
+    add_explain(app, answers)
 
     @app.get("/health")
     async def health():

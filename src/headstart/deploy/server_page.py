@@ -1,4 +1,5 @@
-"""The page `headstart serve` shows at `/`: drop an image (or pick one), see the top labels. No external resources."""
+"""The page `headstart serve` shows at `/`: drop an image (or pick one), see the top labels and, where the server
+can draw one, the heatmap of the top label (POST /explain). No external resources."""
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -10,6 +11,7 @@ body { font-family: system-ui, sans-serif; max-width: 40em; margin: 2em auto; co
 #drop { border: 2px dashed #888; border-radius: 8px; padding: 2em; text-align: center; cursor: pointer; }
 #drop.over { background: #eef; border-color: #44a; }
 #preview { max-width: 100%; max-height: 16em; margin-top: 1em; display: none; }
+#heatmap { max-width: 100%; margin-top: 1em; display: none; }
 #top li { margin: .3em 0; }
 .bar { display: inline-block; height: .8em; background: #46a; vertical-align: middle; margin-left: .5em; }
 #error { color: #a22; }
@@ -23,13 +25,15 @@ body { font-family: system-ui, sans-serif; max-width: 40em; margin: 2em auto; co
 <p id="error"></p>
 <p id="note"></p>
 <ol id="top"></ol>
+<img id="heatmap" alt="where the model saw the top label (Grad-CAM)">
 <script>
 const drop = document.getElementById('drop'), input = document.getElementById('file');
 const top_ = document.getElementById('top'), error = document.getElementById('error');
 const preview = document.getElementById('preview'), note = document.getElementById('note');
+const heatmap = document.getElementById('heatmap');
 
 async function send(file) {
-  top_.innerHTML = ''; error.textContent = ''; note.textContent = '';
+  top_.innerHTML = ''; error.textContent = ''; note.textContent = ''; heatmap.style.display = 'none';
   preview.src = URL.createObjectURL(file); preview.style.display = 'block';
   const form = new FormData(); form.append('file', file, file.name);
   const response = await fetch('predict?top_k=5', {method: 'POST', body: form});
@@ -48,6 +52,9 @@ async function send(file) {
     bar.className = 'bar'; bar.style.width = (10 * probability) + 'em';
     item.appendChild(bar); top_.appendChild(item);
   }
+  // The heatmap is extra: a server that cannot draw one (an exported model, no grad-cam) shows none.
+  const drawn = await fetch('explain', {method: 'POST', body: form});
+  if (drawn.ok) { heatmap.src = URL.createObjectURL(await drawn.blob()); heatmap.style.display = 'block'; }
 }
 drop.addEventListener('click', () => input.click());
 input.addEventListener('change', () => input.files[0] && send(input.files[0]));

@@ -3,7 +3,7 @@
 uvicorn times out a connection that is idle between requests, but not one that opens and then
 sends its headers a byte at a time: 200 such clients stayed open indefinitely. This protocol
 closes a connection whose next request's headers have not all arrived `read_seconds` after it
-opened or after its last answer. (The body's deadline is the application's: server.read_body.)
+opened or after its last answer. (The body's deadline is the application's: server_uploads.read_body.)
 """
 
 from __future__ import annotations

@@ -53,6 +53,10 @@ class ScratchCNN(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
         self.num_features = channels
+        # timm's description of the stages (Grad-CAM's target layer is the last one's output).
+        self.feature_info = [
+            {"num_chs": width, "reduction": 2 ** (i + 1), "module": f"blocks.{i}"} for i, width in enumerate(widths)
+        ]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         self.pretrained_cfg = dict(SCRATCH_CFG, num_classes=num_classes)

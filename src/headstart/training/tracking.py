@@ -3,9 +3,11 @@
     run:
       log: [tensorboard]            # RUN_DIR/tensorboard/, then: tensorboard --logdir runs/
       log: [mlflow]                 # to $MLFLOW_TRACKING_URI (mlflow's default when unset)
+      log: [wandb]                  # Weights & Biases (WANDB_MODE=offline: RUN_DIR/wandb/, then wandb sync)
 
 Every epoch's numbers go to each tracker with the epoch (counted over all stages) as the step;
-MLflow also gets the recipe as parameters and the run folder's files as artifacts at the end.
+MLflow also gets the recipe as parameters and the run folder's files as artifacts at the end, W&B
+the recipe as config and curves.png.
 The trackers are registered by name in headstart.config.trackers, one module each in
 headstart.training.trackers.
 """
