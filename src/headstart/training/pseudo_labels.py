@@ -30,6 +30,9 @@ log = logging.getLogger("headstart")
 
 ROUNDS = 3
 NEIGHBOURS = 10
+# Label spreading's neighbour search grows with the square of the images: past this many unlabelled
+# images a seeded random subset of this size is labelled (the log says so).
+MAX_POOL = 50_000
 # Inverse regularisation of the teacher; the embeddings are unit vectors, so one value fits every set.
 TEACHER_C = 10.0
 
@@ -44,6 +47,7 @@ class PseudoLabels:
     confidence: list[float] = field(default_factory=list)
     val_without: float = 0.0
     val_with: float = 0.0
+    why_none: str = ""  # when none are used
 
     def per_class(self, classes: list[str]) -> dict[str, int]:
         counts = np.bincount([label for _, label in self.samples], minlength=len(classes))
@@ -52,7 +56,7 @@ class PseudoLabels:
     def describe(self, classes: list[str]) -> str:
         head = f"pseudo-labels: {self.unlabeled.describe()}"
         if not self.samples:
-            return f"{head}; none used (teacher val acc with them {self.val_with:.4f} < without {self.val_without:.4f})"
+            return f"{head}; none used ({self.why_none})"
         shares = ", ".join(f"{name} {count}" for name, count in self.per_class(classes).items())
         return (
             f"{head}; {len(self.samples):,} used (per class: {shares}; mean confidence "
@@ -82,6 +86,10 @@ def pseudo_label(split: DataSplit, recipe: Recipe, preprocessing: dict, hw: Hard
     if split.task != SINGLE:
         raise HeadstartError(f"data.unlabeled takes single-label data; {split.name} is {split.task}")
     unlabeled = drop_known(list_unlabeled(source), split, source)
+    if len(unlabeled.paths) > MAX_POOL:
+        chosen = np.random.default_rng(recipe.run.seed).choice(len(unlabeled.paths), MAX_POOL, replace=False)
+        log.info("pseudo-labels: a random %d of the %d unlabelled images are labelled", MAX_POOL, len(unlabeled.paths))
+        unlabeled.paths = [unlabeled.paths[i] for i in sorted(chosen)]
     train_paths = [path for path, _ in split.train]
     val_paths = [path for path, _ in split.val]
     vectors, ok = embedder_for(recipe, preprocessing, hw).files(train_paths + val_paths + unlabeled.paths)
@@ -94,7 +102,8 @@ def pseudo_label(split: DataSplit, recipe: Recipe, preprocessing: dict, hw: Hard
     val_labels = np.array([label for _, label in split.val])[val_rows - n_train]
     result = PseudoLabels(source, unlabeled)
     if len(pool) == 0:
-        log.warning("pseudo-labels: none of the %d unlabelled images could be read", len(unlabeled.paths))
+        result.why_none = "none could be read"
+        log.warning(result.describe(split.classes))
         return result
     kept, guess, confidence, teacher = self_train(vectors[train_rows], labels, vectors[pool])
     baseline = fit_teacher(vectors[train_rows], labels)
@@ -104,6 +113,8 @@ def pseudo_label(split: DataSplit, recipe: Recipe, preprocessing: dict, hw: Hard
         paths = [unlabeled.paths[row - n_train - n_val] for row in pool[kept]]
         result.samples = list(zip(paths, guess[kept].tolist(), strict=True))
         result.confidence = confidence[kept].tolist()
+    else:
+        result.why_none = f"teacher val acc with them {result.val_with:.4f} < without {result.val_without:.4f}"
     log.info(result.describe(split.classes))
     return result
 
