@@ -129,3 +129,22 @@ def test_suggest_budget_larger_than_the_folder_is_a_one_line_error(tmp_path, cap
     err = one_line_error(capsys, ["suggest", str(pool), "--budget", "5", "--out", str(tmp_path / "o")])
     assert "budget 5 is larger than the 3 unlabelled images" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_pseudo_labelling_leaves_the_runs_random_draws_as_they_were(few, tmp_path):
+    """A run whose pseudo-labels are turned down must be the labelled-only run: the embedder draws nothing of its own."""
+    import torch
+
+    from headstart.config.recipe import Recipe
+    from headstart.core.hardware import pick_hardware
+    from headstart.data.layouts import list_images
+    from headstart.model.build import resolve_preprocessing
+    from headstart.training.pseudo_labels import pseudo_label
+
+    data, unlabelled = few
+    recipe = Recipe.from_dict(tiny_recipe(data, tmp_path / "runs", data={"unlabeled": str(unlabelled)}))
+    split = list_images(recipe.data)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    found = pseudo_label(split, recipe, resolve_preprocessing(recipe.data, recipe.model), pick_hardware("cpu", "fp32"))
+    assert found.samples and torch.equal(torch.get_rng_state(), before)

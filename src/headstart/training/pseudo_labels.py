@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from headstart.config.recipe import HeadConfig, Recipe
 from headstart.core.errors import HeadstartError
@@ -92,7 +93,10 @@ def pseudo_label(split: DataSplit, recipe: Recipe, preprocessing: dict, hw: Hard
         unlabeled.paths = [unlabeled.paths[i] for i in sorted(chosen)]
     train_paths = [path for path, _ in split.train]
     val_paths = [path for path, _ in split.val]
-    vectors, ok = embedder_for(recipe, preprocessing, hw).files(train_paths + val_paths + unlabeled.paths)
+    # Building the embedder draws a head's initial weights: the run's own draws must not shift because of it,
+    # so a run whose pseudo-labels are all turned down is the labelled-only run, bit for bit.
+    with torch.random.fork_rng(devices=[]):
+        vectors, ok = embedder_for(recipe, preprocessing, hw).files(train_paths + val_paths + unlabeled.paths)
     vectors = np.asarray(vectors, dtype=np.float32)
     n_train, n_val = len(train_paths), len(val_paths)
     train_rows = np.nonzero(ok[:n_train])[0]
