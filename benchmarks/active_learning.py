@@ -54,6 +54,7 @@ def deal(paths: list[Path], labels: list[str], seed: int) -> tuple[list, list, l
 def train_on(train: list, val: list, test: list, seed: int, folder: Path) -> tuple[Path, float]:
     import headstart
 
+    folder.mkdir(parents=True, exist_ok=True)
     sheet = folder / "labelled.csv"
     with sheet.open("w", newline="") as handle:
         rows = [(p, n, s) for s, part in (("train", train), ("val", val), ("test", test)) for p, n in part]
