@@ -74,13 +74,12 @@ def run_one(labelled: Path, unlabelled: Path | None, seed: int, out_dir: Path) -
             "pseudo": used}  # fmt: skip
 
 
-def table(path: Path) -> None:
+def table(path: Path, metric: str) -> None:
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, dict[str, dict[int, float]]] = {}
     for run in runs:
-        groups.setdefault((run["data"], run["labels"]), {}).setdefault(run["variant"], {})[run["seed"]] = run[
-            "test_acc"
-        ]
+        groups.setdefault((run["data"], run["labels"]), {}).setdefault(run["variant"], {})[run["seed"]] = run[metric]
+    print(metric)
     print(f"{'data':<12} {'K':>3}  {'labelled only':>15}  {'+ unlabelled':>15}  {'paired gain':>15}  seeds")
     for (data, k), variants in sorted(groups.items()):
         base, ssl = variants.get("labelled", {}), variants.get("ssl", {})
@@ -101,9 +100,10 @@ def main() -> None:
     parser.add_argument("--variants", default="labelled,ssl")
     parser.add_argument("--out", type=Path, default=Path("few_labels.jsonl"))
     parser.add_argument("--table", type=Path)
+    parser.add_argument("--metric", default="test_acc", choices=["test_acc", "test_balanced_acc"])
     args = parser.parse_args()
     if args.table:
-        table(args.table)
+        table(args.table, args.metric)
         return
     done = set()
     if args.out.is_file():
