@@ -1,11 +1,12 @@
 """headstart: fine-tune pretrained image classifiers on your own image folders.
 
->>> import headstart
->>> result = headstart.train({"data": {"path": "photos/"}})
->>> predictor = headstart.load(result.run_dir)
->>> predictor.predict(["photos/cats/1.jpg"])
->>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
->>> headstart.export(result.run_dir, format="onnx")
+Examples:
+    >>> import headstart
+    >>> result = headstart.train({"data": {"path": "photos/"}})
+    >>> predictor = headstart.load(result.run_dir)
+    >>> predictor.predict(["photos/cats/1.jpg"])
+    >>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
+    >>> headstart.export(result.run_dir, format="onnx")
 """
 
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage

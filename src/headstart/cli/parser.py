@@ -129,12 +129,13 @@ def add_predict(sub) -> None:
 
 def add_export(sub) -> None:
     export = sub.add_parser(
-        "export", help="write the run's best model as ONNX, torch.export, TorchScript or a Hub folder"
+        "export", help="write the run's best model as ONNX, torch.export, TorchScript, LiteRT, Core ML or a Hub folder"
     )
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("--format", choices=list(FORMATS), default="onnx")
     export.add_argument(
-        "--out", help="file (folder for hub) to write (default RUN/export/model.onnx, model.pt2, … or RUN/export/hub)"
+        "--out",
+        help="file (folder for hub) to write (default RUN/export/model.onnx, model.pt2, model.tflite, … or RUN/export/hub)",
     )
     export.add_argument(
         "--quantize", choices=quantizations(), help="with --format onnx: also int8, calibrated on the validation images"

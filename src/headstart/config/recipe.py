@@ -7,7 +7,7 @@ A recipe has four parts, read in the order the data flows:
     stages  what trains in each stage, with which optimizer and schedule
     run     where the run folder goes, seed, device and precision
 
-Example:
+Examples:
     >>> from headstart.config.recipe import Recipe
     >>> recipe = Recipe.from_yaml("recipes/003_two_stage_vgg16.yaml")
     >>> recipe.stages[1].freeze
@@ -117,9 +117,11 @@ class Preprocessing(BaseModel):
 class HeadConfig(_Strict):
     """The new classifier on top of the backbone's feature map.
 
+    ```text
     linear         global pool -> Dropout(dropout) -> Linear(n_classes)
     gap-dense      global pool -> Linear(hidden) -> ReLU -> Dropout(dropout) -> Linear(n_classes)   (article 000)
     flatten-dense  Flatten -> Linear(hidden) -> ReLU -> Dropout(dropout) -> Linear(n_classes)       (articles 002/003)
+    ```
     """
 
     kind: Literal["linear", "gap-dense", "flatten-dense"] = "linear"
@@ -129,6 +131,8 @@ class HeadConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The model (recipe `model:`): input adapters -> pretrained backbone -> new head."""
+
     backbone: str = "tf_efficientnet_lite0"
     # Extra keyword arguments for timm.create_model (e.g. the scratch CNN's switches).
     backbone_args: dict[str, Any] = Field(default_factory=dict)
@@ -147,6 +151,8 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    """The data (recipe `data:`): where the images are, how they are split and preprocessed."""
+
     # A folder (train/ + val/ of class folders, or class folders to split), a CSV of path,label, a Hugging Face
     # data set (a save_to_disk or parquet folder, or hf://datasets/NAME); empty: scikit-learn's digits.
     path: str | None = None
@@ -203,6 +209,7 @@ class EarlyStop(_Strict):
 class Stage(_Strict):
     """One stage of training: what trains, what BatchNorm does in the frozen part, and how it is optimised.
 
+    ```text
     freeze: everything *before* this point is frozen; the point itself and all after it train.
         'backbone'   adapters and backbone frozen: only the head trains
         'none'       nothing frozen: everything trains
@@ -213,6 +220,7 @@ class Stage(_Strict):
         'frozen'     eval mode: running statistics fixed, gamma/beta not trained
         'affine'     running statistics fixed, gamma/beta trained
         'train'      running statistics updated from each batch, gamma/beta trained (article 000)
+    ```
     """
 
     name: str = "stage"
@@ -267,6 +275,8 @@ class Stage(_Strict):
 
 
 class RunConfig(_Strict):
+    """The run (recipe `run:`): where the run folder goes, seed, device and precision, the feature cache, trackers."""
+
     out_dir: str = "runs"
     # Folder name under out_dir; empty makes one from the data and backbone names.
     name: str | None = None
@@ -343,6 +353,8 @@ def default_stages() -> list[Stage]:
 
 
 class Recipe(_Strict):
+    """A whole run: data, model, stages, run. `Recipe.from_yaml(path)` reads one; the run saves it as recipe.yaml."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     stages: list[Stage] = Field(default_factory=default_stages, min_length=1)

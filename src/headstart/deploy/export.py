@@ -1,9 +1,11 @@
-"""Models out of Python: ONNX, torch.export or TorchScript files, each with its preprocessing recorded beside it.
+"""Models out of Python: ONNX, torch.export, TorchScript, LiteRT or Core ML files, each with its preprocessing beside it.
 
     headstart export RUN --format onnx   ->  RUN/export/model.onnx + model.onnx.json
     headstart export RUN --format onnx --quantize int8  ->  also model.int8.onnx + model.int8.onnx.json
     headstart export RUN --format export  ->  RUN/export/model.pt2 + model.pt2.json (torch.export)
     headstart export RUN --format torchscript  ->  model.torchscript, while torch traces it without warnings
+    headstart export RUN --format tflite  ->  RUN/export/model.tflite + model.tflite.json (LiteRT, one image a call)
+    headstart export RUN --format coreml  ->  RUN/export/model.mlpackage + model.mlpackage.json (Core ML)
     headstart export RUN --format hub    ->  RUN/export/hub/ (see hub.py)
 
 The model takes float32 images [N, 3, S, S], already resized, cropped and normalised as the JSON
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +43,7 @@ from headstart.model.build import fold_temperature, model_from_checkpoint
 log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "headstart-export-1"
+PACKAGE_MANIFEST = "Manifest.json"  # in every Core ML .mlpackage folder
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -65,8 +69,8 @@ def export(
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
     checkpoint = load_checkpoint(checkpoint_path)
     target = user_path(out) if out else checkpoint_path.parent / "export" / chosen.file_name
-    write_model_file(chosen, checkpoint, target)
     sidecar = description(checkpoint, checkpoint_path, format)
+    write_model_file(chosen, checkpoint, target, sidecar)
     atomic_write(sidecar_path(target), json.dumps(sidecar, indent=1).encode())
     log.info("exported %s (%s) with its preprocessing in %s", target, format, sidecar_path(target).name)
     if quantize is not None:
@@ -74,8 +78,11 @@ def export(
     return target
 
 
-def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> None:
-    """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
+def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path, sidecar: dict[str, Any]) -> None:
+    """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`).
+
+    `sidecar`, the description written beside it, goes into formats whose files hold metadata.
+    """
     assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     classifier = model_from_checkpoint(checkpoint)
     if checkpoint.temperature is not None:  # every runtime then gives headstart's calibrated probabilities
@@ -83,16 +90,36 @@ def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> No
     # The detector scores the penultimate features, which the folded temperature leaves as they are.
     model = scored_model(classifier, detector_of(checkpoint))
     size = checkpoint.preprocessing["image_size"]
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros(chosen.batch or 2, 3, size, size)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     try:
         with writing(target), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
             target.parent.mkdir(parents=True, exist_ok=True)
-            chosen.write(model, example, temporary)
-            temporary.replace(target)
+            chosen.write(model, example, temporary, sidecar)
+            publish(temporary, target)
     finally:
-        temporary.unlink(missing_ok=True)  # what a full disk left half-written
+        remove_partial(temporary)  # what a full disk left half-written
+
+
+def publish(written: Path, target: Path) -> None:
+    """Rename `written` to `target`; a package folder (Core ML) replaces only an earlier package, never another folder."""
+    if not target.is_dir():
+        written.replace(target)
+        return
+    if not written.is_dir() or not (target / PACKAGE_MANIFEST).is_file():
+        raise HeadstartError(f"{target} is a folder that export did not write: give --out another path")
+    earlier = target.with_name(f".{target.stem}.earlier{target.suffix}")
+    target.replace(earlier)
+    written.replace(target)
+    shutil.rmtree(earlier)
+
+
+def remove_partial(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> dict[str, Any]:
@@ -113,7 +140,11 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
         sidecar.update(temperature=checkpoint.temperature, temperature_applied=True)
     if checkpoint.task == "multi-label":  # a sigmoid per output, each tag given at or above its threshold
         sidecar.update(task=checkpoint.task, activation="sigmoid", thresholds=checkpoint.thresholds)
-    return {**sidecar, **description_fields(detector_of(checkpoint))}
+    sidecar.update(description_fields(detector_of(checkpoint)))
+    batch = FORMATS[runtime].batch
+    if batch is not None:  # a file that takes a fixed batch: N is that number
+        sidecar.update({key: sidecar[key].replace("[N", f"[{batch}") for key in ("input", "output")})
+    return sidecar
 
 
 class _Description(BaseModel):

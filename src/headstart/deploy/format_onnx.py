@@ -13,7 +13,7 @@ from headstart.core.install import install_hint
 from headstart.model.build import WithScore
 
 
-def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+def write(model: torch.nn.Module, example: torch.Tensor, target: Path, description: dict[str, Any]) -> None:
     batch = torch.export.Dim("batch", min=1)
     try:
         torch.onnx.export(

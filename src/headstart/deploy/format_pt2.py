@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,7 +13,7 @@ from headstart.core.errors import HeadstartError
 from headstart.deploy.pt2_safety import check_pt2_archive
 
 
-def write(model: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
+def write(model: torch.nn.Module, example: torch.Tensor, target: Path, description: dict[str, Any]) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
     torch.export.save(program, str(target))

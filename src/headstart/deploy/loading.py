@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from headstart.core.checkpoint import load_checkpoint
+from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
 from headstart.deploy.export import load_exported, sidecar_path
-from headstart.deploy.formats import model_suffixes
+from headstart.deploy.formats import model_suffixes, not_run_here
 from headstart.deploy.hub import hub_rule, hub_task, hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
 from headstart.deploy.unknown import rule_from_description
@@ -26,6 +27,12 @@ def load(source: str | Path, device: str = "auto", unknown: bool = True) -> Pred
 
 
 def _load(path: Path, device: str) -> Predictor:
+    elsewhere = not_run_here(path) if path.exists() else None
+    if elsewhere is not None:
+        raise HeadstartError(
+            f"{path} (export --format {elsewhere.name}) cannot run here: {elsewhere.runs_on}; "
+            "predict with the run folder or another export"
+        )
     if is_hub_folder(path) and not (path / BEST_FILE).is_file():
         task, thresholds = hub_task(path)
         return Predictor.from_module(

@@ -246,7 +246,7 @@ class Predictor:
     def explain(self, images: Sequence[str | Path | Image.Image], out_dir: str | Path, top_k: int = 1) -> list[Path]:
         """One PNG per image in `out_dir` (named after it): the image under its heatmap for each of its top-k labels.
 
-        Example:
+        Examples:
             >>> predictor.explain(["ant.jpg"], "heatmaps/", top_k=2)
             [PosixPath('heatmaps/ant.png')]
         """

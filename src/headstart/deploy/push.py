@@ -33,7 +33,7 @@ class PushResult:
 def push(run_or_checkpoint: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> PushResult:
     """Export the run's Hub folder (RUN/export/hub) and upload it to the repository `repo_id`.
 
-    Example:
+    Examples:
         >>> headstart.push("runs/hymenoptera-tf_efficientnet_lite0", "me/ants-vs-bees", dry_run=True).files
     """
     from headstart.deploy.hub import export_hub

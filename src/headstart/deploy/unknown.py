@@ -2,8 +2,8 @@
 
 A run's best.pt holds the fitted detector (headstart.tasks.unknown); predicting runs the model as
 `WithScore` (logits and the score from one pass) and flags an image whose score is above the
-threshold. Exported graphs (ONNX, .pt2, TorchScript) compute the same score as a second output and
-record the threshold in their description; a Hub folder carries the detector's tensors in
+threshold. Exported graphs (ONNX, .pt2, TorchScript, LiteRT, Core ML; the last two in float32) compute
+the same score as a second output and record the threshold in their description; a Hub folder carries the detector's tensors in
 `unknown.safetensors` and the threshold in config.json's headstart block.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.model.build import Classifier, WithScore
-from headstart.tasks.unknown import METHOD, UnknownDetector, UnknownRule, UnknownScore
+from headstart.tasks.unknown import METHOD, UnknownDetector, UnknownRule, UnknownScore, UnknownScore32
 
 UNKNOWN_WEIGHTS = "unknown.safetensors"  # in a Hub folder, beside model.safetensors
 
@@ -61,6 +61,13 @@ def detector_of(checkpoint: Checkpoint) -> UnknownDetector | None:
 def scored_model(model: nn.Module, detector: UnknownDetector | None) -> nn.Module:
     """`model` with the detector's score as a second output, or `model` itself without a detector."""
     return model if detector is None else WithScore(model, detector.module()).eval()
+
+
+def in_float32(model: nn.Module) -> nn.Module:
+    """`model` with its unknown-image score computed in float32 (UnknownScore32), for runtimes without float64."""
+    if isinstance(model, WithScore) and isinstance(model.score, UnknownScore):
+        return WithScore(model.classifier, UnknownScore32(model.score)).eval()
+    return model
 
 
 def split_outputs(outputs: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:

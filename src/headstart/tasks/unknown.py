@@ -63,6 +63,28 @@ class UnknownScore(nn.Module):
         return squared.min(1).values.clamp_min(0).float()
 
 
+class UnknownScore32(nn.Module):
+    """UnknownScore in float32 arithmetic, for runtimes without float64 (LiteRT, Core ML).
+
+    The differences to each class mean are taken before squaring, so nothing cancels and float32
+    keeps the score to a few parts in a million (an [N, C, D] intermediate: fine for the one image
+    at a time those runtimes are given).
+    """
+
+    whitening: torch.Tensor
+    centres: torch.Tensor
+
+    def __init__(self, score: UnknownScore):
+        super().__init__()
+        self.register_buffer("whitening", score.whitening.float())
+        self.register_buffer("centres", score.centres.float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        whitened = normalised(features.float()) @ self.whitening
+        differences = whitened[:, None, :] - self.centres[None]
+        return (differences * differences).sum(2).min(1).values
+
+
 @dataclass(frozen=True)
 class UnknownRule:
     """What prediction needs once the score is computed (in PyTorch or inside an exported graph): the threshold."""
