@@ -6,6 +6,7 @@
 >>> predictor.predict(["photos/cats/1.jpg"])
 >>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
 >>> headstart.export(result.run_dir, format="onnx")
+>>> headstart.tune("photos/", trials=20, budget="1h").best_recipe  # Optuna search: runs/photos-tune/best.yaml
 """
 
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -18,6 +19,7 @@ from headstart.experiments.compare import compare
 from headstart.experiments.probe import probe
 from headstart.experiments.report import report
 from headstart.experiments.sweep import sweep
+from headstart.experiments.tune import tune
 from headstart.inspection.inspect_data import inspect
 from headstart.labeling.suggest import suggest
 from headstart.training.lr_find import lr_find
@@ -92,5 +94,6 @@ __all__ = [
     "suggest",
     "sweep",
     "train",
+    "tune",
 ]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ import sys
 
 from headstart.cli import commands
 from headstart.cli.flags import add_recipe_flags
+from headstart.cli.search import add_tune
 from headstart.core.errors import HeadstartError, Interrupted
 from headstart.deploy.formats import FORMATS, quantizations
 
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_inspect,
         add_probe,
         add_suggest,
+        add_tune,
     ):
         add(sub)
     for command in [parser, *sub.choices.values()]:
