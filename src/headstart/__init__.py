@@ -7,6 +7,7 @@
 >>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
 >>> headstart.export(result.run_dir, format="onnx")
 >>> headstart.tune("photos/", trials=20, budget="1h").best_recipe  # Optuna search: runs/photos-tune/best.yaml
+>>> headstart.cv("photos/", folds=5).scores["val_acc"]  # k-fold: mean, std and each fold's value
 """
 
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -16,6 +17,7 @@ from headstart.data.splits import DataSplit
 from headstart.deploy.export import export
 from headstart.deploy.push import push
 from headstart.experiments.compare import compare
+from headstart.experiments.cv import cv
 from headstart.experiments.probe import probe
 from headstart.experiments.report import report
 from headstart.experiments.sweep import sweep
@@ -82,6 +84,7 @@ __all__ = [
     "Stage",
     "TrainResult",
     "compare",
+    "cv",
     "export",
     "inspect",
     "list_images",

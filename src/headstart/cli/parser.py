@@ -11,7 +11,7 @@ import sys
 
 from headstart.cli import commands
 from headstart.cli.flags import add_recipe_flags
-from headstart.cli.search import add_tune
+from headstart.cli.search import add_cv, add_tune
 from headstart.core.errors import HeadstartError, Interrupted
 from headstart.deploy.formats import FORMATS, quantizations
 
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_probe,
         add_suggest,
         add_tune,
+        add_cv,
     ):
         add(sub)
     for command in [parser, *sub.choices.values()]:

@@ -46,3 +46,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"best recipe: {result.best_recipe} (headstart train --recipe {result.best_recipe})")
     print(f"search: {result.files['md']}, {result.files['png']}; trials: headstart report {result.path}")
     return 0 if result.best is not None else 1
+
+
+def add_cv(sub) -> None:
+    from headstart.deploy.ensemble import ensemble_formats
+
+    cv = sub.add_parser("cv", help="stratified k-fold cross-validation: every image validated once, mean ± std")
+    cv.add_argument("data", nargs="?", help="image folder or CSV, any layout train takes (none: the embedded digits)")
+    cv.add_argument("--folds", type=int, default=5, help="how many folds (at most the images of the smallest class)")
+    cv.add_argument("--recipe", help="YAML recipe; flags override its fields (default: the default recipe for DATA)")
+    cv.add_argument(
+        "--ensemble",
+        nargs="?",
+        const="onnx",
+        choices=ensemble_formats(),
+        help="also write the fold models as one, averaging their calibrated probabilities (format; default onnx)",
+    )
+    add_recipe_flags(cv)
+    cv.set_defaults(func=cmd_cv)
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from headstart.experiments.cv import cv
+
+    name, args.name = args.name, None  # --name names the cv folder (NAME-cv), not each fold's run
+    recipe = recipe_from_args(args)
+    result = cv(recipe, folds=args.folds, name=name, ensemble=args.ensemble, quiet=args.quiet)
+    print(result.markdown, end="")
+    print(f"cv: {result.files['md']}, {result.files['json']}; folds side by side: headstart report {result.path}")
+    return 1 if result.failed else 0

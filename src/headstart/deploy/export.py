@@ -76,13 +76,17 @@ def export(
 
 def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path) -> None:
     """The checkpoint's model as `chosen` writes it, published by one rename (nothing half-written at `target`)."""
-    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     classifier = model_from_checkpoint(checkpoint)
     if checkpoint.temperature is not None:  # every runtime then gives headstart's calibrated probabilities
         fold_temperature(classifier, checkpoint.temperature)
     # The detector scores the penultimate features, which the folded temperature leaves as they are.
     model = scored_model(classifier, detector_of(checkpoint))
-    size = checkpoint.preprocessing["image_size"]
+    write_module(chosen, model, checkpoint.preprocessing["image_size"], target)
+
+
+def write_module(chosen: Format, model: torch.nn.Module, size: int, target: Path) -> None:
+    """`model` (images [N, 3, size, size] in) as `chosen` writes it, published by one rename."""
+    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     example = torch.zeros(2, 3, size, size)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     try:
