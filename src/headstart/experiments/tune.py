@@ -66,7 +66,8 @@ def require_optuna() -> Any:
         import optuna
     except ImportError:
         raise HeadstartError(f"headstart tune needs Optuna: {install_hint('tune')}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # headstart logs each trial itself
+    # headstart logs each trial itself, and a failed trial's reason in one line (Optuna's own come with a traceback).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -106,6 +107,7 @@ def objective(search: Search, trial: Any) -> float:
         result = train(recipe, quiet=search.quiet, on_epoch=PruneOnEpoch(trial, search.monitor))
     except HeadstartError as err:
         atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())  # compare lists the trial as failed, with why
+        log.warning("tune %s: trial %d failed: %s", search.folder.name, number, err)
         raise
     except KeyboardInterrupt:
         atomic_write(run_dir / ERROR_FILE, b"interrupted (the study counts this trial as failed)\n")
