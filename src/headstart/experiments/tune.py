@@ -150,10 +150,9 @@ def open_study(optuna: Any, search: Search, storage: Any) -> tuple[Any, str]:
             pruner=make_pruner(optuna, search.pruner),
             load_if_exists=True,
         )
-    except (ImportError, ValueError, RuntimeError, OSError) as err:
-        raise HeadstartError(f"--storage {shown}: cannot open the study ({str(err).splitlines()[0]})") from None
-    except Exception as err:  # sqlalchemy's own errors: a server that does not answer, a wrong password
-        if type(err).__module__.startswith("sqlalchemy"):
+    except Exception as err:  # a URL sqlalchemy cannot parse, a driver not installed, a server that does not answer
+        known = (ImportError, ValueError, RuntimeError, OSError)
+        if isinstance(err, known) or type(err).__module__.startswith(("sqlalchemy", "optuna")):
             raise HeadstartError(f"--storage {shown}: cannot open the study ({str(err).splitlines()[0]})") from None
         raise
     check_same_search(study, search, shown)
