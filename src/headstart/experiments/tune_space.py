@@ -35,8 +35,16 @@ LABEL_SMOOTHING = (0.0, 0.2)
 MIXUP = (0.0, 0.4)
 MAX_TOP_STAGES = 3
 HIDDEN_CHOICES = (128, 256, 512, 1024)
-# Fields that name where a copy of the recipe runs, not what it searches: they may differ between machines.
-WHERE_FIELDS = ("data.path", "run.out_dir", "run.name")
+# Fields that say where and on what a copy of the recipe runs, not what it searches: machines may differ in them.
+WHERE_FIELDS = (
+    "data.path",
+    "data.workers",
+    "run.out_dir",
+    "run.name",
+    "run.device",
+    "run.feature_cache_memory_mb",
+    "run.log",
+)
 
 
 @dataclass
