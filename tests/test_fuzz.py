@@ -136,6 +136,8 @@ COSTLY = {
     "batch_size": ["-1", "0", "1", "4", "x", "1000000000000"],
     "backbone": ["headstart_cnn", "resnet18", "no_such_net", "", "tf_efficientnet_lite0"],
     "backbones": ["headstart_cnn", "no_such_net", "", "headstart_cnn,no_such_net"],
+    "trials": ["-1", "0", "1", "x"],  # every trial trains a run
+    "folds": ["-1", "0", "1", "2", "x", "1000"],
 }
 NOT_FUZZED: dict[str, str] = {}  # serve is fuzzed with --dry-run: every check, the model loaded, the port taken
 
@@ -218,8 +220,12 @@ def command_lines(draw, name: str, parser: argparse.ArgumentParser, world: dict)
     for action in parser._actions:
         if action.option_strings or isinstance(action, argparse._HelpAction):
             continue
-        # sweep, lr-find and inspect with no TARGET fall back to the embedded digits (1,797 images): always given here.
-        if action.nargs in ("?", "*") and name not in ("sweep", "lr-find", "inspect") and draw(st.booleans()):
+        # sweep, lr-find, inspect, tune and cv with no TARGET fall back to the embedded digits (1,797 images): always given.
+        if (
+            action.nargs in ("?", "*")
+            and name not in ("sweep", "lr-find", "inspect", "tune", "cv")
+            and draw(st.booleans())
+        ):
             continue
         pool = world[EXPECTS.get(action.dest, "anything")]
         argv.append(draw(mostly(st.sampled_from(pool))))
@@ -229,7 +235,7 @@ def command_lines(draw, name: str, parser: argparse.ArgumentParser, world: dict)
         argv.append("--dry-run")
     if name == "inspect":  # a tiny backbone: embedding with EfficientNet-Lite0 at 224 px costs seconds per call
         argv += ["--backbone", "headstart_cnn", "--image-size", "16"]
-    if name in ("train", "sweep", "lr-find"):
+    if name in ("train", "sweep", "lr-find", "tune", "cv"):
         # A tiny base: without it the default trains EfficientNet-Lite0 (on the digits, with no DATA) for minutes.
         argv += (
             ["--recipe", world["recipe"][0]]
@@ -284,7 +290,8 @@ def test_every_subcommand_and_flag_exits_0_or_2_never_a_traceback(world, tmp_pat
         if FUZZ_LOG:
             with open(FUZZ_LOG, "a", errors="backslashreplace") as log:
                 log.write(f"{code}\t{argv!r}\t{err.strip().splitlines()[-1][:150] if err.strip() else ''}\n")
-        allowed = (0, 1, 2) if name == "sweep" else (0, 2)  # sweep: 1 = a variant failed, recorded
+        # sweep: 1 = a variant failed, recorded; tune: no trial completed; cv: a fold failed.
+        allowed = (0, 1, 2) if name in ("sweep", "tune", "cv") else (0, 2)
         assert code in allowed and "Traceback" not in err, (argv, code, err)
         if code == 2 and err.startswith("headstart: error:"):
             assert err.count("\n") == 1, (argv, err)

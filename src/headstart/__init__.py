@@ -7,6 +7,8 @@ Examples:
     >>> predictor.predict(["photos/cats/1.jpg"])
     >>> predictor.explain(["photos/cats/1.jpg"], "heatmaps/")  # Grad-CAM: where the model saw its label
     >>> headstart.export(result.run_dir, format="onnx")
+    >>> headstart.tune("photos/", trials=20, budget="1h").best_recipe  # Optuna search: runs/photos-tune/best.yaml
+    >>> headstart.cv("photos/", folds=5).scores["val_acc"]  # k-fold: mean, std and each fold's value
 """
 
 from headstart.config.recipe import DataConfig, HeadConfig, ModelConfig, Recipe, RunConfig, Stage
@@ -16,9 +18,11 @@ from headstart.data.splits import DataSplit
 from headstart.deploy.export import export
 from headstart.deploy.push import push
 from headstart.experiments.compare import compare
+from headstart.experiments.cv import cv
 from headstart.experiments.probe import probe
 from headstart.experiments.report import report
 from headstart.experiments.sweep import sweep
+from headstart.experiments.tune import tune
 from headstart.inspection.inspect_data import inspect
 from headstart.labeling.suggest import suggest
 from headstart.training.lr_find import lr_find
@@ -81,6 +85,7 @@ __all__ = [
     "Stage",
     "TrainResult",
     "compare",
+    "cv",
     "export",
     "inspect",
     "list_images",
@@ -93,5 +98,6 @@ __all__ = [
     "suggest",
     "sweep",
     "train",
+    "tune",
 ]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ import sys
 
 from headstart.cli import commands
 from headstart.cli.flags import add_recipe_flags
+from headstart.cli.search import add_cv, add_tune
 from headstart.core.errors import HeadstartError, Interrupted
 from headstart.deploy.formats import FORMATS, quantizations
 
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_inspect,
         add_probe,
         add_suggest,
+        add_tune,
+        add_cv,
     ):
         add(sub)
     for command in [parser, *sub.choices.values()]:

@@ -207,6 +207,26 @@ def plot_reliability(calibration, path: Path) -> Path:
     return _save(figure, path)
 
 
+def plot_trials(trials: list[dict[str, Any]], path: Path, metric: str, lower_is_better: bool, title: str = "") -> Path:
+    """A search's history: each trial's value (complete: dots, pruned: crosses at their last report), the best so far."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    scored = [t for t in trials if t["value"] is not None and t["state"] in ("complete", "pruned")]
+    for state, marker in (("complete", "o"), ("pruned", "x")):
+        shown = [t for t in scored if t["state"] == state]
+        axis.plot([t["number"] for t in shown], [t["value"] for t in shown], marker, linestyle="", label=state)
+    complete = sorted((t["number"], t["value"]) for t in scored if t["state"] == "complete")
+    if complete:
+        pick = min if lower_is_better else max
+        best = [pick(v for _, v in complete[: i + 1]) for i in range(len(complete))]
+        axis.step([n for n, _ in complete], best, where="post", label="best so far")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set(xlabel="trial", ylabel=metric)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
+    axis.set_title(title, fontsize=9)
+    return _save(figure, path)
+
+
 def _save(figure, path: Target) -> Target:
     try:
         figure.tight_layout()

@@ -57,7 +57,15 @@ BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 SUMMARY_FILE = "summary.txt"
 CONFUSION_FILE = "confusion.png"
-SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps
+SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: what it sweeps (tune and cv folders hold one too, for compare)
+# A tune folder (headstart.experiments.tune): the Optuna study, the space searched, the best recipe, the search's page.
+STUDY_FILE = "study.db"
+SPACE_FILE = "space.yaml"
+BEST_RECIPE_FILE = "best.yaml"
+TUNE_FILE, TUNE_JSON, TUNE_PLOT = "tune.md", "tune.json", "tune.png"
+# A cv folder (headstart.experiments.cv): the folds' image lists, and mean ± std over the folds.
+FOLDS_DIR = "folds"
+CV_FILE, CV_JSON = "cv.md", "cv.json"
 ERROR_FILE = "error.txt"  # in a run folder of a sweep: why that run failed
 PSEUDO_FILE = "pseudo_labels.csv"  # the unlabelled images trained on, with their pseudo-labels (data.unlabeled)
 # Every file a run writes into its folder (a sweep may remove these, and only these, from a run that finished no epoch).

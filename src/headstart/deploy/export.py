@@ -83,20 +83,26 @@ def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path, sidec
 
     `sidecar`, the description written beside it, goes into formats whose files hold metadata.
     """
-    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     classifier = model_from_checkpoint(checkpoint)
     if checkpoint.temperature is not None:  # every runtime then gives headstart's calibrated probabilities
         fold_temperature(classifier, checkpoint.temperature)
     # The detector scores the penultimate features, which the folded temperature leaves as they are.
     model = scored_model(classifier, detector_of(checkpoint))
-    size = checkpoint.preprocessing["image_size"]
+    write_module(chosen, model, checkpoint.preprocessing["image_size"], target, sidecar)
+
+
+def write_module(
+    chosen: Format, model: torch.nn.Module, size: int, target: Path, sidecar: dict[str, Any] | None = None
+) -> None:
+    """`model` (images [N, 3, size, size] in) as `chosen` writes it, published by one rename."""
+    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
     example = torch.zeros(chosen.batch or 2, 3, size, size)
     temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
     try:
         with writing(target), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
             target.parent.mkdir(parents=True, exist_ok=True)
-            chosen.write(model, example, temporary, sidecar)
+            chosen.write(model, example, temporary, sidecar or {})
             publish(temporary, target)
     finally:
         remove_partial(temporary)  # what a full disk left half-written

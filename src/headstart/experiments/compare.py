@@ -65,6 +65,8 @@ class RunRecord:
     history: list[dict[str, Any]]
     # The chosen model's test-split score (history.json's test record); None without a test split.
     test: dict[str, Any] | None = None
+    # What the run's data is when a sweep varies data.path on purpose (cv's folds): the sweep's data, not the run's.
+    data_label: str | None = None
 
     @property
     def monitor(self) -> str:
@@ -72,7 +74,7 @@ class RunRecord:
 
     @property
     def data(self) -> str:
-        return str(self.recipe.get("data", {}).get("path") or "embedded digits")
+        return self.data_label or str(self.recipe.get("data", {}).get("path") or "embedded digits")
 
     def metrics(self) -> dict[str, float]:
         """The kept model's val scores (best.pt: the best epoch by run.monitor), the last epoch's, test, the run's time."""
@@ -165,17 +167,25 @@ def _read_run(path: Path) -> RunFiles | None:
     return (Recipe.from_yaml(recipe_file).to_dict(), history, find_test_record(records)) if history else None
 
 
-def _read_sweep_spec(path: Path) -> tuple[list[str], list[int]]:
-    """(variant names, seeds) of a sweep folder's sweep file; a damaged one is a one-line error."""
+def _read_sweep_spec(path: Path) -> tuple[list[str], list[int], str | None]:
+    """(variant names, seeds, the data when the variants vary data.path) of a sweep folder's sweep file.
+
+    A damaged one is a one-line error. A sweep whose variants set data.path (cv's folds) compares
+    runs on different data on purpose: they are labelled with the sweep's own data, so no warning.
+    """
     spec_file = path / SWEEP_FILE
     spec = read_yaml(spec_file, "sweep file")
     try:
         variants, seeds = [str(v) for v in spec["variants"]], [int(s) for s in spec["seeds"]]
-    except (ValueError, KeyError, TypeError) as err:
+        changes = spec["variants"].values() if isinstance(spec["variants"], dict) else []
+        varied = any(isinstance(c, dict) and "data.path" in c for c in changes)
+        data = str((spec.get("recipe") or {}).get("data", {}).get("path") or "embedded digits")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise HeadstartError(
             f"{spec_file} is damaged ({type(err).__name__}); it lists a sweep's variants and seeds"
         ) from None
-    return [safe_component(v, f"{spec_file}: variant") for v in variants], seeds
+    label = f"{data} (data.path varied by the sweep)" if varied else None
+    return [safe_component(v, f"{spec_file}: variant") for v in variants], seeds, label
 
 
 def _label_by_difference(groups: dict[str, list[tuple[Path, *RunFiles]]]) -> dict[str, str]:
@@ -200,7 +210,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
         if not path.is_dir():
             raise HeadstartError(f"not a folder: {path} (give run folders or a sweep folder)")
         if (path / SWEEP_FILE).is_file():
-            variants, seeds = _read_sweep_spec(path)
+            variants, seeds, data_label = _read_sweep_spec(path)
             for variant in variants:
                 for seed in seeds:
                     run_dir = path / variant / f"seed{seed}"
@@ -209,7 +219,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
                         reason = error.read_text().strip() if error.is_file() else "not run yet"
                         failed.append(f"{variant} seed {seed}: {reason}")
                         continue
-                    records.append(RunRecord(run_dir, variant, seed, *found))
+                    records.append(RunRecord(run_dir, variant, seed, *found, data_label=data_label))
         else:
             found = _read_run(path)
             if found is None:
@@ -328,7 +338,13 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Compariso
     records, failed = collect(paths)
     monitor, notes = ranking_monitor(records)
     rows = summarize(records, monitor)
-    comparison = Comparison(records, rows, notes + spread_notes(rows, monitor), failed)
+    if any(record.data_label for record in records):  # cv's folds: each validated on other images
+        notes.append(
+            "each variant ran on its own data.path (cross-validation folds): their differences are fold-to-fold variation"
+        )
+    else:
+        notes += spread_notes(rows, monitor)
+    comparison = Comparison(records, rows, notes, failed)
     first = user_path(paths[0])
     folder = user_path(out) if out else (first if (first / SWEEP_FILE).is_file() else first.parent / "comparison")
     atomic_write(folder / "comparison.md", comparison.markdown.encode())

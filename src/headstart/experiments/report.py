@@ -28,10 +28,13 @@ from headstart.core.paths import user_path
 from headstart.core.runs import (
     BEST_FILE,
     CURVES_FILE,
+    CV_FILE,
     HISTORY_JSON,
     RELIABILITY_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,
+    TUNE_FILE,
+    TUNE_PLOT,
     atomic_write,
     read_history,
     read_test,
@@ -254,16 +257,31 @@ def run_sections(run_dir: Path, heading: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- a sweep
 
 
+def search_sections(folder: Path) -> list[str]:
+    """A tune folder's search (tune.md and its trial plot), a cv folder's mean ± std over the folds (cv.md)."""
+    sections = []
+    if (folder / TUNE_FILE).is_file():
+        plot = folder / TUNE_PLOT
+        image = f'<img class="plot" src="{_png(plot)}" alt="trials">' if plot.is_file() else ""
+        text = html.escape((folder / TUNE_FILE).read_text(errors="replace"))
+        sections.append(f"<h2>Search (headstart tune)</h2>{image}<pre>{text}</pre>")
+    if (folder / CV_FILE).is_file():
+        text = html.escape((folder / CV_FILE).read_text(errors="replace"))
+        sections.append(f"<h2>Cross-validation (headstart cv)</h2><pre>{text}</pre>")
+    return sections
+
+
 def sweep_sections(sweep_dir: Path) -> list[str]:
     from headstart.experiments.columns import HEADERS, cell
     from headstart.experiments.compare import compare
 
     comparison = compare([sweep_dir])
+    sections = search_sections(sweep_dir)
     rows = [[row["variant"], row["runs"]] + [cell(m, *row[m]) for m in comparison.metrics] for row in comparison.rows]
     notes = "".join(
         f"<li>{html.escape(note)}</li>" for note in comparison.notes + [f"failed: {f}" for f in comparison.failed]
     )
-    sections = [
+    sections += [
         "<h2>Comparison (mean ± std over seeds)</h2>"
         + _table(["variant", "runs"] + [HEADERS[m] for m in comparison.metrics], rows)
         + f"<ul>{notes}</ul>",
@@ -279,7 +297,8 @@ def report(target: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of a run or sweep folder; returns its path."""
     folder = user_path(target)
     if (folder / SWEEP_FILE).is_file():
-        sections, title = sweep_sections(folder), f"headstart sweep: {folder.name}"
+        kind = "tune" if (folder / TUNE_FILE).is_file() else "cv" if (folder / CV_FILE).is_file() else "sweep"
+        sections, title = sweep_sections(folder), f"headstart {kind}: {folder.name}"
     elif (folder / HISTORY_JSON).is_file():
         sections, title = run_sections(folder), f"headstart run: {folder.name}"
     else:

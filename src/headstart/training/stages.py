@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from headstart.config.recipe import Stage
@@ -30,11 +31,23 @@ from headstart.training.tracking import Tracker
 log = logging.getLogger("headstart")
 
 
-class Trainer:
-    """Runs a recipe's stages for one run folder; trackers get every epoch's row."""
+# Called after each epoch is saved with (epochs done over all stages, the epoch's history row); see train().
+EpochCallback = Callable[[int, dict[str, Any]], None]
 
-    def __init__(self, session: Session, run: RunFolder, trackers: list[Tracker], notes: Notes):
+
+class Trainer:
+    """Runs a recipe's stages for one run folder; trackers get every epoch's row, then `on_epoch` once it is saved."""
+
+    def __init__(
+        self,
+        session: Session,
+        run: RunFolder,
+        trackers: list[Tracker],
+        notes: Notes,
+        on_epoch: EpochCallback | None = None,
+    ):
         self.session, self.run, self.trackers, self.notes = session, run, trackers, notes
+        self.on_epoch = on_epoch
         self.recipe, self.model = session.recipe, session.model
         self.build = StageBuilder(session)
         self.average = WeightAverage(session.model, session.recipe.run.ema_decay)
@@ -134,6 +147,8 @@ class Trainer:
             stage_notes=self.notes.lines,
         )
         self.checkpoints.save_last(checkpoint, resume)
+        if self.on_epoch is not None:
+            self.on_epoch(done, row)  # after last.pt: a callback that stops the run leaves it resumable
 
 
 def describe_stage(stage: Stage, path: StagePath, model) -> str:

@@ -43,7 +43,7 @@ from headstart.training.precision import cpu_name
 from headstart.training.resume import ResumePoint, set_rng_state
 from headstart.training.scoring import calibrate_best, score_test
 from headstart.training.session import Session, ensure_console, open_hardware, prepare, resolve, warn_if_cpu_busy
-from headstart.training.stages import Trainer
+from headstart.training.stages import EpochCallback, Trainer
 from headstart.training.tracking import open_trackers
 
 log = logging.getLogger("headstart")
@@ -73,13 +73,20 @@ def default_run_name(recipe: Recipe, data_name: str) -> str:
 
 
 def train(
-    recipe: Recipe | str | Path | dict | None = None, *, quiet: bool = False, resume: str | Path | None = None
+    recipe: Recipe | str | Path | dict | None = None,
+    *,
+    quiet: bool = False,
+    resume: str | Path | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Run every stage of `recipe` (a Recipe, a YAML path, a dict, or None for the embedded default).
 
     Writes the run folder described in headstart.core.runs and returns its history. `resume=RUN_DIR`
     continues an interrupted run from its last finished epoch, with its own saved recipe.
     Under a distributed launcher (torchrun, accelerate launch) each process trains its share.
+    `on_epoch(epochs_done, row)` is called after each epoch's history row, best.pt and last.pt are
+    written (one process: tune's pruner); an exception it raises ends the run there, resumable,
+    and reaches the caller unchanged.
     """
     point = None
     if resume is not None:
@@ -95,12 +102,14 @@ def train(
         session = prepare(recipe, hw, group, check_data=point is None)
         # After the data is found and listed: a missing folder is the one message, not a CPU note first.
         warn_if_cpu_busy(hw, group)
-        return _train(session, quiet, point)
+        return _train(session, quiet, point, on_epoch)
     finally:
         leave(group)
 
 
-def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainResult:
+def _train(
+    session: Session, quiet: bool, point: ResumePoint | None, on_epoch: EpochCallback | None = None
+) -> TrainResult:
     recipe, group, classes = session.recipe, session.group, session.classes
     if point is None:
         run = _new_run_folder(recipe, session.data.split.name, group)
@@ -118,7 +127,7 @@ def _train(session: Session, quiet: bool, point: ResumePoint | None) -> TrainRes
     if session.pseudo is not None and group.is_main:
         run.write_text(PSEUDO_FILE, session.pseudo.csv_text(classes))
     trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
-    trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None))
+    trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None), on_epoch)
     started = time.perf_counter() - (point.state.elapsed if point else 0.0)
     first_stage, inside = 0, None
     if point is not None:
