@@ -26,7 +26,20 @@ from headstart.experiments.tune import tune
 from headstart.inspection.inspect_data import inspect
 from headstart.labeling.suggest import suggest
 from headstart.training.lr_find import lr_find
-from headstart.training.train import TrainResult, train
+from headstart.training.train import TrainResult
+
+
+def train(recipe=None, *, quiet: bool = False, resume=None, on_epoch=None) -> TrainResult:
+    """Run every stage of `recipe` (a Recipe, a YAML path, a dict, or None for the embedded default); its run folder.
+
+    With `run.budget` ('10m', '1h'), the run is first planned to fit the budget (the backbone and
+    fine-tuning depth, headstart.experiments.budget) and no epoch starts that would pass it.
+    `resume=RUN_DIR` continues an interrupted run with its own saved recipe; `on_epoch(epochs_done,
+    row)` is called after each epoch is saved (raise to stop the run).
+    """
+    from headstart.experiments.budget import train_planned
+
+    return train_planned(recipe, quiet=quiet, resume=resume, on_epoch=on_epoch)
 
 
 def load(source, device: str = "auto", unknown: bool = True):

@@ -31,7 +31,7 @@ def without_devices(argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from headstart.training.train import train
+    from headstart.experiments.budget import train_planned as train
 
     if args.devices is not None and args.devices < 1:
         raise HeadstartError(f"--devices {args.devices}: give 1 or more processes")

@@ -55,6 +55,7 @@ HELP = {
     "log": "experiment tracker; repeat for several",
     "accumulate": "optimizer step every K batches (effective batch K x batch size)",
     "ema-decay": "weight EMA decay, e.g. 0.999 (validation and best.pt use the averaged weights)",
+    "budget": "wall-clock budget (90s, 10m, 1h): the run is planned to fit it",
     "unlabeled": "FOLDER or CSV of unlabelled images to pseudo-label and train on too",
     "add-labeled": "CSV of path,label to add to train (suggest's to_label.csv); repeat for more",
 }
@@ -153,10 +154,12 @@ def with_default(help_text: str | None, default: Any) -> str | None:
     return f"{help_text} {shown}" if help_text else shown
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Every recipe flag, grouped by section; returns the 'run' group for command-specific flags."""
+def add_recipe_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> argparse._ArgumentGroup:
+    """Every recipe flag but `exclude`'s (a command's own flag of that name), grouped by section; returns the 'run' group."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in section_flags():
+        if flag.flag in exclude:
+            continue
         group = groups.setdefault(flag.section.split(".")[0], parser.add_argument_group(flag.section.split(".")[0]))
         option, help_text = f"--{flag.flag}", with_default(HELP.get(flag.flag), flag.default)
         if flag.kind is bool:

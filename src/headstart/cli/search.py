@@ -17,7 +17,10 @@ def add_tune(sub) -> None:
         required=True,
         help="finished trials the study should hold (a continued one counts its own)",
     )
-    tune.add_argument("--budget", metavar="TIME", help="wall-clock limit: 90s, 10m, 1h (no trial starts after it)")
+    # dest tune_budget: the study's limit, not run.budget (each trial's), which tune leaves out of its flags.
+    tune.add_argument(
+        "--budget", dest="tune_budget", metavar="TIME", help="wall-clock limit: 90s, 10m, 1h (no trial starts after it)"
+    )
     tune.add_argument(
         "--space",
         metavar="FILE",
@@ -29,7 +32,7 @@ def add_tune(sub) -> None:
         help="Optuna storage shared by every machine running this command (postgresql://..., default: TUNE/study.db)",
     )
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop bad trials early")
-    add_recipe_flags(tune)
+    add_recipe_flags(tune, exclude=("budget",))
     tune.set_defaults(func=cmd_tune)
 
 
@@ -39,7 +42,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     target_as_recipe_or_data(args)
     name, args.name = args.name, None  # --name names the tune folder (NAME-tune), not each trial
     recipe = recipe_from_args(args)
-    options = {key: getattr(args, key) for key in ("trials", "budget", "space", "storage", "pruner", "quiet")}
+    options = {key: getattr(args, key) for key in ("trials", "space", "storage", "pruner", "quiet")}
+    options["budget"] = args.tune_budget
     result = tune(recipe, name=name, **options)
     print(result.markdown, end="")
     if result.best_recipe is not None:

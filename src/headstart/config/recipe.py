@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from headstart.config.describe import describe_validation_error
+from headstart.config.duration import parse_duration
 from headstart.config.trackers import TRACKERS
 from headstart.core.errors import HeadstartError, close_matches
 from headstart.core.yamlfile import read_yaml
@@ -318,6 +319,13 @@ class RunConfig(_Strict):
     # Experiment trackers fed every epoch, through their own writers (headstart.training.tracking);
     # the names are those registered in headstart.config.trackers.
     log: list[TrackerName] = Field(default_factory=list)
+    # Wall-clock budget ('10m', '1h'): train plans the run to fit (experiments.budget); no epoch may pass it.
+    budget: str | None = None
+
+    @field_validator("budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        return value if value is None or parse_duration(value, "run.budget") else value  # fails now, not an hour in
 
 
 def default_stages() -> list[Stage]:

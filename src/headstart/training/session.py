@@ -18,11 +18,13 @@ import logging
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from headstart.config.duration import parse_duration
 from headstart.config.recipe import Recipe
 from headstart.core.distributed import SOLO, Group, join, leave
 from headstart.core.errors import HeadstartError
@@ -54,6 +56,8 @@ class Session:
     hardware_note: str = ""
     # What data.unlabeled's images gave (training.pseudo_labels); None without unlabelled images.
     pseudo: PseudoLabels | None = None
+    # When run.budget runs out (time.perf_counter()), counted from the start of prepare(); None: no budget.
+    deadline: float | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -124,6 +128,7 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
     check_data: warn about duplicate files and leaks across splits (a resumed run already did).
     The balance remedy and monitor chosen for the data are written into the recipe, so the saved recipe says what ran.
     """
+    started = time.perf_counter()
     hw = hw or pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     seed_everything(recipe.run.seed, recipe.run.deterministic)
     preprocessing = resolve_preprocessing(recipe.data, recipe.model)
@@ -147,4 +152,5 @@ def prepare(recipe: Recipe, hw: Hardware | None = None, group: Group = SOLO, *, 
         log.info(note)
     elif hw.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Session(recipe, hw, group, data, model, plans, note, pseudo)
+    deadline = None if recipe.run.budget is None else started + parse_duration(recipe.run.budget, "run.budget")
+    return Session(recipe, hw, group, data, model, plans, note, pseudo, deadline)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from headstart.config.duration import parse_duration
 from headstart.config.recipe import Stage
 from headstart.core.checkpoint import ResumeState
 from headstart.core.progress import progress
@@ -53,6 +54,7 @@ class Trainer:
         self.average = WeightAverage(session.model, session.recipe.run.ema_decay)
         self.best = BestModel(session.recipe.run.monitor)
         self.checkpoints = Checkpoints(session, run)
+        self.out_of_budget = False  # a stage ended because run.budget had no room for another epoch
 
     def run_stage(self, index: int, started: float, resume: ResumeState | None = None) -> None:
         """Every epoch of stage `index`; with `resume`, continue inside it where last.pt left it."""
@@ -74,12 +76,25 @@ class Trainer:
         loop = self.build.loop(stage, path, optimizer, schedule, self.average.ema)
         for epoch in range(resume.epoch + 1 if resume else 1, stage.epoch_budget + 1):
             row = self.run_epoch(stage, epoch, path, loop)
-            ends = stopping.after_epoch(row, epoch)
+            ends = stopping.after_epoch(row, epoch) or self.out_of_time(row)
             if ends:
                 row["stop"] = ends
             self.record_epoch(index, row, loop, stopping, started)
             if ends:
                 break
+
+    def out_of_time(self, row: dict[str, Any]) -> str | None:
+        """Why the stage ends when another epoch like this one would pass run.budget (its last 5 % is for scoring)."""
+        if self.session.deadline is None:
+            return None
+        left = self.session.deadline - time.perf_counter() - 0.05 * parse_duration(str(self.recipe.run.budget))
+        if left >= 1.1 * row["seconds"]:
+            return None
+        self.out_of_budget = True  # the next stage does not start either
+        return f"budget: {max(left, 0):.0f}s of run.budget {self.recipe.run.budget} left, less than an epoch"
+
+    def budget_spent(self) -> bool:
+        return self.out_of_budget or (self.session.deadline is not None and time.perf_counter() > self.session.deadline)
 
     def run_epoch(self, stage: Stage, epoch: int, path: StagePath, loop: Loop[Schedule]) -> dict[str, Any]:
         tic, lr, total = time.perf_counter(), loop.schedule.lr, stage.epoch_budget

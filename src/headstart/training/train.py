@@ -203,6 +203,9 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
     run, session = trainer.run, trainer.session
     try:
         for index in range(first, len(trainer.recipe.stages)):
+            if trainer.budget_spent():
+                trainer.notes.add(f"stage '{trainer.recipe.stages[index].name}' skipped: run.budget is spent")
+                break
             trainer.run_stage(index, started, inside if index == first else None)
         # From the last cached stage's stored features where they hold for the chosen weights: no image runs again.
         outputs = ModelOutputs(session, trainer.build.cache_in_use)

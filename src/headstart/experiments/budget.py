@@ -1,0 +1,235 @@
+"""run.budget: plan a run to fit a wall-clock budget, then run it (`headstart train DATA --budget 10m`).
+
+The candidates are the installed packaged backbones (tf_efficientnet_lite0; lite1/lite2 with the
+[lite] extra) times the depth of the fine-tuning stage (top:1, the default, to top:3). Each plan's
+cost is estimated from figures measured here on the plan's own model with random inputs: one
+forward pass of the whole model per image (the one feature pass over every image), and one
+training step (forward + backward) per image of the part after the fine-tuning cut, on stored
+activations, times the stage's epochs. With several backbones, `probe` trains each one's cached head
+first (its time counts against the budget) and ranks them by val score. The plan run is the best
+probed backbone's deepest fine-tuning whose estimate fits what is left; deeper fine-tuning is
+expected to score higher (BENCHMARKS.md: satellite, top:2 0.933 against top:1's 0.874), and the
+fine-tuning stage starts from the head's best weights and keeps its best epoch, so it never ends
+below the head. The trainer ends a stage whose next epoch would not fit (run.budget is its deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from headstart.config.duration import format_duration, parse_duration
+from headstart.config.recipe import Recipe
+from headstart.core.errors import HeadstartError
+from headstart.core.hardware import Hardware, pick_hardware
+from headstart.data.layouts import list_images
+from headstart.model.build import build_model, resolve_preprocessing
+from headstart.model.cut import find_cut
+from headstart.model.freeze import plan_freeze
+from headstart.model.weights import installed_packaged_backbones
+
+log = logging.getLogger("headstart")
+
+DEPTHS = (1, 2, 3)
+BATCH = 8
+# Start-up, the precision measurement, calibration, the test score and the unknown-image fit: measured
+# at 5-10 % of a default run on the dev sets; planned as this share of the budget.
+OVERHEAD = 0.15
+
+
+@dataclass
+class Plan:
+    backbone: str
+    depth: int
+    seconds: float  # estimated wall time
+    score: float | None = None  # the backbone's probed val score, where several were probed
+
+    def describe(self) -> str:
+        score = "" if self.score is None else f", probe val {self.score:.4f}"
+        depth = f"top:{self.depth} fine-tuning" if self.depth else "head only"
+        return f"{self.backbone} {depth} (~{format_duration(self.seconds)}{score})"
+
+
+def timed(step, repeats: int = 2) -> float:
+    """Seconds per image of `step` on a batch: the fastest of `repeats` after a warm-up (other processes only slow it)."""
+    step()  # warm-up: kernel selection and allocation are not the steady state
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - tic)
+    return min(times) / BATCH
+
+
+def plan_model(recipe: Recipe, backbone: str, classes: int, hw: Hardware):
+    """(the backbone's model with random weights on the device, its input size): speed needs no weights."""
+    config = recipe.model.model_copy(update={"backbone": backbone, "weights": "none"})
+    size = resolve_preprocessing(recipe.data.model_copy(update={"image_size": None}), config)["image_size"]
+    return build_model(config, classes, size).to(hw.device), size
+
+
+def forward_cost(model, size: int, hw: Hardware) -> float:
+    """Seconds per image of one forward pass of the whole model: the feature pass's rate."""
+    images = hw.to_input(torch.randn(BATCH, 3, size, size))
+    with torch.no_grad(), hw.autocast():
+        model.eval()
+        return timed(lambda: model(images))
+
+
+def step_cost(model, size: int, depth: int, hw: Hardware) -> float | None:
+    """Seconds per image of a training step of top:depth on stored activations; None where the backbone has no such cut."""
+    try:
+        cut = find_cut(model, plan_freeze(model, f"top:{depth}", "frozen"), size)
+    except HeadstartError:  # fewer stages than depth
+        return None
+    if cut is None:
+        return None
+    with torch.no_grad(), hw.autocast():
+        stored = cut.prefix(hw.to_input(torch.randn(BATCH, 3, size, size))).float()
+    model.train()
+
+    def step() -> None:
+        with hw.autocast():
+            loss = cut.suffix(stored).float().square().mean()
+        loss.backward()
+
+    return timed(step)
+
+
+def estimate(recipe: Recipe, counts: dict[str, int], forward: float, step: float) -> float:
+    """Seconds for the plan: one pass over every image, then the fine-tuning epochs (val each epoch at ~1/3 a step)."""
+    finetune = recipe.stages[-1]
+    epochs = finetune.max_epochs if finetune.epochs == "auto" else int(finetune.epochs)
+    per_epoch = counts["train"] * step + counts["val"] * step / 3
+    return (forward * sum(counts.values()) + epochs * per_epoch) / (1 - OVERHEAD)
+
+
+def with_plan(recipe: Recipe, plan: Plan, seconds_left: float) -> Recipe:
+    """The plan as a recipe whose run.budget is the time left for training (the saved recipe says what ran)."""
+    values = recipe.to_dict()
+    values["model"]["backbone"] = plan.backbone
+    if plan.backbone != recipe.model.backbone:
+        values["model"]["weights"] = None  # the new backbone's own packaged weights
+        values["data"]["image_size"] = None
+    if plan.depth:
+        values["stages"][-1]["freeze"] = f"top:{plan.depth}"
+    else:
+        values["stages"] = values["stages"][:1]
+    values["run"]["budget"] = f"{max(seconds_left, 1):.0f}s"
+    return Recipe.from_dict(values, source="budget plan")
+
+
+def probed_backbones(recipe: Recipe, quiet: bool) -> dict[str, float | None]:
+    """Backbone -> probed val score, best first: the installed packaged ones for the default backbone, else the recipe's."""
+    installed = installed_packaged_backbones()
+    if recipe.model.backbone not in installed or len(installed) == 1:
+        return {recipe.model.backbone: None}
+    from headstart.experiments.probe import probe
+
+    found = probe(str(recipe.data.path), installed, seeds=1, out=recipe.run.out_dir, quiet=quiet)
+    scores = {row["backbone"]: float(row["val acc"]) for row in found.rows}
+    return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+
+def plans_for(
+    recipe: Recipe, backbones: dict[str, float | None], counts: dict[str, int], classes: int, budget: float
+) -> list[Plan]:
+    """Each backbone's plans, best expected first: top:3 .. top:1 fine-tuning, then the head stage alone.
+
+    Depths are measured shallow to deep and stop at the first whose estimate passes the budget:
+    a deeper one costs more still.
+    """
+    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
+    plans = []
+    for backbone, score in backbones.items():
+        model, size = plan_model(recipe, backbone, classes, hw)
+        forward = forward_cost(model, size, hw)
+        mine = [Plan(backbone, 0, forward * sum(counts.values()) / (1 - OVERHEAD), score)]
+        for depth in DEPTHS:
+            step = step_cost(model, size, depth, hw)
+            if step is None:
+                break
+            mine.append(Plan(backbone, depth, estimate(recipe, counts, forward, step), score))
+            if mine[-1].seconds > budget:
+                break
+        plans += mine[::-1]
+    return plans
+
+
+def check_budgeted(recipe: Recipe) -> None:
+    stages = recipe.stages
+    if len(stages) != 2 or stages[0].freeze != "backbone":
+        raise HeadstartError(
+            "--budget plans the default recipe's two stages (a cached head, then fine-tuning); "
+            f"this recipe has {len(stages)} stage(s) ({', '.join(s.name for s in stages)}): drop --budget or the stages"
+        )
+
+
+def plan_run(recipe: Recipe, quiet: bool = False) -> tuple[Recipe, Plan, list[Plan], float]:
+    """(the recipe of the plan chosen, that plan, every plan considered, seconds spent planning)."""
+    assert recipe.run.budget is not None
+    budget = parse_duration(recipe.run.budget, "--budget")
+    check_budgeted(recipe)
+    started = time.perf_counter()
+    split = list_images(recipe.data)
+    counts = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+    backbones = probed_backbones(recipe, quiet)
+    plans = plans_for(recipe, backbones, counts, len(split.classes), budget)
+    spent = time.perf_counter() - started
+    fitting = [plan for plan in plans if plan.seconds <= budget - spent]
+    if not fitting:
+        cheapest = min(plans, key=lambda plan: plan.seconds)
+        raise HeadstartError(
+            f"--budget {recipe.run.budget}: the cheapest plan, {cheapest.describe()}, needs about "
+            f"{format_duration(cheapest.seconds + spent)} here with planning ({format_duration(spent)}); give at least that"
+        )
+    chosen = fitting[0]
+    log.info(
+        "budget %s: %s chosen; considered %s",
+        recipe.run.budget,
+        chosen.describe(),
+        "; ".join(p.describe() for p in plans),
+    )
+    return with_plan(recipe, chosen, budget - spent), chosen, plans, spent
+
+
+def plan_lines(recipe: Recipe, chosen: Plan, plans: list[Plan], spent: float, total: float) -> list[str]:
+    return [
+        f"budget: {recipe.run.budget}, spent {format_duration(total)} (planning {format_duration(spent)})",
+        f"plan: {chosen.describe()}",
+        "considered: " + "; ".join(plan.describe() for plan in plans),
+    ]
+
+
+def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=None):
+    """headstart.train: a recipe with run.budget is planned to fit it first; any other runs as given."""
+    import os
+
+    from headstart.config.defaults import as_recipe
+    from headstart.core.fileio import atomic_write
+    from headstart.core.runs import SUMMARY_FILE
+    from headstart.training.session import ensure_console
+    from headstart.training.train import train
+
+    if resume is not None:
+        return train(resume=resume, quiet=quiet, on_epoch=on_epoch)  # its saved recipe: the plan, not re-planned
+    recipe = as_recipe(recipe)
+    if recipe.run.budget is None:
+        return train(recipe, quiet=quiet, on_epoch=on_epoch)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise HeadstartError("--budget plans on one process; under torchrun train the plan's recipe.yaml without it")
+    ensure_console(quiet)
+    started = time.perf_counter()
+    planned, chosen, plans, spent = plan_run(recipe, quiet)
+    result = train(planned, quiet=quiet, on_epoch=on_epoch)
+    summary = Path(result.run_dir) / SUMMARY_FILE
+    lines = plan_lines(recipe, chosen, plans, spent, time.perf_counter() - started)
+    if summary.is_file():
+        atomic_write(summary, (summary.read_text() + "\n".join(lines) + "\n").encode())
+    for line in lines:
+        log.info(line)
+    return result

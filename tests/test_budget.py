@@ -1,0 +1,49 @@
+"""run.budget: a run planned to fit a wall-clock budget, and a trainer that starts no epoch past it."""
+
+from __future__ import annotations
+
+import yaml
+
+import headstart
+from headstart.core.runs import read_history
+from headstart.training.train import train
+from tests.conftest import tiny_recipe
+from tests.test_cli import one_line_error
+
+
+def test_a_stage_ends_before_an_epoch_that_would_pass_the_budget_and_later_stages_are_skipped(colour_folder, tmp_path):
+    stages = [
+        {"name": "head", "epochs": 100000, "freeze": "backbone", "lr": 0.05},
+        {"name": "all", "epochs": 3, "freeze": "none", "lr": 0.01},
+    ]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"budget": "6s"})
+    result = train(recipe, quiet=True)  # the trainer alone: run.budget is its deadline, nothing is planned
+    history = read_history(result.run_dir)
+    assert sum(row["seconds"] for row in history) < 6  # whether the whole run fits is a benchmark's question
+    assert {row["stage"] for row in history} == {"head"} and 3 < len(history) < 100000
+    assert history[-1]["stop"].startswith("budget: ") and "less than an epoch" in history[-1]["stop"]
+    summary = (result.run_dir / "summary.txt").read_text()
+    assert "stage 'all' skipped: run.budget is spent" in summary
+
+
+def test_train_with_a_budget_plans_the_run_and_says_so(colour_folder, tmp_path):
+    stages = [
+        {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
+        {"name": "finetune", "epochs": 2, "freeze": "top:1", "lr": 0.01},
+    ]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"budget": "2m"})
+    result = headstart.train(recipe, quiet=True)
+    summary = (result.run_dir / "summary.txt").read_text()
+    assert "budget: 2m, spent " in summary
+    assert "plan: headstart_cnn top:2 fine-tuning" in summary  # the deepest the tiny CNN has, fitting easily
+    assert "considered: headstart_cnn top:2 fine-tuning" in summary and "head only" in summary
+    saved = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
+    assert saved["stages"][1]["freeze"] == "top:2" and saved["run"]["budget"].endswith("s")
+
+
+def test_a_budget_below_the_cheapest_plan_or_unreadable_is_a_one_line_error(colour_folder, tmp_path, capsys):
+    err = one_line_error(capsys, ["train", str(colour_folder), "--budget", "0.001s", "--out", str(tmp_path / "r")])
+    assert "the cheapest plan, tf_efficientnet_lite0 head only" in err and "give at least that" in err
+    assert not (tmp_path / "r").exists()
+    err = one_line_error(capsys, ["train", str(colour_folder), "--budget", "ten minutes", "--out", str(tmp_path)])
+    assert "write a time like 90s, 10m, 1h" in err
