@@ -136,3 +136,11 @@ def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
     with TestClient(create_app(headstart.load(exported)), base_url=LOCAL) as client:
         answer = client.post("/explain", files=upload)
         assert answer.status_code == 501 and "Hub folders can explain" in answer.json()["detail"]
+
+
+def test_heatmap_file_names_never_repeat():
+    from headstart.deploy.explain import file_names
+
+    names = file_names(["x/a-2.jpg", "x/a.jpg", "x/a.png", "y/a.jpg", ""])
+    assert names == ["a-2.png", "a.png", "a-3.png", "a-4.png", "image.png"]
+    assert len(set(file_names(["a-2.jpg", "a.jpg", "a.png"]))) == 3  # a.png's -2 would overwrite a-2.jpg's

@@ -168,13 +168,18 @@ def label_strip(maps: list[Heatmap]) -> Image.Image:
 
 
 def file_names(names: Sequence[str]) -> list[str]:
-    """<stem>.png per image; a stem seen before gets -2, -3, … (two folders' 001.jpg do not overwrite each other)."""
-    seen: dict[str, int] = {}
+    """<stem>.png per image; a name taken already gets -2, -3, … (two folders' 001.jpg, or a.jpg, a.png and
+    a-2.jpg, do not overwrite each other)."""
+    taken: set[str] = set()
     found = []
     for name in names:
         stem = Path(name).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        found.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+        chosen, number = f"{stem}.png", 1
+        while chosen in taken:
+            number += 1
+            chosen = f"{stem}-{number}.png"
+        taken.add(chosen)
+        found.append(chosen)
     return found
 
 
