@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import headstart
@@ -148,3 +149,14 @@ def test_pseudo_labelling_leaves_the_runs_random_draws_as_they_were(few, tmp_pat
     before = torch.get_rng_state()
     found = pseudo_label(split, recipe, resolve_preprocessing(recipe.data, recipe.model), pick_hardware("cpu", "fp32"))
     assert found.samples and torch.equal(torch.get_rng_state(), before)
+
+
+def test_unreadable_val_images_with_unlabelled_ones_are_a_one_line_error(few, tmp_path, capsys):
+    """The pseudo-labels are judged on val before the images are decoded: no readable val is the run's own error."""
+    data, unlabelled = few
+    for image in (data / "val").glob("*/*.png"):
+        image.write_bytes(b"not an image")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(data, tmp_path / "runs")))
+    err = one_line_error(capsys, ["train", "--recipe", str(recipe), "--unlabeled", str(unlabelled)])
+    assert "no readable validation images" in err
