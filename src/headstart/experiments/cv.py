@@ -38,12 +38,11 @@ from headstart.config.defaults import as_recipe
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
-from headstart.core.paths import safe_component, user_path
 from headstart.core.runs import CV_FILE, CV_JSON, FOLDS_DIR
 from headstart.data.layouts import list_images
 from headstart.data.splits import SINGLE, DataSplit, Sample, label_counts
 from headstart.experiments.compare import RunRecord
-from headstart.experiments.sweep import sweep
+from headstart.experiments.sweep import experiment_folder, sweep
 from headstart.tasks.metrics import best_index
 from headstart.training.session import ensure_console
 
@@ -213,8 +212,7 @@ def plan_folds(base: Recipe, folds: int, out: str | Path | None, name: str | Non
     split = list_images(base.data)
     pool = sorted(split.train + split.val, key=lambda sample: str(sample[0]))
     check_class_sizes(folds, split, pool)
-    stem = name or base.run.name or Path(base.data.path or "digits").stem
-    folder = user_path(out or base.run.out_dir) / safe_component(f"{stem}-cv", "cv folder name")
+    folder = experiment_folder(base, out, name, "cv")
     vals = fold_val_indices(split, pool, folds, base.data.split_seed)
     csvs = write_folds(folder, [fold_csv(split, pool, val, base.data.label_delim) for val in vals])
     log.info(
