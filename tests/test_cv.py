@@ -117,3 +117,35 @@ def test_too_few_or_too_many_folds_are_one_line_errors(colour_folder, tmp_path, 
     assert err.count("\n") == 0 and err.startswith("headstart: error: ") and "Traceback" not in err, err
     assert message in err
     assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_a_failed_ensemble_keeps_the_scores_and_a_written_one_holds_its_description(
+    colour_folder, tmp_path, monkeypatch
+):
+    import headstart.deploy.ensemble as ensemble_module
+    from headstart.core.errors import HeadstartError
+
+    def no_converter(*args, **kwargs):
+        raise HeadstartError("LiteRT export needs litert-torch")
+
+    monkeypatch.setattr(ensemble_module, "write_module", no_converter)
+    recipe = quick(colour_folder, tmp_path / "runs")
+    with pytest.raises(HeadstartError, match="litert-torch"):
+        headstart.cv(recipe, folds=2, ensemble="tflite", quiet=True)
+    folder = tmp_path / "runs" / "tiny-cv"
+    assert "| val_acc |" in (folder / "cv.md").read_text()  # the folds' scores, written before the ensemble
+
+    written = {}
+
+    def capture(chosen, model, size, target, sidecar=None):
+        written["sidecar"] = sidecar
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"model")
+
+    monkeypatch.setattr(ensemble_module, "write_module", capture)
+    result = headstart.cv(recipe, folds=2, ensemble="tflite", quiet=True)  # the folds are done: nothing trains
+    # A format that holds its description inside the file (LiteRT's metadata) gets the one written beside it.
+    beside = json.loads((result.ensemble.parent / "model.tflite.json").read_text())
+    assert written["sidecar"] == beside and beside["classes"] == sorted(CLASS_COLOURS)
+    assert "ensemble of the 2 fold models" in (folder / "cv.md").read_text()

@@ -262,7 +262,7 @@ def cv(
     Writes the cv folder described in the module docstring and returns the scores per fold with
     their mean and standard deviation. Running it again continues: finished folds are kept.
     ensemble: also write the fold models as one model averaging their calibrated probabilities, in this
-    export format ('onnx', 'export', 'torchscript'; headstart.deploy.ensemble), into CV/ensemble/.
+    export format ('onnx', 'export', 'torchscript', 'tflite'; headstart.deploy.ensemble), into CV/ensemble/.
     """
     from headstart.deploy.ensemble import ensemble_formats
 
@@ -286,7 +286,8 @@ def cv(
     monitor = records[0].monitor if records else str(base.run.monitor)
     result = CVResult(plan.folder, folds, monitor, {v: dirs[0] for v, dirs in swept.runs.items()}, swept.failed)
     result.scores = summarize(records)
+    write_summary(result, plan, base)  # before the ensemble: a converter that fails loses no scores
     if ensemble is not None:
         result.ensemble = write_ensemble(result, ensemble)
-    write_summary(result, plan, base)
+        write_summary(result, plan, base)
     return result
