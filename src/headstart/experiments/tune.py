@@ -137,8 +137,9 @@ def open_study(optuna: Any, search: Search, storage: Any) -> tuple[Any, str]:
     url = storage if storage is not None else f"sqlite:///{(search.folder / STUDY_FILE).resolve()}"
     shown = redacted(url) if isinstance(url, str) else type(url).__name__
     try:
+        if storage is None:
+            search.folder.mkdir(parents=True, exist_ok=True)  # for study.db; a --storage that fails leaves no folder
         if isinstance(url, str):
-            search.folder.mkdir(parents=True, exist_ok=True)
             # Heartbeats are marked experimental; they are how Optuna fails the trials of a worker that died.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
