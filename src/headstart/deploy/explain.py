@@ -28,7 +28,9 @@ from headstart.core.fileio import atomic_write
 from headstart.core.install import install_hint
 from headstart.model.build import Classifier, WithScore
 
-EXPLAINABLE = "run folders, checkpoints and Hub folders can explain; exported .onnx, .pt2 and .torchscript files cannot"
+EXPLAINABLE = (
+    "run folders, checkpoints and Hub folders can explain; exported .onnx, .pt2, .torchscript and .tflite files cannot"
+)
 CHUNK = 16  # images per Grad-CAM pass: each holds the activations and gradients of a whole batch
 PANEL = 192  # a heatmap panel's side at least, in pixels (a 16-pixel input is drawn larger, not blurred)
 
