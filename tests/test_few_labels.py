@@ -160,3 +160,16 @@ def test_unreadable_val_images_with_unlabelled_ones_are_a_one_line_error(few, tm
     recipe.write_text(yaml.safe_dump(tiny_recipe(data, tmp_path / "runs")))
     err = one_line_error(capsys, ["train", "--recipe", str(recipe), "--unlabeled", str(unlabelled)])
     assert "no readable validation images" in err
+
+
+def test_suggest_says_why_it_drops_copies_of_val_images_without_pseudo_labels(few, tmp_path, caplog):
+    from headstart.labeling.suggest import not_labelled_yet
+
+    data, unlabelled = few
+    shutil.copyfile(data / "val/red/000.png", unlabelled / "copy_of_val.png")
+    paths = sorted(unlabelled.iterdir())
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        kept = not_labelled_yet(paths, {"data": {"path": str(data)}}, str(unlabelled))
+    assert len(kept) == len(paths) - 1 and unlabelled / "copy_of_val.png" not in kept
+    assert "copies of val/test images (val 1, test 0): dropped, as images the data set labels already" in caplog.text
+    assert "pseudo-label" not in caplog.text  # suggest makes none

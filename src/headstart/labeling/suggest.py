@@ -48,7 +48,7 @@ def not_labelled_yet(paths: list[Path], recipe: dict | None, folder: str) -> lis
     except HeadstartError as err:
         log.warning("the run's data set cannot be listed (%s): its labelled images are not left out", err)
         return paths
-    return drop_known(paths, split, folder).paths
+    return drop_known(paths, split, folder, why="as images the data set labels already").paths
 
 
 def suggest(
