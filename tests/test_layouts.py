@@ -162,3 +162,10 @@ def test_data_given_as_dot_is_named_after_its_folder(colour_folder, tmp_path, mo
     recipe = as_recipe({"data": {"path": "."}, "run": {"out_dir": str(tmp_path)}})
     assert experiment_folder(recipe, None, None, "cv") == tmp_path / "colours-cv"
     assert experiment_folder(recipe, None, "mine", "tune") == tmp_path / "mine-tune"
+
+
+def test_a_file_given_as_data_is_not_called_a_missing_folder(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages: []\n")
+    with pytest.raises(HeadstartError, match=r"recipe.yaml is a file, not image data.*--recipe"):
+        list_images(DataConfig(path=str(recipe)))
