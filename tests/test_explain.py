@@ -107,6 +107,10 @@ def test_a_model_without_pytorch_layers_is_refused_in_one_line(trained, tmp_path
     code, out, err = cli(["predict", exported, image, "--explain", tmp_path / "maps"], capsys)
     assert code == 2 and "cannot be explained" in err and "Hub folders can explain" in err
     assert out == "" and not (tmp_path / "maps").exists()  # refused before anything was predicted
+    (tmp_path / "a-file").write_text("")
+    for command in (["predict", trained[0], image], ["evaluate", trained[0], trained[1]]):
+        code, out, err = cli([*command, "--explain", tmp_path / "a-file"], capsys)
+        assert code == 2 and "a-file: that is a file; give a folder for the heatmaps" in err and out == ""
 
 
 def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
