@@ -71,6 +71,15 @@ def test_sweep_variant_that_climbs_out_is_refused_before_anything_runs(colour_fo
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped-sweep-abs"])
+def test_sweep_name_cannot_escape_out(colour_folder, tmp_path, capsys, name):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    assert main(["sweep", str(recipe), "--vary", "all.lr=0.01", "--name", name, "--quiet"]) == 2
+    assert "sweep folder name" in one_line_error(capsys)
+    assert not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped-sweep-abs")
+
+
 def test_sweep_leaves_a_run_with_an_unreadable_last_pt_and_the_users_files(colour_folder, tmp_path):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     first = headstart.sweep(recipe, vary={"all.lr": [0.01]}, name="s", quiet=True)

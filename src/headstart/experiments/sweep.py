@@ -337,7 +337,8 @@ def sweep(
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
     # Every variant must be a valid recipe before the first one trains.
-    sweep_dir = user_path(out or base.run.out_dir) / (name or f"sweep-{folder_stem(base)}")
+    folder = safe_component(name or f"sweep-{folder_stem(base)}", "sweep folder name")  # --name never climbs out
+    sweep_dir = user_path(out or base.run.out_dir) / folder
     recipes = {(v.name, s): spec.recipe_for(v, s, sweep_dir) for v in spec.variants for s in spec.seeds}
     spec_file = sweep_dir / SWEEP_FILE
     written = yaml.safe_dump(spec.to_dict(), sort_keys=False)
