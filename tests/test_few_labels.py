@@ -173,3 +173,16 @@ def test_suggest_says_why_it_drops_copies_of_val_images_without_pseudo_labels(fe
     assert len(kept) == len(paths) - 1 and unlabelled / "copy_of_val.png" not in kept
     assert "copies of val/test images (val 1, test 0): dropped, as images the data set labels already" in caplog.text
     assert "pseudo-label" not in caplog.text  # suggest makes none
+
+
+def test_the_sheets_next_command_keeps_the_runs_data_and_earlier_sheets(tmp_path):
+    from headstart.labeling.sheet import SuggestResult, next_command
+
+    result = SuggestResult(tmp_path / "round3", [], 0)
+    data = {"path": "round1/to_label.csv", "add_labeled": ["round2/to_label.csv"]}
+    assert next_command(result, "pool dir", "runs/r2", data) == (
+        f"headstart train round1/to_label.csv --add-labeled round2/to_label.csv --add-labeled {result.csv} "
+        "--unlabeled 'pool dir'"
+    )
+    assert next_command(result, "pool", "runs/digits", {"path": None}).startswith("headstart train DATA --add-labeled")
+    assert next_command(result, "pool", None) == f"headstart train {result.csv}"

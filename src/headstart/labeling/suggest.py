@@ -98,6 +98,6 @@ def suggest(
         ]
     target = Path(out) if out is not None else Path("runs") / f"{Path(folder).name}-suggest"
     result = SuggestResult(target, picks, len(paths))
-    write_sheet(result, folder, run)
+    write_sheet(result, folder, run, recipe["data"] if recipe else None)
     log.info("%d of %d images to label: %s, %s", len(picks), len(paths), result.csv, result.html)
     return result
