@@ -12,6 +12,7 @@ import yaml
 import headstart
 from headstart.cli import main
 from headstart.config.recipe import DataConfig, Recipe
+from headstart.core.errors import HeadstartError
 from headstart.data.layouts import list_images
 from headstart.experiments.compare import compare
 from headstart.experiments.cv import plan_folds
@@ -73,6 +74,10 @@ def test_multi_label_folds_keep_every_tag_and_validate_every_image_once(tag_csv,
         tags = Counter(tag for row in rows if row["path"] in val for tag in row["labels"].split())
         assert set(tags) == set(CLASS_COLOURS)  # every tag in every fold's val part
     assert list_images(DataConfig(path=str(plan.csvs[0]))).task == "multi-label"
+    # An ensemble of multi-label folds is refused before any fold trains (it was after all of them).
+    with pytest.raises(HeadstartError, match="--ensemble averages single-label"):
+        headstart.cv(quick(tag_csv, tmp_path / "other"), folds=3, ensemble="onnx", quiet=True)
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow
@@ -124,7 +129,6 @@ def test_a_failed_ensemble_keeps_the_scores_and_a_written_one_holds_its_descript
     colour_folder, tmp_path, monkeypatch
 ):
     import headstart.deploy.ensemble as ensemble_module
-    from headstart.core.errors import HeadstartError
 
     def no_converter(*args, **kwargs):
         raise HeadstartError("LiteRT export needs litert-torch")

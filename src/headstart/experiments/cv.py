@@ -207,11 +207,17 @@ class FoldPlan:
     csvs: list[Path]
 
 
-def plan_folds(base: Recipe, folds: int, out: str | Path | None, name: str | None) -> FoldPlan:
+def plan_folds(
+    base: Recipe, folds: int, out: str | Path | None, name: str | None, ensemble: str | None = None
+) -> FoldPlan:
     """List the data, check every class can be in every fold, cut the folds and write their CSVs."""
     split = list_images(base.data)
     pool = sorted(split.train + split.val, key=lambda sample: str(sample[0]))
     check_class_sizes(folds, split, pool)
+    if ensemble is not None and split.task != SINGLE:  # said now, not after every fold has trained
+        raise HeadstartError(
+            f"--ensemble averages single-label models' probabilities; {split.name} is {split.task} data"
+        )
     folder = experiment_folder(base, out, name, "cv")
     vals = fold_val_indices(split, pool, folds, base.data.split_seed)
     csvs = write_folds(folder, [fold_csv(split, pool, val, base.data.label_delim) for val in vals])
@@ -271,7 +277,7 @@ def cv(
         raise HeadstartError(f"--ensemble {ensemble}: valid formats: {', '.join(ensemble_formats())}")
     ensure_console(quiet)
     base = as_recipe(recipe)
-    plan = plan_folds(base, folds, out, name)
+    plan = plan_folds(base, folds, out, name, ensemble)
     variants = {f"fold{k}": {"data.path": str(path)} for k, path in enumerate(plan.csvs, start=1)}
     recipe_of_folds = fold_base(base, plan.split)
     swept = sweep(
