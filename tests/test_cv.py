@@ -12,6 +12,7 @@ import yaml
 import headstart
 from headstart.cli import main
 from headstart.config.recipe import DataConfig, Recipe
+from headstart.core.errors import HeadstartError
 from headstart.data.layouts import list_images
 from headstart.experiments.compare import compare
 from headstart.experiments.cv import plan_folds
@@ -73,6 +74,10 @@ def test_multi_label_folds_keep_every_tag_and_validate_every_image_once(tag_csv,
         tags = Counter(tag for row in rows if row["path"] in val for tag in row["labels"].split())
         assert set(tags) == set(CLASS_COLOURS)  # every tag in every fold's val part
     assert list_images(DataConfig(path=str(plan.csvs[0]))).task == "multi-label"
+    # An ensemble of multi-label folds is refused before any fold trains (it was after all of them).
+    with pytest.raises(HeadstartError, match="--ensemble averages single-label"):
+        headstart.cv(quick(tag_csv, tmp_path / "other"), folds=3, ensemble="onnx", quiet=True)
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow
@@ -117,3 +122,34 @@ def test_too_few_or_too_many_folds_are_one_line_errors(colour_folder, tmp_path, 
     assert err.count("\n") == 0 and err.startswith("headstart: error: ") and "Traceback" not in err, err
     assert message in err
     assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_a_failed_ensemble_keeps_the_scores_and_a_written_one_holds_its_description(
+    colour_folder, tmp_path, monkeypatch
+):
+    import headstart.deploy.ensemble as ensemble_module
+
+    def no_converter(*args, **kwargs):
+        raise HeadstartError("LiteRT export needs litert-torch")
+
+    monkeypatch.setattr(ensemble_module, "write_module", no_converter)
+    recipe = quick(colour_folder, tmp_path / "runs")
+    with pytest.raises(HeadstartError, match="litert-torch"):
+        headstart.cv(recipe, folds=2, ensemble="tflite", quiet=True)
+    folder = tmp_path / "runs" / "tiny-cv"
+    assert "| val_acc |" in (folder / "cv.md").read_text()  # the folds' scores, written before the ensemble
+
+    written = {}
+
+    def capture(chosen, model, size, target, sidecar=None):
+        written["sidecar"] = sidecar
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"model")
+
+    monkeypatch.setattr(ensemble_module, "write_module", capture)
+    result = headstart.cv(recipe, folds=2, ensemble="tflite", quiet=True)  # the folds are done: nothing trains
+    # A format that holds its description inside the file (LiteRT's metadata) gets the one written beside it.
+    beside = json.loads((result.ensemble.parent / "model.tflite.json").read_text())
+    assert written["sidecar"] == beside and beside["classes"] == sorted(CLASS_COLOURS)
+    assert "ensemble of the 2 fold models" in (folder / "cv.md").read_text()

@@ -44,3 +44,12 @@ def test_the_site_includes_readme_and_benchmarks_rather_than_copies():
     for section in re.findall(r'--8<-- "README\.md:(\w+)"', index):
         assert f"<!-- --8<-- [start:{section}] -->" in readme and f"<!-- --8<-- [end:{section}] -->" in readme
     assert "## Set-up" not in index  # the set-up commands live in the README alone
+
+
+def test_the_site_home_links_every_guide_the_readme_links():
+    """docs/index.md repeats the README's list of guides (links relative to docs/): neither may leave one out."""
+    readme = (ROOT / "README.md").read_text()
+    index = (ROOT / "docs" / "index.md").read_text()
+    guides = {link.removeprefix("docs/") for link in re.findall(r"\]\((docs/[^)#:]+\.md)", readme)}
+    linked = set(re.findall(r"\]\(([^)#:/]+\.md)", index))
+    assert guides <= linked, guides - linked

@@ -107,6 +107,10 @@ def test_a_model_without_pytorch_layers_is_refused_in_one_line(trained, tmp_path
     code, out, err = cli(["predict", exported, image, "--explain", tmp_path / "maps"], capsys)
     assert code == 2 and "cannot be explained" in err and "Hub folders can explain" in err
     assert out == "" and not (tmp_path / "maps").exists()  # refused before anything was predicted
+    (tmp_path / "a-file").write_text("")
+    for command in (["predict", trained[0], image], ["evaluate", trained[0], trained[1]]):
+        code, out, err = cli([*command, "--explain", tmp_path / "a-file"], capsys)
+        assert code == 2 and "a-file: that is a file; give a folder for the heatmaps" in err and out == ""
 
 
 def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
@@ -136,3 +140,11 @@ def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
     with TestClient(create_app(headstart.load(exported)), base_url=LOCAL) as client:
         answer = client.post("/explain", files=upload)
         assert answer.status_code == 501 and "Hub folders can explain" in answer.json()["detail"]
+
+
+def test_heatmap_file_names_never_repeat():
+    from headstart.deploy.explain import file_names
+
+    names = file_names(["x/a-2.jpg", "x/a.jpg", "x/a.png", "y/a.jpg", ""])
+    assert names == ["a-2.png", "a.png", "a-3.png", "a-4.png", "image.png"]
+    assert len(set(file_names(["a-2.jpg", "a.jpg", "a.png"]))) == 3  # a.png's -2 would overwrite a-2.jpg's

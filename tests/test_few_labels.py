@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import headstart
@@ -148,3 +149,40 @@ def test_pseudo_labelling_leaves_the_runs_random_draws_as_they_were(few, tmp_pat
     before = torch.get_rng_state()
     found = pseudo_label(split, recipe, resolve_preprocessing(recipe.data, recipe.model), pick_hardware("cpu", "fp32"))
     assert found.samples and torch.equal(torch.get_rng_state(), before)
+
+
+def test_unreadable_val_images_with_unlabelled_ones_are_a_one_line_error(few, tmp_path, capsys):
+    """The pseudo-labels are judged on val before the images are decoded: no readable val is the run's own error."""
+    data, unlabelled = few
+    for image in (data / "val").glob("*/*.png"):
+        image.write_bytes(b"not an image")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(data, tmp_path / "runs")))
+    err = one_line_error(capsys, ["train", "--recipe", str(recipe), "--unlabeled", str(unlabelled)])
+    assert "no readable validation images" in err
+
+
+def test_suggest_says_why_it_drops_copies_of_val_images_without_pseudo_labels(few, tmp_path, caplog):
+    from headstart.labeling.suggest import not_labelled_yet
+
+    data, unlabelled = few
+    shutil.copyfile(data / "val/red/000.png", unlabelled / "copy_of_val.png")
+    paths = sorted(unlabelled.iterdir())
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        kept = not_labelled_yet(paths, {"data": {"path": str(data)}}, str(unlabelled))
+    assert len(kept) == len(paths) - 1 and unlabelled / "copy_of_val.png" not in kept
+    assert "copies of val/test images (val 1, test 0): dropped, as images the data set labels already" in caplog.text
+    assert "pseudo-label" not in caplog.text  # suggest makes none
+
+
+def test_the_sheets_next_command_keeps_the_runs_data_and_earlier_sheets(tmp_path):
+    from headstart.labeling.sheet import SuggestResult, next_command
+
+    result = SuggestResult(tmp_path / "round3", [], 0)
+    data = {"path": "round1/to_label.csv", "add_labeled": ["round2/to_label.csv"]}
+    assert next_command(result, "pool dir", "runs/r2", data) == (
+        f"headstart train round1/to_label.csv --add-labeled round2/to_label.csv --add-labeled {result.csv} "
+        "--unlabeled 'pool dir'"
+    )
+    assert next_command(result, "pool", "runs/digits", {"path": None}).startswith("headstart train DATA --add-labeled")
+    assert next_command(result, "pool", None) == f"headstart train {result.csv}"

@@ -71,6 +71,15 @@ def test_sweep_variant_that_climbs_out_is_refused_before_anything_runs(colour_fo
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped-sweep-abs"])
+def test_sweep_name_cannot_escape_out(colour_folder, tmp_path, capsys, name):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(colour_folder, tmp_path / "runs")))
+    assert main(["sweep", str(recipe), "--vary", "all.lr=0.01", "--name", name, "--quiet"]) == 2
+    assert "sweep folder name" in one_line_error(capsys)
+    assert not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped-sweep-abs")
+
+
 def test_sweep_leaves_a_run_with_an_unreadable_last_pt_and_the_users_files(colour_folder, tmp_path):
     recipe = tiny_recipe(colour_folder, tmp_path / "runs")
     first = headstart.sweep(recipe, vary={"all.lr": [0.01]}, name="s", quiet=True)
@@ -124,11 +133,21 @@ def test_cifar_class_names_cannot_write_outside_the_cache(tmp_path, bad):
     assert not (tmp_path / "victim").exists() and not os.path.exists("/tmp/victim-abs")
 
 
-@pytest.mark.parametrize("label", ["../../victim", "/tmp/x", "", ".."])
+@pytest.mark.parametrize("label", ["../../victim", "/tmp/x", ".."])
 def test_csv_labels_must_be_safe_names(colour_folder, label):
     csv = colour_folder / "list.csv"
     csv.write_text(f"path,label\nred/000.png,red\nblue/000.png,{label}\n")
     with pytest.raises(HeadstartError, match="line 3: label"):
+        list_images(DataConfig(path=str(csv)))
+
+
+def test_an_empty_csv_label_is_a_row_not_labelled_yet(colour_folder):
+    """A label sheet filled in part way (suggest's to_label.csv): empty rows are left out, not read as a class."""
+    csv = colour_folder / "list.csv"
+    csv.write_text("path,label\nred/000.png,red\nred/001.png,red\nblue/000.png,\n")
+    with pytest.raises(
+        HeadstartError, match=r"list.csv labels 1 class\(es\) \(red\); need at least 2 \(rows with an empty"
+    ):
         list_images(DataConfig(path=str(csv)))
 
 

@@ -148,3 +148,24 @@ def test_cli_train_with_a_test_split_then_compare_and_evaluate(tmp_path, capsys)
     assert main(["evaluate", str(run), str(tmp_path / "d"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 8 and result["notes"][0].startswith("scored the run's held-out test split: 8 of the 30")
+
+
+def test_data_given_as_dot_is_named_after_its_folder(colour_folder, tmp_path, monkeypatch):
+    """'.' named runs '-<backbone>' and tune/cv folders '-tune' / '-cv'."""
+    from headstart.config.defaults import as_recipe
+    from headstart.experiments.sweep import experiment_folder
+
+    monkeypatch.chdir(colour_folder / "red")
+    assert list_images(DataConfig(path="..")).name == "colours"
+    monkeypatch.chdir(colour_folder)
+    assert list_images(DataConfig(path=".")).name == "colours"
+    recipe = as_recipe({"data": {"path": "."}, "run": {"out_dir": str(tmp_path)}})
+    assert experiment_folder(recipe, None, None, "cv") == tmp_path / "colours-cv"
+    assert experiment_folder(recipe, None, "mine", "tune") == tmp_path / "mine-tune"
+
+
+def test_a_file_given_as_data_is_not_called_a_missing_folder(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages: []\n")
+    with pytest.raises(HeadstartError, match=r"recipe.yaml is a file, not image data.*--recipe"):
+        list_images(DataConfig(path=str(recipe)))

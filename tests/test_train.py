@@ -365,6 +365,7 @@ def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, mo
     from headstart.training import session
 
     cores = os.cpu_count() or 1
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(session, "load_average", lambda: cores * (3.0 if busy else 0.2))
     with caplog.at_level("WARNING", logger="headstart"):
         hw, group = session.open_hardware(Recipe.from_dict({"run": {"device": "cpu"}}))
@@ -374,6 +375,14 @@ def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, mo
     assert len(warned) == (1 if busy else 0)
     if busy:
         assert f"on {cores} cores" in warned[0] and "OMP_WAIT_POLICY=PASSIVE" in warned[0]
+
+
+def test_the_busy_cpu_note_does_not_advise_a_passive_wait_policy_already_set(monkeypatch):
+    from headstart.core.hardware import busy_cpu_note
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    note = busy_cpu_note(4.0, 2, 2)
+    assert note is not None and "already busy" in note and "OMP_WAIT_POLICY" not in note
 
 
 def test_a_missing_data_folder_is_the_one_message_before_any_busy_cpu_note(tmp_path, monkeypatch, caplog):

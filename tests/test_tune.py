@@ -124,7 +124,9 @@ def test_unknown_space_field_and_bad_budget_are_one_line_errors(colour_folder, t
     err = one_line_error(capsys, ["tune", str(recipe), "--trials", "2", "--budget", "ten minutes"])
     assert "--budget 'ten minutes'" in err and "90s, 10m, 1h" in err
     assert "--trials 0" in one_line_error(capsys, ["tune", str(recipe), "--trials", "0"])
-    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written
+    err = one_line_error(capsys, ["tune", str(recipe), "--trials", "2", "--storage", "nosuch://db"])
+    assert "--storage nosuch://db: cannot open the study" in err
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written (an empty tune folder neither)
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,12 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_an_offline_wandb_run_holds_the_metrics_the_recipe_and_the_curves(colour_folder, tmp_path, monkeypatch):
+def test_an_offline_wandb_run_holds_the_metrics_the_recipe_and_the_curves(colour_folder, tmp_path, monkeypatch, capfd):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", run={"log": ["wandb"]}), quiet=True)
+    assert "wandb: WARNING" not in capfd.readouterr().err  # W&B's own lines stay out of headstart's log
 
     (folder,) = (result.run_dir / "wandb").glob("offline-run-*")
     records = wandb_records(next(folder.glob("run-*.wandb")))

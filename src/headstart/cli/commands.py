@@ -130,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = source if source.is_file() or hub else resolve_checkpoint(source)
     predictor = load(source, device=args.device, unknown=args.unknown)
     if args.explain:
-        check_explainable(predictor, mistakes=True)
+        check_explainable(predictor, args.explain, mistakes=True)
     # The figures are printed before the picture is written: a read-only run folder loses only the picture.
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
@@ -152,10 +152,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_explainable(predictor, mistakes: bool = False) -> None:
-    """--explain's one-line error before any work: a model without PyTorch layers, no grad-cam, no mistakes grid."""
+def check_explainable(predictor, out: str, mistakes: bool = False) -> None:
+    """--explain's one-line error before any work: a model without PyTorch layers, no grad-cam, no mistakes grid,
+    or a file where the heatmaps' folder should be."""
     from headstart.deploy.explain import check_explainable as check
 
+    if user_path(out).exists() and not user_path(out).is_dir():
+        raise HeadstartError(f"--explain {out}: that is a file; give a folder for the heatmaps")
     check(predictor)
     if mistakes and predictor.task.name != "single-label":
         raise HeadstartError(
@@ -179,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.run, device=args.device, unknown=args.unknown)
     if args.explain:
-        check_explainable(predictor)
+        check_explainable(predictor, args.explain)
     paths = _expand_images(args.images)
     top_k = 3 if args.top_k is None else args.top_k
     probabilities, scores = predictor.outputs_of(paths, top_k=top_k, tta=args.tta)

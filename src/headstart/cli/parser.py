@@ -88,7 +88,7 @@ def add_report(sub) -> None:
 def add_model_source(parser: argparse.ArgumentParser, tta_help: str) -> None:
     """The trained model to run (evaluate, predict), where, and test-time augmentation."""
     parser.add_argument(
-        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript) or Hub folder"
+        "run", help="run folder, checkpoint, exported model (.onnx / .pt2 / .torchscript / .tflite) or Hub folder"
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")

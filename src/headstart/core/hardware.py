@@ -77,9 +77,11 @@ def busy_cpu_note(load: float | None, cores: int | None, threads: int) -> str | 
     """
     if load is None or not cores or load < cores:
         return None
+    busy = f"the CPU is already busy (load average {load:.1f} on {cores} cores) and this run adds {threads} threads"
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":  # the advice below is taken already
+        return f"{busy}: epoch times will not be comparable with a run alone"
     return (
-        f"the CPU is already busy (load average {load:.1f} on {cores} cores) and this run adds {threads} "
-        "threads: on a shared CPU torch's spinning threads slow each other several-fold, so epoch times "
+        f"{busy}: on a shared CPU torch's spinning threads slow each other several-fold, so epoch times "
         "will not be comparable; run one job at a time, or set OMP_WAIT_POLICY=PASSIVE before starting "
         "(proportional sharing, but slower alone)"
     )

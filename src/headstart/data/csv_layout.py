@@ -95,7 +95,7 @@ def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
     by_split, named = read_csv(path, rows)
     unsplit = by_split.pop("", {})
     if not named:
-        check_classes(unsplit, str(path))
+        check_classes(unsplit, str(path), csv=True)
         layout = f"CSV path,label, split here (val {cfg.val_fraction:g}" + (
             f", test {cfg.test_fraction:g})" if cfg.test_fraction else ")"
         )
@@ -106,7 +106,7 @@ def list_csv(path: Path, cfg: DataConfig) -> DataSplit:
         )
     if "train" not in by_split:
         raise HeadstartError(f"{path}: no row has split 'train'; a split column needs train rows")
-    check_classes(by_split["train"], f"{path} (train rows)")
+    check_classes(by_split["train"], f"{path} (train rows)", csv=True)
     layout = "CSV path,label,split"
     where = {split: f"{path} ({split} rows)" for split in by_split}
     if "val" not in by_split:

@@ -8,6 +8,7 @@ are split here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ from headstart.data.splits import (
 
 def is_folder(path: Path) -> bool:
     return path.is_dir()
+
+
+def folder_name(root: Path) -> str:
+    """The data's name, as runs are named after it: '.' or 'photos/..' is named by the folder it is."""
+    return Path(os.path.abspath(root)).name
 
 
 def split_folders(root: Path) -> dict[str, str]:
@@ -79,7 +85,7 @@ def list_folder(root: Path, cfg: DataConfig) -> DataSplit:
         check_classes(by_class, str(root))
         carved = f"val {cfg.val_fraction:g}" + (f", test {cfg.test_fraction:g}" if cfg.test_fraction else "")
         layout = f"class folders, split here ({carved} per class, seed {cfg.split_seed})"
-        return merge_splits(split_here(by_class, cfg), {}, root.name, layout, root)
+        return merge_splits(split_here(by_class, cfg), {}, folder_name(root), layout, root)
     splits = {kind: read_split_folder(root / name) for kind, name in found.items()}
     check_classes(splits["train"], str(root / found["train"]))
     where = {kind: str(root / name) for kind, name in found.items()}
@@ -93,4 +99,4 @@ def list_folder(root: Path, cfg: DataConfig) -> DataSplit:
             f"data.test_fraction carves a test split from class folders; {root} already gives its splits: "
             "add a test/ folder instead, or set test_fraction to 0"
         )
-    return merge_splits(splits, where, root.name, layout, root)
+    return merge_splits(splits, where, folder_name(root), layout, root)

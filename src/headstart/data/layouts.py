@@ -67,4 +67,8 @@ def list_images(cfg: DataConfig) -> DataSplit:
                     "or one 0/1 column per label"
                 )
             return csv_layout.with_added_labels(split, cfg.add_labeled)
+    if root.is_file():  # `headstart train recipe.yaml`, say: there, but no data source reads it
+        raise HeadstartError(
+            f"{root} is a file, not image data: give an image folder or a CSV of images (a recipe goes in --recipe)"
+        )
     raise HeadstartError(f"data folder not found: {root}")

@@ -176,7 +176,13 @@ def list_class_folders(root: Path) -> dict[str, list[Path]]:
     return {name: regular_files(root / name) for name in subfolders(root)}
 
 
-def check_classes(found: dict[str, list[Path]], where: str) -> None:
+def check_classes(found: dict[str, list[Path]], where: str, csv: bool = False) -> None:
+    """At least two classes, none empty; `csv`: the classes are a CSV's labels, not folders."""
+    if len(found) < 2 and csv:
+        raise HeadstartError(
+            f"{where} labels {len(found)} class(es){' (' + ', '.join(found) + ')' if found else ''}; need at least 2 "
+            "(rows with an empty label are not labelled yet and are left out)"
+        )
     if len(found) < 2:
         raise HeadstartError(
             f"{where} has {len(found)} class folder(s){' (' + ', '.join(found) + ')' if found else ''}; "

@@ -66,10 +66,13 @@ class Unlabeled:
         )
 
 
-def drop_known(paths: list[Path], split: DataSplit, source: str | Path) -> Unlabeled:
+def drop_known(
+    paths: list[Path], split: DataSplit, source: str | Path, why: str = "so no pseudo-label can leak into scoring"
+) -> Unlabeled:
     """Drop unlabelled images that are labelled images (same file, or same bytes); warn for val/test copies.
 
     An unlabelled source that holds nothing but the labelled images is an error: the wrong folder was given.
+    why: the warning's reason for dropping the copies (the caller's: pseudo-labels, or suggest's sheet).
     """
     splits = {"train": split.train, "val": split.val, "test": split.test}
     labelled = {path.resolve(): name for name, samples in splits.items() for path, _ in samples}
@@ -93,11 +96,11 @@ def drop_known(paths: list[Path], split: DataSplit, source: str | Path) -> Unlab
             leaks[where] += 1
     if leaks["val"] or leaks["test"]:
         log.warning(
-            "%d unlabelled image(s) are copies of val/test images (val %d, test %d): dropped, so no pseudo-label "
-            "can leak into scoring",
+            "%d unlabelled image(s) are copies of val/test images (val %d, test %d): dropped, %s",
             leaks["val"] + leaks["test"],
             leaks["val"],
             leaks["test"],
+            why,
         )
     if not kept:
         raise HeadstartError(f"unlabelled images: every file in {source} is a copy of a labelled image")

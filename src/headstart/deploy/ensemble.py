@@ -91,8 +91,9 @@ def export_ensemble(run_dirs: list[str | Path], out: str | Path, format: str = "
     ensemble = MeanProbabilities(members, task_named(first.task)).eval()
     chosen = FORMATS[format]
     target = Path(out) / chosen.file_name
-    write_module(chosen, ensemble, first.preprocessing["image_size"], target)
-    atomic_write(sidecar_path(target), json.dumps(description(checkpoints, names, format), indent=1).encode())
+    described = description(checkpoints, names, format)
+    write_module(chosen, ensemble, first.preprocessing["image_size"], target, described)  # inside too: tflite
+    atomic_write(sidecar_path(target), json.dumps(described, indent=1).encode())
     log.info(
         "ensemble of %d models: %s (%s), its preprocessing in %s",
         len(members),

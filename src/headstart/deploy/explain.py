@@ -28,7 +28,9 @@ from headstart.core.fileio import atomic_write
 from headstart.core.install import install_hint
 from headstart.model.build import Classifier, WithScore
 
-EXPLAINABLE = "run folders, checkpoints and Hub folders can explain; exported .onnx, .pt2 and .torchscript files cannot"
+EXPLAINABLE = (
+    "run folders, checkpoints and Hub folders can explain; exported .onnx, .pt2, .torchscript and .tflite files cannot"
+)
 CHUNK = 16  # images per Grad-CAM pass: each holds the activations and gradients of a whole batch
 PANEL = 192  # a heatmap panel's side at least, in pixels (a 16-pixel input is drawn larger, not blurred)
 
@@ -168,13 +170,18 @@ def label_strip(maps: list[Heatmap]) -> Image.Image:
 
 
 def file_names(names: Sequence[str]) -> list[str]:
-    """<stem>.png per image; a stem seen before gets -2, -3, … (two folders' 001.jpg do not overwrite each other)."""
-    seen: dict[str, int] = {}
+    """<stem>.png per image; a name taken already gets -2, -3, … (two folders' 001.jpg, or a.jpg, a.png and
+    a-2.jpg, do not overwrite each other)."""
+    taken: set[str] = set()
     found = []
     for name in names:
         stem = Path(name).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        found.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+        chosen, number = f"{stem}.png", 1
+        while chosen in taken:
+            number += 1
+            chosen = f"{stem}-{number}.png"
+        taken.add(chosen)
+        found.append(chosen)
     return found
 
 

@@ -38,12 +38,11 @@ from headstart.config.defaults import as_recipe
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
-from headstart.core.paths import safe_component, user_path
 from headstart.core.runs import CV_FILE, CV_JSON, FOLDS_DIR
 from headstart.data.layouts import list_images
 from headstart.data.splits import SINGLE, DataSplit, Sample, label_counts
 from headstart.experiments.compare import RunRecord
-from headstart.experiments.sweep import sweep
+from headstart.experiments.sweep import experiment_folder, sweep
 from headstart.tasks.metrics import best_index
 from headstart.training.session import ensure_console
 
@@ -208,13 +207,18 @@ class FoldPlan:
     csvs: list[Path]
 
 
-def plan_folds(base: Recipe, folds: int, out: str | Path | None, name: str | None) -> FoldPlan:
+def plan_folds(
+    base: Recipe, folds: int, out: str | Path | None, name: str | None, ensemble: str | None = None
+) -> FoldPlan:
     """List the data, check every class can be in every fold, cut the folds and write their CSVs."""
     split = list_images(base.data)
     pool = sorted(split.train + split.val, key=lambda sample: str(sample[0]))
     check_class_sizes(folds, split, pool)
-    stem = name or base.run.name or Path(base.data.path or "digits").stem
-    folder = user_path(out or base.run.out_dir) / safe_component(f"{stem}-cv", "cv folder name")
+    if ensemble is not None and split.task != SINGLE:  # said now, not after every fold has trained
+        raise HeadstartError(
+            f"--ensemble averages single-label models' probabilities; {split.name} is {split.task} data"
+        )
+    folder = experiment_folder(base, out, name, "cv")
     vals = fold_val_indices(split, pool, folds, base.data.split_seed)
     csvs = write_folds(folder, [fold_csv(split, pool, val, base.data.label_delim) for val in vals])
     log.info(
@@ -264,7 +268,7 @@ def cv(
     Writes the cv folder described in the module docstring and returns the scores per fold with
     their mean and standard deviation. Running it again continues: finished folds are kept.
     ensemble: also write the fold models as one model averaging their calibrated probabilities, in this
-    export format ('onnx', 'export', 'torchscript'; headstart.deploy.ensemble), into CV/ensemble/.
+    export format ('onnx', 'export', 'torchscript', 'tflite'; headstart.deploy.ensemble), into CV/ensemble/.
     """
     from headstart.deploy.ensemble import ensemble_formats
 
@@ -273,7 +277,7 @@ def cv(
         raise HeadstartError(f"--ensemble {ensemble}: valid formats: {', '.join(ensemble_formats())}")
     ensure_console(quiet)
     base = as_recipe(recipe)
-    plan = plan_folds(base, folds, out, name)
+    plan = plan_folds(base, folds, out, name, ensemble)
     variants = {f"fold{k}": {"data.path": str(path)} for k, path in enumerate(plan.csvs, start=1)}
     recipe_of_folds = fold_base(base, plan.split)
     swept = sweep(
@@ -288,7 +292,8 @@ def cv(
     monitor = records[0].monitor if records else str(base.run.monitor)
     result = CVResult(plan.folder, folds, monitor, {v: dirs[0] for v, dirs in swept.runs.items()}, swept.failed)
     result.scores = summarize(records)
+    write_summary(result, plan, base)  # before the ensemble: a converter that fails loses no scores
     if ensemble is not None:
         result.ensemble = write_ensemble(result, ensemble)
-    write_summary(result, plan, base)
+        write_summary(result, plan, base)
     return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,19 @@ def run_one(run_dir: Path, recipe: Recipe, where: str, result: SweepResult, quie
         atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())
 
 
+def folder_stem(recipe: Recipe) -> str:
+    """What a sweep, tune or cv folder is named after: run.name, else the data's name ('.' is the folder it names)."""
+    if recipe.run.name:
+        return recipe.run.name
+    return Path(os.path.abspath(user_path(recipe.data.path))).stem if recipe.data.path else "digits"
+
+
+def experiment_folder(recipe: Recipe, out: str | Path | None, name: str | None, kind: str) -> Path:
+    """OUT/NAME-KIND (runs/photos-tune, runs/photos-cv): NAME from --name, else folder_stem; one safe component."""
+    stem = name or folder_stem(recipe)
+    return user_path(out or recipe.run.out_dir) / safe_component(f"{stem}-{kind}", f"{kind} folder name")
+
+
 def sweep(
     recipe: Recipe | str | Path | dict | None = None,
     *,
@@ -323,9 +337,8 @@ def sweep(
     base = as_recipe(recipe)
     spec = SweepSpec(base, expand(vary, variants), seed_list(seeds, base.run.seed))
     # Every variant must be a valid recipe before the first one trains.
-    sweep_dir = user_path(out or base.run.out_dir) / (
-        name or f"sweep-{base.run.name or Path(base.data.path or 'digits').stem}"
-    )
+    folder = safe_component(name or f"sweep-{folder_stem(base)}", "sweep folder name")  # --name never climbs out
+    sweep_dir = user_path(out or base.run.out_dir) / folder
     recipes = {(v.name, s): spec.recipe_for(v, s, sweep_dir) for v in spec.variants for s in spec.seeds}
     spec_file = sweep_dir / SWEEP_FILE
     written = yaml.safe_dump(spec.to_dict(), sort_keys=False)

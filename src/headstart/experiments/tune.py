@@ -42,10 +42,10 @@ from headstart.config.search_space import Param, check_space, read_space, space_
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.install import install_hint
-from headstart.core.paths import safe_component, user_path
+from headstart.core.paths import user_path
 from headstart.core.runs import ERROR_FILE, SPACE_FILE, STUDY_FILE, SWEEP_FILE
 from headstart.data.layouts import list_images
-from headstart.experiments.sweep import clear_unfinished
+from headstart.experiments.sweep import clear_unfinished, experiment_folder
 from headstart.experiments.tune_report import TuneResult, write_outputs
 from headstart.experiments.tune_space import Search, check_backbones, default_space, suggest
 from headstart.tasks.metrics import LOWER_IS_BETTER, choose_monitor
@@ -137,8 +137,9 @@ def open_study(optuna: Any, search: Search, storage: Any) -> tuple[Any, str]:
     url = storage if storage is not None else f"sqlite:///{(search.folder / STUDY_FILE).resolve()}"
     shown = redacted(url) if isinstance(url, str) else type(url).__name__
     try:
+        if storage is None:
+            search.folder.mkdir(parents=True, exist_ok=True)  # for study.db; a --storage that fails leaves no folder
         if isinstance(url, str):
-            search.folder.mkdir(parents=True, exist_ok=True)
             # Heartbeats are marked experimental; they are how Optuna fails the trials of a worker that died.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -217,9 +218,7 @@ def plan_search(
         params, where = read_space(user_path(space)), str(space)
     check_space(params, base, where)
     check_backbones(params)
-    stem = name or base.run.name or Path(base.data.path or "digits").stem
-    folder = user_path(out or base.run.out_dir) / safe_component(f"{stem}-tune", "tune folder name")
-    return Search(base, params, monitor, folder, pruner, quiet)
+    return Search(base, params, monitor, experiment_folder(base, out, name, "tune"), pruner, quiet)
 
 
 def tune(

@@ -53,14 +53,19 @@ def sheet_csv(result: SuggestResult) -> str:
     return buffer.getvalue()
 
 
-def next_command(result: SuggestResult, folder: str | Path, run: str | Path | None) -> str:
+def next_command(result: SuggestResult, folder: str | Path, run: str | Path | None, data: dict | None = None) -> str:
+    """The train command for the filled-in sheet: after a run, the run's data (`data`: its recipe's data section)
+    with the sheets it added already, so no earlier round's labels are left out."""
     sheet = shlex.quote(str(result.csv))
     if run is None:
         return f"headstart train {sheet}"
-    return f"headstart train DATA --add-labeled {sheet} --unlabeled {shlex.quote(str(folder))}"
+    data = data or {}
+    path = shlex.quote(str(data["path"])) if data.get("path") else "DATA"
+    earlier = "".join(f" --add-labeled {shlex.quote(str(added))}" for added in data.get("add_labeled") or [])
+    return f"headstart train {path}{earlier} --add-labeled {sheet} --unlabeled {shlex.quote(str(folder))}"
 
 
-def page(result: SuggestResult, folder: str | Path, run: str | Path | None) -> str:
+def page(result: SuggestResult, folder: str | Path, run: str | Path | None, data: dict | None = None) -> str:
     figures = []
     for number, pick in enumerate(result.picks, 1):
         guess = f"<span class='guess'>guess: {html.escape(pick.guess)}</span><br>" if pick.guess else ""
@@ -77,12 +82,12 @@ def page(result: SuggestResult, folder: str | Path, run: str | Path | None) -> s
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>Picked: {html.escape(how)}.</p>\n"
         + "\n".join(figures)
         + f"\n<h2>Next</h2><p>Fill in the label column of {html.escape(str(result.csv))}, then:</p>"
-        f"<pre>{html.escape(next_command(result, folder, run))}</pre>\n</body></html>\n"
+        f"<pre>{html.escape(next_command(result, folder, run, data))}</pre>\n</body></html>\n"
     )
 
 
-def write_sheet(result: SuggestResult, folder: str | Path, run: str | Path | None) -> None:
+def write_sheet(result: SuggestResult, folder: str | Path, run: str | Path | None, data: dict | None = None) -> None:
     with writing(result.out):
         result.out.mkdir(parents=True, exist_ok=True)
         atomic_write(result.csv, sheet_csv(result).encode())
-        atomic_write(result.html, page(result, folder, run).encode())
+        atomic_write(result.html, page(result, folder, run, data).encode())

@@ -48,7 +48,7 @@ def not_labelled_yet(paths: list[Path], recipe: dict | None, folder: str) -> lis
     except HeadstartError as err:
         log.warning("the run's data set cannot be listed (%s): its labelled images are not left out", err)
         return paths
-    return drop_known(paths, split, folder).paths
+    return drop_known(paths, split, folder, why="as images the data set labels already").paths
 
 
 def suggest(
@@ -98,6 +98,6 @@ def suggest(
         ]
     target = Path(out) if out is not None else Path("runs") / f"{Path(folder).name}-suggest"
     result = SuggestResult(target, picks, len(paths))
-    write_sheet(result, folder, run)
+    write_sheet(result, folder, run, recipe["data"] if recipe else None)
     log.info("%d of %d images to label: %s, %s", len(picks), len(paths), result.csv, result.html)
     return result

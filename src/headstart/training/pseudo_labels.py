@@ -104,6 +104,8 @@ def pseudo_label(split: DataSplit, recipe: Recipe, preprocessing: dict, hw: Hard
     pool = n_train + n_val + np.nonzero(ok[n_train + n_val :])[0]
     labels = np.array([label for _, label in split.train])[train_rows]
     val_labels = np.array([label for _, label in split.val])[val_rows - n_train]
+    if len(val_rows) == 0:  # what the kept images are judged on; the run itself would stop on this too
+        raise HeadstartError("no readable validation images")
     result = PseudoLabels(source, unlabeled)
     if len(pool) == 0:
         result.why_none = "none could be read"

@@ -42,7 +42,8 @@ class WandbTracker:
             raise HeadstartError(
                 f"run.log wandb could not start a W&B run ({why}): run `wandb login`, or set WANDB_MODE=offline"
             ) from None
-        log.info("W&B run: %s", self.run.url or f"offline in {self.run.dir}")
+        # An offline run's url makes W&B print a warning of its own: offline, only the folder is asked for.
+        log.info("W&B run: %s", f"offline in {self.run.dir}" if self.run.offline else self.run.url)
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
         self.step = step
