@@ -53,3 +53,11 @@ def test_the_site_home_links_every_guide_the_readme_links():
     guides = {link.removeprefix("docs/") for link in re.findall(r"\]\((docs/[^)#:]+\.md)", readme)}
     linked = set(re.findall(r"\]\(([^)#:/]+\.md)", index))
     assert guides <= linked, guides - linked
+
+
+def test_the_api_reference_shows_every_public_function():
+    import headstart
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    functions = [name for name in headstart.__all__ if name.islower()]
+    assert not [name for name in functions if f"::: headstart.{name}\n" not in api]

@@ -186,3 +186,14 @@ def test_the_sheets_next_command_keeps_the_runs_data_and_earlier_sheets(tmp_path
     )
     assert next_command(result, "pool", "runs/digits", {"path": None}).startswith("headstart train DATA --add-labeled")
     assert next_command(result, "pool", None) == f"headstart train {result.csv}"
+
+
+def test_suggest_names_its_default_folder_after_the_images(tmp_path, monkeypatch):
+    from headstart.labeling.suggest import default_out
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "phone.photos").mkdir()
+    monkeypatch.chdir(tmp_path / "phone.photos")
+    assert default_out(".") == Path("runs/phone.photos-suggest")  # was runs/-suggest
+    assert default_out("../phone.photos/") == Path("runs/phone.photos-suggest")
+    assert default_out("pool.csv") == Path("runs/pool-suggest")

@@ -9,7 +9,7 @@ import headstart
 from headstart.cli import main
 from headstart.config.duration import parse_duration
 from headstart.config.recipe import Recipe
-from headstart.config.search_space import check_space, space_from_dict, with_values
+from headstart.config.search_space import as_field_types, check_space, space_from_dict, with_values
 from headstart.core.errors import HeadstartError
 from headstart.experiments.compare import compare
 from headstart.experiments.tune import make_pruner, objective, plan_search
@@ -144,6 +144,9 @@ def test_durations_that_do_not_parse_are_one_line_errors(text):
     assert "\n" not in str(err.value)
 
 
+HIDDEN = {"model.head.hidden": {"low": 64, "high": 256}}
+
+
 def test_space_forms_and_values_reach_recipe_fields(colour_folder, tmp_path):
     recipe = Recipe.from_dict(tiny_recipe(colour_folder, tmp_path))
     space = space_from_dict(
@@ -156,6 +159,9 @@ def test_space_forms_and_values_reach_recipe_fields(colour_folder, tmp_path):
     )
     assert [p.kind for p in space] == ["choice", "int", "float", "choice"]
     check_space(space, recipe)
+    # Whole-number ends over a float field (mixup holds 0.0) are a float range, not the integers 0 and 1.
+    ranges = as_field_types(space_from_dict({"stages.head.mixup": {"low": 0, "high": 1}, **HIDDEN}), recipe)
+    assert [(p.kind, p.low, p.high) for p in ranges] == [("float", 0.0, 1.0), ("int", 64, 256)]
     changed = with_values(
         recipe, {"stages.all.freeze": 1, "model.head.hidden": 128, "stages.head.early_stop.patience": 3}
     )

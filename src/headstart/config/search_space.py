@@ -4,7 +4,7 @@
     stages.head.lr: {low: 1.0e-4, high: 1.0e-1, log: true}    # a float range, sampled on a log scale
     stages.finetune.weight_decay: {low: 0.0, high: 0.1}        # a float range
     stages.finetune.freeze: [top:1, top:2, top:3]              # a list: choices
-    model.head.hidden: {low: 64, high: 512, step: 64}          # whole numbers at both ends: an integer range
+    model.head.hidden: {low: 64, high: 512, step: 64}          # whole numbers, an integer field: an integer range
     model.backbone: {choices: [tf_efficientnet_lite0, tf_efficientnet_lite2]}
 
 Stages are named by their `name` (`stages.finetune.lr`), sections by their path (`model.head.dropout`,
@@ -200,6 +200,18 @@ def with_values(recipe: Recipe, chosen: dict[str, Any], where: str = "search spa
     if "model.weights" in chosen:
         values["model"]["weights"] = chosen["model.weights"]
     return Recipe.from_dict(values, source=where)
+
+
+def as_field_types(space: list[Param], recipe: Recipe) -> list[Param]:
+    """`space` with a range of whole numbers over a field the recipe holds a float in read as a float range
+    ({low: 0, high: 1} for mixup searches 0..1, not the integers 0 and 1)."""
+    values = flatten(recipe.to_dict())
+    return [
+        Param(p.key, float(p.low), float(p.high), p.log, None if p.step is None else float(p.step))  # type: ignore[arg-type]
+        if p.kind == "int" and isinstance(values.get(p.key), float)
+        else p
+        for p in space
+    ]
 
 
 def check_space(space: list[Param], recipe: Recipe, where: str = "search space") -> None:

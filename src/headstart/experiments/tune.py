@@ -38,7 +38,14 @@ from headstart.config.defaults import as_recipe
 from headstart.config.describe import flatten
 from headstart.config.duration import format_duration, parse_duration
 from headstart.config.recipe import Recipe
-from headstart.config.search_space import Param, check_space, read_space, space_from_dict, space_to_dict
+from headstart.config.search_space import (
+    Param,
+    as_field_types,
+    check_space,
+    read_space,
+    space_from_dict,
+    space_to_dict,
+)
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.install import install_hint
@@ -216,6 +223,7 @@ def plan_search(
         params, where = space_from_dict(space), "search space"
     else:
         params, where = read_space(user_path(space)), str(space)
+    params = as_field_types(params, base)
     check_space(params, base, where)
     check_backbones(params)
     return Search(base, params, monitor, experiment_folder(base, out, name, "tune"), pruner, quiet)

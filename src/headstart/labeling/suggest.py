@@ -9,6 +9,7 @@ back to `headstart train DATA --add-labeled to_label.csv` (or, from a cold start
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import pick_hardware
+from headstart.core.paths import user_path
 from headstart.data.layouts import list_images
 from headstart.data.unlabeled import drop_known, list_unlabeled
 from headstart.labeling.choose import margins, typical, uncertain_and_diverse
@@ -49,6 +51,12 @@ def not_labelled_yet(paths: list[Path], recipe: dict | None, folder: str) -> lis
         log.warning("the run's data set cannot be listed (%s): its labelled images are not left out", err)
         return paths
     return drop_known(paths, split, folder, why="as images the data set labels already").paths
+
+
+def default_out(folder: str | Path) -> Path:
+    """runs/<folder>-suggest, the folder named as it is ('.' by the folder it names, a CSV by its stem)."""
+    path = Path(os.path.abspath(user_path(folder)))
+    return Path("runs") / f"{path.stem if path.suffix.lower() == '.csv' else path.name}-suggest"
 
 
 def suggest(
@@ -96,7 +104,7 @@ def suggest(
             Pick(paths[row], why, predictor.classes[order[row, 0]], float(probabilities[row, order[row, 0]]))
             for row, why in chosen
         ]
-    target = Path(out) if out is not None else Path("runs") / f"{Path(folder).name}-suggest"
+    target = user_path(out) if out is not None else default_out(folder)
     result = SuggestResult(target, picks, len(paths))
     write_sheet(result, folder, run, recipe["data"] if recipe else None)
     log.info("%d of %d images to label: %s, %s", len(picks), len(paths), result.csv, result.html)
