@@ -71,6 +71,21 @@ def tiny_recipe(folder: Path, out: Path, **overrides) -> dict:
     return recipe
 
 
+def train_lite0_head(root: Path) -> tuple[Path, Path]:
+    """(run folder, data) of the packaged default backbone after a one-epoch head stage: real weights and ops (TF 'same' padding)."""
+    import headstart
+
+    folder = write_images(root / "data", CLASS_COLOURS, per_class=8, size=40)
+    recipe = tiny_recipe(
+        folder,
+        root / "runs",
+        data={"image_size": 64},
+        model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
+        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}],
+    )
+    return headstart.train(recipe, quiet=True).run_dir, folder
+
+
 def with_temperature(run_dir: Path, temperature: float = 1.7) -> Path:
     """`run_dir` as if cross-validation had applied a temperature (a tiny run's few val images keep T at 1)."""
     from headstart.core.checkpoint import load_checkpoint

@@ -23,18 +23,9 @@ from tests.conftest import tiny_recipe
 @pytest.fixture(scope="module")
 def lite0_run(tmp_path_factory):
     """The packaged default backbone after a one-epoch head stage: real weights, real ops (TF 'same' padding)."""
-    from tests.conftest import CLASS_COLOURS, write_images
+    from tests.conftest import train_lite0_head
 
-    root = tmp_path_factory.mktemp("export")
-    folder = write_images(root / "data", CLASS_COLOURS, per_class=8, size=40)
-    recipe = tiny_recipe(
-        folder,
-        root / "runs",
-        data={"image_size": 64},
-        model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
-        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}],
-    )
-    return headstart.train(recipe, quiet=True).run_dir, folder
+    return train_lite0_head(tmp_path_factory.mktemp("export"))
 
 
 def real_images() -> list[Image.Image]:

@@ -14,7 +14,7 @@ from headstart.core.errors import HeadstartError
 from headstart.deploy.export import sidecar_path
 from headstart.deploy.loading import load
 from headstart.tasks.unknown import UnknownScore, UnknownScore32
-from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
+from tests.conftest import CLASS_COLOURS, train_lite0_head, write_images
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tflite"  # made by fixtures/make_tflite.py
 
@@ -56,16 +56,7 @@ def test_a_tflite_file_headstart_wrote_runs_as_its_run_predicts(tmp_path):
 def lite0_run(tmp_path_factory):
     """The packaged default backbone after a one-epoch head stage (as test_export's): real ops, TF 'same' padding."""
     pytest.importorskip("litert_torch")  # the tflite extra, not in the test extra: skip before training
-    root = tmp_path_factory.mktemp("mobile")
-    folder = write_images(root / "data", CLASS_COLOURS, per_class=8, size=40)
-    recipe = tiny_recipe(
-        folder,
-        root / "runs",
-        data={"image_size": 64},
-        model={"backbone": "tf_efficientnet_lite0", "weights": "package", "backbone_args": {}},
-        stages=[{"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.01}],
-    )
-    return headstart.train(recipe, quiet=True).run_dir, folder
+    return train_lite0_head(tmp_path_factory.mktemp("mobile"))
 
 
 @pytest.mark.slow
