@@ -85,11 +85,13 @@ def test_a_trial_worse_than_the_finished_ones_is_pruned_at_an_early_epoch(colour
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value, intermediate_values=steps))
     study.optimize(lambda trial: objective(search, trial), n_trials=1)
     trial = study.trials[-1]
-    # Judged from the second epoch on (the first is warm-up), and worse than the median there: stopped.
+    # The last stage's epochs only, numbered within it (the head stage's epoch is not reported); judged from
+    # its second epoch on (the first is warm-up), and worse than the median there: stopped.
     assert trial.state == optuna.trial.TrialState.PRUNED and sorted(trial.intermediate_values) == [1, 2]
     run_dir = search.run_dir(trial.number)
-    # The run folder holds every epoch it finished, and can be resumed like any interrupted run.
-    assert len(json.loads((run_dir / "history.json").read_text())) == 2 and (run_dir / "last.pt").is_file()
+    # The run folder holds every epoch it finished (head 1, then all 1 and 2), resumable like any interrupted run.
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["stage"] for row in history] == ["head", "all", "all"] and (run_dir / "last.pt").is_file()
 
 
 @pytest.mark.slow

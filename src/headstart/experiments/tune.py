@@ -12,9 +12,9 @@ Layout (runs/<name>-tune/, <name> from --name, else the data's):
     best.yaml           the best trial's recipe: headstart train --recipe best.yaml
     tune.md/.json/.png  every trial, the best, and which parameters mattered (Optuna's get_param_importances)
 
-Each trial reports the best monitored value so far after every epoch; Optuna's MedianPruner stops a
-trial whose value is worse than the median of the finished trials at the same epoch (from the second
-epoch, once three trials have finished), leaving its run folder resumable. --budget is Optuna's
+Each trial reports the best monitored value so far after every epoch of its last stage; Optuna's
+MedianPruner stops a trial whose value is worse than the median of the finished trials at the same
+epoch of that stage (from its second epoch, once three trials have finished), leaving its run folder resumable. --budget is Optuna's
 timeout: no trial starts after it, a running one finishes. --storage takes any Optuna RDB URL
 (postgresql://, mysql://, sqlite:///shared/path.db): every machine that runs the same command against
 it works on one study, Optuna's own distributed mode (docs/search.md).
@@ -79,10 +79,15 @@ def require_optuna() -> Any:
 
 
 class PruneOnEpoch:
-    """train()'s on_epoch: report the best monitored value so far to the trial; stop the run when the pruner says."""
+    """train()'s on_epoch: report the best monitored value so far to the trial; stop the run when the pruner says.
 
-    def __init__(self, trial: Any, monitor: str):
-        self.trial, self.monitor = trial, monitor
+    Only the last stage's epochs are reported, numbered within it: earlier stages end after a number
+    of epochs that differs between trials (early stopping), so a trial's epoch 4 may be another's head
+    stage and a third's fine-tuning, and comparing them pruned trials on noise (a reviewer's finding).
+    """
+
+    def __init__(self, trial: Any, monitor: str, last_stage: str):
+        self.trial, self.monitor, self.last_stage = trial, monitor, last_stage
         self.best: float | None = None
 
     def __call__(self, step: int, row: dict[str, Any]) -> None:
@@ -92,6 +97,9 @@ class PruneOnEpoch:
         lower = self.monitor in LOWER_IS_BETTER
         if self.best is None or (value < self.best if lower else value > self.best):
             self.best = value
+        if row["stage"] != self.last_stage:
+            return
+        step = int(row["epoch"])
         self.trial.report(self.best, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {step}: best {self.monitor} so far {self.best:.4f}")
@@ -111,7 +119,7 @@ def objective(search: Search, trial: Any) -> float:
     )
     log.info("tune %s: trial %d: %s", search.folder.name, number, shown)
     try:
-        result = train(recipe, quiet=search.quiet, on_epoch=PruneOnEpoch(trial, search.monitor))
+        result = train(recipe, quiet=search.quiet, on_epoch=PruneOnEpoch(trial, search.monitor, recipe.stages[-1].name))
     except HeadstartError as err:
         atomic_write(run_dir / ERROR_FILE, f"{err}\n".encode())  # compare lists the trial as failed, with why
         log.warning("tune %s: trial %d failed: %s", search.folder.name, number, err)
