@@ -362,8 +362,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from headstart.labeling.suggest import suggest
 
     options = ("run", "out", "backbone", "batch_size", "device", "seed", "quiet")
-    result = suggest(args.folder, args.budget, **{name: getattr(args, name) for name in options})
-    print(f"{len(result.picks)} images to label: {result.csv} (fill in its label column), {result.html}")
+    suggest(args.folder, args.budget, **{name: getattr(args, name) for name in options})  # its log line says where
     return 0
 
 

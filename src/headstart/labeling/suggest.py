@@ -107,5 +107,7 @@ def suggest(
     target = user_path(out) if out is not None else default_out(folder)
     result = SuggestResult(target, picks, len(paths))
     write_sheet(result, folder, run, recipe["data"] if recipe else None)
-    log.info("%d of %d images to label: %s, %s", len(picks), len(paths), result.csv, result.html)
+    log.info(
+        "%d of %d images to label: %s (fill in its label column), %s", len(picks), len(paths), result.csv, result.html
+    )
     return result
