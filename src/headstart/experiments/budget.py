@@ -31,6 +31,7 @@ from headstart.model.build import build_model, resolve_preprocessing
 from headstart.model.cut import find_cut
 from headstart.model.freeze import plan_freeze
 from headstart.model.weights import installed_packaged_backbones
+from headstart.training.precision import seconds_per_image
 
 log = logging.getLogger("headstart")
 
@@ -73,11 +74,9 @@ def plan_model(recipe: Recipe, backbone: str, classes: int, hw: Hardware):
 
 
 def forward_cost(model, size: int, hw: Hardware) -> float:
-    """Seconds per image of one forward pass of the whole model: the feature pass's rate."""
-    images = hw.to_input(torch.randn(BATCH, 3, size, size))
-    with torch.no_grad(), hw.autocast():
-        model.eval()
-        return timed(lambda: model(images))
+    """Seconds per image of one forward pass of the whole model: the feature pass's rate, timed as the precision choice times it."""
+    with torch.no_grad():
+        return seconds_per_image(model, hw, size)
 
 
 def step_cost(model, size: int, depth: int, hw: Hardware) -> float | None:
