@@ -80,7 +80,9 @@ def test_tune_writes_study_best_recipe_and_trial_runs_then_continues_the_study(c
 def test_a_trial_worse_than_the_finished_ones_is_pruned_at_an_early_epoch(colour_folder, tmp_path):
     search = plan_search(quick(colour_folder, tmp_path / "runs"), SPACE, None, "pruned", "median", quiet=True)
     study = optuna.create_study(direction=search.direction, pruner=make_pruner(optuna, "median"))
-    for value in (0.001, 0.002, 0.003):  # three finished trials, excellent from their first epoch
+    # Three finished trials better than any loss can be, from their first epoch (the colour set is so easy that a
+    # real trial's val loss reached 0.0003, under a "merely excellent" 0.001, and was rightly not pruned).
+    for value in (-3.0, -2.0, -1.0):
         steps = {1: value, 2: value, 3: value}
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value, intermediate_values=steps))
     study.optimize(lambda trial: objective(search, trial), n_trials=1)
