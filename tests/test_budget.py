@@ -47,3 +47,27 @@ def test_a_budget_below_the_cheapest_plan_or_unreadable_is_a_one_line_error(colo
     assert not (tmp_path / "r").exists()
     err = one_line_error(capsys, ["train", str(colour_folder), "--budget", "ten minutes", "--out", str(tmp_path)])
     assert "write a time like 90s, 10m, 1h" in err
+
+
+def test_several_backbones_are_probed_and_the_best_planned_first_unless_the_probe_would_not_fit(
+    colour_folder, tmp_path, monkeypatch
+):
+    from headstart.config.recipe import Recipe
+    from headstart.experiments import budget
+
+    recipe = Recipe.from_dict(tiny_recipe(colour_folder, tmp_path / "runs"))  # its backbone: headstart_cnn
+    costed = {
+        "headstart_cnn": [budget.Plan("headstart_cnn", 1, 50.0), budget.Plan("headstart_cnn", 0, 10.0)],
+        "other": [budget.Plan("other", 1, 80.0), budget.Plan("other", 0, 20.0)],
+    }
+    monkeypatch.setattr(budget, "probe_scores", lambda recipe, backbones, quiet: {"other": 0.9, "headstart_cnn": 0.8})
+    ranked = budget.ranked_plans(recipe, costed, left=1000.0, quiet=True)
+    assert [(p.backbone, p.depth, p.score) for p in ranked] == [
+        ("other", 1, 0.9),
+        ("other", 0, 0.9),
+        ("headstart_cnn", 1, 0.8),
+        ("headstart_cnn", 0, 0.8),
+    ]
+    # Probing costs both head-only passes (30 s) and then the dearest head-only plan must still fit (20 s): 45 s is short.
+    monkeypatch.setattr(budget, "probe_scores", lambda *args: (_ for _ in ()).throw(AssertionError("probed")))
+    assert budget.ranked_plans(recipe, costed, left=45.0, quiet=True) == costed["headstart_cnn"]

@@ -16,6 +16,7 @@ below the head. The trainer ends a stage whose next epoch would not fit (run.bud
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,41 +123,71 @@ def with_plan(recipe: Recipe, plan: Plan, seconds_left: float) -> Recipe:
     return Recipe.from_dict(values, source="budget plan")
 
 
-def probed_backbones(recipe: Recipe, quiet: bool) -> dict[str, float | None]:
-    """Backbone -> probed val score, best first: the installed packaged ones for the default backbone, else the recipe's."""
+def candidate_backbones(recipe: Recipe) -> list[str]:
+    """The installed packaged backbones when the recipe uses one of them (its own first), else the recipe's alone."""
     installed = installed_packaged_backbones()
-    if recipe.model.backbone not in installed or len(installed) == 1:
-        return {recipe.model.backbone: None}
+    if recipe.model.backbone not in installed:
+        return [recipe.model.backbone]
+    return [recipe.model.backbone] + [b for b in installed if b != recipe.model.backbone]
+
+
+def probe_scores(recipe: Recipe, backbones: list[str], quiet: bool) -> dict[str, float]:
+    """Backbone -> val accuracy of its cached head on the recipe's own splits (probe), best first.
+
+    Ties, common on a small val split, go to the lower val loss.
+    """
     from headstart.experiments.probe import probe
 
-    found = probe(str(recipe.data.path), installed, seeds=1, out=recipe.run.out_dir, quiet=quiet)
-    scores = {row["backbone"]: float(row["val acc"]) for row in found.rows}
-    return dict(sorted(scores.items(), key=lambda item: -item[1]))
+    base = recipe.model_copy(update={"run": recipe.run.model_copy(update={"budget": None})})
+    found = probe(str(recipe.data.path), backbones, seeds=1, out=recipe.run.out_dir, recipe=base, quiet=quiet)
+    mean = statistics.mean
+    rows = sorted(found.rows, key=lambda row: (-mean(row["val acc"]), mean(row["val loss"])))
+    return {row["backbone"]: mean(row["val acc"]) for row in rows}
 
 
-def plans_for(
-    recipe: Recipe, backbones: dict[str, float | None], counts: dict[str, int], classes: int, budget: float
-) -> list[Plan]:
-    """Each backbone's plans, best expected first: top:3 .. top:1 fine-tuning, then the head stage alone.
+def costed_plans(recipe: Recipe, backbone: str, counts: dict[str, int], classes: int, budget: float) -> list[Plan]:
+    """The backbone's plans, deepest first: top:3 .. top:1 fine-tuning, then the head stage alone.
 
     Depths are measured shallow to deep and stop at the first whose estimate passes the budget:
     a deeper one costs more still.
     """
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
-    plans = []
-    for backbone, score in backbones.items():
-        model, size = plan_model(recipe, backbone, classes, hw)
-        forward = forward_cost(model, size, hw)
-        mine = [Plan(backbone, 0, forward * sum(counts.values()) / (1 - OVERHEAD), score)]
-        for depth in DEPTHS:
-            step = step_cost(model, size, depth, hw)
-            if step is None:
-                break
-            mine.append(Plan(backbone, depth, estimate(recipe, counts, forward, step), score))
-            if mine[-1].seconds > budget:
-                break
-        plans += mine[::-1]
-    return plans
+    model, size = plan_model(recipe, backbone, classes, hw)
+    forward = forward_cost(model, size, hw)
+    plans = [Plan(backbone, 0, forward * sum(counts.values()) / (1 - OVERHEAD))]
+    for depth in DEPTHS:
+        step = step_cost(model, size, depth, hw)
+        if step is None:
+            break
+        plans.append(Plan(backbone, depth, estimate(recipe, counts, forward, step)))
+        if plans[-1].seconds > budget:
+            break
+    return plans[::-1]
+
+
+def ranked_plans(recipe: Recipe, costed: dict[str, list[Plan]], left: float, quiet: bool) -> list[Plan]:
+    """Every plan, the best probed backbone's first; with one backbone, or no time to probe, the recipe's alone.
+
+    Probing trains each backbone's cached head (about its head-only plan's time); it runs only where the
+    budget covers it and then still the dearest head-only plan, so whichever backbone wins can be trained.
+    """
+    if len(costed) == 1:
+        return next(iter(costed.values()))
+    probe_cost = sum(plans[-1].seconds for plans in costed.values())
+    if probe_cost + max(plans[-1].seconds for plans in costed.values()) > left:
+        log.info(
+            "budget: not probing %s (~%s of the %s left): the recipe's %s is planned",
+            ", ".join(costed),
+            format_duration(probe_cost),
+            format_duration(left),
+            recipe.model.backbone,
+        )
+        return costed[recipe.model.backbone]
+    scores = probe_scores(recipe, list(costed), quiet)
+    ranked = []
+    for backbone, score in scores.items():
+        ranked += [Plan(p.backbone, p.depth, p.seconds, score) for p in costed[backbone]]
+    return ranked
 
 
 def check_budgeted(recipe: Recipe) -> None:
@@ -168,6 +199,13 @@ def check_budgeted(recipe: Recipe) -> None:
         )
 
 
+def raise_too_small(recipe: Recipe, cheapest: Plan, spent: float) -> None:
+    raise HeadstartError(
+        f"--budget {recipe.run.budget}: the cheapest plan, {cheapest.describe()}, needs about "
+        f"{format_duration(cheapest.seconds + spent)} here with planning ({format_duration(spent)}); give at least that"
+    )
+
+
 def plan_run(recipe: Recipe, quiet: bool = False) -> tuple[Recipe, Plan, list[Plan], float]:
     """(the recipe of the plan chosen, that plan, every plan considered, seconds spent planning)."""
     assert recipe.run.budget is not None
@@ -176,16 +214,16 @@ def plan_run(recipe: Recipe, quiet: bool = False) -> tuple[Recipe, Plan, list[Pl
     started = time.perf_counter()
     split = list_images(recipe.data)
     counts = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
-    backbones = probed_backbones(recipe, quiet)
-    plans = plans_for(recipe, backbones, counts, len(split.classes), budget)
+    costed = {b: costed_plans(recipe, b, counts, len(split.classes), budget) for b in candidate_backbones(recipe)}
+    everything = [plan for plans in costed.values() for plan in plans]
+    cheapest = min(everything, key=lambda plan: plan.seconds)
+    if cheapest.seconds > budget - (time.perf_counter() - started):
+        raise_too_small(recipe, cheapest, time.perf_counter() - started)
+    plans = ranked_plans(recipe, costed, budget - (time.perf_counter() - started), quiet)
     spent = time.perf_counter() - started
     fitting = [plan for plan in plans if plan.seconds <= budget - spent]
     if not fitting:
-        cheapest = min(plans, key=lambda plan: plan.seconds)
-        raise HeadstartError(
-            f"--budget {recipe.run.budget}: the cheapest plan, {cheapest.describe()}, needs about "
-            f"{format_duration(cheapest.seconds + spent)} here with planning ({format_duration(spent)}); give at least that"
-        )
+        raise_too_small(recipe, min(plans, key=lambda plan: plan.seconds), spent)
     chosen = fitting[0]
     log.info(
         "budget %s: %s chosen; considered %s",

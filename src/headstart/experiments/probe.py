@@ -95,6 +95,7 @@ def run_scores(run_dir: Path, last: Checkpoint) -> dict[str, float]:
     seconds = last.resume.elapsed if last.resume else 0.0
     return {
         "val acc": best["val_acc"],
+        "val loss": best["val_loss"],
         "val balanced acc": best.get("val_balanced_acc", float("nan")),
         "test acc": test.get("acc", float("nan")),
         "train s": seconds,
@@ -148,7 +149,7 @@ def probe(
         backbone_recipe = Recipe.from_dict(lasts[0].recipe)
         speed, params, size = throughput(backbone_recipe, len(lasts[0].classes))
         row = {"backbone": backbone_recipe.model.backbone, "params": params, "input px": size}
-        row.update({key: [s[key] for s in scores] for key in ("val acc", "val balanced acc", "test acc", "train s")})
+        row.update({key: [s[key] for s in scores] for key in ("val acc", "val loss", "val balanced acc", "test acc", "train s")})
         row["inference img/s"] = speed
         rows.append(row)
     if not rows:
