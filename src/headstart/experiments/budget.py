@@ -15,6 +15,8 @@ below the head. The trainer ends a stage whose next epoch would not fit (run.bud
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import statistics
 import time
@@ -134,12 +136,15 @@ def candidate_backbones(recipe: Recipe) -> list[str]:
 def probe_scores(recipe: Recipe, backbones: list[str], quiet: bool) -> dict[str, float]:
     """Backbone -> val accuracy of its cached head on the recipe's own splits (probe), best first.
 
-    Ties, common on a small val split, go to the lower val loss.
+    Ties, common on a small val split, go to the lower val loss. The probe's folder is named after the
+    recipe's digest: the same budgeted command again reuses its finished probe, another recipe gets its own.
     """
     from headstart.experiments.probe import probe
 
     base = recipe.model_copy(update={"run": recipe.run.model_copy(update={"budget": None})})
-    found = probe(str(recipe.data.path), backbones, seeds=1, out=recipe.run.out_dir, recipe=base, quiet=quiet)
+    digest = hashlib.sha1(json.dumps(base.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = f"probe-{base.run.name or Path(str(base.data.path)).stem}-{digest}"
+    found = probe(str(base.data.path), backbones, seeds=1, out=base.run.out_dir, name=name, recipe=base, quiet=quiet)
     mean = statistics.mean
     rows = sorted(found.rows, key=lambda row: (-mean(row["val acc"]), mean(row["val loss"])))
     return {row["backbone"]: mean(row["val acc"]) for row in rows}
