@@ -35,10 +35,17 @@ def test_train_with_a_budget_plans_the_run_and_says_so(colour_folder, tmp_path):
     result = headstart.train(recipe, quiet=True)
     summary = (result.run_dir / "summary.txt").read_text()
     assert "budget: 2m, spent " in summary
-    assert "plan: headstart_cnn top:2 fine-tuning" in summary  # the deepest the tiny CNN has, fitting easily
-    assert "considered: headstart_cnn top:2 fine-tuning" in summary and "head only" in summary
+    assert "plan: headstart_cnn top:1..top:2 fine-tuning" in summary  # the deepest the tiny CNN has, fitting easily
+    assert "considered: headstart_cnn top:1..top:2 fine-tuning" in summary and "head only" in summary
+    # Fine-tuning goes one block deeper a stage, each stage from the best weights so far.
     saved = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
-    assert saved["stages"][1]["freeze"] == "top:2" and saved["run"]["budget"].endswith("s")
+    assert [(s["name"], s["freeze"]) for s in saved["stages"]] == [
+        ("head", "backbone"),
+        ("finetune", "top:1"),
+        ("finetune-top2", "top:2"),
+    ]
+    assert saved["run"]["budget"].endswith("s")
+    assert {row["stage"] for row in read_history(result.run_dir)} == {"head", "finetune", "finetune-top2"}
 
 
 def test_a_budget_below_the_cheapest_plan_or_unreadable_is_a_one_line_error(colour_folder, tmp_path, capsys):

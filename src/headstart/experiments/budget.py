@@ -1,16 +1,18 @@
 """run.budget: plan a run to fit a wall-clock budget, then run it (`headstart train DATA --budget 10m`).
 
 The candidates are the installed packaged backbones (tf_efficientnet_lite0; lite1/lite2 with the
-[lite] extra) times the depth of the fine-tuning stage (top:1, the default, to top:3). Each plan's
-cost is estimated from figures measured here on the plan's own model with random inputs: one
-forward pass of the whole model per image (the one feature pass over every image), and one
-training step (forward + backward) per image of the part after the fine-tuning cut, on stored
-activations, times the stage's epochs. With several backbones, `probe` trains each one's cached head
-first (its time counts against the budget) and ranks them by val score. The plan run is the best
-probed backbone's deepest fine-tuning whose estimate fits what is left; deeper fine-tuning is
-expected to score higher (BENCHMARKS.md: satellite, top:2 0.933 against top:1's 0.874), and the
-fine-tuning stage starts from the head's best weights and keeps its best epoch, so it never ends
-below the head. The trainer ends a stage whose next epoch would not fit (run.budget is its deadline).
+[lite] extra) times how deep fine-tuning goes: the default's top:1 stage alone, or continued by a
+top:2 and then a top:3 stage (gradual unfreezing), each starting from the best weights so far and
+keeping its best epoch, so a deeper plan is the shallower one continued and its monitored val score
+never worse. (Fine-tuning top:2 or top:3 from the head directly, at the default's learning rate,
+scored below top:1 on tiles: BENCHMARKS.md, "A budget".) Each plan's cost is estimated from
+figures measured here on the plan's own model with random inputs: one forward pass of the whole
+model per image (the one feature pass over every image), and for each fine-tuning stage one
+training step (forward + backward) per image of the part after its cut, on stored activations,
+times the stage's epoch cap. With several backbones, `probe` trains each one's cached head first
+(its time counts against the budget) and ranks them by val score. The plan run is the best probed
+backbone's deepest plan whose estimate fits what is left; the trainer ends a stage whose next
+epoch would not fit and skips the stages after it (run.budget is its deadline).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Plan:
 
     def describe(self) -> str:
         score = "" if self.score is None else f", probe val {self.score:.4f}"
-        depth = f"top:{self.depth} fine-tuning" if self.depth else "head only"
+        depth = {0: "head only", 1: "top:1 fine-tuning"}.get(self.depth, f"top:1..top:{self.depth} fine-tuning")
         return f"{self.backbone} {depth} (~{format_duration(self.seconds)}{score})"
 
 
@@ -102,12 +104,11 @@ def step_cost(model, size: int, depth: int, hw: Hardware) -> float | None:
     return timed(step)
 
 
-def estimate(recipe: Recipe, counts: dict[str, int], forward: float, step: float) -> float:
-    """Seconds for the plan: one pass over every image, then the fine-tuning epochs (val each epoch at ~1/3 a step)."""
+def stage_seconds(recipe: Recipe, counts: dict[str, int], step: float) -> float:
+    """Seconds for one fine-tuning stage at its epoch cap (val each epoch at ~1/3 a step)."""
     finetune = recipe.stages[-1]
     epochs = finetune.max_epochs if finetune.epochs == "auto" else int(finetune.epochs)
-    per_epoch = counts["train"] * step + counts["val"] * step / 3
-    return (forward * sum(counts.values()) + epochs * per_epoch) / (1 - OVERHEAD)
+    return epochs * (counts["train"] * step + counts["val"] * step / 3)
 
 
 def with_plan(recipe: Recipe, plan: Plan, seconds_left: float) -> Recipe:
@@ -118,7 +119,10 @@ def with_plan(recipe: Recipe, plan: Plan, seconds_left: float) -> Recipe:
         values["model"]["weights"] = None  # the new backbone's own packaged weights
         values["data"]["image_size"] = None
     if plan.depth:
-        values["stages"][-1]["freeze"] = f"top:{plan.depth}"
+        finetune = values["stages"][-1]
+        finetune["freeze"] = "top:1"
+        for depth in range(2, plan.depth + 1):
+            values["stages"].append({**finetune, "name": f"{finetune['name']}-top{depth}", "freeze": f"top:{depth}"})
     else:
         values["stages"] = values["stages"][:1]
     values["run"]["budget"] = f"{max(seconds_left, 1):.0f}s"
@@ -151,20 +155,23 @@ def probe_scores(recipe: Recipe, backbones: list[str], quiet: bool) -> dict[str,
 
 
 def costed_plans(recipe: Recipe, backbone: str, counts: dict[str, int], classes: int, budget: float) -> list[Plan]:
-    """The backbone's plans, deepest first: top:3 .. top:1 fine-tuning, then the head stage alone.
+    """The backbone's plans, deepest first: fine-tuning top:1, then top:2, then top:3, then the head stage alone.
 
-    Depths are measured shallow to deep and stop at the first whose estimate passes the budget:
-    a deeper one costs more still.
+    A plan of depth d fine-tunes in d stages, one block deeper each, every one starting from the best
+    weights so far and keeping its best epoch: a deeper plan is the shallower one continued, so its
+    monitored val score is never worse. Depths are measured shallow to deep and stop at the first
+    whose estimate passes the budget: a deeper one costs more still.
     """
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     model, size = plan_model(recipe, backbone, classes, hw)
-    forward = forward_cost(model, size, hw)
-    plans = [Plan(backbone, 0, forward * sum(counts.values()) / (1 - OVERHEAD))]
+    seconds = forward_cost(model, size, hw) * sum(counts.values())  # the one feature pass over every image
+    plans = [Plan(backbone, 0, seconds / (1 - OVERHEAD))]
     for depth in DEPTHS:
         step = step_cost(model, size, depth, hw)
         if step is None:
             break
-        plans.append(Plan(backbone, depth, estimate(recipe, counts, forward, step)))
+        seconds += stage_seconds(recipe, counts, step)
+        plans.append(Plan(backbone, depth, seconds / (1 - OVERHEAD)))
         if plans[-1].seconds > budget:
             break
     return plans[::-1]
