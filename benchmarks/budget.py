@@ -35,9 +35,10 @@ result = headstart.train(recipe, quiet=True)
 seconds = time.perf_counter() - tic
 summary = (result.run_dir / "summary.txt").read_text().splitlines()
 plan = next((line.removeprefix("plan: ") for line in summary if line.startswith("plan: ")), "default")
+considered = next((line.removeprefix("considered: ") for line in summary if line.startswith("considered: ")), "")
 test = result.test or {}
 print(json.dumps({"seconds": seconds, "test_acc": test.get("acc"), "best_val_acc": result.best["val_acc"],
-                  "plan": plan, "epochs": len(result.history)}))
+                  "plan": plan, "considered": considered, "epochs": len(result.history)}))
 """
 
 

@@ -68,7 +68,7 @@ def test_several_backbones_are_probed_and_the_best_planned_first_unless_the_prob
         "other": [budget.Plan("other", 1, 80.0), budget.Plan("other", 0, 20.0)],
     }
     monkeypatch.setattr(budget, "probe_scores", lambda recipe, backbones, quiet: {"other": 0.9, "headstart_cnn": 0.8})
-    ranked = budget.ranked_plans(recipe, costed, left=1000.0, quiet=True)
+    ranked = budget.ranked_plans(recipe, costed, left=1000.0, val_images=1000, quiet=True)
     assert [(p.backbone, p.depth, p.score) for p in ranked] == [
         ("other", 1, 0.9),
         ("other", 0, 0.9),
@@ -77,4 +77,15 @@ def test_several_backbones_are_probed_and_the_best_planned_first_unless_the_prob
     ]
     # Probing costs both head-only passes (30 s) and then the dearest head-only plan must still fit (20 s): 45 s is short.
     monkeypatch.setattr(budget, "probe_scores", lambda *args: (_ for _ in ()).throw(AssertionError("probed")))
-    assert budget.ranked_plans(recipe, costed, left=45.0, quiet=True) == costed["headstart_cnn"]
+    assert budget.ranked_plans(recipe, costed, left=45.0, val_images=1000, quiet=True) == costed["headstart_cnn"]
+
+
+def test_another_backbone_replaces_the_recipes_only_when_its_probe_beats_it_by_more_than_noise():
+    from headstart.experiments.budget import trusted_order
+
+    scores = {"lite2": 0.900, "lite0": 0.892, "lite1": 0.85}  # best first, as probe_scores returns them
+    # 120 val images: one standard error of 0.892 is 0.028, and lite2 is ahead by one image (0.008).
+    assert trusted_order(scores, "lite0", val_images=120) == ["lite0", "lite2", "lite1"]
+    # 10,000 val images: the standard error is 0.003, and the same lead is real.
+    assert trusted_order(scores, "lite0", val_images=10000) == ["lite2", "lite0", "lite1"]
+    assert trusted_order({"lite1": 1.0, "lite0": 1.0}, "lite0", val_images=25) == ["lite0", "lite1"]  # a tie
