@@ -7,7 +7,7 @@ held-out test split (`test_fraction` 0.2; hymenoptera's val/ as its test rows), 
 never sees. One JSON line: the default's and the best trial's val loss, val and test accuracy,
 the search's wall time and its trials by state.
 
-    python benchmarks/tune.py --trials 30 --seed 0 DATA
+    python benchmarks/tune.py --trials 30 --seed 0 [--budget 30m] [--out DIR] DATA
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", help="stop starting trials after this long (tune's --budget)")
     parser.add_argument("--out", type=Path, help="keep the runs and the tune folder here (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -51,7 +52,7 @@ def main() -> None:
         default = headstart.train(recipe, quiet=True)
         default_s = time.perf_counter() - tic
         tic = time.perf_counter()
-        found = headstart.tune(recipe, trials=args.trials, quiet=True)
+        found = headstart.tune(recipe, trials=args.trials, budget=args.budget, quiet=True)
         tune_s = time.perf_counter() - tic
         best = found.best
         print(
