@@ -136,10 +136,12 @@ def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
         assert client.post("/explain", files=upload, params={"label": "cat"}).status_code == 400
         refused = client.post("/explain", files={"file": ("x", BAD_UPLOADS["truncated"][0], "image/png")})
         assert refused.status_code == 422 and "cannot decode" in refused.json()["detail"]
+        assert "if (!true) return;" in client.get("/").text  # the page asks for heatmaps
     exported = headstart.export(run_dir, format="export", out=tmp_path / "model.pt2")
     with TestClient(create_app(headstart.load(exported)), base_url=LOCAL) as client:
         answer = client.post("/explain", files=upload)
         assert answer.status_code == 501 and "Hub folders can explain" in answer.json()["detail"]
+        assert "if (!false) return;" in client.get("/").text  # ... and of an exported model, does not
 
 
 def test_heatmap_file_names_never_repeat():
