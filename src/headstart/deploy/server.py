@@ -34,8 +34,8 @@ import torch
 
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
-from headstart.deploy.predictor import Predictor
 from headstart.deploy.explain import check_explainable
+from headstart.deploy.predictor import Predictor
 from headstart.deploy.server_explain import add_explain
 from headstart.deploy.server_limits import (
     DEFAULT_MAX_BYTES,
