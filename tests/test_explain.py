@@ -82,6 +82,8 @@ def test_predict_explain_writes_one_heatmap_per_image(trained, tmp_path, capsys)
     (strip,) = (tmp_path / "k2").iterdir()
     single = Image.open(written[0])
     assert code == 0 and Image.open(strip).width > 1.5 * single.width  # a panel per label
+    code, out, _ = cli(["predict", run_dir, data / "red" / "000.png", "--tta", "--explain", tmp_path / "t"], capsys)
+    assert code == 0 and "captions' probabilities are without --tta" in out  # the printed ones are with it
 
 
 def test_evaluate_explain_draws_the_mistakes_grid(trained, tmp_path, capsys):
