@@ -82,6 +82,8 @@ def test_predict_explain_writes_one_heatmap_per_image(trained, tmp_path, capsys)
     (strip,) = (tmp_path / "k2").iterdir()
     single = Image.open(written[0])
     assert code == 0 and Image.open(strip).width > 1.5 * single.width  # a panel per label
+    code, out, _ = cli(["predict", run_dir, data / "red" / "000.png", "--tta", "--explain", tmp_path / "t"], capsys)
+    assert code == 0 and "captions' probabilities are without --tta" in out  # the printed ones are with it
 
 
 def test_evaluate_explain_draws_the_mistakes_grid(trained, tmp_path, capsys):
@@ -136,10 +138,12 @@ def test_serve_explain_answers_the_heatmap_png(trained, tmp_path):
         assert client.post("/explain", files=upload, params={"label": "cat"}).status_code == 400
         refused = client.post("/explain", files={"file": ("x", BAD_UPLOADS["truncated"][0], "image/png")})
         assert refused.status_code == 422 and "cannot decode" in refused.json()["detail"]
+        assert "if (!true) return;" in client.get("/").text  # the page asks for heatmaps
     exported = headstart.export(run_dir, format="export", out=tmp_path / "model.pt2")
     with TestClient(create_app(headstart.load(exported)), base_url=LOCAL) as client:
         answer = client.post("/explain", files=upload)
         assert answer.status_code == 501 and "Hub folders can explain" in answer.json()["detail"]
+        assert "if (!false) return;" in client.get("/").text  # ... and of an exported model, does not
 
 
 def test_heatmap_file_names_never_repeat():

@@ -77,3 +77,5 @@ def test_a_missing_wandb_is_one_line_naming_the_extra(colour_folder, tmp_path, m
     recipe.write_text(Recipe.from_dict(tiny_recipe(colour_folder, tmp_path / "runs")).to_yaml())
     code, _, err = cli(["train", "--recipe", recipe, "--log", "wandb"], capsys)
     assert code == 2 and "run.log wandb needs the wandb package" in err and "[track]" in err
+    # The run folder made for it is not left behind: an empty run would show up in compare and report.
+    assert "no run folder was kept" in err and not [p for p in (tmp_path / "runs").glob("*") if p.is_dir()]

@@ -198,7 +198,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain:
         written = predictor.explain(paths, args.explain, top_k=1 if args.top_k is None else args.top_k)
         if not args.json:
-            print(f"{len(written)} heatmap(s) written to {args.explain}")
+            # Grad-CAM explains one forward pass: the captions' probabilities are the image's own, not the TTA average.
+            plain = " (each of the image as given: their captions' probabilities are without --tta)" if args.tta else ""
+            print(f"{len(written)} heatmap(s) written to {args.explain}{plain}")
     return 0
 
 

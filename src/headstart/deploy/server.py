@@ -34,6 +34,7 @@ import torch
 
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
+from headstart.deploy.explain import check_explainable
 from headstart.deploy.predictor import Predictor
 from headstart.deploy.server_explain import add_explain
 from headstart.deploy.server_limits import (
@@ -151,9 +152,19 @@ def metadata_of(predictor: Predictor, batcher: Batcher, limits: ServerLimits) ->
 def page_for(predictor: Predictor, title: str) -> str:
     count = len(predictor.classes)
     classes = ", ".join(predictor.classes[:20]) + (" …" if count > 20 else "")
-    return PAGE.replace("__TITLE__", html.escape(title)).replace(
+    page = PAGE.replace("__TITLE__", html.escape(title)).replace(
         "__CLASSES__", f"{count} {'class' if count == 1 else 'classes'}: {html.escape(classes)}"
     )
+    return page.replace("__EXPLAIN__", "true" if explainable(predictor) else "false")
+
+
+def explainable(predictor: Predictor) -> bool:
+    """Whether POST /explain can draw this model's heatmaps: the page asks only then (else every drop logs a 501)."""
+    try:
+        check_explainable(predictor)
+    except HeadstartError:
+        return False
+    return True
 
 
 class Answers:

@@ -52,7 +52,8 @@ async function send(file) {
     bar.className = 'bar'; bar.style.width = (10 * probability) + 'em';
     item.appendChild(bar); top_.appendChild(item);
   }
-  // The heatmap is extra: a server that cannot draw one (an exported model, no grad-cam) shows none.
+  // The heatmap is extra: a server that cannot draw one (an exported model, no grad-cam) is not asked.
+  if (!__EXPLAIN__) return;
   const drawn = await fetch('explain', {method: 'POST', body: form});
   if (drawn.ok) { heatmap.src = URL.createObjectURL(await drawn.blob()); heatmap.style.display = 'block'; }
 }

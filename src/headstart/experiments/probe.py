@@ -149,7 +149,12 @@ def probe(
         backbone_recipe = Recipe.from_dict(lasts[0].recipe)
         speed, params, size = throughput(backbone_recipe, len(lasts[0].classes))
         row = {"backbone": backbone_recipe.model.backbone, "params": params, "input px": size}
-        row.update({key: [s[key] for s in scores] for key in ("val acc", "val loss", "val balanced acc", "test acc", "train s")})
+        row.update(
+            {
+                key: [s[key] for s in scores]
+                for key in ("val acc", "val loss", "val balanced acc", "test acc", "train s")
+            }
+        )
         row["inference img/s"] = speed
         rows.append(row)
     if not rows:

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def _train(
     log_start(session, run, point)
     if session.pseudo is not None and group.is_main:
         run.write_text(PSEUDO_FILE, session.pseudo.csv_text(classes))
-    trackers = open_trackers(recipe.run.log, run.path, recipe) if group.is_main else []
+    trackers = start_trackers(recipe, run, point) if group.is_main else []
     trainer = Trainer(session, run, trackers, Notes(point.state.stage_notes if point else None), on_epoch)
     started = time.perf_counter() - (point.state.elapsed if point else 0.0)
     first_stage, inside = 0, None
@@ -151,6 +152,16 @@ def _train(
         *(recipe.run.monitor, best.epoch, best.row["stage"], best.row["val_loss"], best.row["val_acc"], run.path),
     )
     return TrainResult(run.path, run.history, classes, run.test, recipe.run.monitor)
+
+
+def start_trackers(recipe: Recipe, run: RunFolder, point: ResumePoint | None) -> list:
+    """The run's trackers; where one cannot start (W&B not logged in), a run folder made for this run goes too."""
+    try:
+        return open_trackers(recipe.run.log, run.path, recipe)
+    except HeadstartError as err:
+        if point is None:  # nothing trained in it yet: an empty run folder would only mislead compare and report
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise HeadstartError(f"{err} (no run folder was kept)" if point is None else str(err)) from None
 
 
 def log_start(session: Session, run: RunFolder, point: ResumePoint | None) -> None:
