@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from defaults import data_path  # noqa: E402  # the same test splits as the default recipe's benchmark
-from one_pass import measure_once  # noqa: E402
+from one_pass import measure_once, run_child  # noqa: E402
 
 CHILD = """
 import json, sys, time, headstart
@@ -53,16 +51,7 @@ def run_one(data: str, seed: int, budget: str | None, work: Path, speed: Path) -
             "budget": budget,
         },
     }
-    with tempfile.TemporaryDirectory() as cache:
-        if speed.is_dir():
-            shutil.copytree(speed, Path(cache) / "speed")
-        env = {**os.environ, "HEADSTART_CACHE": cache}
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(recipe)], env=env, capture_output=True, text=True, check=False
-        )
-    if done.returncode != 0:
-        raise SystemExit(f"{data} seed {seed} budget {budget} failed:\n{done.stderr[-3000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row = run_child(CHILD, recipe, speed, f"{data} seed {seed} budget {budget}")
     return {"data": Path(data).name, "seed": seed, "budget": budget or "none", "load": os.getloadavg()[0], **row}
 
 

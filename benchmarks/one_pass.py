@@ -101,17 +101,22 @@ def run_one(data: str, seed: int, work: Path, speed: Path) -> dict:
         "data": {"path": path, "test_fraction": test_fraction, "split_seed": seed},
         "run": {"out_dir": str(work / "runs"), "seed": seed, "name": f"{Path(data).name}-{seed}"},
     }
+    row = run_child(CHILD, recipe, speed, f"{data} seed {seed}")
+    return {"data": Path(data).name, "seed": seed, "load": os.getloadavg()[0], **row}
+
+
+def run_child(child: str, recipe: dict, speed: Path, what: str) -> dict:
+    """`child`'s last stdout line as JSON, run on `recipe` in a fresh process with an empty cache (the speed figures kept)."""
     with tempfile.TemporaryDirectory() as cache:
         if speed.is_dir():
             shutil.copytree(speed, Path(cache) / "speed")
         env = {**os.environ, "HEADSTART_CACHE": cache}
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(recipe)], env=env, capture_output=True, text=True, check=False
+            [sys.executable, "-c", child, json.dumps(recipe)], env=env, capture_output=True, text=True, check=False
         )
     if done.returncode != 0:
-        raise SystemExit(f"{data} seed {seed} failed:\n{done.stderr[-3000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"data": Path(data).name, "seed": seed, "load": os.getloadavg()[0], **row}
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(path: Path) -> None:
