@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import torch
 import yaml
 
 import headstart
@@ -89,3 +92,41 @@ def test_another_backbone_replaces_the_recipes_only_when_its_probe_beats_it_by_m
     # 10,000 val images: the standard error is 0.003, and the same lead is real.
     assert trusted_order(scores, "lite0", val_images=10000) == ["lite2", "lite0", "lite1"]
     assert trusted_order({"lite1": 1.0, "lite0": 1.0}, "lite0", val_images=25) == ["lite0", "lite1"]  # a tie
+
+
+def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
+    colour_folder, tmp_path, monkeypatch, capsys
+):
+    from headstart.cli import main
+    from headstart.experiments import budget
+
+    # Two installed backbones (random init here; the packaged Lite0/1/2 in use) with different input sizes.
+    monkeypatch.setattr(budget, "candidate_backbones", lambda recipe: ["headstart_cnn", "resnet10t"])
+    monkeypatch.setattr(budget, "probe_scores", lambda *args: (_ for _ in ()).throw(AssertionError("probed")))
+    stages = [
+        {"name": "head", "epochs": 3, "freeze": "backbone", "lr": 0.05},
+        {"name": "finetune", "epochs": 2, "freeze": "top:1", "lr": 0.01},
+    ]
+    data = {"test_fraction": 0.25}
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", data=data, stages=stages, run={"budget": "10m"})
+    recipe["model"]["weights"] = "none"
+    result = headstart.train(recipe, quiet=True)
+    run = result.run_dir
+    summary = (run / "summary.txt").read_text()
+    assert "plan: ensemble of headstart_cnn, resnet10t, top:1 fine-tuning each" in summary
+    assert "considered: ensemble of" in summary and "headstart_cnn head only" in summary
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert members == ["members/headstart_cnn", "members/resnet10t"]
+    sizes = [yaml.safe_load((run / m / "recipe.yaml").read_text())["data"]["image_size"] for m in members]
+    assert sizes[0] == 16 and sizes[1] is None  # each member at its own input size
+    assert result.test is not None and result.test["images"] == 9 and 0 <= result.test["acc"] <= 1
+    # The folder is one model: load, predict and export read it so.
+    images = sorted(str(p) for p in colour_folder.rglob("*.png"))[::6]
+    predictor = headstart.load(run)
+    assert predictor.preprocessing["image_size"] == 176  # the largest member's; the smaller one resizes inside
+    probabilities = predictor.outputs_of(images)[0]
+    assert torch.allclose(probabilities.sum(1), torch.ones(len(images)), atol=1e-5)
+    assert main(["export", str(run), "--format", "export"]) == 0
+    exported = headstart.load(run / "export" / "model.pt2").outputs_of(images)[0]
+    assert torch.allclose(exported, probabilities, atol=1e-4)
+    assert main(["predict", str(run), images[0]]) == 0 and images[0] in capsys.readouterr().out

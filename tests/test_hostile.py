@@ -30,8 +30,8 @@ from headstart.core.errors import HeadstartError
 from headstart.core.paths import safe_component
 from headstart.data.images import prepare_data
 from headstart.data.layouts import list_images
-from headstart.deploy.export import sidecar_path
 from headstart.deploy.pt2_safety import check_pt2_archive
+from headstart.deploy.writing import sidecar_path
 from tests.conftest import CLASS_COLOURS, tiny_recipe, write_images
 from tests.probes import HANG_PROBE, cli, run_cli, within
 

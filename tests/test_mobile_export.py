@@ -11,8 +11,8 @@ import torch
 
 import headstart
 from headstart.core.errors import HeadstartError
-from headstart.deploy.export import sidecar_path
 from headstart.deploy.loading import load
+from headstart.deploy.writing import sidecar_path
 from headstart.tasks.unknown import UnknownScore, UnknownScore32
 from tests.conftest import CLASS_COLOURS, train_lite0_head, write_images
 

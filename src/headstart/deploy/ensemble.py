@@ -1,14 +1,19 @@
-"""Several runs' models as one: the mean of their calibrated probabilities (cv --ensemble: the fold models).
+"""Several runs' models as one: the mean of their calibrated probabilities (cv --ensemble: the fold models;
+train --budget: one model per installed backbone).
 
     headstart cv DATA --folds 5 --ensemble          ->  CV/ensemble/model.onnx + model.onnx.json
     headstart cv DATA --folds 5 --ensemble export   ->  CV/ensemble/model.pt2 + model.pt2.json
+    ensemble.json in a run folder                   ->  headstart.load / predict / serve / export of that folder
 
 Each run's best.pt model gets its fitted temperature folded into its output layer (as `export` does),
 so each gives its calibrated probabilities; the ensemble returns the log of their mean. The softmax of
 that output, which headstart.load, predict and any runtime apply, is the mean itself, and its argmax
 the ensemble's answer. Single-label models only (a multi-label model's tags each have their own
 threshold per run), and without the unknown-image detector: each run fitted its own on its own
-training images, and no one threshold holds for their average.
+training images, and no one threshold holds for their average. Members may differ in input size
+and normalisation (Lite0 224 px, Lite2 260 px): the ensemble takes the largest member's preprocessing
+and, inside the model, resizes and renormalises the batch for each member that differs, so one input
+serves all.
 
 Example:
     >>> path = export_ensemble(["runs/x-cv/fold1/seed0", "runs/x-cv/fold2/seed0"], "runs/x-cv/ensemble")
@@ -24,20 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
+from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
-from headstart.deploy.export import SIDECAR_FORMAT, sidecar_path, write_module
 from headstart.deploy.formats import FORMATS
+from headstart.deploy.writing import SIDECAR_FORMAT, sidecar_path, write_module
 from headstart.model.build import fold_temperature, model_from_checkpoint
 from headstart.tasks.registry import Task, task_named
 
 log = logging.getLogger("headstart")
 
 SMALLEST_PROBABILITY = 1e-12  # log(0) would be -inf: a class no member gives any probability stays finite
+ENSEMBLE_FILE = "ensemble.json"  # in a run folder: its model is the mean of these member runs' models
 
 
 class MeanProbabilities(nn.Module):
@@ -53,6 +61,31 @@ class MeanProbabilities(nn.Module):
         return torch.log(mean.clamp_min(SMALLEST_PROBABILITY))
 
 
+class Adapted(nn.Module):
+    """A member whose preprocessing differs from the ensemble's: the batch is resized and renormalised to its own.
+
+    The input was normalised with the ensemble's mean/std; x * std_e / std_m + (mean_e - mean_m) / std_m is the
+    same pixels normalised with the member's. Bilinear resizing without antialiasing, which every exporter
+    writes (ONNX has none before opset 18); the packaged backbones' sizes differ by at most a seventh.
+    """
+
+    def __init__(self, model: nn.Module, size: int, own: dict[str, Any], ensemble: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.size = size
+        own_mean, own_std = (torch.tensor(own[key], dtype=torch.float32).view(1, 3, 1, 1) for key in ("mean", "std"))
+        mean, std = (torch.tensor(ensemble[key], dtype=torch.float32).view(1, 3, 1, 1) for key in ("mean", "std"))
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
+        self.register_buffer("scale", std / own_std)
+        self.register_buffer("shift", (mean - own_mean) / own_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.model(x * self.scale + self.shift)
+
+
 def ensemble_formats() -> list[str]:
     """The formats an ensemble can be written in: those with a file headstart runs back."""
     return [name for name, chosen in FORMATS.items() if chosen.write is not None and chosen.load is not None]
@@ -65,38 +98,51 @@ def check_members(checkpoints: list[Checkpoint], names: list[str]) -> None:
             "--ensemble averages single-label models' probabilities; a multi-label model's tags have a threshold per run"
         )
     for checkpoint, name in zip(checkpoints[1:], names[1:]):
-        if checkpoint.classes != first.classes or checkpoint.preprocessing != first.preprocessing:
-            raise HeadstartError(
-                f"{name} has other classes or preprocessing than {names[0]}: only models of one recipe average"
-            )
+        if checkpoint.classes != first.classes:
+            raise HeadstartError(f"{name} has other classes than {names[0]}: only models of one data set average")
 
 
-def export_ensemble(run_dirs: list[str | Path], out: str | Path, format: str = "onnx") -> Path:
-    """Write the runs' best models as one model file in `out` (model.onnx, model.pt2, ...) with its description."""
-    if format not in ensemble_formats():
-        raise HeadstartError(f"ensemble format '{format}': valid: {', '.join(ensemble_formats())}")
+def largest_input(checkpoints: list[Checkpoint]) -> Checkpoint:
+    """The member whose preprocessing the ensemble takes: the largest input (smaller members resize it down)."""
+    return max(checkpoints, key=lambda checkpoint: checkpoint.preprocessing["image_size"])
+
+
+def ensemble_model(run_dirs: Sequence[str | Path]) -> tuple[MeanProbabilities, list[Checkpoint], list[str]]:
+    """(the runs' best models as one averaging their calibrated probabilities, their checkpoints, their names)."""
     if len(run_dirs) < 2:
         raise HeadstartError("an ensemble needs two or more runs")
     paths = [resolve_checkpoint(run) for run in run_dirs]
     checkpoints = [load_checkpoint(path) for path in paths]
     names = [f"{path.parent.parent.name}/{path.parent.name}" for path in paths]  # fold1/seed0: no local path
     check_members(checkpoints, names)
-    members = []
+    shared = largest_input(checkpoints).preprocessing
+    members: list[nn.Module] = []
     for checkpoint in checkpoints:
         model = model_from_checkpoint(checkpoint)
         if checkpoint.temperature is not None:
             fold_temperature(model, checkpoint.temperature)
-        members.append(model)
-    first = checkpoints[0]
-    ensemble = MeanProbabilities(members, task_named(first.task)).eval()
+        own = checkpoint.preprocessing
+        same = all(own[key] == shared[key] for key in ("image_size", "mean", "std"))
+        members.append(model if same else Adapted(model, own["image_size"], own, shared))
+    return MeanProbabilities(members, task_named(checkpoints[0].task)).eval(), checkpoints, names
+
+
+def export_ensemble(
+    run_dirs: Sequence[str | Path], out: str | Path, format: str = "onnx", target: Path | None = None
+) -> Path:
+    """Write the runs' best models as one model file in `out` (model.onnx, model.pt2, ...), or at `target`, with its description."""
+    if format not in ensemble_formats():
+        raise HeadstartError(f"ensemble format '{format}': valid: {', '.join(ensemble_formats())}")
+    ensemble, checkpoints, names = ensemble_model(run_dirs)
+    first = largest_input(checkpoints)
     chosen = FORMATS[format]
-    target = Path(out) / chosen.file_name
+    target = target or Path(out) / chosen.file_name
     described = description(checkpoints, names, format)
     write_module(chosen, ensemble, first.preprocessing["image_size"], target, described)  # inside too: tflite
     atomic_write(sidecar_path(target), json.dumps(described, indent=1).encode())
     log.info(
         "ensemble of %d models: %s (%s), its preprocessing in %s",
-        len(members),
+        len(run_dirs),
         target,
         format,
         sidecar_path(target).name,
@@ -105,7 +151,7 @@ def export_ensemble(run_dirs: list[str | Path], out: str | Path, format: str = "
 
 
 def description(checkpoints: list[Checkpoint], names: list[str], runtime: str) -> dict[str, Any]:
-    first = checkpoints[0]
+    first = largest_input(checkpoints)
     size = first.preprocessing["image_size"]
     return {
         "format": SIDECAR_FORMAT,
@@ -116,7 +162,33 @@ def description(checkpoints: list[Checkpoint], names: list[str], runtime: str) -
         "output": f"float32 [N, {len(first.classes)}]: log of the members' mean calibrated probability (its softmax is that mean)",
         "backbone": first.recipe["model"]["backbone"],
         "ensemble": [
-            {"checkpoint": f"{name}/best.pt", "temperature": c.temperature, "val_acc": c.val_acc}
+            {
+                "checkpoint": f"{name}/best.pt",
+                "backbone": c.recipe["model"]["backbone"],
+                "temperature": c.temperature,
+                "val_acc": c.val_acc,
+            }
             for name, c in zip(names, checkpoints)
         ],
     }
+
+
+def write_ensemble_folder(folder: Path, members: Sequence[Path]) -> Path:
+    """Make `folder` an ensemble run folder: its ENSEMBLE_FILE lists the member run folders (relative to it)."""
+    listed = {"members": [str(Path(member).relative_to(folder)) for member in members]}
+    target = folder / ENSEMBLE_FILE
+    atomic_write(target, json.dumps(listed, indent=1).encode())
+    return target
+
+
+def ensemble_members(folder: str | Path) -> list[Path] | None:
+    """The member run folders of an ensemble run folder; None where `folder` is not one."""
+    path = user_path(folder)
+    listed = path / ENSEMBLE_FILE if path.is_dir() else None
+    if listed is None or not listed.is_file():
+        return None
+    try:
+        members = json.loads(listed.read_text())["members"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise HeadstartError(f"{listed} is not an ensemble description ({err}); train the run again") from None
+    return [path / member for member in members]

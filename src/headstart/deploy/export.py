@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,21 +31,16 @@ from headstart.config.describe import describe_validation_error
 from headstart.config.recipe import Preprocessing
 from headstart.core.checkpoint import Checkpoint, load_checkpoint
 from headstart.core.errors import HeadstartError
-from headstart.core.fileio import atomic_write, writing
+from headstart.core.fileio import atomic_write
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
+from headstart.deploy.ensemble import ensemble_members, export_ensemble
 from headstart.deploy.formats import FORMATS, Format, runtimes
 from headstart.deploy.unknown import RuleFields, description_fields, detector_of, scored_model, split_outputs
+from headstart.deploy.writing import SIDECAR_FORMAT, sidecar_path, write_module
 from headstart.model.build import fold_temperature, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-
-SIDECAR_FORMAT = "headstart-export-1"
-PACKAGE_MANIFEST = "Manifest.json"  # in every Core ML .mlpackage folder
-
-
-def sidecar_path(model_file: Path) -> Path:
-    return model_file.with_name(model_file.name + ".json")
 
 
 def export(
@@ -64,6 +57,12 @@ def export(
     if quantize is not None and quantize not in chosen.quantize:
         valid = " or ".join(f"--quantize {q} with --format {f.name}" for f in FORMATS.values() for q in f.quantize)
         raise HeadstartError(f"--quantize {quantize}: valid is {valid}")
+    members = ensemble_members(run_or_checkpoint)
+    if members is not None:  # train --budget's ensemble run: its members' models as one file
+        if quantize is not None:
+            raise HeadstartError(f"--quantize {quantize}: an ensemble run is exported unquantized; drop --quantize")
+        folder = user_path(run_or_checkpoint) / "export"
+        return export_ensemble(members, folder, format, target=user_path(out) if out else None)
     if chosen.export_run is not None:
         return chosen.export_run(run_or_checkpoint, out)
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)
@@ -89,43 +88,6 @@ def write_model_file(chosen: Format, checkpoint: Checkpoint, target: Path, sidec
     # The detector scores the penultimate features, which the folded temperature leaves as they are.
     model = scored_model(classifier, detector_of(checkpoint))
     write_module(chosen, model, checkpoint.preprocessing["image_size"], target, sidecar)
-
-
-def write_module(
-    chosen: Format, model: torch.nn.Module, size: int, target: Path, sidecar: dict[str, Any] | None = None
-) -> None:
-    """`model` (images [N, 3, size, size] in) as `chosen` writes it, published by one rename."""
-    assert chosen.write is not None, f"format {chosen.name} has neither write nor export_run"
-    example = torch.zeros(chosen.batch or 2, 3, size, size)
-    temporary = target.with_name(f".{target.stem}.partial{target.suffix}")  # torch.export wants the .pt2 suffix
-    try:
-        with writing(target), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporters warn about internals the user cannot act on
-            target.parent.mkdir(parents=True, exist_ok=True)
-            chosen.write(model, example, temporary, sidecar or {})
-            publish(temporary, target)
-    finally:
-        remove_partial(temporary)  # what a full disk left half-written
-
-
-def publish(written: Path, target: Path) -> None:
-    """Rename `written` to `target`; a package folder (Core ML) replaces only an earlier package, never another folder."""
-    if not target.is_dir():
-        written.replace(target)
-        return
-    if not written.is_dir() or not (target / PACKAGE_MANIFEST).is_file():
-        raise HeadstartError(f"{target} is a folder that export did not write: give --out another path")
-    earlier = target.with_name(f".{target.stem}.earlier{target.suffix}")
-    target.replace(earlier)
-    written.replace(target)
-    shutil.rmtree(earlier)
-
-
-def remove_partial(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> dict[str, Any]:

@@ -8,15 +8,18 @@ from headstart.core.checkpoint import load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
-from headstart.deploy.export import load_exported, sidecar_path
+from headstart.deploy.ensemble import ensemble_members, ensemble_model, largest_input
+from headstart.deploy.export import load_exported
 from headstart.deploy.formats import model_suffixes, not_run_here
 from headstart.deploy.hub import hub_rule, hub_task, hub_temperature, is_hub_folder, load_hub
 from headstart.deploy.predictor import Predictor
 from headstart.deploy.unknown import rule_from_description
+from headstart.deploy.writing import sidecar_path
 
 
 def load(source: str | Path, device: str = "auto", unknown: bool = True) -> Predictor:
-    """A Predictor from a run folder (its best.pt), a checkpoint, a file written by headstart export, or a Hub folder.
+    """A Predictor from a run folder (its best.pt, or its members' for an ensemble), a checkpoint, a file written by
+    headstart export, or a Hub folder.
 
     unknown=False: predictions are not marked unknown even where the model has an unknown-image detector.
     """
@@ -43,6 +46,11 @@ def _load(path: Path, device: str) -> Predictor:
             thresholds=thresholds,
             unknown=hub_rule(path),
         )
+    members = ensemble_members(path)
+    if members is not None:  # train --budget's ensemble: the member runs' models, averaged
+        ensemble, checkpoints, _ = ensemble_model(members)
+        first = largest_input(checkpoints)
+        return Predictor.from_module(ensemble, first.classes, first.preprocessing, device, task=first.task)
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         temperature = None if info["temperature_applied"] else info["temperature"]  # never divided twice

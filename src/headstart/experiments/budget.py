@@ -1,7 +1,10 @@
 """run.budget: plan a run to fit a wall-clock budget, then run it (`headstart train DATA --budget 10m`).
 
-The candidates are the installed packaged backbones (tf_efficientnet_lite0; lite1/lite2 with the
-[lite] extra) times how deep fine-tuning goes: the default's top:1 stage alone, or continued by a
+Where two or more packaged backbones are installed (the [lite] extra) and the recipe's default plan
+fits for every one of them, the run is an ensemble: each backbone trained by the recipe, their
+calibrated probabilities averaged (headstart.experiments.budget_ensemble; measured to gain more than
+any deeper plan of one backbone). Otherwise the candidates are the installed packaged backbones
+(tf_efficientnet_lite0; lite1/lite2 with the [lite] extra) times how deep fine-tuning goes: the default's top:1 stage alone, or continued by a
 top:2 and then a top:3 stage (gradual unfreezing), each starting from the best weights so far and
 keeping its best epoch, so a deeper plan is the shallower one continued and its monitored val score
 never worse. (Fine-tuning top:2 or top:3 from the head directly, at the default's learning rate,
@@ -33,6 +36,8 @@ from headstart.config.recipe import Recipe
 from headstart.core.errors import HeadstartError
 from headstart.core.hardware import Hardware, pick_hardware
 from headstart.data.layouts import list_images
+from headstart.data.splits import SINGLE
+from headstart.experiments.budget_ensemble import switched, train_ensemble
 from headstart.model.build import build_model, resolve_preprocessing
 from headstart.model.cut import find_cut
 from headstart.model.freeze import plan_freeze
@@ -54,8 +59,13 @@ class Plan:
     depth: int
     seconds: float  # estimated wall time
     score: float | None = None  # the backbone's probed val score, where several were probed
+    members: tuple[str, ...] = ()  # an ensemble: one run per backbone (top:1 each), their models averaged
+    parts: tuple[float, ...] = ()  # the members' estimated seconds
 
     def describe(self) -> str:
+        if self.members:
+            names = ", ".join(member.removeprefix("tf_efficientnet_") for member in self.members)
+            return f"ensemble of {names}, top:1 fine-tuning each (~{format_duration(self.seconds)})"
         score = "" if self.score is None else f", probe val {self.score:.4f}"
         depth = {0: "head only", 1: "top:1 fine-tuning"}.get(self.depth, f"top:1..top:{self.depth} fine-tuning")
         return f"{self.backbone} {depth} (~{format_duration(self.seconds)}{score})"
@@ -74,8 +84,9 @@ def timed(step, repeats: int = 2) -> float:
 
 def plan_model(recipe: Recipe, backbone: str, classes: int, hw: Hardware):
     """(the backbone's model with random weights on the device, its input size): speed needs no weights."""
-    config = recipe.model.model_copy(update={"backbone": backbone, "weights": "none"})
-    size = resolve_preprocessing(recipe.data.model_copy(update={"image_size": None}), config)["image_size"]
+    plan = Recipe.from_dict(switched(recipe, backbone), source="budget plan")
+    config = plan.model.model_copy(update={"weights": "none"})
+    size = resolve_preprocessing(plan.data, config)["image_size"]
     return build_model(config, classes, size).to(hw.device), size
 
 
@@ -114,11 +125,7 @@ def stage_seconds(recipe: Recipe, counts: dict[str, int], step: float) -> float:
 
 def with_plan(recipe: Recipe, plan: Plan, seconds_left: float) -> Recipe:
     """The plan as a recipe whose run.budget is the time left for training (the saved recipe says what ran)."""
-    values = recipe.to_dict()
-    values["model"]["backbone"] = plan.backbone
-    if plan.backbone != recipe.model.backbone:
-        values["model"]["weights"] = None  # the new backbone's own packaged weights
-        values["data"]["image_size"] = None
+    values = switched(recipe, plan.backbone)
     if plan.depth:
         finetune = values["stages"][-1]
         finetune["freeze"] = "top:1"
@@ -176,6 +183,17 @@ def costed_plans(recipe: Recipe, backbone: str, counts: dict[str, int], classes:
         if plans[-1].seconds > budget:
             break
     return plans[::-1]
+
+
+def ensemble_plan(costed: dict[str, list[Plan]], counts: dict[str, int]) -> Plan | None:
+    """Every backbone's top:1 plan one after another, then their averaged model scored on val and test; None with one."""
+    members = {b: plan for b, plans in costed.items() for plan in plans if plan.depth == 1}
+    if len(members) < 2:
+        return None
+    scored = (counts["val"] + counts["test"]) / max(sum(counts.values()), 1)  # the share of a pass scoring takes
+    scoring = scored * sum(plans[-1].seconds for plans in costed.values())
+    parts = tuple(plan.seconds for plan in members.values())
+    return Plan(next(iter(members)), 1, sum(parts) + scoring, members=tuple(members), parts=parts)
 
 
 def ranked_plans(
@@ -255,7 +273,12 @@ def plan_run(recipe: Recipe, quiet: bool = False) -> tuple[Recipe, Plan, list[Pl
     cheapest = min(everything, key=lambda plan: plan.seconds)
     if cheapest.seconds > budget - (time.perf_counter() - started):
         raise_too_small(recipe, cheapest, time.perf_counter() - started)
-    plans = ranked_plans(recipe, costed, budget - (time.perf_counter() - started), counts["val"], quiet)
+    # An ensemble averages single-label probabilities; a multi-label model's tags each have a threshold per run.
+    ensemble = ensemble_plan(costed, counts) if split.task == SINGLE else None
+    if ensemble is not None and ensemble.seconds <= budget - (time.perf_counter() - started):
+        plans = [ensemble] + everything  # no probe: every backbone trains anyway
+    else:
+        plans = ranked_plans(recipe, costed, budget - (time.perf_counter() - started), counts["val"], quiet)
     spent = time.perf_counter() - started
     fitting = [plan for plan in plans if plan.seconds <= budget - spent]
     if not fitting:
@@ -298,7 +321,11 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     ensure_console(quiet)
     started = time.perf_counter()
     planned, chosen, plans, spent = plan_run(recipe, quiet)
-    result = train(planned, quiet=quiet, on_epoch=on_epoch)
+    if chosen.members:
+        left = parse_duration(planned.run.budget or "1s", "--budget")
+        result = train_ensemble(recipe, chosen.members, chosen.parts, left, quiet, on_epoch)
+    else:
+        result = train(planned, quiet=quiet, on_epoch=on_epoch)
     summary = Path(result.run_dir) / SUMMARY_FILE
     lines = plan_lines(recipe, chosen, plans, spent, time.perf_counter() - started)
     if summary.is_file():
