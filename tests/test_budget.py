@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -130,3 +131,5 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     exported = headstart.load(run / "export" / "model.pt2").outputs_of(images)[0]
     assert torch.allclose(exported, probabilities, atol=1e-4)
     assert main(["predict", str(run), images[0]]) == 0 and images[0] in capsys.readouterr().out
+    held_out = predictor.evaluate(colour_folder)  # the run's own data: its test split, as for one model
+    assert held_out.count == 9 and held_out.accuracy == pytest.approx(result.test["acc"])

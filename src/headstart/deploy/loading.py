@@ -50,7 +50,11 @@ def _load(path: Path, device: str) -> Predictor:
     if members is not None:  # train --budget's ensemble: the member runs' models, averaged
         ensemble, checkpoints, _ = ensemble_model(members)
         first = largest_input(checkpoints)
-        return Predictor.from_module(ensemble, first.classes, first.preprocessing, device, task=first.task)
+        # The members' recipe (they share data and splits): evaluate on the run's data scores its held-out split.
+        recipe = first.recipe
+        return Predictor.from_module(
+            ensemble, first.classes, first.preprocessing, device, recipe=recipe, task=first.task
+        )
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)
         temperature = None if info["temperature_applied"] else info["temperature"]  # never divided twice

@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from headstart.config.duration import format_duration
 from headstart.config.recipe import Recipe
+from headstart.core.hardware import Hardware, pick_hardware
 from headstart.core.runs import RECIPE_FILE, SUMMARY_FILE, RunFolder
 from headstart.data.layouts import list_images
-from headstart.deploy.ensemble import write_ensemble_folder
+from headstart.deploy.ensemble import ensemble_model, largest_input, write_ensemble_folder
 from headstart.deploy.evaluation import Evaluation
-from headstart.deploy.loading import load
+from headstart.deploy.predictor import Predictor
 from headstart.deploy.tags import TagEvaluation
 from headstart.tasks.metrics import scores
 from headstart.training.train import TrainResult, train
@@ -67,6 +69,21 @@ def scored(evaluation: Evaluation | TagEvaluation, images: int) -> dict[str, flo
     return {"images": images, "loss": loss, **scores(evaluation.confusion)}
 
 
+def scoring_predictor(recipe: Recipe, members: list[Path]) -> tuple[Predictor, Hardware]:
+    """The ensemble on the precision and layout its members trained and scored with (bf16 here), not load's fp32:
+    its val and test scores are then measured as every run's are, and cost about what the plan estimated."""
+    ensemble, checkpoints, _ = ensemble_model(members)
+    hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
+    ensemble.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.contiguous_format)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with hw.autocast():
+            return ensemble(batch).float()
+
+    first = largest_input(checkpoints)
+    return Predictor(forward, first.classes, first.preprocessing, hw.to_input, task=first.task), hw
+
+
 def train_ensemble(
     recipe: Recipe, backbones: tuple[str, ...], estimates: tuple[float, ...], seconds: float, quiet: bool, on_epoch=None
 ) -> TrainResult:
@@ -82,13 +99,14 @@ def train_ensemble(
         result = train(member_recipe(recipe, backbone, folder.path, share), quiet=quiet, on_epoch=on_epoch)
         members.append(result)
     write_ensemble_folder(folder.path, [member.run_dir for member in members])
-    predictor = load(folder.path)
+    predictor, hw = scoring_predictor(recipe, [member.run_dir for member in members])
     val = scored(predictor.evaluate_samples(split.val, where="val"), len(split.val))
     test = scored(predictor.evaluate_samples(split.test, where="test"), len(split.test)) if split.test else None
     lines = [f"ensemble of {len(members)} models (the mean of their calibrated probabilities):"]
     for member in members:
         own = f", test acc {member.test['acc']:.4f}" if member.test else ""
         lines.append(f"  {member.run_dir.name}: val acc {member.best['val_acc']:.4f}{own}")
+    lines.append(f"scored on {hw.describe()}, as each run scores its splits (headstart.load runs it in fp32)")
     lines.append("val: " + " ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "images"))
     if test is not None:
         lines.append(
