@@ -74,7 +74,7 @@ def scoring_predictor(recipe: Recipe, members: list[Path]) -> tuple[Predictor, H
     its val and test scores are then measured as every run's are, and cost about what the plan estimated."""
     ensemble, checkpoints, _ = ensemble_model(members)
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
-    ensemble.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.contiguous_format)
+    ensemble.to(hw.device).to(memory_format=torch.channels_last if hw.channels_last else torch.contiguous_format)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with hw.autocast():
