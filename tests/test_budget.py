@@ -95,6 +95,7 @@ def test_another_backbone_replaces_the_recipes_only_when_its_probe_beats_it_by_m
     assert trusted_order({"lite1": 1.0, "lite0": 1.0}, "lite0", val_images=25) == ["lite0", "lite1"]  # a tie
 
 
+@pytest.mark.slow  # two members trained, one at 176 px
 def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     colour_folder, tmp_path, monkeypatch, capsys
 ):
@@ -131,5 +132,7 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     exported = headstart.load(run / "export" / "model.pt2").outputs_of(images)[0]
     assert torch.allclose(exported, probabilities, atol=1e-4)
     assert main(["predict", str(run), images[0]]) == 0 and images[0] in capsys.readouterr().out
+    err = one_line_error(capsys, ["compare", str(run)])
+    assert "is an ensemble (train --budget)" in err and "members" in err
     held_out = predictor.evaluate(colour_folder)  # the run's own data: its test split, as for one model
     assert held_out.count == 9 and held_out.accuracy == pytest.approx(result.test["acc"])

@@ -1,21 +1,23 @@
 """run.budget: plan a run to fit a wall-clock budget, then run it (`headstart train DATA --budget 10m`).
 
-Where two or more packaged backbones are installed (the [lite] extra) and the recipe's default plan
-fits for every one of them, the run is an ensemble: each backbone trained by the recipe, their
-calibrated probabilities averaged (headstart.experiments.budget_ensemble; measured to gain more than
-any deeper plan of one backbone). Otherwise the candidates are the installed packaged backbones
-(tf_efficientnet_lite0; lite1/lite2 with the [lite] extra) times how deep fine-tuning goes: the default's top:1 stage alone, or continued by a
-top:2 and then a top:3 stage (gradual unfreezing), each starting from the best weights so far and
-keeping its best epoch, so a deeper plan is the shallower one continued and its monitored val score
-never worse. (Fine-tuning top:2 or top:3 from the head directly, at the default's learning rate,
-scored below top:1 on tiles: BENCHMARKS.md, "A budget".) Each plan's cost is estimated from
-figures measured here on the plan's own model with random inputs: one forward pass of the whole
-model per image (the one feature pass over every image), and for each fine-tuning stage one
-training step (forward + backward) per image of the part after its cut, on stored activations,
-times the stage's epoch cap. With several backbones, `probe` trains each one's cached head first
-(its time counts against the budget) and ranks them by val score. The plan run is the best probed
-backbone's deepest plan whose estimate fits what is left; the trainer ends a stage whose next
-epoch would not fit and skips the stages after it (run.budget is its deadline).
+Where two or more packaged backbones are installed (the [lite] extra), the data is single-label and
+every backbone's default plan fits one after another, the run is an ensemble: the recipe trained
+once per backbone, their calibrated probabilities averaged (headstart.experiments.budget_ensemble).
+
+Otherwise one model is planned. The candidates are the installed packaged backbones
+(tf_efficientnet_lite0; lite1/lite2 with the [lite] extra) times how deep fine-tuning goes: the
+default's top:1 stage alone, or continued by a top:2 and then a top:3 stage (gradual unfreezing),
+each starting from the best weights so far and keeping its best epoch, so a deeper plan is the
+shallower one continued and its monitored val score never worse. (Fine-tuning top:2 or top:3 from
+the head directly, at the default's learning rate, scored below top:1 on tiles: BENCHMARKS.md, "A
+budget".) Each plan's cost is estimated from figures measured here on the plan's own model with
+random inputs: one forward pass of the whole model per image (the one feature pass over every
+image), and for each fine-tuning stage one training step (forward + backward) per image of the part
+after its cut, on stored activations, times the stage's epoch cap. With several backbones, `probe`
+trains each one's cached head first (its time counts against the budget) and ranks them by val
+score. The plan run is the best probed backbone's deepest plan whose estimate fits what is left;
+the trainer ends a stage whose next epoch would not fit and skips the stages after it (run.budget
+is its deadline).
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from headstart.core.runs import (
     read_records,
 )
 from headstart.core.yamlfile import read_yaml
+from headstart.deploy.ensemble import ensemble_members
 from headstart.experiments.columns import HEADERS, METRICS, TAG_METRICS, TAG_SCORES, cell
 from headstart.tasks.metrics import LOWER_IS_BETTER, best_index
 
@@ -222,6 +223,11 @@ def collect(paths: list[str | Path]) -> tuple[list[RunRecord], list[str]]:
                     records.append(RunRecord(run_dir, variant, seed, *found, data_label=data_label))
         else:
             found = _read_run(path)
+            if found is None and ensemble_members(path) is not None:
+                raise HeadstartError(
+                    f"{path} is an ensemble (train --budget): its summary.txt scores it; compare its members, "
+                    f"{path / 'members'}/*, or the ensemble against a run with headstart evaluate"
+                )
             if found is None:
                 raise HeadstartError(
                     f"{path} is neither a run folder (recipe.yaml + history.json) nor a sweep folder ({SWEEP_FILE})"
