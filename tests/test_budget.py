@@ -134,5 +134,8 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     assert main(["predict", str(run), images[0]]) == 0 and images[0] in capsys.readouterr().out
     err = one_line_error(capsys, ["compare", str(run)])
     assert "is an ensemble (train --budget)" in err and "members" in err
+    assert main(["evaluate", str(run), str(colour_folder)]) == 0 and (run / "confusion-test.png").is_file()
+    err = one_line_error(capsys, ["predict", str(run), images[0], "--explain", str(tmp_path / "heat")])
+    assert "an ensemble (train --budget) is explained one model at a time" in err
     held_out = predictor.evaluate(colour_folder)  # the run's own data: its test split, as for one model
     assert held_out.count == 9 and held_out.accuracy == pytest.approx(result.test["acc"])

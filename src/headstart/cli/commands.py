@@ -122,12 +122,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.core.runs import resolve_checkpoint
+    from headstart.deploy.ensemble import ensemble_members
     from headstart.deploy.hub import is_hub_folder
     from headstart.deploy.loading import load
 
     source = user_path(args.run)
     hub = is_hub_folder(source) and not (source / BEST_FILE).is_file()
-    source = source if source.is_file() or hub else resolve_checkpoint(source)
+    ensemble = ensemble_members(source) is not None  # train --budget's: its members' checkpoints, averaged
+    source = source if source.is_file() or hub or ensemble else resolve_checkpoint(source)
     predictor = load(source, device=args.device, unknown=args.unknown)
     if args.explain:
         check_explainable(predictor, args.explain, mistakes=True)
@@ -135,7 +137,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = predictor.evaluate(args.data, confusion_png=None, tta=args.tta)
     # Named by what was scored (confusion-test-tta-flip.png), never a run's or a Hub folder's own file;
     # a Hub folder's files belong to its model card: an evaluation of one goes to the working directory.
-    png = Path(args.confusion) if args.confusion else (Path.cwd() if hub else source.parent) / result.figure_name
+    folder = Path.cwd() if hub else source if ensemble else source.parent
+    png = Path(args.confusion) if args.confusion else folder / result.figure_name
     if args.json:
         print(json.dumps(result.to_json(), indent=1), flush=True)
     else:

@@ -54,6 +54,11 @@ class Heatmap:
 def target_of(forward: Callable) -> tuple[nn.Module, nn.Module, int]:
     """(the module that returns logits, the backbone's last stage, its channel count), or the one-line refusal."""
     net = forward.classifier if isinstance(forward, WithScore) else forward
+    # deploy.ensemble's MeanProbabilities, known by its members (importing it here would close an import cycle).
+    if isinstance(getattr(net, "members", None), nn.ModuleList):
+        raise HeadstartError(
+            "an ensemble (train --budget) is explained one model at a time: give one of its RUN/members/<backbone> folders"
+        )
     backbone = net.backbone if isinstance(net, Classifier) else net
     info = getattr(backbone, "feature_info", None) if isinstance(backbone, nn.Module) else None
     if not isinstance(info, list) or not info:  # a ScriptModule or an exported graph: no stages to hook
