@@ -51,9 +51,8 @@ def _load(path: Path, device: str) -> Predictor:
         ensemble, checkpoints, _ = ensemble_model(members)
         first = largest_input(checkpoints)
         # The members' recipe (they share data and splits): evaluate on the run's data scores its held-out split.
-        recipe = first.recipe
         return Predictor.from_module(
-            ensemble, first.classes, first.preprocessing, device, recipe=recipe, task=first.task
+            ensemble, first.classes, first.preprocessing, device, recipe=first.recipe, task=first.task
         )
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)

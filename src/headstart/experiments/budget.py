@@ -324,7 +324,7 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     started = time.perf_counter()
     planned, chosen, plans, spent = plan_run(recipe, quiet)
     if chosen.members:
-        left = parse_duration(planned.run.budget or "1s", "--budget")
+        left = parse_duration(recipe.run.budget, "--budget") - spent
         result = train_ensemble(recipe, chosen.members, chosen.parts, left, quiet, on_epoch)
     else:
         result = train(planned, quiet=quiet, on_epoch=on_epoch)
