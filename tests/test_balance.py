@@ -112,6 +112,15 @@ def test_test_split_never_changes_best_pt(tmp_path, split_folder):
     records = json.loads((with_test.run_dir / "history.json").read_text())
     assert records[-1]["record"] == "test" and len(records) == len(with_test.history) + 1
     assert "test (10 images" in (with_test.run_dir / "summary.txt").read_text()
+    assert "computed in" not in (with_test.run_dir / "summary.txt").read_text()  # fp32: as loading computes
+
+
+def test_summary_says_when_scores_are_not_fp32(tmp_path, split_folder):
+    """A bf16 run scores val and test in bf16; load and the exports run fp32, and the summary says so."""
+    write_images(split_folder / "test", {"red": (200, 40, 40), "blue": (40, 60, 200)}, per_class=3, seed=9)
+    result = headstart.train(tiny_recipe(split_folder, tmp_path / "runs", run={"precision": "bf16"}), quiet=True)
+    summary = (result.run_dir / "summary.txt").read_text()
+    assert "scores above computed in bf16, as trained" in summary and "test (" in summary
 
 
 def test_monitor_chooses_best_pt(tmp_path, colour_folder):

@@ -306,4 +306,10 @@ def score_lines(trainer: Trainer) -> list[str]:
                 f"  test {row['label']}: precision {row['precision']:.3f} recall {row['recall']:.3f} "
                 f"f1 {row['f1']:.3f} AP {ap} ({row['support']} positives)"
             )
+    precision = trainer.session.hw.precision
+    if precision != "fp32":  # the run scores in its own precision; loading and the exports compute in fp32
+        lines.append(
+            f"scores above computed in {precision}, as trained; `headstart evaluate`, `load` and the exports compute "
+            "in fp32, which can move a few images either way (BENCHMARKS.md, 'A budget')"
+        )
     return lines
