@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,40 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     assert "an ensemble (train --budget) is explained one model at a time" in err
     held_out = predictor.evaluate(colour_folder)  # the run's own data: its test split, as for one model
     assert held_out.count == 9 and held_out.accuracy == pytest.approx(result.test["acc"])
+
+
+@pytest.mark.slow  # two members trained, one of them twice over
+def test_an_interrupted_ensemble_resumes_keeping_its_finished_members(colour_folder, tmp_path, monkeypatch):
+    from headstart.experiments import budget
+
+    monkeypatch.setattr(budget, "candidate_backbones", lambda recipe: ["headstart_cnn", "test_efficientnet"])
+    stages = [
+        {"name": "head", "epochs": 2, "freeze": "backbone", "lr": 0.05},
+        {"name": "finetune", "epochs": 2, "freeze": "top:1", "lr": 0.01},
+    ]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"budget": "10m"})
+    recipe["model"]["weights"] = "none"
+    epochs = []
+
+    def ctrl_c_in_the_second_member(done, row):
+        epochs.append(row["stage"])
+        if len(epochs) == 6:  # the first member's four epochs, then two of the second's
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        headstart.train(recipe, quiet=True, on_epoch=ctrl_c_in_the_second_member)
+    run = Path(caught.value.run_dir)  # the ensemble's folder, not the member that was training
+    first, second = run / "members" / "headstart_cnn", run / "members" / "test_efficientnet"
+    assert (run / "ensemble-plan.json").is_file() and not (run / "ensemble.json").exists()
+    first_weights = (first / "best.pt").read_bytes()
+    assert len(read_history(second)) == 2
+
+    epochs.clear()
+    result = headstart.train(resume=run, quiet=True, on_epoch=lambda done, row: epochs.append(row["stage"]))
+    assert epochs == ["finetune", "finetune"]  # only the second member's last two epochs ran
+    assert (first / "best.pt").read_bytes() == first_weights and len(read_history(second)) == 4
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert members == ["members/headstart_cnn", "members/test_efficientnet"]
+    assert "ensemble of 2 models" in (run / "summary.txt").read_text()
+    again = headstart.train(resume=run, quiet=True)  # finished: nothing runs, the same result
+    assert again.history == result.history and again.run_dir == result.run_dir

@@ -39,7 +39,7 @@ from headstart.core.errors import HeadstartError
 from headstart.core.hardware import Hardware, pick_hardware
 from headstart.data.layouts import list_images
 from headstart.data.splits import SINGLE
-from headstart.experiments.budget_ensemble import switched, train_ensemble
+from headstart.experiments.budget_ensemble import is_ensemble_run, resume_ensemble, switched, train_ensemble
 from headstart.model.build import build_model, resolve_preprocessing
 from headstart.model.cut import find_cut
 from headstart.model.freeze import plan_freeze
@@ -313,6 +313,9 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     from headstart.training.session import ensure_console
     from headstart.training.train import train
 
+    if resume is not None and is_ensemble_run(resume):
+        ensure_console(quiet)
+        return resume_ensemble(resume, quiet, on_epoch)
     if resume is not None:
         return train(resume=resume, quiet=quiet, on_epoch=on_epoch)  # its saved recipe: the plan, not re-planned
     recipe = as_recipe(recipe)

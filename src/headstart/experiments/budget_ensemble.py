@@ -8,6 +8,7 @@ backbone deeper had gained +0.002 (seed 0).
 
     RUN/
       ensemble.json    the member runs: headstart.load / predict / serve / export read RUN as one model
+      ensemble-plan.json  the members and their planned time; `train --resume RUN` finishes an interrupted one
       members/NAME/    one ordinary run folder per backbone (recipe, history, best.pt, summary)
       recipe.yaml      the recipe as given, with its budget
       summary.txt      each member's scores, the ensemble's val and test scores, the plan
@@ -18,7 +19,9 @@ threshold holds for their average (headstart.deploy.ensemble).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -27,8 +30,10 @@ import torch
 
 from headstart.config.duration import format_duration
 from headstart.config.recipe import Recipe
+from headstart.core.errors import Interrupted
 from headstart.core.hardware import Hardware, pick_hardware
-from headstart.core.runs import RECIPE_FILE, SUMMARY_FILE, RunFolder
+from headstart.core.paths import user_path
+from headstart.core.runs import LAST_FILE, RECIPE_FILE, SUMMARY_FILE, RunFolder
 from headstart.data.layouts import list_images
 from headstart.deploy.ensemble import ensemble_model, largest_input, write_ensemble_folder
 from headstart.deploy.evaluation import Evaluation
@@ -40,6 +45,7 @@ from headstart.training.train import TrainResult, train
 log = logging.getLogger("headstart")
 
 MEMBERS_FOLDER = "members"
+PLAN_FILE = "ensemble-plan.json"  # the members and their planned shares; once scored, the result too
 
 
 def switched(recipe: Recipe, backbone: str) -> dict:
@@ -88,16 +94,71 @@ def train_ensemble(
     recipe: Recipe, backbones: tuple[str, ...], estimates: tuple[float, ...], seconds: float, quiet: bool, on_epoch=None
 ) -> TrainResult:
     """Train `recipe` once per backbone within `seconds` (each member's share in proportion to its estimate); the ensemble run."""
-    deadline = time.perf_counter() + seconds
     split = list_images(recipe.data)
     folder = RunFolder.create(recipe.run.out_dir, recipe.run.name or f"{split.name}-ensemble")
     folder.write_text(RECIPE_FILE, recipe.to_yaml())
+    # What `train --resume RUN` needs to finish an interrupted ensemble: the members and their planned shares.
+    plan = {"members": list(backbones), "estimates": list(estimates), "seconds": seconds}
+    folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+    return members_then_ensemble(recipe, folder, plan, quiet, on_epoch)
+
+
+def is_ensemble_run(run_dir: str | Path) -> bool:
+    return (user_path(run_dir) / PLAN_FILE).is_file()
+
+
+def resume_ensemble(run_dir: str | Path, quiet: bool, on_epoch=None) -> TrainResult:
+    """An interrupted ensemble finished: members that finished are kept, an interrupted one resumes, the rest train."""
+    folder = RunFolder(user_path(run_dir))
+    plan = json.loads((folder.path / PLAN_FILE).read_text())
+    if "result" in plan:
+        log.info("%s finished all its members already; nothing to resume", folder.path)
+        done = plan["result"]
+        return TrainResult(folder.path, [done["row"]], done["classes"], done["test"], done["monitor"])
+    log.info("resuming the ensemble in %s: %s", folder.path, ", ".join(plan["members"]))
+    return members_then_ensemble(Recipe.from_yaml(folder.path / RECIPE_FILE), folder, plan, quiet, on_epoch)
+
+
+def member_run(recipe: Recipe, backbone: str, folder: Path, share: float, quiet: bool, on_epoch) -> TrainResult:
+    """One member trained, or resumed from its last epoch where an earlier run of the ensemble stopped."""
+    earlier = folder / MEMBERS_FOLDER / backbone
+    if (earlier / LAST_FILE).is_file():
+        return train(resume=earlier, quiet=quiet, on_epoch=on_epoch)  # a finished member returns at once
+    if earlier.is_dir():  # stopped before its first epoch ended: it holds nothing to keep, and its name is the member's
+        shutil.rmtree(earlier)
+    return train(member_recipe(recipe, backbone, folder, share), quiet=quiet, on_epoch=on_epoch)
+
+
+def members_then_ensemble(recipe: Recipe, folder: RunFolder, plan: dict, quiet: bool, on_epoch) -> TrainResult:
+    backbones, estimates = plan["members"], plan["estimates"]
+    # Members with a checkpoint already spent their share (a resumed one keeps its own budget); the rest share theirs.
+    started = [(folder.path / MEMBERS_FOLDER / b / LAST_FILE).is_file() for b in backbones]
+    left_share = sum(e for e, s in zip(estimates, started, strict=True) if not s) / sum(estimates)
+    began = time.perf_counter()
+    deadline = began + plan["seconds"] * left_share
     members = []
-    for index, backbone in enumerate(backbones):
-        left = deadline - time.perf_counter()
-        share = left * estimates[index] / sum(estimates[index:])
-        result = train(member_recipe(recipe, backbone, folder.path, share), quiet=quiet, on_epoch=on_epoch)
-        members.append(result)
+    try:
+        for index, backbone in enumerate(backbones):
+            to_come = sum(e for e, s in zip(estimates[index:], started[index:], strict=True) if not s)
+            share = (deadline - time.perf_counter()) * estimates[index] / to_come if not started[index] else 0.0
+            members.append(member_run(recipe, backbone, folder.path, share, quiet, on_epoch))
+    except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training
+        raise Interrupted(folder.path, True) from None
+    result = score_ensemble(recipe, folder, members)
+    plan["result"] = {
+        "row": result.history[0],
+        "classes": result.classes,
+        "test": result.test,
+        "monitor": result.monitor,
+    }
+    folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+    log.info("ensemble trained in %s: %s", format_duration(time.perf_counter() - began), folder.path)
+    return result
+
+
+def score_ensemble(recipe: Recipe, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
+    """ensemble.json written, the ensemble scored on val and test, and its summary."""
+    split = list_images(recipe.data)
     write_ensemble_folder(folder.path, [member.run_dir for member in members])
     predictor, hw = scoring_predictor(recipe, [member.run_dir for member in members])
     val = scored(predictor.evaluate_samples(split.val, where="val"), len(split.val))
@@ -116,7 +177,6 @@ def train_ensemble(
     folder.write_text(SUMMARY_FILE, "\n".join(lines) + "\n")
     for line in lines:
         log.info(line)
-    log.info("ensemble trained in %s: %s", format_duration(seconds - (deadline - time.perf_counter())), folder.path)
     row = {
         "epoch": 1,
         "stage": "ensemble",
