@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -35,29 +36,35 @@ def originals(sources: list[Path]) -> list[tuple[Path, str]]:
     return found
 
 
+def make_one(job: tuple[int, Path, str, Path, int]) -> None:
+    """One generated image; its own seeded RNG, so images are the same whatever the number of workers."""
+    index, path, label, target, seed = job
+    rng = random.Random(seed * 1_000_003 + index)
+    folder = target / label
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        w, h = int(width * rng.uniform(0.6, 1.0)), int(height * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        image = image.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        side = rng.randint(256, 512)
+        scale = side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        image.save(folder / f"g{index:06d}.jpg", quality=85)
+
+
 def generate(sources: list[Path], target: Path, count: int, seed: int = 0) -> None:
     """`count` distinct JPEGs in class folders under `target` (made once; a rerun reuses them)."""
     done = target / ".complete"
     if done.is_file() and int(done.read_text()) == count:
         return
-    rng = random.Random(seed)
     pool = originals(sources)
-    for index in range(count):
-        path, label = pool[index % len(pool)]
-        folder = target / label
-        folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            width, height = image.size
-            w, h = int(width * rng.uniform(0.6, 1.0)), int(height * rng.uniform(0.6, 1.0))
-            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-            image = image.crop((left, top, left + w, top + h))
-            if rng.random() < 0.5:
-                image = ImageOps.mirror(image)
-            side = rng.randint(256, 512)
-            scale = side / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-            image.save(folder / f"g{index:06d}.jpg", quality=85)
+    jobs = [(index, *pool[index % len(pool)], target, seed) for index in range(count)]
+    with multiprocessing.Pool(os.cpu_count()) as workers:  # generating is not timed: use every core
+        workers.map(make_one, jobs, chunksize=256)
     done.write_text(str(count))
 
 
