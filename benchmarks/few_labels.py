@@ -30,7 +30,8 @@ def pooled(data: Path) -> tuple[list[Path], list[str]]:
     """Every file of DATA with its class: class folders, or split folders of class folders."""
     from headstart import DataConfig, list_images
 
-    split = list_images(DataConfig(path=str(data), val_fraction=0.5))
+    # Absolute paths: the CSVs written from them live in temporary folders, and a CSV resolves relative paths from its own.
+    split = list_images(DataConfig(path=str(data.resolve()), val_fraction=0.5))
     samples = split.train + split.val + split.test
     return [p for p, _ in samples], [split.classes[int(k)] for _, k in samples]
 
