@@ -313,11 +313,11 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     from headstart.training.session import ensure_console
     from headstart.training.train import train
 
-    if resume is not None and is_ensemble_run(resume):
-        ensure_console(quiet)
-        return resume_ensemble(resume, quiet, on_epoch)
-    if resume is not None:
-        return train(resume=resume, quiet=quiet, on_epoch=on_epoch)  # its saved recipe: the plan, not re-planned
+    if resume is not None:  # the saved recipe (the plan, not re-planned), or the ensemble's members
+        if is_ensemble_run(resume):
+            ensure_console(quiet)
+            return resume_ensemble(resume, quiet, on_epoch)
+        return train(resume=resume, quiet=quiet, on_epoch=on_epoch)
     recipe = as_recipe(recipe)
     if recipe.run.budget is None:
         return train(recipe, quiet=quiet, on_epoch=on_epoch)

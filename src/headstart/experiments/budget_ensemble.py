@@ -35,6 +35,7 @@ from headstart.core.hardware import Hardware, pick_hardware
 from headstart.core.paths import user_path
 from headstart.core.runs import LAST_FILE, RECIPE_FILE, SUMMARY_FILE, RunFolder
 from headstart.data.layouts import list_images
+from headstart.data.splits import DataSplit
 from headstart.deploy.ensemble import ensemble_model, largest_input, write_ensemble_folder
 from headstart.deploy.evaluation import Evaluation
 from headstart.deploy.predictor import Predictor
@@ -100,7 +101,7 @@ def train_ensemble(
     # What `train --resume RUN` needs to finish an interrupted ensemble: the members and their planned shares.
     plan = {"members": list(backbones), "estimates": list(estimates), "seconds": seconds}
     folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
-    return members_then_ensemble(recipe, folder, plan, quiet, on_epoch)
+    return members_then_ensemble(recipe, split, folder, plan, quiet, on_epoch)
 
 
 def is_ensemble_run(run_dir: str | Path) -> bool:
@@ -116,12 +117,18 @@ def resume_ensemble(run_dir: str | Path, quiet: bool, on_epoch=None) -> TrainRes
         done = plan["result"]
         return TrainResult(folder.path, [done["row"]], done["classes"], done["test"], done["monitor"])
     log.info("resuming the ensemble in %s: %s", folder.path, ", ".join(plan["members"]))
-    return members_then_ensemble(Recipe.from_yaml(folder.path / RECIPE_FILE), folder, plan, quiet, on_epoch)
+    recipe = Recipe.from_yaml(folder.path / RECIPE_FILE)
+    return members_then_ensemble(recipe, list_images(recipe.data), folder, plan, quiet, on_epoch)
+
+
+def member_folder(folder: Path, backbone: str) -> Path:
+    """Where member_recipe's run of `backbone` goes (out_dir RUN/members, named after the backbone)."""
+    return folder / MEMBERS_FOLDER / backbone
 
 
 def member_run(recipe: Recipe, backbone: str, folder: Path, share: float, quiet: bool, on_epoch) -> TrainResult:
     """One member trained, or resumed from its last epoch where an earlier run of the ensemble stopped."""
-    earlier = folder / MEMBERS_FOLDER / backbone
+    earlier = member_folder(folder, backbone)
     if (earlier / LAST_FILE).is_file():
         return train(resume=earlier, quiet=quiet, on_epoch=on_epoch)  # a finished member returns at once
     if earlier.is_dir():  # stopped before its first epoch ended: it holds nothing to keep, and its name is the member's
@@ -129,10 +136,12 @@ def member_run(recipe: Recipe, backbone: str, folder: Path, share: float, quiet:
     return train(member_recipe(recipe, backbone, folder, share), quiet=quiet, on_epoch=on_epoch)
 
 
-def members_then_ensemble(recipe: Recipe, folder: RunFolder, plan: dict, quiet: bool, on_epoch) -> TrainResult:
+def members_then_ensemble(
+    recipe: Recipe, split: DataSplit, folder: RunFolder, plan: dict, quiet: bool, on_epoch
+) -> TrainResult:
     backbones, estimates = plan["members"], plan["estimates"]
     # Members with a checkpoint already spent their share (a resumed one keeps its own budget); the rest share theirs.
-    started = [(folder.path / MEMBERS_FOLDER / b / LAST_FILE).is_file() for b in backbones]
+    started = [(member_folder(folder.path, b) / LAST_FILE).is_file() for b in backbones]
     left_share = sum(e for e, s in zip(estimates, started, strict=True) if not s) / sum(estimates)
     began = time.perf_counter()
     deadline = began + plan["seconds"] * left_share
@@ -144,7 +153,7 @@ def members_then_ensemble(recipe: Recipe, folder: RunFolder, plan: dict, quiet: 
             members.append(member_run(recipe, backbone, folder.path, share, quiet, on_epoch))
     except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training
         raise Interrupted(folder.path, True) from None
-    result = score_ensemble(recipe, folder, members)
+    result = score_ensemble(recipe, split, folder, members)
     plan["result"] = {
         "row": result.history[0],
         "classes": result.classes,
@@ -156,9 +165,8 @@ def members_then_ensemble(recipe: Recipe, folder: RunFolder, plan: dict, quiet: 
     return result
 
 
-def score_ensemble(recipe: Recipe, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
+def score_ensemble(recipe: Recipe, split: DataSplit, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
     """ensemble.json written, the ensemble scored on val and test, and its summary."""
-    split = list_images(recipe.data)
     write_ensemble_folder(folder.path, [member.run_dir for member in members])
     predictor, hw = scoring_predictor(recipe, [member.run_dir for member in members])
     val = scored(predictor.evaluate_samples(split.val, where="val"), len(split.val))
