@@ -63,7 +63,7 @@ def soft_student(vectors: np.ndarray, targets: np.ndarray, decay: float = 1e-4):
 
 
 def with_pseudo(xl, yl, xv, yv, xu, teacher_l, teacher_v, teacher_u):
-    """(Lite0 student's predictor trained on labelled + kept pseudo-labels, the teacher, soft targets) or the base."""
+    """(the Lite0 student fitted on labelled + kept pseudo-labels, or None where val turns them down; the teacher)."""
     kept, guess, _, teacher = self_train(teacher_l, yl, teacher_u)
     without = fit_teacher(teacher_l, yl)
     if (teacher.predict(teacher_v) == yv).mean() < (without.predict(teacher_v) == yv).mean():
