@@ -174,6 +174,10 @@ def test_an_interrupted_ensemble_resumes_keeping_its_finished_members(colour_fol
     assert (first / "best.pt").read_bytes() == first_weights and len(read_history(second)) == 4
     members = json.loads((run / "ensemble.json").read_text())["members"]
     assert members == ["members/headstart_cnn", "members/test_efficientnet"]
-    assert "ensemble of 2 models" in (run / "summary.txt").read_text()
+    summary = (run / "summary.txt").read_text()
+    assert "ensemble of 2 models" in summary
+    # The plan chosen before the interruption, and the time both sessions took, planning included.
+    assert "plan: ensemble of headstart_cnn, test_efficientnet" in summary and "considered: " in summary
+    assert "budget: 10m, spent " in summary and " over 2 sessions (planning " in summary
     again = headstart.train(resume=run, quiet=True)  # finished: nothing runs, the same result
     assert again.history == result.history and again.run_dir == result.run_dir

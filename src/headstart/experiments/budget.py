@@ -295,12 +295,8 @@ def plan_run(recipe: Recipe, quiet: bool = False) -> tuple[Recipe, Plan, list[Pl
     return with_plan(recipe, chosen, budget - spent), chosen, plans, spent
 
 
-def plan_lines(recipe: Recipe, chosen: Plan, plans: list[Plan], spent: float, total: float) -> list[str]:
-    return [
-        f"budget: {recipe.run.budget}, spent {format_duration(total)} (planning {format_duration(spent)})",
-        f"plan: {chosen.describe()}",
-        "considered: " + "; ".join(plan.describe() for plan in plans),
-    ]
+def choice_lines(chosen: Plan, plans: list[Plan]) -> tuple[str, ...]:
+    return f"plan: {chosen.describe()}", "considered: " + "; ".join(plan.describe() for plan in plans)
 
 
 def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=None):
@@ -326,13 +322,14 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     ensure_console(quiet)
     started = time.perf_counter()
     planned, chosen, plans, spent = plan_run(recipe, quiet)
-    if chosen.members:
+    choice = choice_lines(chosen, plans)
+    if chosen.members:  # its summary gets these lines when it is scored, which a resume may do
         left = parse_duration(recipe.run.budget, "--budget") - spent
-        result = train_ensemble(recipe, chosen.members, chosen.parts, left, quiet, on_epoch)
-    else:
-        result = train(planned, quiet=quiet, on_epoch=on_epoch)
+        return train_ensemble(recipe, chosen.members, chosen.parts, left, quiet, on_epoch, choice, spent)
+    result = train(planned, quiet=quiet, on_epoch=on_epoch)
     summary = Path(result.run_dir) / SUMMARY_FILE
-    lines = plan_lines(recipe, chosen, plans, spent, time.perf_counter() - started)
+    total = format_duration(time.perf_counter() - started)
+    lines = [f"budget: {recipe.run.budget}, spent {total} (planning {format_duration(spent)})", *choice]
     if summary.is_file():
         atomic_write(summary, (summary.read_text() + "\n".join(lines) + "\n").encode())
     for line in lines:

@@ -92,14 +92,34 @@ def scoring_predictor(recipe: Recipe, members: list[Path]) -> tuple[Predictor, H
 
 
 def train_ensemble(
-    recipe: Recipe, backbones: tuple[str, ...], estimates: tuple[float, ...], seconds: float, quiet: bool, on_epoch=None
+    recipe: Recipe,
+    backbones: tuple[str, ...],
+    estimates: tuple[float, ...],
+    seconds: float,
+    quiet: bool,
+    on_epoch=None,
+    choice: tuple[str, ...] = (),
+    planning: float = 0.0,
 ) -> TrainResult:
-    """Train `recipe` once per backbone within `seconds` (each member's share in proportion to its estimate); the ensemble run."""
+    """Train `recipe` once per backbone within `seconds` (each member's share in proportion to its estimate); the ensemble run.
+
+    `choice` (the budget's plan lines) and `planning` (seconds spent choosing) end the summary once the
+    ensemble is scored, in this call or in the `train --resume` that finishes it.
+    """
     split = list_images(recipe.data)
     folder = RunFolder.create(recipe.run.out_dir, recipe.run.name or f"{split.name}-ensemble")
     folder.write_text(RECIPE_FILE, recipe.to_yaml())
-    # What `train --resume RUN` needs to finish an interrupted ensemble: the members and their planned shares.
-    plan = {"members": list(backbones), "estimates": list(estimates), "seconds": seconds}
+    # What `train --resume RUN` needs to finish an interrupted ensemble: the members, their planned shares,
+    # and for the summary the plan chosen and the time spent so far.
+    plan = {
+        "members": list(backbones),
+        "estimates": list(estimates),
+        "seconds": seconds,
+        "choice": list(choice),
+        "planning": planning,
+        "elapsed": planning,
+        "sessions": 1,
+    }
     folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
     return members_then_ensemble(recipe, split, folder, plan, quiet, on_epoch)
 
@@ -117,6 +137,7 @@ def resume_ensemble(run_dir: str | Path, quiet: bool, on_epoch=None) -> TrainRes
         done = plan["result"]
         return TrainResult(folder.path, [done["row"]], done["classes"], done["test"], done["monitor"])
     log.info("resuming the ensemble in %s: %s", folder.path, ", ".join(plan["members"]))
+    plan["sessions"] = plan.get("sessions", 1) + 1
     recipe = Recipe.from_yaml(folder.path / RECIPE_FILE)
     return members_then_ensemble(recipe, list_images(recipe.data), folder, plan, quiet, on_epoch)
 
@@ -152,8 +173,15 @@ def members_then_ensemble(
             share = (deadline - time.perf_counter()) * estimates[index] / to_come if not started[index] else 0.0
             members.append(member_run(recipe, backbone, folder.path, share, quiet, on_epoch))
     except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training
+        plan["elapsed"] = plan.get("elapsed", 0.0) + time.perf_counter() - began
+        folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
         raise Interrupted(folder.path, True) from None
     result = score_ensemble(recipe, split, folder, members)
+    lines = [budget_line(recipe, plan, time.perf_counter() - began), *plan.get("choice", [])]
+    with open(folder.path / SUMMARY_FILE, "a") as summary:
+        summary.write("\n".join(lines) + "\n")
+    for line in lines:
+        log.info(line)
     plan["result"] = {
         "row": result.history[0],
         "classes": result.classes,
@@ -163,6 +191,14 @@ def members_then_ensemble(
     folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
     log.info("ensemble trained in %s: %s", format_duration(time.perf_counter() - began), folder.path)
     return result
+
+
+def budget_line(recipe: Recipe, plan: dict, this_session: float) -> str:
+    """What the budget bought: the time spent over every session the ensemble took, planning included."""
+    sessions = plan.get("sessions", 1)
+    over = f" over {sessions} sessions" if sessions > 1 else ""
+    spent = format_duration(plan.get("elapsed", 0.0) + this_session)
+    return f"budget: {recipe.run.budget}, spent {spent}{over} (planning {format_duration(plan.get('planning', 0.0))})"
 
 
 def score_ensemble(recipe: Recipe, split: DataSplit, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
