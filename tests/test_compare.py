@@ -93,6 +93,18 @@ def test_compare_warns_when_runs_differ_in_data_and_writes_its_own_folder(tmp_pa
     assert not list(runs.glob("comparison.*"))
 
 
+def test_a_relative_and_an_absolute_path_to_the_same_data_are_one_data_set(tmp_path, monkeypatch, caplog):
+    (tmp_path / "ants").mkdir()
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    typed = fake_run(runs, "typed", [row(1, 0.3, 0.9)], data="ants", lr=0.05)
+    absolute = fake_run(runs, "absolute", [row(1, 0.4, 0.8)], data=str(tmp_path / "ants"), lr=0.01)
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        comparison = compare([typed, absolute])
+    assert "differ in data" not in caplog.text
+    assert sorted(r["variant"] for r in comparison.rows) == ["head.lr=0.01", "head.lr=0.05"]  # not data.path
+
+
 def test_without_a_summary_the_wall_time_is_last_pts_and_otherwise_unknown(tmp_path):
     from headstart.core.checkpoint import Checkpoint, ResumeState
 

@@ -165,7 +165,22 @@ def _read_run(path: Path) -> RunFiles | None:
         return None
     records = read_records(history_file)
     history = epoch_rows(records)
-    return (Recipe.from_yaml(recipe_file).to_dict(), history, find_test_record(records)) if history else None
+    if not history:
+        return None
+    recipe = Recipe.from_yaml(recipe_file).to_dict()
+    recipe["data"]["path"] = absolute_where_found(recipe["data"].get("path"))
+    return recipe, history, find_test_record(records)
+
+
+def absolute_where_found(data_path: str | None) -> str | None:
+    """A relative data.path as the absolute path it names from here, where that exists.
+
+    A recipe keeps the path as typed, so `train data/ants` and `train /home/me/data/ants` would
+    otherwise read as two data sets (a warning, and a data.path "switch" between the runs).
+    """
+    if not data_path or Path(data_path).is_absolute() or not user_path(data_path).exists():
+        return data_path
+    return str(user_path(data_path).resolve())
 
 
 def _read_sweep_spec(path: Path) -> tuple[list[str], list[int], str | None]:
