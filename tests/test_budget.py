@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import headstart
 from headstart.core.runs import read_history
@@ -140,6 +141,16 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     assert "an ensemble (train --budget) is explained one model at a time" in err
     held_out = predictor.evaluate(colour_folder)  # the run's own data: its test split, as for one model
     assert held_out.count == 9 and held_out.accuracy == pytest.approx(result.test["acc"])
+    # Unknown images: a threshold on the members' averaged scores, fitted on val, flags images unlike the classes.
+    fitted = json.loads((run / "ensemble.json").read_text())["unknown"]
+    assert fitted["method"].startswith("mean of the members'") and fitted["threshold"] > 0
+    assert f"threshold {fitted['threshold']:.4g} flags" in summary
+    assert predictor.unknown is not None and predictor.unknown.threshold == fitted["threshold"]
+    own = predictor.predict(images)
+    foreign = predictor.predict([Image.new("RGB", (24, 24), c) for c in ((255, 255, 0), (0, 0, 0), (255, 255, 255))])
+    assert sum(p.unknown for p in own) <= 1 and all(p.unknown for p in foreign)
+    assert main(["export", str(run), "--format", "export"]) == 0
+    assert "its unknown-image score is not exported" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # two members trained, one of them twice over
@@ -181,3 +192,25 @@ def test_an_interrupted_ensemble_resumes_keeping_its_finished_members(colour_fol
     assert "budget: 10m, spent " in summary and " over 2 sessions (planning " in summary
     again = headstart.train(resume=run, quiet=True)  # finished: nothing runs, the same result
     assert again.history == result.history and again.run_dir == result.run_dir
+
+
+def test_the_ensembles_unknown_score_is_its_members_scores_over_their_thresholds_averaged():
+    from torch import nn
+
+    from headstart.deploy.ensemble import MeanProbabilities
+    from headstart.tasks.registry import task_named
+
+    class Fixed(nn.Module):  # a member with a detector: (logits, score) whatever the image
+        def __init__(self, logits: list[float], score: float):
+            super().__init__()
+            self.logits, self.score = torch.tensor([logits]), torch.tensor([score])
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1), self.score.expand(len(x))
+
+    members = [Fixed([2.0, 0.0], 2.0), Fixed([0.0, 2.0], 9.0)]
+    log_mean, score = MeanProbabilities(members, task_named("single-label"), thresholds=[4.0, 3.0])(
+        torch.zeros(2, 3, 8, 8)
+    )
+    assert torch.allclose(score, torch.tensor([1.75, 1.75]))  # (2/4 + 9/3) / 2: past the members' average threshold
+    assert torch.allclose(log_mean.exp(), torch.full((2, 2), 0.5))  # the mean of the two mirrored softmaxes

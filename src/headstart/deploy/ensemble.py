@@ -9,8 +9,10 @@ Each run's best.pt model gets its fitted temperature folded into its output laye
 so each gives its calibrated probabilities; the ensemble returns the log of their mean. The softmax of
 that output, which headstart.load, predict and any runtime apply, is the mean itself, and its argmax
 the ensemble's answer. Single-label models only (a multi-label model's tags each have their own
-threshold per run), and without the unknown-image detector: each run fitted its own on its own
-training images, and no one threshold holds for their average. Members may differ in input size
+threshold per run). Unknown images (train --budget's ensemble only): each member's detector score in
+units of its own threshold, averaged over the members, above a threshold fitted on the ensemble's val
+split (ensemble.json's "unknown"), flags an image; cv's fold models have no shared val split to fit it
+on, and an exported ensemble file carries no score output. Members may differ in input size
 and normalisation (Lite0 224 px, Lite2 260 px): the ensemble takes the largest member's preprocessing
 and, inside the model, resizes and renormalises the batch for each member that differs, so one input
 serves all.
@@ -38,27 +40,45 @@ from headstart.core.fileio import atomic_write
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.formats import FORMATS
+from headstart.deploy.unknown import RuleFields, detector_of, scored_model
 from headstart.deploy.writing import SIDECAR_FORMAT, sidecar_path, write_module
 from headstart.model.build import fold_temperature, model_from_checkpoint
 from headstart.tasks.registry import Task, task_named
+from headstart.tasks.unknown import UnknownRule
 
 log = logging.getLogger("headstart")
 
 SMALLEST_PROBABILITY = 1e-12  # log(0) would be -inf: a class no member gives any probability stays finite
 ENSEMBLE_FILE = "ensemble.json"  # in a run folder: its model is the mean of these member runs' models
+# How the ensemble's unknown-image score is made from its members' (each fitted on its own features).
+ENSEMBLE_METHOD = "mean of the members' mahalanobis-l2 scores over their thresholds"
 
 
 class MeanProbabilities(nn.Module):
-    """Calibrated classifiers -> log of their mean probabilities (a softmax of the output gives the mean back)."""
+    """Calibrated classifiers -> log of their mean probabilities (a softmax of the output gives the mean back).
 
-    def __init__(self, models: Sequence[nn.Module], task: Task):
+    Given the members' detector thresholds, each member returns (logits, unknown score) and so does
+    the ensemble: the members' scores, each divided by its own threshold, averaged.
+    """
+
+    thresholds: torch.Tensor | None
+
+    def __init__(self, models: Sequence[nn.Module], task: Task, thresholds: Sequence[float] | None = None):
         super().__init__()
         self.members = nn.ModuleList(models)
         self.task = task
+        self.register_buffer("thresholds", None if thresholds is None else torch.tensor(thresholds).view(-1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # 'x': the exporters' dynamic batch is named after it
-        mean = torch.stack([self.task.probabilities(member(x)) for member in self.members]).mean(0)
-        return torch.log(mean.clamp_min(SMALLEST_PROBABILITY))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # 'x': the exporters' dynamic batch is named after it
+        outputs = [member(x) for member in self.members]
+        logits = [output[0] for output in outputs] if self.thresholds is not None else outputs
+        mean = torch.stack([self.task.probabilities(member_logits) for member_logits in logits]).mean(0)
+        mean_log = torch.log(mean.clamp_min(SMALLEST_PROBABILITY))
+        if self.thresholds is None:
+            return mean_log
+        scores = torch.stack([output[1].float() for output in outputs]) / self.thresholds.clamp_min(1e-12)
+        return mean_log, scores.mean(0)
 
 
 class Adapted(nn.Module):
@@ -107,24 +127,33 @@ def largest_input(checkpoints: list[Checkpoint]) -> Checkpoint:
     return max(checkpoints, key=lambda checkpoint: checkpoint.preprocessing["image_size"])
 
 
-def ensemble_model(run_dirs: Sequence[str | Path]) -> tuple[MeanProbabilities, list[Checkpoint], list[str]]:
-    """(the runs' best models as one averaging their calibrated probabilities, their checkpoints, their names)."""
+def ensemble_model(
+    run_dirs: Sequence[str | Path], scored: bool = False
+) -> tuple[MeanProbabilities, list[Checkpoint], list[str]]:
+    """(the runs' best models as one averaging their calibrated probabilities, their checkpoints, their names).
+
+    `scored`: with the unknown-image score as a second output, where every member has a detector.
+    """
     if len(run_dirs) < 2:
         raise HeadstartError("an ensemble needs two or more runs")
     paths = [resolve_checkpoint(run) for run in run_dirs]
     checkpoints = [load_checkpoint(path) for path in paths]
     names = [f"{path.parent.parent.name}/{path.parent.name}" for path in paths]  # fold1/seed0: no local path
     check_members(checkpoints, names)
+    detectors = [detector_of(checkpoint) for checkpoint in checkpoints]
+    scored = scored and all(detector is not None for detector in detectors)
     shared = largest_input(checkpoints).preprocessing
     members: list[nn.Module] = []
-    for checkpoint in checkpoints:
+    for checkpoint, detector in zip(checkpoints, detectors, strict=True):
         model = model_from_checkpoint(checkpoint)
         if checkpoint.temperature is not None:
             fold_temperature(model, checkpoint.temperature)
+        member = scored_model(model, detector) if scored else model
         own = checkpoint.preprocessing
         same = all(own[key] == shared[key] for key in ("image_size", "mean", "std"))
-        members.append(model if same else Adapted(model, own["image_size"], own, shared))
-    return MeanProbabilities(members, task_named(checkpoints[0].task)).eval(), checkpoints, names
+        members.append(member if same else Adapted(member, own["image_size"], own, shared))
+    thresholds = [detector.threshold for detector in detectors if detector is not None] if scored else None
+    return MeanProbabilities(members, task_named(checkpoints[0].task), thresholds).eval(), checkpoints, names
 
 
 def export_ensemble(
@@ -173,12 +202,27 @@ def description(checkpoints: list[Checkpoint], names: list[str], runtime: str) -
     }
 
 
-def write_ensemble_folder(folder: Path, members: Sequence[Path]) -> Path:
-    """Make `folder` an ensemble run folder: its ENSEMBLE_FILE lists the member run folders (relative to it)."""
-    listed = {"members": [str(Path(member).relative_to(folder)) for member in members]}
+def write_ensemble_folder(folder: Path, members: Sequence[Path], unknown: UnknownRule | None = None) -> Path:
+    """Make `folder` an ensemble run folder: its ENSEMBLE_FILE lists the member run folders (relative to it)
+    and, where fitted, the threshold on the ensemble's unknown-image score."""
+    listed: dict[str, Any] = {"members": [str(Path(member).relative_to(folder)) for member in members]}
+    if unknown is not None:
+        listed["unknown"] = {"method": unknown.method, "threshold": unknown.threshold, "val_rate": unknown.val_rate}
     target = folder / ENSEMBLE_FILE
     atomic_write(target, json.dumps(listed, indent=1).encode())
     return target
+
+
+def ensemble_rule(folder: str | Path) -> UnknownRule | None:
+    """The threshold on an ensemble run folder's unknown-image score; None where none was fitted."""
+    listed = user_path(folder) / ENSEMBLE_FILE
+    try:
+        values = json.loads(listed.read_text()).get("unknown")
+        return None if values is None else RuleFields.model_validate(values).rule()
+    except (ValueError, AttributeError) as err:  # pydantic's ValidationError is a ValueError
+        raise HeadstartError(
+            f"{listed}: its unknown-image threshold is damaged ({err!r:.120}); train the run again"
+        ) from None
 
 
 def ensemble_members(folder: str | Path) -> list[Path] | None:

@@ -34,6 +34,7 @@ class Evaluation:
     scored: str = ""  # what was scored, in words: "the run's held-out test split", "folder ants/val"
     tag: str = ""  # the same as a file name part: "test", "val", "folder-ants-val"
     unknown: dict[str, Any] | None = None  # flagged, rate, threshold, method, val_rate: with a detector
+    unknown_scores: np.ndarray | None = None  # each image's unknown-image score: with a detector
 
     figure_kind = "confusion matrix"
 

@@ -34,7 +34,7 @@ from headstart.core.errors import HeadstartError
 from headstart.core.fileio import atomic_write
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
-from headstart.deploy.ensemble import ensemble_members, export_ensemble
+from headstart.deploy.ensemble import ensemble_members, ensemble_rule, export_ensemble
 from headstart.deploy.formats import FORMATS, Format, runtimes
 from headstart.deploy.unknown import RuleFields, description_fields, detector_of, scored_model, split_outputs
 from headstart.deploy.writing import SIDECAR_FORMAT, sidecar_path, write_module
@@ -62,6 +62,10 @@ def export(
         if quantize is not None:
             raise HeadstartError(f"--quantize {quantize}: an ensemble run is exported unquantized; drop --quantize")
         folder = user_path(run_or_checkpoint) / "export"
+        if ensemble_rule(run_or_checkpoint) is not None:
+            log.warning(
+                "export: the file gives the ensemble's probabilities only; its unknown-image score is not exported"
+            )
         return export_ensemble(members, folder, format, target=user_path(out) if out else None)
     if chosen.export_run is not None:
         return chosen.export_run(run_or_checkpoint, out)

@@ -8,7 +8,7 @@ from headstart.core.checkpoint import load_checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.paths import user_path
 from headstart.core.runs import BEST_FILE
-from headstart.deploy.ensemble import ensemble_members, ensemble_model, largest_input
+from headstart.deploy.ensemble import ensemble_members, ensemble_model, ensemble_rule, largest_input
 from headstart.deploy.export import load_exported
 from headstart.deploy.formats import model_suffixes, not_run_here
 from headstart.deploy.hub import hub_rule, hub_task, hub_temperature, is_hub_folder, load_hub
@@ -48,11 +48,18 @@ def _load(path: Path, device: str) -> Predictor:
         )
     members = ensemble_members(path)
     if members is not None:  # train --budget's ensemble: the member runs' models, averaged
-        ensemble, checkpoints, _ = ensemble_model(members)
+        rule = ensemble_rule(path)
+        ensemble, checkpoints, _ = ensemble_model(members, scored=rule is not None)
         first = largest_input(checkpoints)
         # The members' recipe (they share data and splits): evaluate on the run's data scores its held-out split.
         return Predictor.from_module(
-            ensemble, first.classes, first.preprocessing, device, recipe=first.recipe, task=first.task
+            ensemble,
+            first.classes,
+            first.preprocessing,
+            device,
+            recipe=first.recipe,
+            task=first.task,
+            unknown=rule if ensemble.thresholds is not None else None,
         )
     if path.is_file() and (path.suffix in model_suffixes() or sidecar_path(path).is_file()):
         forward, info = load_exported(path)

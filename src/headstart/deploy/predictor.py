@@ -93,7 +93,7 @@ class Predictor:
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
         classes: list[str],
         preprocessing: dict,
         to_input: Callable | None = None,
@@ -377,6 +377,7 @@ class Predictor:
             plain = float((SINGLE_LABEL.decide(without).numpy() == truth).mean()) if without is not None else None
             result = evaluate_classes(probabilities.numpy(), truth, self.classes, plain)
             result.unknown = unknown_summary(unknown, self.unknown)
+            result.unknown_scores = None if unknown is None else unknown.numpy()
         result.tta, result.paths, result.scored, result.tag = mode, paths, scored or where, tag
         if confusion_png is not None:
             result.plot(confusion_png)

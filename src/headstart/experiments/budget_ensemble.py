@@ -13,14 +13,15 @@ backbone deeper had gained +0.002 (seed 0).
       recipe.yaml      the recipe as given, with its budget
       summary.txt      each member's scores, the ensemble's val and test scores, the plan
 
-The ensemble has no unknown-image detector: each member fitted its own on its own features, and no
-threshold holds for their average (headstart.deploy.ensemble).
+Unknown images: each member's detector score over its own threshold, averaged, with a threshold
+fitted on the ensemble's val split (headstart.deploy.ensemble); ensemble.json keeps it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -36,11 +37,12 @@ from headstart.core.paths import user_path
 from headstart.core.runs import LAST_FILE, RECIPE_FILE, SUMMARY_FILE, RunFolder
 from headstart.data.layouts import list_images
 from headstart.data.splits import DataSplit
-from headstart.deploy.ensemble import ensemble_model, largest_input, write_ensemble_folder
+from headstart.deploy.ensemble import ENSEMBLE_METHOD, ensemble_model, largest_input, write_ensemble_folder
 from headstart.deploy.evaluation import Evaluation
 from headstart.deploy.predictor import Predictor
 from headstart.deploy.tags import TagEvaluation
 from headstart.tasks.metrics import scores
+from headstart.tasks.unknown import UnknownRule, threshold_for
 from headstart.training.train import TrainResult, train
 
 log = logging.getLogger("headstart")
@@ -79,16 +81,19 @@ def scored(evaluation: Evaluation | TagEvaluation, images: int) -> dict[str, flo
 def scoring_predictor(recipe: Recipe, members: list[Path]) -> tuple[Predictor, Hardware]:
     """The ensemble on the precision and layout its members trained and scored with (bf16 here), not load's fp32:
     its val and test scores are then measured as every run's are, and cost about what the plan estimated."""
-    ensemble, checkpoints, _ = ensemble_model(members)
+    ensemble, checkpoints, _ = ensemble_model(members, scored=True)
     hw = pick_hardware(recipe.run.device, recipe.run.precision, recipe.run.channels_last is not False)
     ensemble.to(hw.device).to(memory_format=torch.channels_last if hw.channels_last else torch.contiguous_format)
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
+    def forward(batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         with hw.autocast():
-            return ensemble(batch).float()
+            output = ensemble(batch)
+        return (output[0].float(), output[1].float()) if isinstance(output, tuple) else output.float()
 
     first = largest_input(checkpoints)
-    return Predictor(forward, first.classes, first.preprocessing, hw.to_input, task=first.task), hw
+    # A rule that flags nothing, so that evaluating val returns the scores its threshold is fitted on.
+    unknown = UnknownRule(math.inf, ENSEMBLE_METHOD) if ensemble.thresholds is not None else None
+    return Predictor(forward, first.classes, first.preprocessing, hw.to_input, task=first.task, unknown=unknown), hw
 
 
 def train_ensemble(
@@ -193,6 +198,20 @@ def members_then_ensemble(
     return result
 
 
+def fitted_rule(val_scores: np.ndarray) -> UnknownRule:
+    """The threshold on the ensemble's score that keeps new known images known (split conformal, as each member's)."""
+    scores = torch.from_numpy(val_scores)
+    threshold = threshold_for(scores)
+    return UnknownRule(threshold, ENSEMBLE_METHOD, float((scores > threshold).double().mean()))
+
+
+def unknown_summary_line(rule: UnknownRule | None, val_images: int, on_test: Evaluation | None) -> str:
+    if rule is None:
+        return "unknown images: not flagged (a member has no detector)"
+    test = f"; it flags {on_test.unknown['rate']:.1%} of the test images" if on_test and on_test.unknown else ""
+    return f"unknown images: {rule.method}, threshold {rule.threshold:.4g} flags {rule.val_rate:.1%} of {val_images} val images{test}"
+
+
 def budget_line(recipe: Recipe, plan: dict, this_session: float) -> str:
     """What the budget bought: the time spent over every session the ensemble took, planning included."""
     sessions = plan.get("sessions", 1)
@@ -202,11 +221,17 @@ def budget_line(recipe: Recipe, plan: dict, this_session: float) -> str:
 
 
 def score_ensemble(recipe: Recipe, split: DataSplit, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
-    """ensemble.json written, the ensemble scored on val and test, and its summary."""
-    write_ensemble_folder(folder.path, [member.run_dir for member in members])
+    """The ensemble scored on val (where its unknown-image threshold is fitted) and test, ensemble.json, its summary."""
     predictor, hw = scoring_predictor(recipe, [member.run_dir for member in members])
-    val = scored(predictor.evaluate_samples(split.val, where="val"), len(split.val))
-    test = scored(predictor.evaluate_samples(split.test, where="test"), len(split.test)) if split.test else None
+    on_val = predictor.evaluate_samples(split.val, where="val")
+    assert isinstance(on_val, Evaluation)  # an ensemble is single-label (headstart.deploy.ensemble)
+    if on_val.unknown_scores is not None:
+        predictor.unknown = fitted_rule(on_val.unknown_scores)
+    write_ensemble_folder(folder.path, [member.run_dir for member in members], predictor.unknown)
+    val = scored(on_val, len(split.val))
+    on_test = predictor.evaluate_samples(split.test, where="test") if split.test else None
+    assert on_test is None or isinstance(on_test, Evaluation)
+    test = scored(on_test, len(split.test)) if on_test is not None else None
     lines = [f"ensemble of {len(members)} models (the mean of their calibrated probabilities):"]
     for member in members:
         own = f", test acc {member.test['acc']:.4f}" if member.test else ""
@@ -217,7 +242,7 @@ def score_ensemble(recipe: Recipe, split: DataSplit, folder: RunFolder, members:
         lines.append(
             f"test ({test['images']} images): " + " ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "images")
         )
-    lines.append("unknown images: not flagged (each member's detector fits its own features, not their average)")
+    lines.append(unknown_summary_line(predictor.unknown, len(split.val), on_test))
     folder.write_text(SUMMARY_FILE, "\n".join(lines) + "\n")
     for line in lines:
         log.info(line)
