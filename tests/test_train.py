@@ -367,6 +367,7 @@ def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, mo
     cores = os.cpu_count() or 1
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(session, "load_average", lambda: cores * (3.0 if busy else 0.2))
+    monkeypatch.setattr(session, "cores_busy_elsewhere", lambda: None)  # no /proc: the load average decides
     with caplog.at_level("WARNING", logger="headstart"):
         hw, group = session.open_hardware(Recipe.from_dict({"run": {"device": "cpu"}}))
         session.warn_if_cpu_busy(hw, group)
@@ -375,6 +376,41 @@ def test_a_run_on_an_already_busy_cpu_says_its_timings_will_not_compare(busy, mo
     assert len(warned) == (1 if busy else 0)
     if busy:
         assert f"on {cores} cores" in warned[0] and "OMP_WAIT_POLICY=PASSIVE" in warned[0]
+
+
+def test_a_sweeps_own_last_run_does_not_count_as_a_busy_cpu(monkeypatch, caplog):
+    """A high load average left by this process's previous run is checked against what other processes use now."""
+    import os
+
+    from headstart.config.recipe import Recipe
+    from headstart.training import session
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(session, "load_average", lambda: cores * 2.0)
+    hw, group = session.open_hardware(Recipe.from_dict({"run": {"device": "cpu"}}))
+    for elsewhere, warnings in ((0.1, 0), (cores * 1.0, 1)):
+        monkeypatch.setattr(session, "cores_busy_elsewhere", lambda elsewhere=elsewhere: elsewhere)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="headstart"):
+            session.warn_if_cpu_busy(hw, group)
+        warned = [r.getMessage() for r in caplog.records if "already busy" in r.getMessage()]
+        assert len(warned) == warnings
+    assert "cores busy in other processes" in warned[0]
+
+
+def test_cores_busy_elsewhere_leaves_out_this_processs_own_ticks(monkeypatch):
+    import os
+
+    from headstart.core import hardware
+
+    # 200 ticks over all cores pass; 150 of them busy, 100 of those in this process: 50 elsewhere.
+    samples = iter([(1000, 400, 100), (1200, 550, 200)])
+    monkeypatch.setattr(hardware, "_cpu_ticks", lambda: next(samples))
+    cores = os.cpu_count() or 1
+    assert hardware.cores_busy_elsewhere(0.0) == pytest.approx(50 / 200 * cores)
+    if os.path.exists("/proc/stat"):  # the real reading: a share of this machine's cores
+        monkeypatch.undo()
+        assert 0.0 <= hardware.cores_busy_elsewhere(0.05) <= cores
 
 
 def test_the_busy_cpu_note_does_not_advise_a_passive_wait_policy_already_set(monkeypatch):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -68,16 +70,16 @@ def pick_hardware(device: str = "auto", precision: str = "auto", channels_last: 
     return Hardware(chosen, precision, channels_last)
 
 
-def busy_cpu_note(load: float | None, cores: int | None, threads: int) -> str | None:
+def busy_cpu_note(load: float | None, cores: int | None, threads: int, measure: str = "load average") -> str | None:
     """A warning when other processes already keep every core busy as a CPU run starts; None otherwise.
 
     torch's OpenMP threads spin while they wait for each other, so on a shared CPU they burn the
     time slices the other processes' threads need: three runs at once on 2 cores made each epoch
     9-30x slower, not 3x (BENCHMARKS.md, "Where a slow epoch's time goes").
     """
-    if load is None or not cores or load < cores:
+    if load is None or not cores or load < cores * BUSY_SHARE:
         return None
-    busy = f"the CPU is already busy (load average {load:.1f} on {cores} cores) and this run adds {threads} threads"
+    busy = f"the CPU is already busy ({measure} {load:.1f} on {cores} cores) and this run adds {threads} threads"
     if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":  # the advice below is taken already
         return f"{busy}: epoch times will not be comparable with a run alone"
     return (
@@ -85,6 +87,35 @@ def busy_cpu_note(load: float | None, cores: int | None, threads: int) -> str | 
         "will not be comparable; run one job at a time, or set OMP_WAIT_POLICY=PASSIVE before starting "
         "(proportional sharing, but slower alone)"
     )
+
+
+# Busy from this share of the cores on: a sampled figure reads a little under the threads keeping them busy.
+BUSY_SHARE = 0.9
+
+
+def cores_busy_elsewhere(seconds: float = 0.25) -> float | None:
+    """How many cores other processes keep busy, sampled over `seconds` (Linux /proc); None where unreadable.
+
+    The load average cannot tell: it also counts this process's own recent work, as when a sweep
+    starts its next run in the process that has just trained the last one.
+    """
+    try:
+        before = _cpu_ticks()
+        time.sleep(seconds)
+        after = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    total, busy, own = (later - earlier for later, earlier in zip(after, before, strict=True))
+    return max(busy - own, 0) / max(total, 1) * (os.cpu_count() or 1)
+
+
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(all cores' ticks, their busy ticks, this process's own ticks) from /proc."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and waiting for I/O
+    # /proc/self/stat after the command name: utime, stime, cutime, cstime are its 12th to 15th fields
+    own = sum(int(value) for value in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:15])
+    return sum(ticks), sum(ticks) - idle, own
 
 
 def load_average() -> float | None:

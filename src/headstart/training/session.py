@@ -28,7 +28,7 @@ from headstart.config.duration import parse_duration
 from headstart.config.recipe import Recipe
 from headstart.core.distributed import SOLO, Group, join, leave
 from headstart.core.errors import HeadstartError
-from headstart.core.hardware import Hardware, busy_cpu_note, load_average, pick_hardware
+from headstart.core.hardware import Hardware, busy_cpu_note, cores_busy_elsewhere, load_average, pick_hardware
 from headstart.data.balance import choose_balance
 from headstart.data.duplicates import warn_duplicates
 from headstart.data.images import PreparedData, prepare_data
@@ -117,8 +117,14 @@ def open_hardware(recipe: Recipe) -> tuple[Hardware, Group]:
 
 def warn_if_cpu_busy(hw: Hardware, group: Group) -> None:
     """Say so when a CPU run starts on cores other processes already keep busy (its timings will not compare)."""
-    note = busy_cpu_note(load_average(), os.cpu_count(), torch.get_num_threads() * group.world)
-    if hw.device.type == "cpu" and group.is_main and note:
+    if hw.device.type != "cpu" or not group.is_main:
+        return
+    load, measure, cores = load_average(), "load average", os.cpu_count()
+    if busy_cpu_note(load, cores, 1) is not None:  # high, but maybe from this process's own last run: look now
+        elsewhere = cores_busy_elsewhere()
+        load, measure = (load, measure) if elsewhere is None else (elsewhere, "cores busy in other processes")
+    note = busy_cpu_note(load, cores, torch.get_num_threads() * group.world, measure)
+    if note:
         log.warning(note)
 
 
