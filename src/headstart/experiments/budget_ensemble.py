@@ -183,8 +183,7 @@ def members_then_ensemble(
         raise Interrupted(folder.path, True) from None
     result = score_ensemble(recipe, split, folder, members)
     lines = [budget_line(recipe, plan, time.perf_counter() - began), *plan.get("choice", [])]
-    with open(folder.path / SUMMARY_FILE, "a") as summary:
-        summary.write("\n".join(lines) + "\n")
+    folder.write_text(SUMMARY_FILE, (folder.path / SUMMARY_FILE).read_text() + "\n".join(lines) + "\n")
     for line in lines:
         log.info(line)
     plan["result"] = {
