@@ -94,7 +94,7 @@ def test_tta_averages_the_image_and_its_mirror(colour_folder, tmp_path, capsys):
 
 
 def test_tta_crops_average_ten_views(colour_folder, tmp_path):
-    from headstart.deploy.predictor import ten_crops
+    from headstart.deploy.tta import ten_crops
 
     result = headstart.train(tiny_recipe(colour_folder, tmp_path / "runs", data={"crop_pct": 0.75}), quiet=True)
     predictor = headstart.load(result.run_dir)

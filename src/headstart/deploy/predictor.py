@@ -32,6 +32,7 @@ from headstart.data.splits import Sample, label_tensor, list_class_folders
 from headstart.deploy.evaluation import Evaluation, evaluate_classes
 from headstart.deploy.explain import Heatmap, heatmaps, write_explanations
 from headstart.deploy.tags import TagEvaluation, evaluate_tags, given_tags, tag_entry
+from headstart.deploy.tta import ten_crops, tta_mode
 from headstart.deploy.unknown import (
     Prediction,
     detector_of,
@@ -50,38 +51,10 @@ from headstart.tasks.unknown import UnknownRule
 log = logging.getLogger(__name__)
 
 
-TTA_MODES = ("flip", "crops")
-
-
 def prediction_entry(image: str, top: list[tuple[str, float]]) -> dict[str, Any]:
     """One image's entry in `predict --json` (and the server's answer): its name, its top labels, and unknown if known."""
     entry = {"image": image, "top": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
     return {**entry, **entry_fields(top)}
-
-
-def tta_mode(tta: str | bool | None) -> str | None:
-    """None, 'flip' or 'crops' (True means 'flip')."""
-    mode = "flip" if tta is True else (tta or None)
-    if mode not in (None, *TTA_MODES):
-        raise HeadstartError(f"unknown test-time augmentation '{tta}'; valid: {', '.join(TTA_MODES)}")
-    return mode
-
-
-def ten_crops(preprocessing: dict):
-    """Image -> [10, 3, S, S]: the four corner crops and the centre crop of the eval resize, and their mirror images."""
-    from torchvision import transforms
-
-    interpolation = transforms.InterpolationMode(preprocessing["interpolation"])
-    normalize = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(preprocessing["mean"], preprocessing["std"])]
-    )
-    return transforms.Compose(
-        [
-            transforms.Resize(short_side_for(preprocessing), interpolation=interpolation),
-            transforms.TenCrop(preprocessing["image_size"]),
-            transforms.Lambda(lambda crops: torch.stack([normalize(crop) for crop in crops])),
-        ]
-    )
 
 
 class Predictor:
