@@ -209,3 +209,36 @@ def test_a_run_killed_before_its_summary_writes_it_when_resumed(colour_folder, t
     (run_dir / "summary.txt").unlink()  # killed after calibrating, before the summary
     headstart.train(resume=run_dir, quiet=True)
     assert "best: epoch 1" in (run_dir / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("every_s, last_writes", [(1e9, [4]), (0.0, [1, 2, 3, 4])])
+def test_checkpoints_wait_within_a_stage_and_a_stopped_run_writes_its_last_epoch(
+    colour_folder, tmp_path, monkeypatch, every_s, last_writes
+):
+    """Fast epochs share one write (WRITE_EVERY_S apart at most); Ctrl-C still leaves the last finished epoch."""
+    from headstart.core.runs import RunFolder
+    from headstart.training import hooks
+
+    monkeypatch.setattr(hooks, "WRITE_EVERY_S", every_s)
+    written: list[tuple[str, int]] = []
+    save = RunFolder.save_checkpoint
+
+    def counted(self, filename, checkpoint):
+        written.append((filename, checkpoint.epoch))
+        save(self, filename, checkpoint)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", counted)
+    stages = [{"name": "head", "epochs": 6, "freeze": "backbone", "lr": 0.05}]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages)
+
+    def ctrl_c_after_four(done, row):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        headstart.train(recipe, quiet=True, on_epoch=ctrl_c_after_four)
+    run = caught.value.run_dir
+    assert [epoch for name, epoch in written if name == "last.pt"] == last_writes
+    assert load_checkpoint(run / "last.pt").resume.epochs_done == 4 and (run / "best.pt").is_file()
+    result = headstart.train(resume=run, quiet=True)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5, 6]

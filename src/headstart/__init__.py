@@ -35,7 +35,7 @@ def train(recipe=None, *, quiet: bool = False, resume=None, on_epoch=None) -> Tr
     With `run.budget` ('10m', '1h'), the run is first planned to fit the budget (the backbone and
     fine-tuning depth, headstart.experiments.budget) and no epoch starts that would pass it.
     `resume=RUN_DIR` continues an interrupted run with its own saved recipe; `on_epoch(epochs_done,
-    row)` is called after each epoch is saved (raise to stop the run).
+    row)` is called after each epoch's history row is written (raise to stop the run: it stays resumable).
     """
     from headstart.experiments.budget import train_planned
 

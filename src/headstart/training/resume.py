@@ -74,6 +74,17 @@ def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[
     }
 
 
+def copied(state: Any) -> Any:
+    """`state` with every tensor in it cloned: kept for a later write while training changes the originals."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: copied(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(copied(value) for value in state)
+    return state
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]) -> None:
     """Restore a by-name state into an optimizer built for the same model; unknown parameters start fresh."""
     current = optimizer.state_dict()

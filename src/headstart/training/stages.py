@@ -24,7 +24,7 @@ from headstart.tasks.metrics import score_batches
 from headstart.training.hooks import BestModel, Checkpoints, EarlyStopping, Notes, WeightAverage
 from headstart.training.loop import Loop
 from headstart.training.optim import Schedule, build_optimizer
-from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from headstart.training.resume import copied, load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.training.session import Session
 from headstart.training.stagepath import StageBuilder, StagePath
 from headstart.training.tracking import Tracker
@@ -82,6 +82,7 @@ class Trainer:
             self.record_epoch(index, row, loop, stopping, started)
             if ends:
                 break
+        self.checkpoints.flush()  # the stage's last epoch, whether it stopped early or ran its count
 
     def out_of_time(self, row: dict[str, Any]) -> str | None:
         """Why the stage ends when another epoch like this one would pass run.budget (its last 5 % is for scoring)."""
@@ -133,7 +134,11 @@ class Trainer:
     def record_epoch(
         self, index: int, row: dict[str, Any], loop: Loop[Schedule], stopping: EarlyStopping, started: float
     ):
-        """History row, trackers, best.pt when it improved, and last.pt with what --resume needs."""
+        """History row, trackers, best.pt when it improved, and last.pt with what --resume needs.
+
+        Both are written now when the stage ends or WRITE_EVERY_S have passed, else with a later epoch
+        (run_stages flushes them whatever stops the run), so they hold copies, not the live tensors.
+        """
         stage = self.recipe.stages[index]
         self.run.add_epoch(row)
         done = len(self.run.history)
@@ -149,21 +154,23 @@ class Trainer:
                 f"stage '{stage.name}' {row['stop']}; restored the best weights so far (epoch {self.best.epoch})"
             )
             checkpoint = self.checkpoints.of(stage, row, self.average)  # last.pt holds what the next stage starts from
+        now = ends or self.checkpoints.due()
+        moments = optimizer_state(loop.optimizer, self.model)
         resume = ResumeState(
             stage_index=index,
             epoch=row["epoch"],
             epochs_done=done,
-            optimizer=optimizer_state(loop.optimizer, self.model),
+            optimizer=moments if now else copied(moments),
             schedule=loop.schedule.state_dict(),
             rng=rng_state(),
             elapsed=time.perf_counter() - started,
             stage_finished=ends,
             early_stop=stopping.state_dict(),
-            stage_notes=self.notes.lines,
+            stage_notes=list(self.notes.lines),
         )
-        self.checkpoints.save_last(checkpoint, resume)
+        self.checkpoints.save_last(checkpoint, resume, now)
         if self.on_epoch is not None:
-            self.on_epoch(done, row)  # after last.pt: a callback that stops the run leaves it resumable
+            self.on_epoch(done, row)  # a callback that stops the run leaves it resumable: run_stages flushes
 
 
 def describe_stage(stage: Stage, path: StagePath, model) -> str:

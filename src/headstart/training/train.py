@@ -85,9 +85,10 @@ def train(
     Writes the run folder described in headstart.core.runs and returns its history. `resume=RUN_DIR`
     continues an interrupted run from its last finished epoch, with its own saved recipe.
     Under a distributed launcher (torchrun, accelerate launch) each process trains its share.
-    `on_epoch(epochs_done, row)` is called after each epoch's history row, best.pt and last.pt are
-    written (one process: tune's pruner); an exception it raises ends the run there, resumable,
-    and reaches the caller unchanged.
+    `on_epoch(epochs_done, row)` is called after each epoch's history row is written (one process:
+    tune's pruner); an exception it raises ends the run there, resumable (best.pt and last.pt, which
+    within a stage are written at most every few seconds, get that epoch first), and reaches the
+    caller unchanged.
     """
     point = None
     if resume is not None:
@@ -213,11 +214,10 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
     """
     run, session = trainer.run, trainer.session
     try:
-        for index in range(first, len(trainer.recipe.stages)):
-            if trainer.budget_spent():
-                trainer.notes.add(f"stage '{trainer.recipe.stages[index].name}' skipped: run.budget is spent")
-                break
-            trainer.run_stage(index, started, inside if index == first else None)
+        try:
+            run_each_stage(trainer, first, inside, started)
+        finally:
+            trainer.checkpoints.flush()  # the last finished epoch, whatever stopped the run (Ctrl-C included)
         # From the last cached stage's stored features where they hold for the chosen weights: no image runs again.
         outputs = ModelOutputs(session, trainer.build.cache_in_use)
         calibrate_best(session, trainer.best, run, trainer.notes, outputs)
@@ -231,6 +231,14 @@ def run_stages(trainer: Trainer, first: int, inside: ResumeState | None, started
             run.write_text(SUMMARY_FILE, run_summary(trainer, time.perf_counter() - started))
         for tracker in trainer.trackers:
             tracker.close()
+
+
+def run_each_stage(trainer: Trainer, first: int, inside: ResumeState | None, started: float) -> None:
+    for index in range(first, len(trainer.recipe.stages)):
+        if trainer.budget_spent():
+            trainer.notes.add(f"stage '{trainer.recipe.stages[index].name}' skipped: run.budget is spent")
+            break
+        trainer.run_stage(index, started, inside if index == first else None)
 
 
 def kept_files(run_dir: Path) -> str:
