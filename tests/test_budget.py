@@ -155,7 +155,7 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
 
 @pytest.mark.slow  # two members trained, one of them twice over
 def test_an_interrupted_ensemble_resumes_keeping_its_finished_members(colour_folder, tmp_path, monkeypatch):
-    from headstart.experiments import budget
+    from headstart.experiments import budget, budget_ensemble
 
     monkeypatch.setattr(budget, "candidate_backbones", lambda recipe: ["headstart_cnn", "test_efficientnet"])
     stages = [
@@ -180,16 +180,22 @@ def test_an_interrupted_ensemble_resumes_keeping_its_finished_members(colour_fol
     assert len(read_history(second)) == 2
 
     epochs.clear()
-    result = headstart.train(resume=run, quiet=True, on_epoch=lambda done, row: epochs.append(row["stage"]))
+    score = budget_ensemble.score_ensemble
+    monkeypatch.setattr(budget_ensemble, "score_ensemble", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt) as caught:  # Ctrl-C again, once both members are trained
+        headstart.train(resume=run, quiet=True, on_epoch=lambda done, row: epochs.append(row["stage"]))
+    assert Path(caught.value.run_dir) == run and not (run / "ensemble.json").exists()
     assert epochs == ["finetune", "finetune"]  # only the second member's last two epochs ran
     assert (first / "best.pt").read_bytes() == first_weights and len(read_history(second)) == 4
+    monkeypatch.setattr(budget_ensemble, "score_ensemble", score)
+    result = headstart.train(resume=run, quiet=True)  # nothing left to train: the ensemble is scored
     members = json.loads((run / "ensemble.json").read_text())["members"]
     assert members == ["members/headstart_cnn", "members/test_efficientnet"]
     summary = (run / "summary.txt").read_text()
     assert "ensemble of 2 models" in summary
     # The plan chosen before the interruption, and the time both sessions took, planning included.
     assert "plan: ensemble of headstart_cnn, test_efficientnet" in summary and "considered: " in summary
-    assert "budget: 10m, spent " in summary and " over 2 sessions (planning " in summary
+    assert "budget: 10m, spent " in summary and " over 3 sessions (planning " in summary
     again = headstart.train(resume=run, quiet=True)  # finished: nothing runs, the same result
     assert again.history == result.history and again.run_dir == result.run_dir
 

@@ -177,11 +177,11 @@ def members_then_ensemble(
             to_come = sum(e for e, s in zip(estimates[index:], started[index:], strict=True) if not s)
             share = (deadline - time.perf_counter()) * estimates[index] / to_come if not started[index] else 0.0
             members.append(member_run(recipe, backbone, folder.path, share, quiet, on_epoch))
-    except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training
+        result = score_ensemble(recipe, split, folder, members)
+    except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training (or scoring)
         plan["elapsed"] = plan.get("elapsed", 0.0) + time.perf_counter() - began
         folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
         raise Interrupted(folder.path, True) from None
-    result = score_ensemble(recipe, split, folder, members)
     lines = [budget_line(recipe, plan, time.perf_counter() - began), *plan.get("choice", [])]
     folder.write_text(SUMMARY_FILE, (folder.path / SUMMARY_FILE).read_text() + "\n".join(lines) + "\n")
     for line in lines:
