@@ -161,7 +161,7 @@ class Trainer:
             epoch=row["epoch"],
             epochs_done=done,
             optimizer=moments if now else copied(moments),
-            schedule=loop.schedule.state_dict(),
+            schedule=loop.schedule.state_dict() if now else copied(loop.schedule.state_dict()),
             rng=rng_state(),
             elapsed=time.perf_counter() - started,
             stage_finished=ends,
