@@ -39,7 +39,14 @@ from headstart.core.errors import HeadstartError
 from headstart.core.hardware import Hardware, pick_hardware
 from headstart.data.layouts import list_images
 from headstart.data.splits import SINGLE
-from headstart.experiments.budget_ensemble import is_ensemble_run, resume_ensemble, switched, train_ensemble
+from headstart.experiments.budget_ensemble import (
+    add_to_summary,
+    is_ensemble_run,
+    resume_ensemble,
+    spent_line,
+    switched,
+    train_ensemble,
+)
 from headstart.model.build import build_model, resolve_preprocessing
 from headstart.model.cut import find_cut
 from headstart.model.freeze import plan_freeze
@@ -304,8 +311,6 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
     import os
 
     from headstart.config.defaults import as_recipe
-    from headstart.core.fileio import atomic_write
-    from headstart.core.runs import SUMMARY_FILE
     from headstart.training.session import ensure_console
     from headstart.training.train import train
 
@@ -327,11 +332,5 @@ def train_planned(recipe=None, *, quiet: bool = False, resume=None, on_epoch=Non
         left = parse_duration(recipe.run.budget, "--budget") - spent
         return train_ensemble(recipe, chosen.members, chosen.parts, left, quiet, on_epoch, choice, spent)
     result = train(planned, quiet=quiet, on_epoch=on_epoch)
-    summary = Path(result.run_dir) / SUMMARY_FILE
-    total = format_duration(time.perf_counter() - started)
-    lines = [f"budget: {recipe.run.budget}, spent {total} (planning {format_duration(spent)})", *choice]
-    if summary.is_file():
-        atomic_write(summary, (summary.read_text() + "\n".join(lines) + "\n").encode())
-    for line in lines:
-        log.info(line)
+    add_to_summary(Path(result.run_dir), [spent_line(recipe.run.budget, time.perf_counter() - started, spent), *choice])
     return result

@@ -32,6 +32,7 @@ import torch
 from headstart.config.duration import format_duration
 from headstart.config.recipe import Recipe
 from headstart.core.errors import Interrupted
+from headstart.core.fileio import atomic_write
 from headstart.core.hardware import Hardware, pick_hardware
 from headstart.core.paths import user_path
 from headstart.core.runs import LAST_FILE, RECIPE_FILE, SUMMARY_FILE, RunFolder
@@ -125,7 +126,7 @@ def train_ensemble(
         "elapsed": planning,
         "sessions": 1,
     }
-    folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+    save_plan(folder, plan)
     return members_then_ensemble(recipe, split, folder, plan, quiet, on_epoch)
 
 
@@ -180,19 +181,18 @@ def members_then_ensemble(
         result = score_ensemble(recipe, split, folder, members)
     except KeyboardInterrupt:  # the ensemble resumes as a whole, not the member that was training (or scoring)
         plan["elapsed"] = plan.get("elapsed", 0.0) + time.perf_counter() - began
-        folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+        save_plan(folder, plan)
         raise Interrupted(folder.path, True) from None
-    lines = [budget_line(recipe, plan, time.perf_counter() - began), *plan.get("choice", [])]
-    folder.write_text(SUMMARY_FILE, (folder.path / SUMMARY_FILE).read_text() + "\n".join(lines) + "\n")
-    for line in lines:
-        log.info(line)
+    spent = plan.get("elapsed", 0.0) + time.perf_counter() - began
+    budget = spent_line(recipe.run.budget, spent, plan.get("planning", 0.0), plan.get("sessions", 1))
+    add_to_summary(folder.path, [budget, *plan.get("choice", [])])
     plan["result"] = {
         "row": result.history[0],
         "classes": result.classes,
         "test": result.test,
         "monitor": result.monitor,
     }
-    folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+    save_plan(folder, plan)
     log.info("ensemble trained in %s: %s", format_duration(time.perf_counter() - began), folder.path)
     return result
 
@@ -211,12 +211,23 @@ def unknown_summary_line(rule: UnknownRule | None, val_images: int, on_test: Eva
     return f"unknown images: {rule.method}, threshold {rule.threshold:.4g} flags {rule.val_rate:.1%} of {val_images} val images{test}"
 
 
-def budget_line(recipe: Recipe, plan: dict, this_session: float) -> str:
-    """What the budget bought: the time spent over every session the ensemble took, planning included."""
-    sessions = plan.get("sessions", 1)
+def save_plan(folder: RunFolder, plan: dict) -> None:
+    folder.write_text(PLAN_FILE, json.dumps(plan, indent=1))
+
+
+def spent_line(budget: str | None, spent: float, planning: float, sessions: int = 1) -> str:
+    """What a budgeted run took: its time over every session it needed, planning included."""
     over = f" over {sessions} sessions" if sessions > 1 else ""
-    spent = format_duration(plan.get("elapsed", 0.0) + this_session)
-    return f"budget: {recipe.run.budget}, spent {spent}{over} (planning {format_duration(plan.get('planning', 0.0))})"
+    return f"budget: {budget}, spent {format_duration(spent)}{over} (planning {format_duration(planning)})"
+
+
+def add_to_summary(run_dir: Path, lines: list[str]) -> None:
+    """`lines` logged and appended to the run's summary.txt (one atomic write), where it has one."""
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file():
+        atomic_write(summary, (summary.read_text() + "\n".join(lines) + "\n").encode())
+    for line in lines:
+        log.info(line)
 
 
 def score_ensemble(recipe: Recipe, split: DataSplit, folder: RunFolder, members: list[TrainResult]) -> TrainResult:
