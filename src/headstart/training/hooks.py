@@ -13,6 +13,7 @@ their states into last.pt's ResumeState and hands them back on resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from headstart.core.checkpoint import Checkpoint, ResumeState, load_checkpoint
 from headstart.core.runs import BEST_FILE, LAST_FILE, RunFolder
 from headstart.tasks.metrics import best_index, improved
 from headstart.training.loop import divergence, weight_average
+from headstart.training.resume import copied
 from headstart.training.session import Session
 
 log = logging.getLogger("headstart")
@@ -180,9 +182,11 @@ class Checkpoints:
     def save_best(self, checkpoint: Checkpoint) -> None:
         self.pending[BEST_FILE] = checkpoint
 
-    def save_last(self, checkpoint: Checkpoint, resume: ResumeState, now: bool) -> None:
-        """last.pt: the checkpoint with where to continue; written `now` or by the next flush."""
-        checkpoint.resume = resume
+    def save_last(self, checkpoint: Checkpoint, resume: ResumeState, stage_ends: bool) -> None:
+        """last.pt: the checkpoint with where to continue; written now when the stage ends or a write is
+        due, else by a later flush, holding copies of the optimizer's and schedule's state meanwhile."""
+        now = stage_ends or self.due()
+        checkpoint.resume = resume if now else kept(resume)
         self.pending[LAST_FILE] = checkpoint
         if now:
             self.flush()
@@ -194,6 +198,16 @@ class Checkpoints:
             if checkpoint is not None:
                 self.run.save_checkpoint(name, checkpoint)
         self.written = time.perf_counter()
+
+
+def kept(resume: ResumeState) -> ResumeState:
+    """`resume` with its own copy of every state that training goes on changing in place."""
+    return dataclasses.replace(
+        resume,
+        optimizer=copied(resume.optimizer),
+        schedule=copied(resume.schedule),
+        stage_notes=list(resume.stage_notes),
+    )
 
 
 class Notes:

@@ -24,7 +24,7 @@ from headstart.tasks.metrics import score_batches
 from headstart.training.hooks import BestModel, Checkpoints, EarlyStopping, Notes, WeightAverage
 from headstart.training.loop import Loop
 from headstart.training.optim import Schedule, build_optimizer
-from headstart.training.resume import copied, load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from headstart.training.resume import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from headstart.training.session import Session
 from headstart.training.stagepath import StageBuilder, StagePath
 from headstart.training.tracking import Tracker
@@ -137,7 +137,7 @@ class Trainer:
         """History row, trackers, best.pt when it improved, and last.pt with what --resume needs.
 
         Both are written now when the stage ends or WRITE_EVERY_S have passed, else with a later epoch
-        (run_stages flushes them whatever stops the run), so they hold copies, not the live tensors.
+        (run_stages flushes them whatever stops the run; Checkpoints keeps copies meanwhile).
         """
         stage = self.recipe.stages[index]
         self.run.add_epoch(row)
@@ -154,21 +154,19 @@ class Trainer:
                 f"stage '{stage.name}' {row['stop']}; restored the best weights so far (epoch {self.best.epoch})"
             )
             checkpoint = self.checkpoints.of(stage, row, self.average)  # last.pt holds what the next stage starts from
-        now = ends or self.checkpoints.due()
-        moments = optimizer_state(loop.optimizer, self.model)
         resume = ResumeState(
             stage_index=index,
             epoch=row["epoch"],
             epochs_done=done,
-            optimizer=moments if now else copied(moments),
-            schedule=loop.schedule.state_dict() if now else copied(loop.schedule.state_dict()),
+            optimizer=optimizer_state(loop.optimizer, self.model),
+            schedule=loop.schedule.state_dict(),
             rng=rng_state(),
             elapsed=time.perf_counter() - started,
             stage_finished=ends,
             early_stop=stopping.state_dict(),
-            stage_notes=list(self.notes.lines),
+            stage_notes=self.notes.lines,
         )
-        self.checkpoints.save_last(checkpoint, resume, now)
+        self.checkpoints.save_last(checkpoint, resume, stage_ends=bool(ends))
         if self.on_epoch is not None:
             self.on_epoch(done, row)  # a callback that stops the run leaves it resumable: run_stages flushes
 
