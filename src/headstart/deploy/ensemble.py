@@ -207,7 +207,7 @@ def write_ensemble_folder(folder: Path, members: Sequence[Path], unknown: Unknow
     and, where fitted, the threshold on the ensemble's unknown-image score."""
     listed: dict[str, Any] = {"members": [str(Path(member).relative_to(folder)) for member in members]}
     if unknown is not None:
-        listed["unknown"] = {"method": unknown.method, "threshold": unknown.threshold, "val_rate": unknown.val_rate}
+        listed["unknown"] = unknown.fields()
     target = folder / ENSEMBLE_FILE
     atomic_write(target, json.dumps(listed, indent=1).encode())
     return target

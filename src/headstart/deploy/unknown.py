@@ -121,7 +121,7 @@ def description_fields(detector: UnknownDetector | None) -> dict[str, Any]:
     if detector is None:
         return {}
     return {
-        "unknown": {"method": detector.method, "threshold": detector.threshold, "val_rate": detector.val_rate},
+        "unknown": detector.rule.fields(),
         "output": "(logits: float32 [N, classes], unknown_score: float32 [N]; above unknown.threshold: unknown)",
     }
 

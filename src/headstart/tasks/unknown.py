@@ -96,6 +96,10 @@ class UnknownRule:
     def flags(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
 
+    def fields(self) -> dict[str, Any]:
+        """What an export description or ensemble.json records of it (read back by deploy.unknown.RuleFields)."""
+        return {"method": self.method, "threshold": self.threshold, "val_rate": self.val_rate}
+
     def describe(self) -> str:
         val = f", {self.val_rate:.1%} of the run's val images above it" if self.val_rate is not None else ""
         return f"threshold {self.threshold:.4g} ({self.method}{val})"
