@@ -60,3 +60,36 @@ def test_the_loop_steps_the_trained_part_and_sees_every_batch_loss(session):
     assert len(seen) == path.batches_per_epoch and loop.accumulate == 1 and 0 <= accuracy <= 1
     assert any(not torch.equal(before[k], v) for k, v in session.model.head.state_dict().items())
     assert all(torch.equal(backbone[k], v) for k, v in session.model.backbone.state_dict().items())
+
+
+def test_compile_auto_takes_a_cached_stage_only_past_its_own_threshold_and_only_on_a_cpu(monkeypatch):
+    from headstart.core.hardware import Hardware
+    from headstart.training import stagepath
+
+    cpu = Hardware(torch.device("cpu"), "fp32", True)
+    gpu = Hardware(torch.device("cuda"), "bf16", True)
+    many = stagepath.CPU_COMPILE_MIN_CACHED_IMAGES
+    monkeypatch.setattr(stagepath, "cpu_compiler_found", lambda: True)
+    assert stagepath.should_compile("auto", cpu, many, many)
+    assert not stagepath.should_compile("auto", cpu, many - 1, many)
+    assert not stagepath.should_compile("auto", gpu, many, many)
+    assert stagepath.should_compile("on", gpu, 1, many) and not stagepath.should_compile("off", cpu, many, many)
+    # Without a C++ compiler inductor would fail at the first step: the stage trains eagerly instead.
+    monkeypatch.setattr(stagepath, "cpu_compiler_found", lambda: False)
+    assert not stagepath.should_compile("on", cpu, many, many)
+
+
+def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not(colour_folder, tmp_path):
+    import headstart
+    from headstart.training.stagepath import cpu_compiler_found
+
+    if not cpu_compiler_found():
+        pytest.skip("no C++ compiler for torch.compile on this machine")
+    stages = [
+        {"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05},
+        {"name": "top", "epochs": 2, "freeze": "top:1", "lr": 0.01},
+    ]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"compile": "on"})
+    result = headstart.train(recipe, quiet=True)
+    assert [row["path"] for row in result.history] == ["cached-features", *["cached-features+compiled"] * 2]
+    assert all(torch.isfinite(torch.tensor(row["val_loss"])) for row in result.history)

@@ -7,6 +7,7 @@ function of the image (headstart.model.cut), else the full model (compiled where
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,15 +36,36 @@ log = logging.getLogger("headstart")
 # measured 9.7 -> 18.1 img/s for EfficientNet-Lite0 after ~100 s of compiling, a break-even near
 # 2,100 images; the margin covers a recompile per stage.
 CPU_COMPILE_MIN_IMAGES = 20_000
+# A cached stage that trains backbone layers (the default's top:1) saves far less per image: at
+# 10,000 images its epochs took 11.6 s compiled against 13.8 s eager (0.27 ms saved per image and
+# epoch) after 18 s of compiling, a break-even near 65,000 images x epochs. Counted against the
+# stage's epoch budget, which early stopping often cuts to a third.
+CPU_COMPILE_MIN_CACHED_IMAGES = 200_000
 
 
-def should_compile(setting: str, hw, full_model_images: int) -> bool:
-    if setting != "auto":
-        return setting == "on"
-    # Not on GPUs: on an H100, compiled EfficientNet-Lite0 trained slower than eager bf16
-    # channels_last (2,872 vs 3,162 img/s at batch 128; 1,035 vs 1,235 at 32) after ~45 s of
-    # compiling (BENCHMARKS.md). '--compile on' is there for backbones where it pays.
-    return hw.device.type == "cpu" and full_model_images >= CPU_COMPILE_MIN_IMAGES
+def should_compile(setting: str, hw, images: int, min_images: int = CPU_COMPILE_MIN_IMAGES) -> bool:
+    """Whether to compile a stage that pushes `images` through training (train images x epoch budget)."""
+    if setting == "off" or (setting == "auto" and (hw.device.type != "cpu" or images < min_images)):
+        # Not on GPUs: on an H100, compiled EfficientNet-Lite0 trained slower than eager bf16
+        # channels_last (2,872 vs 3,162 img/s at batch 128; 1,035 vs 1,235 at 32) after ~45 s of
+        # compiling (BENCHMARKS.md). '--compile on' is there for backbones where it pays.
+        return False
+    return hw.device.type != "cpu" or cpu_compiler_found()
+
+
+@functools.cache
+def cpu_compiler_found() -> bool:
+    """Whether inductor finds the C++ compiler it builds CPU kernels with; without one it fails at the first step."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as err:  # noqa: BLE001 - any failure to find one means: train eagerly
+        log.warning(
+            "torch.compile needs a C++ compiler on a CPU (%s); training eagerly", str(err).splitlines()[0][:120]
+        )
+        return False
+    return True
 
 
 def compiled(model: nn.Module, enabled: bool) -> nn.Module:
@@ -143,8 +165,13 @@ class StageBuilder:
         """Train the part after the cut alone, on stored outputs of the fixed part before it."""
         s, cache, stage = self.session, self.feature_cache, self.session.recipe.stages[index]
         cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views, along=self.later_cut(index))
+        # Only where backbone layers train after the cut: a head alone is too small to repay a compile.
+        images = stage.epoch_budget * len(s.data.train)
+        compile = cut.to_head is not None and should_compile(
+            s.recipe.run.compile, s.hw, images, CPU_COMPILE_MIN_CACHED_IMAGES
+        )
         return StagePath(
-            name="cached-features",
+            name="cached-features+compiled" if compile else "cached-features",
             reason=reason,
             module=cut.suffix,
             set_train_mode=cut.suffix.train,
@@ -153,7 +180,7 @@ class StageBuilder:
             batches_per_epoch=len(
                 GlobalBatches(len(s.data.train), s.recipe.data.batch_size, 0, True, 0, s.group.world)
             ),
-            compile=False,
+            compile=compile,
         )
 
     def full_path(self, index: int, plan: FreezePlan, reason: str) -> StagePath:
