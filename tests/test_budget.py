@@ -149,8 +149,17 @@ def test_a_budget_that_fits_every_installed_backbone_trains_their_ensemble(
     own = predictor.predict(images)
     foreign = predictor.predict([Image.new("RGB", (24, 24), c) for c in ((255, 255, 0), (0, 0, 0), (255, 255, 255))])
     assert sum(p.unknown for p in own) <= 1 and all(p.unknown for p in foreign)
-    assert main(["export", str(run), "--format", "export"]) == 0
-    assert "its unknown-image score is not exported" in capsys.readouterr().out
+    # An exported file of the ensemble returns the same score and flags the same images.
+    foreign_images = [Image.new("RGB", (24, 24), c) for c in ((255, 255, 0), (0, 0, 0), (255, 255, 255))]
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    described = json.loads((run / "export" / "model.onnx.json").read_text())
+    assert described["unknown"]["threshold"] == fitted["threshold"] and "unknown_score" in described["output"]
+    exported = headstart.load(run / "export" / "model.onnx")
+    assert exported.unknown is not None and exported.unknown.threshold == fitted["threshold"]
+    for batch in (images, foreign_images):
+        ours, theirs = predictor.predict(batch), exported.predict(batch)
+        assert [p.unknown for p in theirs] == [p.unknown for p in ours]
+        assert [p.unknown_score for p in theirs] == pytest.approx([p.unknown_score for p in ours], rel=1e-3)
 
 
 @pytest.mark.slow  # two members trained, one of them twice over

@@ -40,6 +40,46 @@ def test_the_float32_unknown_score_matches_the_float64_one():
     assert UnknownScore32(score)(features) == pytest.approx(score(features), rel=1e-5)
 
 
+def test_an_ensembles_members_get_the_float32_score_and_the_ensemble_itself_is_left_as_it_was():
+    from torch import nn
+
+    from headstart.deploy.ensemble import MeanProbabilities
+    from headstart.deploy.unknown import in_float32
+    from headstart.model.build import WithScore, returns_score
+    from headstart.tasks.single_label import SINGLE_LABEL
+
+    class Pooled(nn.Module):  # a stock-timm-like classifier: pooled features, then a Linear
+        def __init__(self):
+            super().__init__()
+            self.features, self.fc = nn.Sequential(nn.Flatten(), nn.Linear(12, 8)), nn.Linear(8, 3)
+
+        def forward_features(self, x):
+            return self.features(x)
+
+        def forward_head(self, x, pre_logits=False):
+            return x if pre_logits else self.fc(x)
+
+        def get_classifier(self):
+            return self.fc
+
+    generator = torch.Generator().manual_seed(0)
+    members = [
+        WithScore(
+            Pooled(), UnknownScore(torch.randn(8, 8, generator=generator), torch.randn(3, 8, generator=generator))
+        )
+        for _ in range(2)
+    ]
+    ensemble = MeanProbabilities(members, SINGLE_LABEL, thresholds=[2.0, 3.0]).eval()
+    swapped = in_float32(ensemble)
+    assert returns_score(ensemble) and returns_score(swapped) and swapped is not ensemble
+    assert all(isinstance(member.score, UnknownScore32) for member in swapped.members)
+    assert all(isinstance(member.score, UnknownScore) for member in ensemble.members)  # the original untouched
+    x = torch.randn(5, 3, 2, 2, generator=generator)
+    with torch.no_grad():
+        (mean, score), (mean32, score32) = ensemble(x), swapped(x)
+    assert torch.allclose(mean32, mean) and score32 == pytest.approx(score, rel=1e-5)
+
+
 def test_a_tflite_file_headstart_wrote_runs_as_its_run_predicts(tmp_path):
     pytest.importorskip("ai_edge_litert")
     from headstart.deploy.format_tflite import read_metadata

@@ -11,8 +11,9 @@ that output, which headstart.load, predict and any runtime apply, is the mean it
 the ensemble's answer. Single-label models only (a multi-label model's tags each have their own
 threshold per run). Unknown images (train --budget's ensemble only): each member's detector score in
 units of its own threshold, averaged over the members, above a threshold fitted on the ensemble's val
-split (ensemble.json's "unknown"), flags an image; cv's fold models have no shared val split to fit it
-on, and an exported ensemble file carries no score output. Members may differ in input size
+split (ensemble.json's "unknown"), flags an image, and an exported file of the ensemble returns that
+score as a second output with the threshold in its description; cv's fold models have no shared val
+split to fit it on. Members may differ in input size
 and normalisation (Lite0 224 px, Lite2 260 px): the ensemble takes the largest member's preprocessing
 and, inside the model, resizes and renormalises the batch for each member that differs, so one input
 serves all.
@@ -68,6 +69,11 @@ class MeanProbabilities(nn.Module):
         self.members = nn.ModuleList(models)
         self.task = task
         self.register_buffer("thresholds", None if thresholds is None else torch.tensor(thresholds).view(-1, 1))
+
+    @property
+    def score_output(self) -> bool:
+        """Whether it returns (log mean probabilities, unknown score): model.build.returns_score asks."""
+        return self.thresholds is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # 'x': the exporters' dynamic batch is named after it
@@ -157,16 +163,23 @@ def ensemble_model(
 
 
 def export_ensemble(
-    run_dirs: Sequence[str | Path], out: str | Path, format: str = "onnx", target: Path | None = None
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    format: str = "onnx",
+    target: Path | None = None,
+    unknown: UnknownRule | None = None,
 ) -> Path:
-    """Write the runs' best models as one model file in `out` (model.onnx, model.pt2, ...), or at `target`, with its description."""
+    """Write the runs' best models as one model file in `out` (model.onnx, model.pt2, ...), or at `target`, with its description.
+
+    `unknown`: the threshold fitted on the ensemble's score (ensemble.json); the file then returns that score too.
+    """
     if format not in ensemble_formats():
         raise HeadstartError(f"ensemble format '{format}': valid: {', '.join(ensemble_formats())}")
-    ensemble, checkpoints, names = ensemble_model(run_dirs)
+    ensemble, checkpoints, names = ensemble_model(run_dirs, scored=unknown is not None)
     first = largest_input(checkpoints)
     chosen = FORMATS[format]
     target = target or Path(out) / chosen.file_name
-    described = description(checkpoints, names, format)
+    described = description(checkpoints, names, format, unknown if ensemble.score_output else None)
     write_module(chosen, ensemble, first.preprocessing["image_size"], target, described)  # inside too: tflite
     atomic_write(sidecar_path(target), json.dumps(described, indent=1).encode())
     log.info(
@@ -179,16 +192,27 @@ def export_ensemble(
     return target
 
 
-def description(checkpoints: list[Checkpoint], names: list[str], runtime: str) -> dict[str, Any]:
+def description(
+    checkpoints: list[Checkpoint], names: list[str], runtime: str, unknown: UnknownRule | None = None
+) -> dict[str, Any]:
     first = largest_input(checkpoints)
     size = first.preprocessing["image_size"]
+    probabilities = "log of the members' mean calibrated probability (its softmax is that mean)"
+    if unknown is not None:
+        scores = {
+            "unknown": unknown.fields(),
+            "output": f"(logits: float32 [N, {len(first.classes)}], {probabilities}; unknown_score: float32 [N], "
+            "above unknown.threshold: unknown)",
+        }
+    else:
+        scores = {"output": f"float32 [N, {len(first.classes)}]: {probabilities}"}
     return {
         "format": SIDECAR_FORMAT,
         "runtime": runtime,
         "classes": first.classes,
         "preprocessing": first.preprocessing,
         "input": f"image: float32 [N, 3, {size}, {size}], resized, centre-cropped and normalised with mean/std as in preprocessing",
-        "output": f"float32 [N, {len(first.classes)}]: log of the members' mean calibrated probability (its softmax is that mean)",
+        **scores,
         "backbone": first.recipe["model"]["backbone"],
         "ensemble": [
             {

@@ -62,11 +62,8 @@ def export(
         if quantize is not None:
             raise HeadstartError(f"--quantize {quantize}: an ensemble run is exported unquantized; drop --quantize")
         folder = user_path(run_or_checkpoint) / "export"
-        if ensemble_rule(run_or_checkpoint) is not None:
-            log.warning(
-                "export: the file gives the ensemble's probabilities only; its unknown-image score is not exported"
-            )
-        return export_ensemble(members, folder, format, target=user_path(out) if out else None)
+        target = user_path(out) if out else None
+        return export_ensemble(members, folder, format, target=target, unknown=ensemble_rule(run_or_checkpoint))
     if chosen.export_run is not None:
         return chosen.export_run(run_or_checkpoint, out)
     checkpoint_path = resolve_checkpoint(run_or_checkpoint)

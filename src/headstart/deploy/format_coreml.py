@@ -23,7 +23,7 @@ import torch
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
 from headstart.deploy.unknown import in_float32
-from headstart.model.build import WithScore
+from headstart.model.build import returns_score
 
 RUNS_ON = "Core ML runs on macOS, iOS, iPadOS, watchOS and visionOS"
 DEPLOYMENT_TARGET = "iOS15"  # the first with ML programs (macOS 12)
@@ -56,7 +56,7 @@ def write(model: torch.nn.Module, example: torch.Tensor, target: Path, descripti
 
 def _convert(ct: Any, model: torch.nn.Module, example: torch.Tensor):
     program = torch.export.export(in_float32(model).eval(), (example,)).run_decompositions({})
-    outputs = ["logits", "unknown_score"] if isinstance(model, WithScore) else ["logits"]
+    outputs = ["logits", "unknown_score"] if returns_score(model) else ["logits"]
     return ct.convert(
         program,
         inputs=[ct.TensorType(name="image", shape=tuple(example.shape))],

@@ -10,7 +10,7 @@ import torch
 from headstart.core.checkpoint import Checkpoint
 from headstart.core.errors import HeadstartError
 from headstart.core.install import install_hint
-from headstart.model.build import WithScore
+from headstart.model.build import returns_score
 
 
 def write(model: torch.nn.Module, example: torch.Tensor, target: Path, description: dict[str, Any]) -> None:
@@ -22,7 +22,7 @@ def write(model: torch.nn.Module, example: torch.Tensor, target: Path, descripti
             str(target),
             input_names=["image"],
             # A model with an unknown-image detector returns its score as a second output.
-            output_names=["logits", "unknown_score"] if isinstance(model, WithScore) else ["logits"],
+            output_names=["logits", "unknown_score"] if returns_score(model) else ["logits"],
             dynamic_shapes={"x": {0: batch}},
             external_data=False,
             dynamo=True,

@@ -9,6 +9,7 @@ the same score as a second output and record the threshold in their description;
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,20 @@ def scored_model(model: nn.Module, detector: UnknownDetector | None) -> nn.Modul
 
 
 def in_float32(model: nn.Module) -> nn.Module:
-    """`model` with its unknown-image score computed in float32 (UnknownScore32), for runtimes without float64."""
+    """`model` with its unknown-image scores computed in float32 (UnknownScore32), for runtimes without float64.
+
+    Every WithScore inside is swapped, an ensemble's members too; a changed module is a shallow copy
+    holding the swapped children, so `model` itself is left as it was.
+    """
     if isinstance(model, WithScore) and isinstance(model.score, UnknownScore):
         return WithScore(model.classifier, UnknownScore32(model.score)).eval()
-    return model
+    children = dict(model.named_children())
+    swapped = {name: in_float32(child) for name, child in children.items()}
+    if all(swapped[name] is child for name, child in children.items()):
+        return model
+    copied = copy.copy(model)
+    copied._modules = {**model._modules, **swapped}  # the copy's own dict: the original keeps its children
+    return copied
 
 
 def split_outputs(outputs: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -155,6 +155,8 @@ class WithScore(nn.Module):
     (headstart.tasks.unknown): (logits [N, classes], score [N]).
     """
 
+    score_output = True  # what exporters ask (returns_score): an ensemble of these says the same
+
     def __init__(self, classifier: nn.Module, score: nn.Module):
         super().__init__()
         self.classifier, self.score = classifier, score
@@ -167,6 +169,11 @@ class WithScore(nn.Module):
             penultimate = net.forward_head(net.forward_features(x), pre_logits=True)  # type: ignore[operator]
             output = net.get_classifier()  # type: ignore[operator]
         return output(penultimate), self.score(penultimate)
+
+
+def returns_score(model: nn.Module) -> bool:
+    """Whether `model` returns (logits, unknown-image score): a WithScore, or an ensemble of them."""
+    return bool(getattr(model, "score_output", False))
 
 
 def check_backbone_name(name: str) -> None:
