@@ -192,8 +192,8 @@ def plot_reliability(calibration, path: Path) -> Path:
         x, y = [bins["confidence"][i] for i in used], [bins["accuracy"][i] for i in used]
         axis.plot(x, y, marker="o", label=f"{label}, ECE {ece:.3f}")
         if bins is calibration.bins_before:
-            for i, (cx, cy) in zip(used, zip(x, y)):
-                axis.annotate(str(bins["count"][i]), (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
+            for cx, cy, text in count_labels(x, y, [bins["count"][i] for i in used]):
+                axis.annotate(text, (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
     forecast = getattr(calibration, "forecast", "top class")
     counted = "images" if forecast == "top class" else "(image, tag) pairs"  # what one binned confidence is
     axis.set(xlabel=f"confidence ({forecast})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
@@ -205,6 +205,24 @@ def plot_reliability(calibration, path: Path) -> Path:
     )
     axis.legend(loc="upper left")
     return _save(figure, path)
+
+
+def count_labels(
+    x: list[float], y: list[float], counts: list[int], near: float = 0.03
+) -> list[tuple[float, float, str]]:
+    """One label per group of bins drawn on top of each other (a confident model's bins pile up at 1.0).
+
+    A group is the bins within `near` of its first bin on both axes; it reads "14×12" when its bins
+    hold 12 each (equal-count bins), else their counts joined by "+".
+    """
+    labels: list[tuple[float, float, list[int]]] = []
+    for cx, cy, count in zip(x, y, counts):
+        if labels and abs(cx - labels[-1][0]) < near and abs(cy - labels[-1][1]) < near:
+            labels[-1][2].append(count)
+        else:
+            labels.append((cx, cy, [count]))
+    texts = [f"{len(c)}×{c[0]}" if len(c) > 1 and len(set(c)) == 1 else "+".join(map(str, c)) for _, _, c in labels]
+    return [(cx, cy, text) for (cx, cy, _), text in zip(labels, texts)]
 
 
 def plot_trials(trials: list[dict[str, Any]], path: Path, metric: str, lower_is_better: bool, title: str = "") -> Path:
