@@ -6,7 +6,7 @@ import torch
 from headstart.config.recipe import Recipe
 from headstart.training.optim import Schedule, build_optimizer
 from headstart.training.session import prepare
-from headstart.training.stagepath import StageBuilder
+from headstart.training.stagepath import StageBuilder, cpu_compiler_found
 from tests.conftest import tiny_recipe
 
 
@@ -81,7 +81,6 @@ def test_compile_auto_takes_a_cached_stage_only_past_its_own_threshold_and_only_
 
 def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not(colour_folder, tmp_path):
     import headstart
-    from headstart.training.stagepath import cpu_compiler_found
 
     if not cpu_compiler_found():
         pytest.skip("no C++ compiler for torch.compile on this machine")
@@ -93,3 +92,22 @@ def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not
     result = headstart.train(recipe, quiet=True)
     assert [row["path"] for row in result.history] == ["cached-features", *["cached-features+compiled"] * 2]
     assert all(torch.isfinite(torch.tensor(row["val_loss"])) for row in result.history)
+
+
+def test_lr_find_builds_every_stage_eagerly_whatever_run_compile_says(colour_folder, tmp_path):
+    stages = [
+        {"name": "head", "epochs": 1, "freeze": "backbone", "lr": 0.05},
+        {"name": "top", "epochs": 1, "freeze": "top:1", "lr": 0.01},
+        {"name": "all", "epochs": 1, "freeze": "none", "lr": 0.01},
+    ]
+    recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"compile": "on"})
+    session = prepare(Recipe.from_dict(recipe))
+    for compiling in (True, False):
+        build = StageBuilder(session, compiling=compiling)
+        paths = []
+        for index, plan in enumerate(session.plans):
+            plan.apply(session.model)
+            paths.append(build.path(index, plan))
+        # With compiling allowed, 'on' compiles what trains backbone layers (with a C++ compiler here).
+        expected = [False, True, True] if compiling and cpu_compiler_found() else [False, False, False]
+        assert [path.compile for path in paths] == expected

@@ -153,7 +153,7 @@ def ramp(session: Session, index: int, start_lr: float, end_lr: float, steps: in
     stage, plan = session.recipe.stages[index], session.plans[index]
     plan.apply(session.model)
     # The stage's batches reach the model exactly as in train: cached features where the stage qualifies.
-    build = StageBuilder(session)
+    build = StageBuilder(session, compiling=False)
     path = build.path(index, plan)
     optimizer = build_optimizer(session.model, stage)
     schedule = Ramp(optimizer, stage.lr, start_lr, end_lr, steps)

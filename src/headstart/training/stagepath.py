@@ -103,10 +103,11 @@ class StageBuilder:
 
     Owns what the stages share: the balance remedy's weights, whether the full model is compiled,
     and the feature cache, built when a stage first takes the cached path. `train` and `lr_find`
-    build stages the same way through it.
+    build stages the same way through it; `compiling=False` (lr_find: a hundred steps never repay a
+    compile) keeps every stage eager whatever run.compile says.
     """
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, compiling: bool = True):
         self.session, recipe = session, session.recipe
         labels, n_classes = session.data.train.labels, len(session.classes)
         balance = recipe.data.balance
@@ -114,7 +115,8 @@ class StageBuilder:
         self.loss_weights = weigh(labels, n_classes).to(session.hw.device) if balance == "weights" else None
         self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
         full_images = sum(s.epoch_budget for s in recipe.stages if s.freeze != "backbone") * len(session.data.train)
-        self.compile = should_compile(recipe.run.compile, session.hw, full_images)
+        self.compiling = compiling
+        self.compile = compiling and should_compile(recipe.run.compile, session.hw, full_images)
         self._feature_cache: FeatureCache | None = None
 
     @property
@@ -167,8 +169,10 @@ class StageBuilder:
         cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views, along=self.later_cut(index))
         # Only where backbone layers train after the cut: a head alone is too small to repay a compile.
         images = stage.epoch_budget * len(s.data.train)
-        compile = cut.to_head is not None and should_compile(
-            s.recipe.run.compile, s.hw, images, CPU_COMPILE_MIN_CACHED_IMAGES
+        compile = (
+            self.compiling
+            and cut.to_head is not None
+            and should_compile(s.recipe.run.compile, s.hw, images, CPU_COMPILE_MIN_CACHED_IMAGES)
         )
         return StagePath(
             name="cached-features+compiled" if compile else "cached-features",
