@@ -51,7 +51,6 @@ def test_curves_have_whole_epoch_ticks_a_kept_epoch_marker_readable_stages_and_a
 def test_bins_piled_up_at_full_confidence_get_one_count_label():
     x = [0.62, 0.81, 0.991, 0.996, 0.999, 1.0]
     y = [0.6, 0.83, 1.0, 1.0, 1.0, 1.0]
-    labels = plots.count_labels(x, y, [12, 12, 12, 12, 12, 12])
-    assert [text for _, _, text in labels] == ["12", "12", "4×12"]
+    labels = plots.count_labels(x, y, [12, 12, 12, 12, 12, 11])
+    assert [text for _, _, text in labels] == ["12", "12", "47 in 4 bins"]
     assert labels[-1][:2] == (0.991, 1.0)  # placed at the group's first bin
-    assert [text for _, _, text in plots.count_labels([0.99, 1.0], [1.0, 1.0], [12, 7])] == ["12+7"]

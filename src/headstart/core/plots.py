@@ -193,7 +193,9 @@ def plot_reliability(calibration, path: Path) -> Path:
         axis.plot(x, y, marker="o", label=f"{label}, ECE {ece:.3f}")
         if bins is calibration.bins_before:
             for cx, cy, text in count_labels(x, y, [bins["count"][i] for i in used]):
-                axis.annotate(text, (cx, cy), xytext=(3, -10), textcoords="offset points", fontsize=7)
+                right = cx > 0.8  # near the right edge the label goes left of its point, inside the axes
+                offset, align = ((-3, -10), "right") if right else ((3, -10), "left")
+                axis.annotate(text, (cx, cy), xytext=offset, textcoords="offset points", fontsize=7, ha=align)
     forecast = getattr(calibration, "forecast", "top class")
     counted = "images" if forecast == "top class" else "(image, tag) pairs"  # what one binned confidence is
     axis.set(xlabel=f"confidence ({forecast})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
@@ -212,8 +214,7 @@ def count_labels(
 ) -> list[tuple[float, float, str]]:
     """One label per group of bins drawn on top of each other (a confident model's bins pile up at 1.0).
 
-    A group is the bins within `near` of its first bin on both axes; it reads "14×12" when its bins
-    hold 12 each (equal-count bins), else their counts joined by "+".
+    A group is the bins within `near` of its first bin on both axes; it reads "167 in 14 bins".
     """
     labels: list[tuple[float, float, list[int]]] = []
     for cx, cy, count in zip(x, y, counts):
@@ -221,8 +222,7 @@ def count_labels(
             labels[-1][2].append(count)
         else:
             labels.append((cx, cy, [count]))
-    texts = [f"{len(c)}×{c[0]}" if len(c) > 1 and len(set(c)) == 1 else "+".join(map(str, c)) for _, _, c in labels]
-    return [(cx, cy, text) for (cx, cy, _), text in zip(labels, texts)]
+    return [(cx, cy, f"{sum(c)} in {len(c)} bins" if len(c) > 1 else str(c[0])) for cx, cy, c in labels]
 
 
 def plot_trials(trials: list[dict[str, Any]], path: Path, metric: str, lower_is_better: bool, title: str = "") -> Path:
