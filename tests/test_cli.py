@@ -204,3 +204,15 @@ def test_a_closed_pipe_ends_the_command_quietly():
     done = subprocess.run([sys.executable, "-c", script], stdout=writer, stderr=subprocess.PIPE, text=True)
     os.close(writer)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+def test_a_flag_value_argparse_refuses_is_a_one_line_error_too(capsys):
+    for argv, says in (
+        (["train", "--compile", "maybe"], "invalid choice: 'maybe' (choose from 'auto', 'on', 'off')"),
+        (["predict"], "the following arguments are required: run, images"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and err.count("\n") == 1 and says in err
+        assert err.startswith(f"headstart {argv[0]}: error: ") and f"(see headstart {argv[0]} --help)" in err

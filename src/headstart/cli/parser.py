@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from headstart.cli import commands
 from headstart.cli.flags import add_recipe_flags
@@ -251,10 +252,18 @@ def add_suggest(sub) -> None:
     suggest.set_defaults(func=commands.cmd_suggest)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (what is wrong, what is valid, where --help is), not the usage too.
+
+    Subcommands' parsers are of the same class: add_subparsers makes them so.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="headstart", description="Fine-tune pretrained image classifiers on your own images."
-    )
+    parser = OneLineErrors(prog="headstart", description="Fine-tune pretrained image classifiers on your own images.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
         add_train,
