@@ -111,3 +111,12 @@ def test_lr_find_builds_every_stage_eagerly_whatever_run_compile_says(colour_fol
         # With compiling allowed, 'on' compiles what trains backbone layers (with a C++ compiler here).
         expected = [False, True, True] if compiling and cpu_compiler_found() else [False, False, False]
         assert [path.compile for path in paths] == expected
+
+
+def test_a_compile_is_weighed_against_the_images_each_data_parallel_process_trains_on(session):
+    import dataclasses
+
+    images = len(session.data.train)
+    assert StageBuilder(session).images_per_process(10) == 10 * images
+    session.group = dataclasses.replace(session.group, rank=0, world=2)  # each process steps through half
+    assert StageBuilder(session).images_per_process(10) == 10 * images // 2

@@ -114,10 +114,19 @@ class StageBuilder:
         weigh = positive_weights if session.task is MULTI_LABEL else class_weights
         self.loss_weights = weigh(labels, n_classes).to(session.hw.device) if balance == "weights" else None
         self.sample_weights = sample_weights(labels, n_classes) if balance == "sampler" else None
-        full_images = sum(s.epoch_budget for s in recipe.stages if s.freeze != "backbone") * len(session.data.train)
         self.compiling = compiling
-        self.compile = compiling and should_compile(recipe.run.compile, session.hw, full_images)
+        full_epochs = sum(s.epoch_budget for s in recipe.stages if s.freeze != "backbone")
+        self.compile = compiling and should_compile(
+            recipe.run.compile, session.hw, self.images_per_process(full_epochs)
+        )
         self._feature_cache: FeatureCache | None = None
+
+    def images_per_process(self, epochs: int) -> int:
+        """Training images this process steps through in `epochs`: what a compile has to repay.
+
+        Each of N data-parallel processes trains on 1/N of the images and pays the whole compile.
+        """
+        return epochs * len(self.session.data.train) // self.session.group.world
 
     @property
     def feature_cache(self) -> FeatureCache:
@@ -168,7 +177,7 @@ class StageBuilder:
         s, cache, stage = self.session, self.feature_cache, self.session.recipe.stages[index]
         cache.use(cut, stage_augment(s, stage), s.recipe.data.feature_views, along=self.later_cut(index))
         # Only where backbone layers train after the cut: a head alone is too small to repay a compile.
-        images = stage.epoch_budget * len(s.data.train)
+        images = self.images_per_process(stage.epoch_budget)
         compile = (
             self.compiling
             and cut.to_head is not None
