@@ -79,7 +79,9 @@ def test_compile_auto_takes_a_cached_stage_only_past_its_own_threshold_and_only_
     assert not stagepath.should_compile("on", cpu, many, many)
 
 
-def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not(colour_folder, tmp_path):
+def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not(colour_folder, tmp_path, caplog):
+    import logging
+
     import headstart
 
     if not cpu_compiler_found():
@@ -89,8 +91,11 @@ def test_a_cached_stage_that_trains_backbone_layers_compiles_and_a_head_does_not
         {"name": "top", "epochs": 2, "freeze": "top:1", "lr": 0.01},
     ]
     recipe = tiny_recipe(colour_folder, tmp_path / "runs", stages=stages, run={"compile": "on"})
-    result = headstart.train(recipe, quiet=True)
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        result = headstart.train(recipe)  # not quiet: the INFO lines are what is checked
     assert [row["path"] for row in result.history] == ["cached-features", *["cached-features+compiled"] * 2]
+    # Said before the first steps stand still while compiling.
+    assert sum("torch.compile: this stage's first steps compile" in r.message for r in caplog.records) == 1
     assert all(torch.isfinite(torch.tensor(row["val_loss"])) for row in result.history)
 
 

@@ -74,7 +74,10 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
         return model
     try:
         # Given a Module, torch.compile returns an OptimizedModule (a Module); its annotation says only Callable.
-        return torch.compile(model)  # type: ignore[return-value]
+        optimized = torch.compile(model)
+        # Said now: the first steps then stand still while inductor compiles (18-100 s measured on 2 cores).
+        log.info("torch.compile: this stage's first steps compile what it trains (once; can take a minute on a CPU)")
+        return optimized  # type: ignore[return-value]
     except Exception as err:  # noqa: BLE001 - a missing compiler toolchain only costs speed, not results
         log.warning("torch.compile unavailable (%s); training eagerly", str(err).splitlines()[0][:120])
         return model
