@@ -41,7 +41,7 @@ from headstart.core.fileio import atomic_write
 from headstart.core.paths import user_path
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.formats import FORMATS
-from headstart.deploy.unknown import RuleFields, detector_of, scored_model
+from headstart.deploy.unknown import RuleFields, description_fields, detector_of, scored_model
 from headstart.deploy.writing import SIDECAR_FORMAT, sidecar_path, write_module
 from headstart.model.build import fold_temperature, model_from_checkpoint
 from headstart.tasks.registry import Task, task_named
@@ -198,14 +198,8 @@ def description(
     first = largest_input(checkpoints)
     size = first.preprocessing["image_size"]
     probabilities = "log of the members' mean calibrated probability (its softmax is that mean)"
-    if unknown is not None:
-        scores = {
-            "unknown": unknown.fields(),
-            "output": f"(logits: float32 [N, {len(first.classes)}], {probabilities}; unknown_score: float32 [N], "
-            "above unknown.threshold: unknown)",
-        }
-    else:
-        scores = {"output": f"float32 [N, {len(first.classes)}]: {probabilities}"}
+    logits = f"logits: float32 [N, {len(first.classes)}], {probabilities}"
+    scores = description_fields(unknown, logits) or {"output": f"float32 [N, {len(first.classes)}]: {probabilities}"}
     return {
         "format": SIDECAR_FORMAT,
         "runtime": runtime,

@@ -109,7 +109,8 @@ def description(checkpoint: Checkpoint, checkpoint_path: Path, runtime: str) -> 
         sidecar.update(temperature=checkpoint.temperature, temperature_applied=True)
     if checkpoint.task == "multi-label":  # a sigmoid per output, each tag given at or above its threshold
         sidecar.update(task=checkpoint.task, activation="sigmoid", thresholds=checkpoint.thresholds)
-    sidecar.update(description_fields(detector_of(checkpoint)))
+    detector = detector_of(checkpoint)
+    sidecar.update(description_fields(detector.rule if detector is not None else None))
     batch = FORMATS[runtime].batch
     if batch is not None:  # a file that takes a fixed batch: N is that number
         sidecar.update({key: sidecar[key].replace("[N", f"[{batch}") for key in ("input", "output")})

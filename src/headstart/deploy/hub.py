@@ -36,7 +36,7 @@ from headstart.core.fileio import default_permissions, writing
 from headstart.core.runs import resolve_checkpoint
 from headstart.deploy.card import shareable_recipe
 from headstart.deploy.hubconfig import HUB_FORMAT, check_classifier, headstart_model, read_hub_config, weight_shapes
-from headstart.deploy.unknown import description_fields, detector_of, hub_scored, write_hub_detector
+from headstart.deploy.unknown import detector_of, hub_scored, write_hub_detector
 from headstart.model.build import Classifier, build_model
 from headstart.tasks.unknown import UnknownRule
 
@@ -101,8 +101,8 @@ def headstart_block(checkpoint: Checkpoint, layout: str) -> dict[str, Any]:
         block.update(temperature=checkpoint.temperature, temperature_applied=True)
     if checkpoint.task != "single-label":  # sigmoid outputs and the per-tag thresholds chosen on val
         block.update(task=checkpoint.task, thresholds=checkpoint.thresholds)
-    unknown = description_fields(detector_of(checkpoint)).get("unknown")
-    return block if unknown is None else {**block, "unknown": unknown}
+    detector = detector_of(checkpoint)
+    return block if detector is None else {**block, "unknown": detector.rule.fields()}
 
 
 def write_headstart_layout(model: Classifier, checkpoint: Checkpoint, folder: Path) -> None:

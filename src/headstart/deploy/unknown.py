@@ -127,13 +127,16 @@ def unknown_line(found: dict[str, Any], count: int) -> str:
     )
 
 
-def description_fields(detector: UnknownDetector | None) -> dict[str, Any]:
-    """What an export description says about the score output: the threshold and how it was fitted."""
-    if detector is None:
+def description_fields(rule: UnknownRule | None, logits: str = "logits: float32 [N, classes]") -> dict[str, Any]:
+    """What an export description says about the score output: the threshold, how it was fitted, both outputs.
+
+    `logits` describes the first output (an ensemble's is the log of its members' mean probability).
+    """
+    if rule is None:
         return {}
     return {
-        "unknown": detector.rule.fields(),
-        "output": "(logits: float32 [N, classes], unknown_score: float32 [N]; above unknown.threshold: unknown)",
+        "unknown": rule.fields(),
+        "output": f"({logits}, unknown_score: float32 [N]; above unknown.threshold: unknown)",
     }
 
 
